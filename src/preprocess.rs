@@ -1,0 +1,63 @@
+//! How an image becomes an embedder's input tensor: size, resize mode, layout,
+//! channel order and normalisation. Stored in every model's metadata so that
+//! `classify` (and any other client) prepares images exactly as `build` did.
+
+use serde::{Deserialize, Serialize};
+
+/// Memory layout of the image input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `[batch, channels, height, width]`
+    Nchw,
+    /// `[batch, height, width, channels]`
+    Nhwc,
+}
+
+/// Order of the colour channels in the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    Rgb,
+    Bgr,
+}
+
+/// How the decoded image is brought to the input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeMode {
+    /// Resize the whole image to exactly width x height (aspect ratio not kept),
+    /// as the TFLite Task Library and MediaPipe do.
+    Stretch,
+    /// Resize so the shorter side fits, then cut the centre (aspect ratio kept).
+    CenterCrop,
+}
+
+/// The complete preprocessing recipe. Pixel values are 0..=255 before
+/// normalisation: `input = (pixel - mean[c]) / std[c]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    pub width: u32,
+    pub height: u32,
+    pub layout: Layout,
+    pub channel_order: ChannelOrder,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize: ResizeMode,
+}
+
+impl Preprocess {
+    /// Number of f32 values in one image's input tensor.
+    pub fn tensor_len(&self) -> usize {
+        3 * self.width as usize * self.height as usize
+    }
+
+    /// The input tensor shape for a batch of `n` images.
+    pub fn batch_shape(&self, n: usize) -> Vec<i64> {
+        let (h, w) = (self.height as i64, self.width as i64);
+        match self.layout {
+            Layout::Nchw => vec![n as i64, 3, h, w],
+            Layout::Nhwc => vec![n as i64, h, w, 3],
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Finding, installing and starting ONNX Runtime.
+//!
+//! cbr does not link ONNX Runtime: it loads `libonnxruntime.so` at run time
+//! (the `ort` crate's `load-dynamic`), so building cbr downloads nothing. The
+//! library comes from the `onnxruntime` PyPI wheel, fetched with `pip download`
+//! into cbr's cache by `cbr runtime install` (or implicitly by `cbr models pull`),
+//! or from wherever `ORT_DYLIB_PATH` points.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::cache;
+
+/// The ONNX Runtime release cbr is built and tested against (C API 31).
+pub const ORT_VERSION: &str = "1.32.0";
+const ORT_LIBRARY_FILE: &str = "libonnxruntime.so.1.32.0";
+
+/// Where the cached library lives: `<cache>/onnxruntime/<version>/libonnxruntime.so.<version>`.
+pub fn cached_library_path() -> Result<PathBuf> {
+    Ok(cache::dir()?.join("onnxruntime").join(ORT_VERSION).join(ORT_LIBRARY_FILE))
+}
+
+/// The library cbr will load: `ORT_DYLIB_PATH` if set, else the cached copy.
+pub fn library_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("ORT_DYLIB_PATH points to {}, which does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let cached = cached_library_path()?;
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    Err(anyhow!(
+        "ONNX Runtime {ORT_VERSION} is not installed.\n\
+         Install it with:   cbr runtime install\n\
+         (this runs `pip download --no-deps onnxruntime=={ORT_VERSION}` and keeps\n\
+         onnxruntime/capi/{ORT_LIBRARY_FILE} from the wheel in {}),\n\
+         or point ORT_DYLIB_PATH at an existing libonnxruntime.so of version {ORT_VERSION}.",
+        cached.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    ))
+}
+
+/// Downloads the `onnxruntime` wheel with pip and caches its shared library.
+/// Returns the library path. Does nothing if it is already cached.
+pub fn install() -> Result<PathBuf> {
+    let target = cached_library_path()?;
+    if target.is_file() {
+        return Ok(target);
+    }
+    let wheel = cache::pip_download(&format!("onnxruntime=={ORT_VERSION}"), "onnxruntime-")?;
+    let member = format!("onnxruntime/capi/{ORT_LIBRARY_FILE}");
+    let bytes = cache::read_zip_member(&wheel.path, &member)?;
+    cache::write_atomic(&target, &bytes)?;
+    Ok(target)
+}
+
+static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> Result<&'static ort::environment::Environment> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = library_path().map_err(|e| format!("{e:#}"))?;
+            load(&path).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn load(path: &Path) -> Result<ort::environment::Environment> {
+    let builder = ort::init_from(path)
+        .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+    builder
+        .with_name("cbr")
+        .build()
+        .with_context(|| format!("cannot start ONNX Runtime from {}", path.display()))
+}
