@@ -5,6 +5,7 @@
 //! One unreadable image never loses the work done on the others: it is
 //! reported, skipped and counted (unless `strict`).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -121,7 +122,19 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
     wanted.dedup();
     for label in wanted {
         if !embedded.labels.iter().any(|l| l == label) {
-            bail!("class {label:?} has no readable images (all of them were skipped; see the list above)");
+            // The caller prints the skip list only after a successful build,
+            // so say here why this class's images were skipped.
+            let paths: HashSet<&std::path::Path> =
+                images.iter().filter(|i| i.label == label).map(|i| i.path.as_path()).collect();
+            let skipped: Vec<&Skipped> = embedded.skipped.iter().filter(|s| paths.contains(s.path.as_path())).collect();
+            let mut msg = format!("class {label:?} has no readable images: all {} were skipped", skipped.len());
+            for s in skipped.iter().take(3) {
+                msg.push_str(&format!("\n  {}: {}", s.path.display(), s.reason));
+            }
+            if skipped.len() > 3 {
+                msg.push_str(&format!("\n  ... and {} more", skipped.len() - 3));
+            }
+            bail!(msg);
         }
     }
     if embedded.labels.is_empty() {

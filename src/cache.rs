@@ -35,8 +35,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(parent)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
     tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
+    // Temporary files are private (0600); the result should be an ordinary
+    // file, keeping the permissions of the file it replaces.
+    let perms = match std::fs::metadata(path) {
+        Ok(m) => m.permissions(),
+        Err(_) => default_permissions(),
+    };
+    tmp.as_file().set_permissions(perms).with_context(|| format!("cannot set permissions of {}", path.display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot move the new file into place at {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(unix)]
+fn default_permissions() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o644)
+}
+
+#[cfg(not(unix))]
+fn default_permissions() -> std::fs::Permissions {
+    tempfile::tempfile().and_then(|f| f.metadata()).map(|m| m.permissions()).expect("a temporary file")
 }
 
 /// SHA-256 of a byte string, as lowercase hex.
@@ -132,6 +150,6 @@ mod tests {
 
     #[test]
     fn sha256_of_known_string() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cac8e60b0ad96015a");
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

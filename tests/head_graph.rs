@@ -1,0 +1,116 @@
+//! The exported retrieval head computes, in ONNX Runtime, exactly what
+//! `RetrievalHead::scores` computes in Rust: for even and very uneven class
+//! sizes (which take the multi-level max plan), and for old and new opsets
+//! (ReduceMax's axes moved from an attribute to an input in opset 18).
+
+mod common;
+
+use cbr::build::model_bytes;
+use cbr::classifier::Classifier;
+use cbr::embedder::Embedder;
+use cbr::head::{plan_max, Aggregation, RetrievalHead};
+use cbr::onnx::{self, node, tensor_f32, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
+use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+
+/// A deterministic pseudo-random sequence in [-1, 1).
+fn noise(seed: u64, n: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+const DIM: usize = 8;
+
+/// A tiny real ONNX embedder: a 3x2x2 image, flattened, times a fixed matrix.
+fn tiny_embedder(opset: i64) -> ModelProto {
+    let mut g = onnx::GraphProto { name: Some("tiny".into()), ..Default::default() };
+    g.input.push(value_info("input", DataType::Float, &[Dim::Symbolic("batch".into()), Dim::Fixed(3), Dim::Fixed(2), Dim::Fixed(2)]));
+    g.initializer.push(tensor_f32("w", &[12, DIM as i64], &noise(7, 12 * DIM)));
+    g.node.push(node("Flatten", "flatten", &["input"], &["flat"], vec![onnx::attr_int("axis", 1)]));
+    g.node.push(node("MatMul", "project", &["flat", "w"], &["features"], vec![]));
+    g.output.push(value_info("features", DataType::Float, &[Dim::Symbolic("batch".into()), Dim::Fixed(DIM as i64)]));
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
+        graph: Some(g),
+        ..Default::default()
+    }
+}
+
+fn preprocess() -> Preprocess {
+    Preprocess { width: 2, height: 2, layout: Layout::Nchw, channel_order: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3], resize: ResizeMode::Stretch }
+}
+
+fn check(class_sizes: &[usize], opset: i64) {
+    common::setup_runtime();
+    let bytes = onnx::encode(&tiny_embedder(opset));
+    let mut embedder = Embedder::from_bytes(&bytes, "tiny", None, preprocess()).unwrap();
+    let mut labels = Vec::new();
+    for (c, &n) in class_sizes.iter().enumerate() {
+        labels.extend(std::iter::repeat_n(format!("class{c:03}"), n));
+    }
+    let index = noise(11, labels.len() * DIM);
+    let head = RetrievalHead::new(&index, DIM, &labels, Aggregation::Max).unwrap();
+    let model = model_bytes(&embedder, &head).unwrap();
+    let mut classifier = Classifier::from_bytes(&model).unwrap();
+
+    let queries = 5;
+    let inputs = noise(23, queries * 12);
+    let got = classifier.scores(&inputs, queries).unwrap();
+    let embeddings = embedder.embed(&inputs, queries).unwrap();
+    for q in 0..queries {
+        let want = head.scores(&embeddings[q * DIM..(q + 1) * DIM]);
+        assert_eq!(got[q].len(), class_sizes.len());
+        for (g, w) in got[q].iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5, "sizes {class_sizes:?}, opset {opset}: graph {g} vs direct {w}");
+        }
+    }
+}
+
+#[test]
+fn equal_class_sizes() {
+    check(&[3, 3, 3, 3], 13);
+}
+
+#[test]
+fn one_image_per_class() {
+    check(&[1; 7], 13);
+}
+
+#[test]
+fn very_uneven_class_sizes_use_several_levels() {
+    let sizes = [1, 200, 2, 3, 1, 1, 7, 1, 1, 2, 1, 1];
+    let groups: Vec<Vec<u32>> = {
+        let mut start = 0u32;
+        sizes.iter().map(|&n| {
+            let g = (start..start + n as u32).collect();
+            start += n as u32;
+            g
+        }).collect()
+    };
+    assert!(plan_max(groups).len() >= 2, "this case should exercise the multi-level plan");
+    check(&sizes, 13);
+}
+
+#[test]
+fn opset_18_reduce_max_takes_axes_as_input() {
+    check(&[1, 200, 2, 3, 1, 1, 7], 18);
+}
+
+#[test]
+fn op_count_does_not_grow_with_classes() {
+    common::setup_runtime();
+    let bytes = onnx::encode(&tiny_embedder(13));
+    let embedder = Embedder::from_bytes(&bytes, "tiny", None, preprocess()).unwrap();
+    let count = |classes: usize| {
+        let labels: Vec<String> = (0..classes * 2).map(|i| format!("c{:05}", i / 2)).collect();
+        let head = RetrievalHead::new(&noise(3, labels.len() * DIM), DIM, &labels, Aggregation::Max).unwrap();
+        let model = onnx::decode(&model_bytes(&embedder, &head).unwrap()).unwrap();
+        model.graph.unwrap().node.len()
+    };
+    assert_eq!(count(10), count(10_000));
+}
