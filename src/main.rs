@@ -11,10 +11,9 @@ use rayon::prelude::*;
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
 use cbr::decode::{self, DecodeLimits};
-use cbr::embedder::{self, Embedder};
 use cbr::head::Aggregation;
-use cbr::models::{self, EmbedderSource};
-use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use cbr::models::{self, EmbedderChoice};
+use cbr::preprocess::ResizeMode;
 use cbr::{cache, dataset, onnx, runtime};
 
 /// Classification-by-retrieval: build an image classifier from a few labelled
@@ -163,14 +162,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Installs ONNX Runtime into the cache when neither it nor ORT_DYLIB_PATH is there.
-fn ensure_runtime() -> Result<()> {
-    if runtime::library_path().is_err() && std::env::var_os("ORT_DYLIB_PATH").is_none() {
-        runtime::install()?;
-    }
-    Ok(())
-}
-
 fn parse_size(s: &str) -> Result<(u32, u32)> {
     let parse = |v: &str| v.trim().parse::<u32>().with_context(|| format!("bad --input-size {s:?}: expected WIDTHxHEIGHT or N"));
     match s.split_once(['x', 'X']) {
@@ -190,50 +181,20 @@ fn three(v: &[f32], flag: &str) -> Result<[f32; 3]> {
     }
 }
 
-/// Opens the embedder named by the flags, with its preprocessing: the model
-/// list's recipe for known models, else the model's input shape plus flags.
-fn open_embedder(a: &EmbedderArgs) -> Result<Embedder> {
-    ensure_runtime()?;
-    let (path, name, base) = match models::resolve(&a.embedder)? {
-        EmbedderSource::Known(m) => (models::pull(m.name)?, m.name.to_string(), Some(m.preprocess())),
-        EmbedderSource::File(p) => {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (p, name, None)
-        }
-    };
-    let model = onnx::load(&path)?;
-    let (_, shape) = embedder::input_shape(&model).with_context(|| format!("embedder {}", path.display()))?;
-    let (width, height) = match (&a.input_size, &base, shape.width, shape.height) {
-        (Some(s), _, _, _) => parse_size(s)?,
-        (None, Some(b), _, _) => (b.width, b.height),
-        (None, None, Some(w), Some(h)) => (w as u32, h as u32),
-        _ => bail!("the embedder {} has a variable input size: give --input-size WIDTHxHEIGHT", path.display()),
-    };
-    let (mean, std) = match (&a.mean, &a.std, &base) {
-        (Some(m), Some(s), _) => (three(m, "mean")?, three(s, "std")?),
-        (None, None, Some(b)) => (b.mean, b.std),
-        _ => bail!(
-            "give both --mean and --std: the normalisation {} was trained with, applied to 0..255 pixels \
-             (e.g. --mean 127.5 --std 127.5 for inputs in [-1, 1], or \
-             --mean 123.675,116.28,103.53 --std 58.395,57.12,57.375 for ImageNet mean/std)",
-            path.display()
-        ),
-    };
-    let preprocess = Preprocess {
-        width,
-        height,
-        layout: shape.layout,
-        channel_order: if a.bgr { ChannelOrder::Bgr } else { base.as_ref().map(|b| b.channel_order).unwrap_or(ChannelOrder::Rgb) },
-        mean,
-        std,
-        resize: match a.resize {
-            Some(ResizeArg::Stretch) => ResizeMode::Stretch,
-            Some(ResizeArg::CenterCrop) => ResizeMode::CenterCrop,
-            None => base.as_ref().map(|b| b.resize).unwrap_or(ResizeMode::Stretch),
-        },
-    };
-    debug_assert!(matches!(preprocess.layout, Layout::Nchw | Layout::Nhwc));
-    Embedder::open(&path, &name, a.embedding_output.as_deref(), preprocess)
+/// The embedder choice from the flags.
+fn embedder_choice(a: &EmbedderArgs) -> Result<EmbedderChoice> {
+    Ok(EmbedderChoice {
+        embedder: a.embedder.clone(),
+        output: a.embedding_output.clone(),
+        input_size: a.input_size.as_deref().map(parse_size).transpose()?,
+        mean: a.mean.as_deref().map(|m| three(m, "mean")).transpose()?,
+        std: a.std.as_deref().map(|s| three(s, "std")).transpose()?,
+        bgr: a.bgr,
+        resize: a.resize.map(|r| match r {
+            ResizeArg::Stretch => ResizeMode::Stretch,
+            ResizeArg::CenterCrop => ResizeMode::CenterCrop,
+        }),
+    })
 }
 
 fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
@@ -251,7 +212,7 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
-    let mut embedder = open_embedder(&a.embedder)?;
+    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let opts = BuildOptions {
         aggregation: match a.aggregate {
             AggregateArg::Max => Aggregation::Max,
@@ -372,7 +333,7 @@ fn cmd_models_list() -> Result<()> {
 }
 
 fn cmd_models_pull(name: &str) -> Result<()> {
-    ensure_runtime()?;
+    runtime::ensure()?;
     let path = models::pull(name)?;
     println!("{}", path.display());
     Ok(())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::cache;
+use crate::embedder::{self, Embedder};
 use crate::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
 use crate::zoo::{efficientnet, torch_pth};
 
@@ -148,4 +149,62 @@ pub fn resolve(spec: &str) -> Result<EmbedderSource> {
         bail!("embedder file {spec} does not exist");
     }
     Err(unknown(spec))
+}
+
+/// Which embedder to use and how to prepare images for it: the choices a user
+/// makes with `cbr build`'s flags. Unset fields come from the model list (for
+/// known models) or from the model's declared input.
+#[derive(Clone, Debug, Default)]
+pub struct EmbedderChoice {
+    /// A known model name or an `.onnx` path; empty means [`DEFAULT_MODEL`].
+    pub embedder: String,
+    /// The embedding output's name (default: the first output).
+    pub output: Option<String>,
+    pub input_size: Option<(u32, u32)>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    pub bgr: bool,
+    pub resize: Option<ResizeMode>,
+}
+
+/// Opens the chosen embedder (pulling it, and ONNX Runtime, if needed) with
+/// its preprocessing.
+pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
+    crate::runtime::ensure()?;
+    let spec = if choice.embedder.is_empty() { DEFAULT_MODEL } else { choice.embedder.as_str() };
+    let (path, name, base) = match resolve(spec)? {
+        EmbedderSource::Known(m) => (pull(m.name)?, m.name.to_string(), Some(m.preprocess())),
+        EmbedderSource::File(p) => {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (p, name, None)
+        }
+    };
+    let model = crate::onnx::load(&path)?;
+    let (_, shape) = embedder::input_shape(&model).with_context(|| format!("embedder {}", path.display()))?;
+    let (width, height) = match (choice.input_size, &base, shape.width, shape.height) {
+        (Some(s), _, _, _) => s,
+        (None, Some(b), _, _) => (b.width, b.height),
+        (None, None, Some(w), Some(h)) => (w as u32, h as u32),
+        _ => bail!("the embedder {} has a variable input size: give --input-size WIDTHxHEIGHT", path.display()),
+    };
+    let (mean, std) = match (choice.mean, choice.std, &base) {
+        (Some(m), Some(s), _) => (m, s),
+        (None, None, Some(b)) => (b.mean, b.std),
+        _ => bail!(
+            "give both --mean and --std: the normalisation {} was trained with, applied to 0..255 pixels \
+             (e.g. --mean 127.5 --std 127.5 for inputs in [-1, 1], or \
+             --mean 123.675,116.28,103.53 --std 58.395,57.12,57.375 for ImageNet mean/std)",
+            path.display()
+        ),
+    };
+    let preprocess = Preprocess {
+        width,
+        height,
+        layout: shape.layout,
+        channel_order: if choice.bgr { ChannelOrder::Bgr } else { base.as_ref().map(|b| b.channel_order).unwrap_or(ChannelOrder::Rgb) },
+        mean,
+        std,
+        resize: choice.resize.or(base.as_ref().map(|b| b.resize)).unwrap_or(ResizeMode::Stretch),
+    };
+    Embedder::open(&path, &name, choice.output.as_deref(), preprocess)
 }

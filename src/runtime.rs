@@ -59,6 +59,14 @@ pub fn install() -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Installs ONNX Runtime into the cache unless it is there or `ORT_DYLIB_PATH` is set.
+pub fn ensure() -> Result<()> {
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() && library_path().is_err() {
+        install()?;
+    }
+    Ok(())
+}
+
 static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
 
 /// The process-wide ONNX Runtime environment, loading the library on first use.

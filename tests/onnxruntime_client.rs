@@ -74,7 +74,8 @@ fn cbr_scores(model: &Path, images: &[PathBuf], classes: usize) -> Scores {
 }
 
 fn python_scores(model: &Path, images: &[PathBuf]) -> Scores {
-    let mut args = vec![s(&script()), s(model)];
+    let script = script();
+    let mut args = vec![s(&script), s(model)];
     args.extend(images.iter().map(|p| s(p)));
     let out = python(&args);
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
