@@ -54,6 +54,16 @@ pub struct Scored {
     pub score: f32,
 }
 
+/// The answer for one image: the best classes, and the label, or `None` when
+/// the best class scores below the model's unknown threshold.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    /// The accepted label, or `None` for "unknown".
+    pub label: Option<String>,
+    /// The best `k` classes, best first.
+    pub top: Vec<Scored>,
+}
+
 /// A cbr model loaded into ONNX Runtime.
 pub struct Classifier {
     session: Session,
@@ -110,6 +120,30 @@ impl Classifier {
             start += count;
         }
         Ok(out)
+    }
+
+    /// Predictions for `n` preprocessed images: the top `k` classes and the
+    /// label (or unknown). `threshold` overrides the model's own threshold.
+    pub fn predict(&mut self, tensors: &[f32], n: usize, k: usize, threshold: Option<f32>) -> Result<Vec<Prediction>> {
+        let scores = self.scores(tensors, n)?;
+        let threshold = threshold.or(self.threshold());
+        Ok(scores
+            .iter()
+            .map(|s| {
+                let top = self.top_k(s, k.max(1));
+                let label = match (top.first(), threshold) {
+                    (Some(best), Some(t)) if best.score < t => None,
+                    (Some(best), _) => Some(best.label.clone()),
+                    (None, _) => None,
+                };
+                Prediction { label, top: top.into_iter().take(k).collect() }
+            })
+            .collect())
+    }
+
+    /// The model's own unknown threshold, if it has one.
+    pub fn threshold(&self) -> Option<f32> {
+        None
     }
 
     /// The `k` best classes for one row of scores, best first (ties: class order).
