@@ -72,6 +72,9 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0, help="decode processes (0 = decode in the main thread)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
+    # Profiling knobs only (the baseline uses ONNX Runtime's defaults):
+    ap.add_argument("--intra-threads", type=int, default=0, help="profiling: SessionOptions.intra_op_num_threads (0 = ORT default)")
+    ap.add_argument("--no-spin", action="store_true", help="profiling: session.intra_op.allow_spinning=0")
     args = ap.parse_args()
 
     items = list_images(args.root)
@@ -81,7 +84,12 @@ def main():
         sys.exit(f"no images under {args.root}")
 
     t0 = time.perf_counter()
-    sess = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()  # defaults, unless a profiling knob is given
+    if args.intra_threads:
+        so.intra_op_num_threads = args.intra_threads
+    if args.no_spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0].name
     t_session = time.perf_counter() - t0
 

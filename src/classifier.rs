@@ -9,6 +9,7 @@ use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
 use crate::embedder::{session_from_bytes, EmbedderInfo};
+use crate::head::calibrate::Calibration;
 use crate::head::{Aggregation, SCORES};
 use crate::preprocess::Preprocess;
 
@@ -31,6 +32,24 @@ pub struct ClassifierInfo {
     pub embedder: EmbedderInfo,
     pub preprocess: Preprocess,
     pub aggregation: Aggregation,
+    /// The power transform exponent applied to embeddings first, if any.
+    #[serde(default)]
+    pub power: Option<f32>,
+    /// Whether the index mean is subtracted before normalising (CL2N).
+    #[serde(default)]
+    pub center: bool,
+    /// Softmax temperature of `scores`; absent when `scores` are raw similarities.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Below this top score, the answer is "unknown".
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// What leave-one-out on the index measured when calibrating.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    /// Whether mirrored copies of the index images were added as extra rows.
+    #[serde(default)]
+    pub augment: bool,
 }
 
 impl ClassifierInfo {
@@ -143,7 +162,7 @@ impl Classifier {
 
     /// The model's own unknown threshold, if it has one.
     pub fn threshold(&self) -> Option<f32> {
-        None
+        self.info.threshold
     }
 
     /// The `k` best classes for one row of scores, best first (ties: class order).

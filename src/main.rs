@@ -6,12 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rayon::prelude::*;
 
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
-use cbr::decode::{self, DecodeLimits};
-use cbr::head::Aggregation;
+use cbr::decode::DecodeLimits;
+use cbr::head::{Aggregation, HeadOptions};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
 use cbr::{cache, dataset, onnx, runtime};
@@ -39,6 +38,64 @@ enum Command {
     /// Install or locate ONNX Runtime, which cbr loads at run time.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
+    /// Serve the HTTP API and the web app to build and try classifiers (see /openapi.json).
+    Serve(ServeArgs),
+    /// Measure accuracy on a labelled image set: K images per class as the index, the rest as queries, over random splits.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
+    input: PathBuf,
+    /// Index images per class; several (e.g. 1,5,10) share one embedding pass.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "K[,K...]")]
+    shots: Vec<usize>,
+    /// Random splits (seeds 0..N) averaged, with 95% intervals.
+    #[arg(long, default_value_t = 5)]
+    seeds: usize,
+    /// Also index a mirror image of every index image (queries stay photos only).
+    #[arg(long)]
+    augment: bool,
+    /// Print one JSON document with everything instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML report here.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+    /// Write the embeddings (embeddings.f32, labels.txt, images.txt, paths.txt) here, for bench/logreg_reference.py.
+    #[arg(long, value_name = "DIR")]
+    dump: Option<PathBuf>,
+    #[command(flatten)]
+    embedder: EmbedderArgs,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default; port 0 picks a free port, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Where models (their images and built files) are kept.
+    #[arg(long, default_value = "cbr-models")]
+    models: PathBuf,
+    /// Largest request body (upload) in bytes: 413 above it.
+    #[arg(long, default_value_t = cbr::serve::Config::default().max_upload)]
+    max_upload: usize,
+    /// Largest image in pixels: 413 above it.
+    #[arg(long, default_value_t = cbr::serve::Config::default().max_pixels)]
+    max_pixels: u64,
+    /// Classify requests in flight at once: 503 with Retry-After beyond it.
+    #[arg(long, default_value_t = cbr::serve::Config::default().max_queue)]
+    max_queue: usize,
+    /// Longest time a request may take, in seconds: 503 after it.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Embedder for builds: a name from `cbr models list` or an ONNX file.
+    #[arg(long, default_value = models::DEFAULT_MODEL)]
+    embedder: String,
 }
 
 #[derive(Args)]
@@ -50,9 +107,32 @@ struct BuildArgs {
     output: PathBuf,
     #[command(flatten)]
     embedder: EmbedderArgs,
-    /// How instance similarities become class scores.
-    #[arg(long, value_enum, default_value_t = AggregateArg::Max)]
+    /// How the index becomes class scores: discriminant (a shrinkage linear
+    /// discriminant computed from the index; the most accurate), centroid,
+    /// max (the original rule: best-matching image) or blend (max + centroid).
+    #[arg(long, value_enum, default_value_t = AggregateArg::Discriminant)]
     aggregate: AggregateArg,
+    /// Power transform sign(x)|x|^P of the embedding before normalising (1 = none).
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    power: f32,
+    /// Subtract the index mean from embeddings before normalising (CL2N).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    center: bool,
+    /// Fit a softmax temperature on the index (leave-one-out) so scores are calibrated probabilities.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    calibrate: bool,
+    /// Also index a mirror image of every image (helps with few images per class; 2x embedding time).
+    #[arg(long)]
+    augment: bool,
+    /// Choose the "unknown" threshold, by leave-one-out on the index, for this precision.
+    #[arg(long, default_value_t = 0.9, value_name = "P")]
+    target_precision: f32,
+    /// Set the "unknown" threshold on the top score directly (required for a one-class model).
+    #[arg(long, value_name = "T")]
+    threshold: Option<f32>,
+    /// The original classification-by-retrieval: --aggregate max --power 1 --center false --calibrate false, no threshold.
+    #[arg(long, conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"])]
+    original: bool,
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     strict: bool,
@@ -91,7 +171,10 @@ struct EmbedderArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum AggregateArg {
+    Discriminant,
+    Centroid,
     Max,
+    Blend,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,9 +193,12 @@ struct ClassifyArgs {
     /// How many classes to show per image.
     #[arg(short = 'k', long, default_value_t = 3)]
     top_k: usize,
-    /// One JSON object per image per line: {"path": ..., "top": [{"label": ..., "score": ...}]}.
+    /// One JSON object per image per line: {"path": ..., "label": ... or null, "top": [{"label": ..., "score": ...}]}.
     #[arg(long)]
     json: bool,
+    /// Answer "unknown" when the top score is below this (default: the model's own threshold).
+    #[arg(long, value_name = "T")]
+    threshold: Option<f32>,
 }
 
 #[derive(Args)]
@@ -152,6 +238,16 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Pull { name }) => cmd_models_pull(&name),
         Command::Runtime(RuntimeCommand::Install) => runtime::install().map(|p| println!("{}", p.display())),
         Command::Runtime(RuntimeCommand::Path) => runtime::library_path().map(|p| println!("{}", p.display())),
+        Command::Serve(a) => cbr::serve::run(cbr::serve::Config {
+            addr: a.addr,
+            models_dir: a.models,
+            max_upload: a.max_upload,
+            max_pixels: a.max_pixels,
+            max_queue: a.max_queue,
+            timeout: std::time::Duration::from_secs_f64(a.timeout.max(0.001)),
+            embedder: EmbedderChoice { embedder: a.embedder, ..EmbedderChoice::default() },
+        }),
+        Command::Eval(a) => cmd_eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -213,10 +309,26 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 fn cmd_build(a: BuildArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let head = if a.original {
+        HeadOptions { threshold: a.threshold, ..HeadOptions::original() }
+    } else {
+        HeadOptions {
+            aggregation: match a.aggregate {
+                AggregateArg::Max => Aggregation::Max,
+                AggregateArg::Centroid => Aggregation::Centroid,
+                AggregateArg::Blend => Aggregation::Blend,
+                AggregateArg::Discriminant => Aggregation::Discriminant,
+            },
+            power: a.power,
+            center: a.center,
+            calibrate: a.calibrate,
+            target_precision: Some(a.target_precision),
+            threshold: a.threshold,
+        }
+    };
     let opts = BuildOptions {
-        aggregation: match a.aggregate {
-            AggregateArg::Max => Aggregation::Max,
-        },
+        head,
+        augment: a.augment,
         strict: a.strict,
         limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() },
     };
@@ -229,6 +341,24 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             eprintln!("skipped {}: {}", s.path.display(), s.reason);
         }
         let skipped = if report.skipped.is_empty() { String::new() } else { format!(", {} skipped", report.skipped.len()) };
+        if let Some(c) = &report.calibration {
+            if let (Some(acc), Some(t), Some(e0), Some(e1)) = (c.accuracy, c.temperature, c.ece_unfitted, c.ece) {
+                eprintln!(
+                    "calibrated on the index (leave-one-out, {} images): accuracy {:.1}%, temperature {t:.4}, expected calibration error {e0:.3} -> {e1:.3}",
+                    c.samples,
+                    100.0 * acc
+                );
+            }
+        }
+        match (report.threshold, report.calibration.as_ref().and_then(|c| c.target_precision)) {
+            (Some(t), Some(p)) if a.threshold.is_none() => eprintln!(
+                "unknown threshold {t:.3} (for {:.0}% precision; accepts {:.0}% of leave-one-out queries); override with classify --threshold",
+                100.0 * p,
+                100.0 * report.calibration.as_ref().map(|c| c.coverage).unwrap_or(1.0)
+            ),
+            (Some(t), _) => eprintln!("unknown threshold {t:.3}"),
+            _ => {}
+        }
         eprintln!(
             "wrote {}: {} classes, {} images{skipped}; embedded in {:.1} s ({:.1} images/s) with {}",
             a.output.display(),
@@ -242,6 +372,37 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    use cbr::eval;
+    let opts = eval::EvalOptions { shots: a.shots, seeds: a.seeds, ..Default::default() };
+    eval::check_options(&opts)?;
+    let images = dataset::from_path(&a.input)?;
+    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let bar = progress_bar(images.len(), a.quiet);
+    let embedded = build::embed_images(&mut embedder, &images, a.augment, false, &DecodeLimits::default(), &|d| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    for s in embedded.skipped.iter().filter(|_| !a.quiet) {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+    if let Some(dir) = &a.dump {
+        eval::dump(&embedded, dir)?;
+    }
+    let report = eval::run(&a.input.to_string_lossy(), &embedder.info.name, &embedded, a.augment, &opts, &|k| {
+        if !a.quiet {
+            eprintln!("evaluating {k} shots per class ...");
+        }
+    })?;
+    if let Some(path) = &a.report {
+        cache::write_atomic(path, eval::report::html(&report).as_bytes())?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", eval::report::text(&report));
+    }
+    Ok(())
+}
+
 fn cmd_classify(a: ClassifyArgs) -> Result<()> {
     let mut classifier = Classifier::open(&a.model)?;
     let preprocess = classifier.info.preprocess.clone();
@@ -249,12 +410,11 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failures = 0;
-    // Decode a chunk in parallel, then score it as one batch.
-    for chunk in a.images.chunks(32) {
-        let decoded: Vec<_> = chunk.par_iter().map(|p| decode::load_tensor(p, &preprocess, &limits)).collect();
+    // Decoding runs one chunk ahead of scoring, as in `build`.
+    build::decode_ahead(&a.images, &preprocess, &limits, |range, decoded| {
         let mut batch = Vec::new();
         let mut ok = Vec::new();
-        for (path, d) in chunk.iter().zip(decoded) {
+        for (path, d) in a.images[range].iter().zip(decoded) {
             match d {
                 Ok(t) => {
                     batch.extend_from_slice(&t);
@@ -267,20 +427,23 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
             }
         }
         if ok.is_empty() {
-            continue;
+            return Ok(());
         }
-        let scores = classifier.scores(&batch, ok.len())?;
-        for (path, s) in ok.into_iter().zip(scores) {
-            let top = classifier.top_k(&s, a.top_k);
+        let predictions = classifier.predict(&batch, ok.len(), a.top_k, a.threshold)?;
+        for (path, p) in ok.into_iter().zip(predictions) {
             if a.json {
-                let line = serde_json::json!({ "path": path.to_string_lossy(), "top": top });
+                let line = serde_json::json!({ "path": path.to_string_lossy(), "label": p.label, "unknown": p.label.is_none(), "top": p.top });
                 writeln!(out, "{line}")?;
             } else {
-                let best: Vec<String> = top.iter().map(|t| format!("{} ({:.3})", t.label, t.score)).collect();
-                writeln!(out, "{}: {}", path.display(), best.join(", "))?;
+                let best: Vec<String> = p.top.iter().map(|t| format!("{} ({:.3})", t.label, t.score)).collect();
+                match &p.label {
+                    Some(_) => writeln!(out, "{}: {}", path.display(), best.join(", "))?,
+                    None => writeln!(out, "{}: unknown (best: {})", path.display(), best.join(", "))?,
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     if failures > 0 {
         bail!("{failures} of {} images could not be classified", a.images.len());
     }
@@ -315,7 +478,20 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?}",
         p.width, p.height, p.layout, p.channel_order, p.mean, p.std, p.resize
     );
-    println!("aggregation:   {}", info.aggregation);
+    println!("aggregation:   {}{}{}", info.aggregation, if info.center { ", centred (CL2N)" } else { "" }, if info.augment { ", mirror-augmented index" } else { "" });
+    match info.temperature {
+        Some(t) => println!("scores:        calibrated probabilities (softmax, temperature {t:.4})"),
+        None => println!("scores:        raw class similarities (cosine)"),
+    }
+    if let Some(c) = &info.calibration {
+        if let (Some(acc), Some(e0), Some(e1)) = (c.accuracy, c.ece_unfitted, c.ece) {
+            println!("leave-one-out: {} images, accuracy {:.1}%, expected calibration error {e1:.3} (unfitted {e0:.3})", c.samples, 100.0 * acc);
+        }
+    }
+    match info.threshold {
+        Some(t) => println!("unknown below: {t:.4}{}", info.calibration.as_ref().and_then(|c| c.target_precision).map(|p| format!(" (chosen for {:.0}% precision)", 100.0 * p)).unwrap_or_default()),
+        None => println!("unknown below: (no threshold)"),
+    }
     println!("classes:       {} ({} images)", info.labels.len(), info.images_per_label.iter().sum::<usize>());
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
         println!("  {label}\t{n}");

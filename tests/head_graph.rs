@@ -8,7 +8,7 @@ mod common;
 use cbr::build::model_bytes;
 use cbr::classifier::Classifier;
 use cbr::embedder::Embedder;
-use cbr::head::{plan_max, Aggregation, RetrievalHead};
+use cbr::head::{plan_max, Aggregation, HeadOptions, RetrievalHead};
 use cbr::onnx::{self, node, tensor_f32, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
 
@@ -46,6 +46,10 @@ fn preprocess() -> Preprocess {
 }
 
 fn check(class_sizes: &[usize], opset: i64) {
+    check_with(class_sizes, opset, &HeadOptions::original());
+}
+
+fn check_with(class_sizes: &[usize], opset: i64, opts: &HeadOptions) {
     common::setup_runtime();
     let bytes = onnx::encode(&tiny_embedder(opset));
     let mut embedder = Embedder::from_bytes(&bytes, "tiny", None, preprocess()).unwrap();
@@ -54,8 +58,8 @@ fn check(class_sizes: &[usize], opset: i64) {
         labels.extend(std::iter::repeat_n(format!("class{c:03}"), n));
     }
     let index = noise(11, labels.len() * DIM);
-    let head = RetrievalHead::new(&index, DIM, &labels, Aggregation::Max).unwrap();
-    let model = model_bytes(&embedder, &head).unwrap();
+    let head = RetrievalHead::new(&index, DIM, &labels, opts).unwrap();
+    let model = model_bytes(&embedder, &head, false).unwrap();
     let mut classifier = Classifier::from_bytes(&model).unwrap();
 
     let queries = 5;
@@ -66,7 +70,7 @@ fn check(class_sizes: &[usize], opset: i64) {
         let want = head.scores(&embeddings[q * DIM..(q + 1) * DIM]);
         assert_eq!(got[q].len(), class_sizes.len());
         for (g, w) in got[q].iter().zip(&want) {
-            assert!((g - w).abs() <= 1e-5, "sizes {class_sizes:?}, opset {opset}: graph {g} vs direct {w}");
+            assert!((g - w).abs() <= 1e-5, "sizes {class_sizes:?}, opset {opset}, {opts:?}: graph {g} vs direct {w}");
         }
     }
 }
@@ -108,9 +112,39 @@ fn op_count_does_not_grow_with_classes() {
     let embedder = Embedder::from_bytes(&bytes, "tiny", None, preprocess()).unwrap();
     let count = |classes: usize| {
         let labels: Vec<String> = (0..classes * 2).map(|i| format!("c{:05}", i / 2)).collect();
-        let head = RetrievalHead::new(&noise(3, labels.len() * DIM), DIM, &labels, Aggregation::Max).unwrap();
-        let model = onnx::decode(&model_bytes(&embedder, &head).unwrap()).unwrap();
+        let head = RetrievalHead::new(&noise(3, labels.len() * DIM), DIM, &labels, &HeadOptions { aggregation: Aggregation::Blend, ..HeadOptions::default() }).unwrap();
+        let model = onnx::decode(&model_bytes(&embedder, &head, false).unwrap()).unwrap();
         model.graph.unwrap().node.len()
     };
     assert_eq!(count(10), count(10_000));
+}
+
+#[test]
+fn every_aggregation_centred_and_calibrated() {
+    let sizes = [1, 30, 2, 3, 4, 1, 7];
+    for aggregation in Aggregation::ALL {
+        for center in [false, true] {
+            for calibrate in [false, true] {
+                let power = if center { 0.5 } else { 1.0 };
+                let opts = HeadOptions { aggregation, power, center, calibrate, target_precision: Some(0.8), threshold: None };
+                check_with(&sizes, 13, &opts);
+            }
+        }
+    }
+}
+
+#[test]
+fn calibrated_scores_are_probabilities() {
+    common::setup_runtime();
+    let bytes = onnx::encode(&tiny_embedder(13));
+    let embedder = Embedder::from_bytes(&bytes, "tiny", None, preprocess()).unwrap();
+    let labels: Vec<String> = (0..40).map(|i| format!("c{}", i % 4)).collect();
+    let head = RetrievalHead::new(&noise(5, 40 * DIM), DIM, &labels, &HeadOptions::default()).unwrap();
+    assert!(head.temperature.is_some() && head.threshold.is_some(), "{:?}", head.calibration);
+    let mut classifier = Classifier::from_bytes(&model_bytes(&embedder, &head, false).unwrap()).unwrap();
+    for row in classifier.scores(&noise(9, 3 * 12), 3).unwrap() {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+        assert!(row.iter().all(|&p| (0.0..=1.0).contains(&p)));
+    }
+    assert_eq!(classifier.threshold(), head.threshold);
 }

@@ -1,154 +1,23 @@
-//! The retrieval head: the layers appended to an embedder that turn it into a
-//! classifier, computed (not trained) from the embeddings of the index images.
+//! The retrieval head as ONNX operations appended to an embedder graph.
 //!
-//! ```text
-//! embedder output ─ Flatten? ─┬─────────────────────────────────────────────▶ embedding [B, D]
-//!                             └ LpNormalization ─ Gemm(W rows = index images) ─▶ similarities [B, N]
-//!                                                   └ aggregation ────────────▶ scores [B, C]
-//! ```
-//!
-//! Rows of `W` are the L2-normalised embeddings of the index images, sorted by
-//! class, so `similarities` are cosine similarities to every index image. The
-//! `max` aggregation takes, per class, the best-matching image (as the original
-//! classification-by-retrieval does) with a fixed number of operations: gather
-//! the similarities into a `[B, classes, width]` block padded with repeats of a
-//! class's own images (a repeat cannot change a maximum), then ReduceMax. When
-//! class sizes are very uneven, one wide block would waste memory, so big
-//! classes are split into chunks first and the max is taken in a few levels;
-//! the number of levels grows with log(largest class / mean class), never with
-//! the number of classes.
+//! The operation count is independent of the number of classes. `max` takes,
+//! per class, the best-matching image: gather the similarities into a
+//! `[B, classes, width]` block padded with repeats of a class's own images (a
+//! repeat cannot change a maximum), then ReduceMax. When class sizes are very
+//! uneven one wide block would waste memory, so big classes are split into
+//! chunks first and the max is taken in a few levels; the number of levels
+//! grows with log(largest class / mean class), never with the number of classes.
 
 use anyhow::{anyhow, bail, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::onnx::{self, attr_int, attr_ints, node, tensor_f32, tensor_i64, value_info, DataType, Dim, ModelProto};
-
-/// How instance similarities become one score per class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Aggregation {
-    /// The best cosine similarity among the class's images (the original rule).
-    Max,
-}
-
-impl std::fmt::Display for Aggregation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Aggregation::Max => "max",
-        })
-    }
-}
-
-/// Names of the graph outputs of every cbr model.
-pub const SCORES: &str = "scores";
-pub const SIMILARITIES: &str = "similarities";
-pub const EMBEDDING: &str = "embedding";
-
-/// The computed retrieval layers: index rows, their classes, the class names.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RetrievalHead {
-    /// Class names in class order (sorted).
-    pub labels: Vec<String>,
-    /// Embedding length.
-    pub dim: usize,
-    /// `rows.len() / dim` L2-normalised index embeddings, sorted by class
-    /// (stable within a class).
-    pub rows: Vec<f32>,
-    /// The class of each row, non-decreasing.
-    pub row_class: Vec<u32>,
-    pub aggregation: Aggregation,
-}
-
-/// L2-normalises `v` in place. A zero vector stays zero.
-pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
-    if norm > 0.0 {
-        for x in v.iter_mut() {
-            *x = (*x as f64 / norm) as f32;
-        }
-    }
-}
+use super::{RetrievalHead, CLASS_SIMILARITIES, EMBEDDING, SCORES, SIMILARITIES};
+use crate::onnx::{self, attr_int, attr_ints, node, tensor_f32, tensor_i64, value_info, DataType, Dim, GraphProto, ModelProto};
 
 impl RetrievalHead {
-    /// Builds the head from raw index embeddings (`labels.len()` rows of `dim`)
-    /// and the label of each row. Classes are the sorted distinct labels.
-    pub fn new(embeddings: &[f32], dim: usize, labels: &[String], aggregation: Aggregation) -> Result<Self> {
-        if dim == 0 || embeddings.len() != labels.len() * dim {
-            bail!("{} embedding values do not make {} rows of {dim}", embeddings.len(), labels.len());
-        }
-        if labels.is_empty() {
-            bail!("no index images: a classifier needs at least one image per class");
-        }
-        let mut classes: Vec<String> = labels.to_vec();
-        classes.sort();
-        classes.dedup();
-        let class_of = |l: &String| classes.binary_search(l).expect("label is in the class list") as u32;
-        let mut order: Vec<usize> = (0..labels.len()).collect();
-        order.sort_by_key(|&i| class_of(&labels[i])); // stable: keeps input order within a class
-        let mut rows = Vec::with_capacity(embeddings.len());
-        let mut row_class = Vec::with_capacity(labels.len());
-        for i in order {
-            let start = rows.len();
-            rows.extend_from_slice(&embeddings[i * dim..(i + 1) * dim]);
-            l2_normalize(&mut rows[start..]);
-            row_class.push(class_of(&labels[i]));
-        }
-        Ok(RetrievalHead { labels: classes, dim, rows, row_class, aggregation })
-    }
-
-    /// Number of index images.
-    pub fn len(&self) -> usize {
-        self.row_class.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.row_class.is_empty()
-    }
-
-    /// Number of index images per class, in class order.
-    pub fn class_sizes(&self) -> Vec<usize> {
-        let mut n = vec![0; self.labels.len()];
-        for &c in &self.row_class {
-            n[c as usize] += 1;
-        }
-        n
-    }
-
-    /// Row indices of each class, in class order.
-    fn groups(&self) -> Vec<Vec<u32>> {
-        let mut g = vec![Vec::new(); self.labels.len()];
-        for (i, &c) in self.row_class.iter().enumerate() {
-            g[c as usize].push(i as u32);
-        }
-        g
-    }
-
-    /// Cosine similarity of a (raw) query embedding to every index row.
-    pub fn similarities(&self, query: &[f32]) -> Vec<f32> {
-        let mut q = query.to_vec();
-        l2_normalize(&mut q);
-        self.rows.chunks_exact(self.dim).map(|r| r.iter().zip(&q).map(|(a, b)| a * b).sum()).collect()
-    }
-
-    /// Class scores for a raw query embedding, computed directly in Rust.
-    /// The exported graph computes the same thing; tests hold the two together.
-    pub fn scores(&self, query: &[f32]) -> Vec<f32> {
-        let sims = self.similarities(query);
-        match self.aggregation {
-            Aggregation::Max => {
-                let mut s = vec![f32::NEG_INFINITY; self.labels.len()];
-                for (v, &c) in sims.iter().zip(&self.row_class) {
-                    s[c as usize] = s[c as usize].max(*v);
-                }
-                s
-            }
-        }
-    }
-
     /// Appends the head to an embedder graph whose embedding output is
     /// `embedding_output`. Every node, initializer, attribute and opset import
     /// of the embedder is kept; the graph outputs become `scores`,
-    /// `similarities` and `embedding`.
+    /// `class_similarities`, `similarities` and `embedding`.
     pub fn append_to(&self, embedder: &ModelProto, embedding_output: &str) -> Result<ModelProto> {
         let opset = onnx::default_opset(embedder).ok_or_else(|| anyhow!("the embedder imports no default-domain opset"))?;
         if opset < 11 {
@@ -167,7 +36,7 @@ impl RetrievalHead {
             Some(Some(n)) => Dim::Fixed(*n),
             _ => Dim::Symbolic("batch".into()),
         };
-        for name in [SCORES, SIMILARITIES, EMBEDDING] {
+        for name in [SCORES, CLASS_SIMILARITIES, SIMILARITIES, EMBEDDING] {
             let produced = graph.node.iter().any(|n| n.output.iter().any(|o| o == name));
             if produced && !(name == EMBEDDING && embedding_output == EMBEDDING) {
                 bail!("the embedder already has a tensor named {name:?}; cbr needs that name for its own output");
@@ -187,26 +56,88 @@ impl RetrievalHead {
 
         let n = self.len() as i64;
         let d = self.dim as i64;
-        graph.node.push(node("LpNormalization", "cbr/l2_normalize", &[EMBEDDING], &["cbr/embedding_l2"], vec![attr_int("axis", -1), attr_int("p", 2)]));
-        graph.initializer.push(tensor_f32("cbr/index_embeddings", &[n, d], &self.rows));
-        graph.node.push(node("Gemm", "cbr/similarity", &["cbr/embedding_l2", "cbr/index_embeddings"], &[SIMILARITIES], vec![attr_int("transB", 1)]));
-
-        match self.aggregation {
-            Aggregation::Max => {
-                let levels = plan_max(self.groups());
-                let mut input = SIMILARITIES.to_string();
-                for (i, level) in levels.iter().enumerate() {
-                    let last = i + 1 == levels.len();
-                    let output = if last { SCORES.to_string() } else { format!("cbr/max{i}") };
-                    emit_max_level(graph, level, &input, &output, i, opset);
-                    input = output;
-                }
+        let classes = self.labels.len() as i64;
+        let l2 = |graph: &mut GraphProto, name: &str, input: &str, output: &str| {
+            graph.node.push(node("LpNormalization", name, &[input], &[output], vec![attr_int("axis", -1), attr_int("p", 2)]));
+        };
+        let mut raw = EMBEDDING.to_string();
+        if let Some(p) = self.power {
+            // sign(x) * |x|^p
+            graph.node.push(node("Abs", "cbr/power_abs", &[EMBEDDING], &["cbr/embedding_abs"], vec![]));
+            if p == 0.5 {
+                graph.node.push(node("Sqrt", "cbr/power", &["cbr/embedding_abs"], &["cbr/embedding_pow"], vec![]));
+            } else {
+                graph.initializer.push(tensor_f32("cbr/power_exponent", &[], &[p]));
+                graph.node.push(node("Pow", "cbr/power", &["cbr/embedding_abs", "cbr/power_exponent"], &["cbr/embedding_pow"], vec![]));
             }
+            graph.node.push(node("Sign", "cbr/power_sign", &[EMBEDDING], &["cbr/embedding_sign"], vec![]));
+            graph.node.push(node("Mul", "cbr/power_signed", &["cbr/embedding_pow", "cbr/embedding_sign"], &["cbr/embedding_power"], vec![]));
+            raw = "cbr/embedding_power".to_string();
+        }
+        l2(graph, "cbr/l2_normalize", &raw, "cbr/embedding_l2");
+        let mut query = "cbr/embedding_l2".to_string();
+        if let Some(mean) = &self.center {
+            graph.initializer.push(tensor_f32("cbr/index_mean", &[d], mean));
+            graph.node.push(node("Sub", "cbr/center", &[&query, "cbr/index_mean"], &["cbr/embedding_centered"], vec![]));
+            l2(graph, "cbr/l2_normalize_centered", "cbr/embedding_centered", "cbr/query");
+            query = "cbr/query".to_string();
+        }
+        graph.initializer.push(tensor_f32("cbr/index_embeddings", &[n, d], &self.rows));
+        graph.node.push(node("Gemm", "cbr/similarity", &[&query, "cbr/index_embeddings"], &[SIMILARITIES], vec![attr_int("transB", 1)]));
+
+        let class_max = if self.aggregation.uses_max() {
+            let levels = plan_max(self.groups());
+            let mut input = SIMILARITIES.to_string();
+            for (i, level) in levels.iter().enumerate() {
+                let output = format!("cbr/max{i}");
+                emit_max_level(graph, level, &input, &output, i, opset);
+                input = output;
+            }
+            Some(input)
+        } else {
+            None
+        };
+        let class_centroid = if self.aggregation.uses_centroid() {
+            graph.initializer.push(tensor_f32("cbr/class_centroids", &[classes, d], &self.centroids));
+            graph.node.push(node("Gemm", "cbr/centroid_similarity", &[&query, "cbr/class_centroids"], &["cbr/centroid"], vec![attr_int("transB", 1)]));
+            Some("cbr/centroid".to_string())
+        } else {
+            None
+        };
+        if let Some(disc) = &self.discriminant {
+            graph.initializer.push(tensor_f32("cbr/discriminant_weights", &[classes, d], &disc.weights));
+            graph.initializer.push(tensor_f32("cbr/discriminant_bias", &[classes], &disc.bias));
+            graph.node.push(node(
+                "Gemm",
+                "cbr/discriminant",
+                &[&query, "cbr/discriminant_weights", "cbr/discriminant_bias"],
+                &[CLASS_SIMILARITIES],
+                vec![attr_int("transB", 1)],
+            ));
+        } else {
+            match (class_max, class_centroid) {
+            (Some(m), Some(c)) => {
+                graph.node.push(node("Add", "cbr/blend_add", &[&m, &c], &["cbr/blend_sum"], vec![]));
+                graph.initializer.push(tensor_f32("cbr/half", &[], &[0.5]));
+                graph.node.push(node("Mul", "cbr/blend", &["cbr/blend_sum", "cbr/half"], &[CLASS_SIMILARITIES], vec![]));
+            }
+            (Some(x), None) | (None, Some(x)) => graph.node.push(node("Identity", "cbr/class_similarities", &[&x], &[CLASS_SIMILARITIES], vec![])),
+            (None, None) => unreachable!("max, centroid and blend use max or centroid"),
+            }
+        }
+        match self.temperature {
+            Some(t) => {
+                graph.initializer.push(tensor_f32("cbr/inverse_temperature", &[], &[1.0 / t]));
+                graph.node.push(node("Mul", "cbr/scale", &[CLASS_SIMILARITIES, "cbr/inverse_temperature"], &["cbr/logits"], vec![]));
+                // Softmax over the class axis; [B, C] is 2-D, so axis 1 means the same in every opset.
+                graph.node.push(node("Softmax", "cbr/softmax", &["cbr/logits"], &[SCORES], vec![attr_int("axis", 1)]));
+            }
+            None => graph.node.push(node("Identity", "cbr/scores", &[CLASS_SIMILARITIES], &[SCORES], vec![])),
         }
 
         graph.output.clear();
-        let classes = self.labels.len() as i64;
         graph.output.push(value_info(SCORES, DataType::Float, &[batch_dim.clone(), Dim::Fixed(classes)]));
+        graph.output.push(value_info(CLASS_SIMILARITIES, DataType::Float, &[batch_dim.clone(), Dim::Fixed(classes)]));
         graph.output.push(value_info(SIMILARITIES, DataType::Float, &[batch_dim.clone(), Dim::Fixed(n)]));
         graph.output.push(value_info(EMBEDDING, DataType::Float, &[batch_dim, Dim::Fixed(d)]));
         Ok(model)
@@ -275,7 +206,7 @@ fn padded_level(groups: &[Vec<u32>], width: usize, total: usize) -> MaxLevel {
     MaxLevel { groups: groups.len(), width, index: if identity { None } else { Some(index) } }
 }
 
-fn emit_max_level(graph: &mut onnx::GraphProto, level: &MaxLevel, input: &str, output: &str, i: usize, opset: i64) {
+fn emit_max_level(graph: &mut GraphProto, level: &MaxLevel, input: &str, output: &str, i: usize, opset: i64) {
     let mut x = input.to_string();
     if let Some(index) = &level.index {
         let idx = format!("cbr/max{i}_index");
@@ -342,24 +273,5 @@ mod tests {
         assert_eq!(eval_levels(&levels, &input), expect);
     }
 
-    #[test]
-    fn head_sorts_rows_by_class_and_normalises() {
-        let labels: Vec<String> = ["b", "a", "b"].iter().map(|s| s.to_string()).collect();
-        let emb = [3.0, 4.0, 1.0, 0.0, 0.0, 2.0];
-        let h = RetrievalHead::new(&emb, 2, &labels, Aggregation::Max).unwrap();
-        assert_eq!(h.labels, vec!["a", "b"]);
-        assert_eq!(h.row_class, vec![0, 1, 1]);
-        assert_eq!(h.rows, vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
-        assert_eq!(h.class_sizes(), vec![1, 2]);
-        // Query along y: class a's only image is orthogonal, class b has (0,1).
-        let s = h.scores(&[0.0, 5.0]);
-        assert_eq!(s, vec![0.0, 1.0]);
-    }
 
-    #[test]
-    fn head_rejects_mismatched_input() {
-        let labels = vec!["a".to_string()];
-        assert!(RetrievalHead::new(&[1.0, 2.0, 3.0], 2, &labels, Aggregation::Max).is_err());
-        assert!(RetrievalHead::new(&[], 2, &[], Aggregation::Max).is_err());
-    }
 }

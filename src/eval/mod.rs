@@ -1,0 +1,824 @@
+//! `cbr eval`: how well would a classifier built from K images per class do?
+//!
+//! Every image is embedded once (with `--augment`, its mirror image too); all
+//! splits and head configurations are then computed on the stored embeddings
+//! with [`RetrievalHead`], whose math is the exported graph's.
+//!
+//! Protocol, for each K and each seed: a random split puts K images of every
+//! class in the index and the rest are queries (only their photo row, never
+//! the mirror row). Each head configuration (every [`Aggregation`] with the
+//! default centring and calibration, plus the `original` rule) is built from
+//! the same index and scored on the same queries; top-1 and top-5 accuracy
+//! are averaged over seeds with a 95% t-interval. The default configuration
+//! also gets per-class metrics, a confusion matrix, calibration and an
+//! open-set test: ~20% of the classes are held out entirely as "unknown".
+
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::build::Embedded;
+use crate::head::{calibrate, softmax, Aggregation, HeadOptions, RetrievalHead};
+
+// ---------------------------------------------------------------- randomness
+
+/// SplitMix64: a tiny, good-enough deterministic generator for splits.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    /// An independent generator for `seed` and a purpose (`stream`).
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut g = SplitMix64(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        g.next_u64();
+        g
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+const STREAM_SPLIT: u64 = 1;
+const STREAM_UNKNOWN: u64 = 2;
+
+// ---------------------------------------------------------------- data
+
+/// The embedded data set, grouped by source image.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Class names, sorted.
+    pub classes: Vec<String>,
+    /// Class of each source image.
+    pub image_class: Vec<usize>,
+    /// Embedding rows of each source image; the first is the photo (later
+    /// ones, with augmentation, its mirror image).
+    pub image_rows: Vec<Vec<usize>>,
+    pub embeddings: Vec<f32>,
+    pub dim: usize,
+    /// Path of each source image (may be empty in tests).
+    pub paths: Vec<PathBuf>,
+}
+
+impl Dataset {
+    /// From rows of `dim` values, each with its label and source image id.
+    pub fn from_rows(embeddings: Vec<f32>, dim: usize, labels: &[String], images: &[u32], paths: Vec<PathBuf>) -> Result<Self> {
+        if dim == 0 || embeddings.len() != labels.len() * dim || images.len() != labels.len() {
+            bail!("{} embedding values do not make {} rows of {dim}", embeddings.len(), labels.len());
+        }
+        let mut classes: Vec<String> = labels.to_vec();
+        classes.sort();
+        classes.dedup();
+        let n_images = images.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+        let mut image_class = vec![usize::MAX; n_images];
+        let mut image_rows = vec![Vec::new(); n_images];
+        for (row, (label, &img)) in labels.iter().zip(images).enumerate() {
+            let c = classes.binary_search(label).expect("label is a class");
+            let img = img as usize;
+            if image_class[img] != usize::MAX && image_class[img] != c {
+                bail!("image {img} has rows of two classes");
+            }
+            image_class[img] = c;
+            image_rows[img].push(row);
+        }
+        // Images without rows (skipped) keep no rows: drop them from the id space.
+        let keep: Vec<usize> = (0..n_images).filter(|&i| !image_rows[i].is_empty()).collect();
+        let paths = if paths.len() == n_images { keep.iter().map(|&i| paths[i].clone()).collect() } else { Vec::new() };
+        Ok(Dataset {
+            classes,
+            image_class: keep.iter().map(|&i| image_class[i]).collect(),
+            image_rows: keep.iter().map(|&i| std::mem::take(&mut image_rows[i])).collect(),
+            embeddings,
+            dim,
+            paths,
+        })
+    }
+
+    pub fn from_embedded(e: &Embedded) -> Result<Self> {
+        Self::from_rows(e.embeddings.clone(), e.dim, &e.labels, &e.images, e.paths.clone())
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.embeddings[r * self.dim..(r + 1) * self.dim]
+    }
+
+    /// Images of each class, in image order.
+    pub fn class_images(&self) -> Vec<Vec<usize>> {
+        let mut g = vec![Vec::new(); self.classes.len()];
+        for (i, &c) in self.image_class.iter().enumerate() {
+            g[c].push(i);
+        }
+        g
+    }
+}
+
+/// Writes `embeddings.f32` (raw little-endian rows), `labels.txt` (one per
+/// row), `images.txt` (source image index per row) and `paths.txt` (one per
+/// source image) into `dir`, for `bench/logreg_reference.py`.
+pub fn dump(e: &Embedded, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut bytes = Vec::with_capacity(e.embeddings.len() * 4);
+    for v in &e.embeddings {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    crate::cache::write_atomic(&dir.join("embeddings.f32"), &bytes)?;
+    let lines = |v: Vec<String>| v.into_iter().map(|s| s + "\n").collect::<String>().into_bytes();
+    crate::cache::write_atomic(&dir.join("labels.txt"), &lines(e.labels.clone()))?;
+    crate::cache::write_atomic(&dir.join("images.txt"), &lines(e.images.iter().map(|i| i.to_string()).collect()))?;
+    crate::cache::write_atomic(&dir.join("paths.txt"), &lines(e.paths.iter().map(|p| p.to_string_lossy().into_owned()).collect()))?;
+    crate::cache::write_atomic(&dir.join("meta.json"), serde_json::json!({ "dim": e.dim, "rows": e.labels.len() }).to_string().as_bytes())?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- splits
+
+/// Source images in the index and as queries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub index: Vec<usize>,
+    pub queries: Vec<usize>,
+}
+
+/// How many of a class's `n` images go to the index for `shots`: `shots` when
+/// there are more, else all but one (one left as a query), and at least one.
+pub fn index_count(n: usize, shots: usize) -> usize {
+    if n > shots {
+        shots
+    } else {
+        n.saturating_sub(1).max(1).min(n)
+    }
+}
+
+/// The split for `seed`: each class's images are shuffled by a generator
+/// seeded from `seed` (the same permutation for every K, so smaller indexes
+/// are subsets of larger ones) and the first [`index_count`] go to the index.
+pub fn split(class_images: &[Vec<usize>], shots: usize, seed: u64) -> Split {
+    let mut rng = SplitMix64::stream(seed, STREAM_SPLIT);
+    let mut s = Split { index: Vec::new(), queries: Vec::new() };
+    for imgs in class_images {
+        let mut v = imgs.clone();
+        rng.shuffle(&mut v);
+        let k = index_count(v.len(), shots);
+        s.index.extend_from_slice(&v[..k]);
+        s.queries.extend_from_slice(&v[k..]);
+    }
+    s
+}
+
+/// The classes held out as unknown for `seed`: `fraction` of them, rounded,
+/// at least one and leaving at least two known. Sorted. Empty with < 3 classes.
+pub fn unknown_classes(n_classes: usize, fraction: f64, seed: u64) -> Vec<usize> {
+    if n_classes < 3 {
+        return Vec::new();
+    }
+    let n = ((n_classes as f64 * fraction).round() as usize).clamp(1, n_classes - 2);
+    let mut c: Vec<usize> = (0..n_classes).collect();
+    SplitMix64::stream(seed, STREAM_UNKNOWN).shuffle(&mut c);
+    let mut u = c[..n].to_vec();
+    u.sort();
+    u
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// Rank of the true class (0 = top): classes scoring higher, plus equal
+/// scores at lower class indices (the first maximum wins, like argmax).
+pub fn rank_of(scores: &[f32], truth: usize) -> usize {
+    let t = scores[truth];
+    scores.iter().enumerate().filter(|&(j, &s)| s > t || (s == t && j < truth)).count()
+}
+
+/// The first maximum.
+pub fn argmax(s: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in s.iter().enumerate() {
+        if *v > s[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Share of queries whose true class is among the `k` best.
+pub fn top_k_accuracy(scores: &[Vec<f32>], truths: &[usize], k: usize) -> f64 {
+    if scores.is_empty() {
+        return f64::NAN;
+    }
+    scores.iter().zip(truths).filter(|(s, &t)| rank_of(s, t) < k).count() as f64 / scores.len() as f64
+}
+
+/// Two-sided 95% critical value of Student's t with `df` degrees of freedom.
+pub fn t_critical_95(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
+        2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => T[df - 1],
+        // Cornish-Fisher: z + (z^3 + z) / (4 df), within 0.001 beyond 30.
+        _ => 1.959964 + (1.959964f64.powi(3) + 1.959964) / (4.0 * df as f64),
+    }
+}
+
+/// A mean over seeds with its 95% confidence half-width (none for one value).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    /// Half-width of the 95% t-interval: mean ± ci95.
+    pub ci95: Option<f64>,
+    pub values: Vec<f64>,
+}
+
+impl Stat {
+    /// From per-seed values; NaN values (undefined for a seed) are left out.
+    pub fn of(values: &[f64]) -> Stat {
+        let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        let n = v.len();
+        let mean = if n == 0 { f64::NAN } else { v.iter().sum::<f64>() / n as f64 };
+        let ci95 = if n < 2 {
+            None
+        } else {
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            Some(t_critical_95(n - 1) * (var / n as f64).sqrt())
+        };
+        Stat { mean, ci95, values: values.to_vec() }
+    }
+}
+
+/// Area under the ROC curve of `positive` scores against `negative` ones: the
+/// chance a random positive scores above a random negative, ties counting half.
+pub fn auroc(positive: &[f32], negative: &[f32]) -> Option<f64> {
+    if positive.is_empty() || negative.is_empty() {
+        return None;
+    }
+    let mut all: Vec<(f32, bool)> = positive.iter().map(|&s| (s, true)).chain(negative.iter().map(|&s| (s, false))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Mann-Whitney U with average ranks for ties.
+    let mut rank_sum_pos = 0f64;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + 1 + j) as f64 / 2.0; // ranks i+1..=j
+        rank_sum_pos += avg_rank * all[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    let (p, n) = (positive.len() as f64, negative.len() as f64);
+    Some((rank_sum_pos - p * (p + 1.0) / 2.0) / (p * n))
+}
+
+/// `m[truth][predicted]` counts.
+pub fn confusion_matrix(truths: &[usize], predicted: &[usize], n_classes: usize) -> Vec<Vec<u64>> {
+    let mut m = vec![vec![0u64; n_classes]; n_classes];
+    for (&t, &p) in truths.iter().zip(predicted) {
+        m[t][p] += 1;
+    }
+    m
+}
+
+/// Precision and recall of one class.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ClassMetrics {
+    pub label: String,
+    /// Correct / predicted as this class (none if never predicted).
+    pub precision: Option<f64>,
+    /// Correct / queries of this class (none without queries).
+    pub recall: Option<f64>,
+    /// Queries of this class (summed over seeds).
+    pub support: u64,
+    pub predicted: u64,
+}
+
+/// Per-class precision and recall from a confusion matrix.
+pub fn per_class_metrics(m: &[Vec<u64>], labels: &[String]) -> Vec<ClassMetrics> {
+    (0..m.len())
+        .map(|c| {
+            let support: u64 = m[c].iter().sum();
+            let predicted: u64 = m.iter().map(|r| r[c]).sum();
+            let ok = m[c][c] as f64;
+            ClassMetrics {
+                label: labels[c].clone(),
+                precision: (predicted > 0).then(|| ok / predicted as f64),
+                recall: (support > 0).then(|| ok / support as f64),
+                support,
+                predicted,
+            }
+        })
+        .collect()
+}
+
+/// One bin of a reliability diagram.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReliabilityBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: u64,
+    /// Mean confidence and accuracy of the bin's queries (none when empty).
+    pub confidence: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
+/// Equal-width bins of top-score confidence against accuracy.
+pub fn reliability_bins(confidence: &[f32], correct: &[bool], bins: usize) -> Vec<ReliabilityBin> {
+    let mut conf = vec![0f64; bins];
+    let mut acc = vec![0f64; bins];
+    let mut count = vec![0u64; bins];
+    for (&c, &ok) in confidence.iter().zip(correct) {
+        let b = ((c.clamp(0.0, 1.0) * bins as f32) as usize).min(bins - 1);
+        conf[b] += c as f64;
+        acc[b] += ok as u8 as f64;
+        count[b] += 1;
+    }
+    (0..bins)
+        .map(|b| ReliabilityBin {
+            lo: b as f64 / bins as f64,
+            hi: (b + 1) as f64 / bins as f64,
+            count: count[b],
+            confidence: (count[b] > 0).then(|| conf[b] / count[b] as f64),
+            accuracy: (count[b] > 0).then(|| acc[b] / count[b] as f64),
+        })
+        .collect()
+}
+
+/// Open-set rates at a threshold (accepted when top score ≥ threshold; no
+/// threshold accepts everything): (accuracy of accepted known queries, share
+/// of known queries accepted, share of unknown queries rejected).
+pub fn open_set_rates(known_top: &[f32], known_correct: &[bool], unknown_top: &[f32], threshold: Option<f32>) -> (f64, f64, f64) {
+    let t = threshold.unwrap_or(f32::NEG_INFINITY);
+    let accepted: Vec<bool> = known_top.iter().map(|&s| s >= t).collect();
+    let n_acc = accepted.iter().filter(|&&a| a).count();
+    let right = accepted.iter().zip(known_correct).filter(|(&a, &c)| a && c).count();
+    let acc = if n_acc == 0 { f64::NAN } else { right as f64 / n_acc as f64 };
+    let frac = |n: usize, d: usize| if d == 0 { f64::NAN } else { n as f64 / d as f64 };
+    let rejected = unknown_top.iter().filter(|&&s| s < t).count();
+    (acc, frac(n_acc, known_top.len()), frac(rejected, unknown_top.len()))
+}
+
+// ---------------------------------------------------------------- protocol
+
+/// A head configuration compared by `cbr eval`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub options: HeadOptions,
+    /// `HeadOptions::default()`: gets the detailed report.
+    pub default: bool,
+}
+
+/// Every aggregation with the default centring and calibration, then `original`.
+pub fn configs() -> Vec<Config> {
+    let d = HeadOptions::default();
+    let mut v: Vec<Config> = Aggregation::ALL
+        .into_iter()
+        .map(|a| {
+            let options = HeadOptions { aggregation: a, ..d.clone() };
+            Config { name: a.name().to_string(), default: options == d, options }
+        })
+        .collect();
+    v.push(Config { name: "original".into(), options: HeadOptions::original(), default: false });
+    v
+}
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Index images per class; each K is a separate evaluation.
+    pub shots: Vec<usize>,
+    pub seeds: usize,
+    /// Share of classes held out as unknown in the open-set test.
+    pub unknown_fraction: f64,
+    /// Confusion pairs kept (with example images) in the report.
+    pub pairs: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { shots: vec![5], seeds: 5, unknown_fraction: 0.2, pairs: 20 }
+    }
+}
+
+/// One configuration's accuracy over seeds.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigResult {
+    pub name: String,
+    pub aggregation: String,
+    pub center: bool,
+    pub calibrate: bool,
+    pub default: bool,
+    pub top1: Stat,
+    pub top5: Stat,
+    /// Why the head could not be built, if it could not (for some seed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A frequent confusion, with example images.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfusedPair {
+    pub truth: String,
+    pub predicted: String,
+    /// Queries of `truth` predicted as `predicted`, summed over seeds.
+    pub count: u64,
+    /// Share of `truth`'s queries.
+    pub rate: f64,
+    /// Some of those queries.
+    pub examples: Vec<String>,
+    /// Some images of the predicted class, for comparison.
+    pub predicted_examples: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationResult {
+    /// Expected calibration error (15 bins) of the top softmax score on the
+    /// held-out queries with τ = 1 ("unfitted") and with the fitted τ.
+    pub ece_unfitted: Stat,
+    pub ece_fitted: Stat,
+    pub temperature: Stat,
+    /// Which scores the reliability diagram shows: "fitted" or, when no
+    /// temperature could be fitted (one image per class), "unfitted".
+    pub reliability_of: String,
+    /// 10 bins, queries of all seeds.
+    pub reliability: Vec<ReliabilityBin>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpenSetResult {
+    pub unknown_classes: usize,
+    pub known_classes: usize,
+    /// AUROC of the top score: known-class queries vs unknown-class queries.
+    pub auroc: Stat,
+    /// The model's own threshold (leave-one-out, target precision).
+    pub threshold: Stat,
+    /// At that threshold: accuracy of accepted known queries, share of known
+    /// queries accepted, share of unknown queries rejected.
+    pub known_accuracy_accepted: Stat,
+    pub known_accepted: Stat,
+    pub unknown_rejected: Stat,
+}
+
+/// The detailed report of the default configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Detail {
+    pub config: String,
+    pub labels: Vec<String>,
+    /// `confusion[truth][predicted]`, summed over seeds.
+    pub confusion: Vec<Vec<u64>>,
+    pub per_class: Vec<ClassMetrics>,
+    pub confused_pairs: Vec<ConfusedPair>,
+    pub calibration: CalibrationResult,
+    pub open_set: Option<OpenSetResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ShotResult {
+    pub shots: usize,
+    /// Index and query images per seed (the same for every seed).
+    pub index_images: usize,
+    pub query_images: usize,
+    pub configs: Vec<ConfigResult>,
+    pub detail: Option<Detail>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub dataset: String,
+    pub embedder: String,
+    pub classes: usize,
+    pub images: usize,
+    pub skipped: usize,
+    pub augment: bool,
+    pub seeds: usize,
+    pub embed_seconds: f64,
+    pub eval_seconds: f64,
+    pub results: Vec<ShotResult>,
+}
+
+/// Rows of `images` as (embeddings, labels, image ids) for a head.
+fn index_rows(ds: &Dataset, images: &[usize]) -> (Vec<f32>, Vec<String>, Vec<u32>) {
+    let mut e = Vec::new();
+    let mut l = Vec::new();
+    let mut ids = Vec::new();
+    for &i in images {
+        for &r in &ds.image_rows[i] {
+            e.extend_from_slice(ds.row(r));
+            l.push(ds.classes[ds.image_class[i]].clone());
+            ids.push(i as u32);
+        }
+    }
+    (e, l, ids)
+}
+
+/// Class similarities of each query image (its photo row) in the dataset's
+/// class order (`-inf` for classes the head does not know).
+fn query_similarities(ds: &Dataset, head: &RetrievalHead, queries: &[usize]) -> Vec<Vec<f32>> {
+    let to_global: Vec<usize> = head.labels.iter().map(|l| ds.classes.binary_search(l).expect("head class is a class")).collect();
+    let same = to_global.len() == ds.classes.len();
+    queries
+        .par_iter()
+        .map(|&i| {
+            let s = head.class_similarities(ds.row(ds.image_rows[i][0]));
+            if same {
+                s
+            } else {
+                let mut g = vec![f32::NEG_INFINITY; ds.classes.len()];
+                for (v, &c) in s.iter().zip(&to_global) {
+                    g[c] = *v;
+                }
+                g
+            }
+        })
+        .collect()
+}
+
+fn top_of(p: &[f32]) -> f32 {
+    p.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Scores as the head outputs them: softmax(· / τ) when calibrated.
+fn head_scores(head: &RetrievalHead, sims: &[f32]) -> Vec<f32> {
+    match head.temperature {
+        Some(t) => softmax(sims, t),
+        None => sims.to_vec(),
+    }
+}
+
+fn path_string(ds: &Dataset, i: usize) -> String {
+    ds.paths.get(i).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| format!("#{i}"))
+}
+
+/// Runs the protocol for one K.
+pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<ShotResult> {
+    let cfgs = configs();
+    let class_images = ds.class_images();
+    let nc = ds.classes.len();
+    let mut top1 = vec![Vec::new(); cfgs.len()];
+    let mut top5 = vec![Vec::new(); cfgs.len()];
+    let mut errors: Vec<Option<String>> = vec![None; cfgs.len()];
+    let mut confusion = vec![vec![0u64; nc]; nc];
+    let mut examples: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    let (mut ece0, mut ece1, mut temps) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rel_conf, mut rel_ok, mut rel_fitted) = (Vec::new(), Vec::new(), true);
+    let mut open = Vec::new();
+    let mut sizes = (0, 0);
+    let has_default = cfgs.iter().any(|c| c.default);
+
+    for seed in 0..opts.seeds as u64 {
+        let sp = split(&class_images, shots, seed);
+        sizes = (sp.index.len(), sp.queries.len());
+        if sp.queries.is_empty() {
+            bail!("no query images left with {shots} index images per class: use fewer --shots");
+        }
+        let truths: Vec<usize> = sp.queries.iter().map(|&i| ds.image_class[i]).collect();
+        let (e, l, ids) = index_rows(ds, &sp.index);
+        for (ci, cfg) in cfgs.iter().enumerate() {
+            let head = match RetrievalHead::with_images(&e, ds.dim, &l, &ids, &cfg.options) {
+                Ok(h) => h,
+                Err(err) => {
+                    errors[ci] = Some(format!("{err:#}"));
+                    top1[ci].push(f64::NAN);
+                    top5[ci].push(f64::NAN);
+                    continue;
+                }
+            };
+            let sims = query_similarities(ds, &head, &sp.queries);
+            top1[ci].push(top_k_accuracy(&sims, &truths, 1));
+            top5[ci].push(top_k_accuracy(&sims, &truths, 5));
+            if !cfg.default {
+                continue;
+            }
+            let mut correct = Vec::with_capacity(sims.len());
+            let (mut c0, mut c1) = (Vec::new(), Vec::new());
+            for ((s, &t), &img) in sims.iter().zip(&truths).zip(&sp.queries) {
+                let p = argmax(s);
+                confusion[t][p] += 1;
+                if p != t {
+                    let ex = examples.entry((t, p)).or_default();
+                    if ex.len() < 4 {
+                        ex.push(img);
+                    }
+                }
+                correct.push(p == t);
+                c0.push(top_of(&softmax(s, 1.0)));
+                if let Some(tau) = head.temperature {
+                    c1.push(top_of(&softmax(s, tau)));
+                }
+            }
+            ece0.push(calibrate::ece(&c0, &correct) as f64);
+            match head.temperature {
+                Some(tau) => {
+                    ece1.push(calibrate::ece(&c1, &correct) as f64);
+                    temps.push(tau as f64);
+                }
+                None => {
+                    ece1.push(f64::NAN);
+                    temps.push(f64::NAN);
+                    rel_fitted = false;
+                }
+            }
+            rel_conf.push((c0, c1));
+            rel_ok.push(correct);
+        }
+        if has_default {
+            let cfg = cfgs.iter().find(|c| c.default).expect("a default configuration");
+            open.push(open_set_seed(ds, &class_images, shots, seed, opts.unknown_fraction, &cfg.options)?);
+        }
+    }
+
+    let configs = cfgs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ConfigResult {
+            name: c.name.clone(),
+            aggregation: c.options.aggregation.name().to_string(),
+            center: c.options.center,
+            calibrate: c.options.calibrate,
+            default: c.default,
+            top1: Stat::of(&top1[i]),
+            top5: Stat::of(&top5[i]),
+            error: errors[i].clone(),
+        })
+        .collect();
+
+    let detail = if has_default && !rel_ok.is_empty() {
+        let cfg = cfgs.iter().find(|c| c.default).expect("a default configuration");
+        let (mut conf, mut ok) = (Vec::new(), Vec::new());
+        for ((c0, c1), o) in rel_conf.into_iter().zip(rel_ok) {
+            conf.extend(if rel_fitted { c1 } else { c0 });
+            ok.extend(o);
+        }
+        let class_images_ref = &class_images;
+        let mut pairs: Vec<((usize, usize), u64)> =
+            (0..nc).flat_map(|t| (0..nc).filter(move |&p| p != t).map(move |p| (t, p))).map(|(t, p)| ((t, p), confusion[t][p])).filter(|x| x.1 > 0).collect();
+        pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let confused_pairs = pairs
+            .into_iter()
+            .take(opts.pairs)
+            .map(|((t, p), n)| ConfusedPair {
+                truth: ds.classes[t].clone(),
+                predicted: ds.classes[p].clone(),
+                count: n,
+                rate: n as f64 / confusion[t].iter().sum::<u64>().max(1) as f64,
+                examples: examples.get(&(t, p)).map(|v| v.iter().map(|&i| path_string(ds, i)).collect()).unwrap_or_default(),
+                predicted_examples: class_images_ref[p].iter().take(2).map(|&i| path_string(ds, i)).collect(),
+            })
+            .collect();
+        let open_set = open.iter().all(|o| o.is_some()).then(|| {
+            let o: Vec<&OpenSeed> = open.iter().map(|o| o.as_ref().expect("checked")).collect();
+            let col = |f: &dyn Fn(&OpenSeed) -> f64| Stat::of(&o.iter().map(|x| f(x)).collect::<Vec<_>>());
+            OpenSetResult {
+                unknown_classes: o[0].unknown,
+                known_classes: nc - o[0].unknown,
+                auroc: col(&|x| x.auroc),
+                threshold: col(&|x| x.threshold),
+                known_accuracy_accepted: col(&|x| x.rates.0),
+                known_accepted: col(&|x| x.rates.1),
+                unknown_rejected: col(&|x| x.rates.2),
+            }
+        });
+        Some(Detail {
+            config: cfg.name.clone(),
+            labels: ds.classes.clone(),
+            per_class: per_class_metrics(&confusion, &ds.classes),
+            confusion,
+            confused_pairs,
+            calibration: CalibrationResult {
+                ece_unfitted: Stat::of(&ece0),
+                ece_fitted: Stat::of(&ece1),
+                temperature: Stat::of(&temps),
+                reliability_of: if rel_fitted { "fitted" } else { "unfitted" }.into(),
+                reliability: reliability_bins(&conf, &ok, 10),
+            },
+            open_set: open_set.filter(|o| o.auroc.mean.is_finite()),
+        })
+    } else {
+        None
+    };
+    Ok(ShotResult { shots, index_images: sizes.0, query_images: sizes.1, configs, detail })
+}
+
+struct OpenSeed {
+    unknown: usize,
+    auroc: f64,
+    threshold: f64,
+    rates: (f64, f64, f64),
+}
+
+/// One seed of the open-set test (none with fewer than 3 classes).
+fn open_set_seed(
+    ds: &Dataset,
+    class_images: &[Vec<usize>],
+    shots: usize,
+    seed: u64,
+    fraction: f64,
+    options: &HeadOptions,
+) -> Result<Option<OpenSeed>> {
+    let unknown = unknown_classes(ds.classes.len(), fraction, seed);
+    if unknown.is_empty() {
+        return Ok(None);
+    }
+    let is_unknown = |c: usize| unknown.binary_search(&c).is_ok();
+    let sp = split(class_images, shots, seed);
+    let index: Vec<usize> = sp.index.iter().copied().filter(|&i| !is_unknown(ds.image_class[i])).collect();
+    let known_q: Vec<usize> = sp.queries.iter().copied().filter(|&i| !is_unknown(ds.image_class[i])).collect();
+    let unknown_q: Vec<usize> = (0..ds.image_class.len()).filter(|&i| is_unknown(ds.image_class[i])).collect();
+    let (e, l, ids) = index_rows(ds, &index);
+    let head = RetrievalHead::with_images(&e, ds.dim, &l, &ids, options)?;
+    let top = |qs: &[usize]| -> (Vec<f32>, Vec<bool>) {
+        query_similarities(ds, &head, qs)
+            .into_iter()
+            .zip(qs)
+            .map(|(s, &i)| {
+                let p = head_scores(&head, &s);
+                (top_of(&p), argmax(&p) == ds.image_class[i])
+            })
+            .unzip()
+    };
+    let (kt, kc) = top(&known_q);
+    let (ut, _) = top(&unknown_q);
+    Ok(Some(OpenSeed {
+        unknown: unknown.len(),
+        auroc: auroc(&kt, &ut).unwrap_or(f64::NAN),
+        threshold: head.threshold.map(|t| t as f64).unwrap_or(f64::NAN),
+        rates: open_set_rates(&kt, &kc, &ut, head.threshold),
+    }))
+}
+
+/// Refuses options that cannot give a result.
+pub fn check_options(opts: &EvalOptions) -> Result<()> {
+    if opts.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    if opts.shots.is_empty() || opts.shots.contains(&0) {
+        bail!("--shots must be at least 1 image per class");
+    }
+    if !(0.0..1.0).contains(&opts.unknown_fraction) {
+        bail!("the unknown-class fraction must be in [0, 1)");
+    }
+    Ok(())
+}
+
+/// Runs every K of `opts` on the embedded data set.
+pub fn evaluate(ds: &Dataset, opts: &EvalOptions, progress: &dyn Fn(usize)) -> Result<Vec<ShotResult>> {
+    if ds.classes.len() < 2 {
+        bail!("evaluation needs at least two classes");
+    }
+    check_options(opts)?;
+    opts.shots
+        .iter()
+        .map(|&k| {
+            progress(k);
+            evaluate_shots(ds, k, opts)
+        })
+        .collect()
+}
+
+/// Evaluates embedded images: [`evaluate`] plus what the report says about
+/// the data. `progress` is called with each K as it starts.
+pub fn run(dataset: &str, embedder: &str, e: &Embedded, augment: bool, opts: &EvalOptions, progress: &dyn Fn(usize)) -> Result<EvalReport> {
+    let ds = Dataset::from_embedded(e)?;
+    let start = std::time::Instant::now();
+    let results = evaluate(&ds, opts, progress)?;
+    Ok(EvalReport {
+        dataset: dataset.to_string(),
+        embedder: embedder.to_string(),
+        classes: ds.classes.len(),
+        images: ds.image_class.len(),
+        skipped: e.skipped.len(),
+        augment,
+        seeds: opts.seeds,
+        embed_seconds: e.seconds,
+        eval_seconds: start.elapsed().as_secs_f64(),
+        results,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,380 @@
+//! What the index can say about itself, by leave-one-out: each index image in
+//! turn is scored against the others, as an unseen query would be. From those
+//! scores we fit the softmax temperature (minimum negative log-likelihood) and
+//! choose the "unknown" threshold that keeps a target precision.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{discriminant, dot, l2_normalize, softmax, Aggregation, RetrievalHead};
+
+/// Leave-one-out queries are capped so calibration stays fast on big indexes:
+/// at most this many, and at most `LOO_BUDGET / rows` when matching every row.
+const MAX_LOO_QUERIES: usize = 2000;
+const LOO_BUDGET: usize = 20_000_000;
+
+/// The outcome of calibration, kept in the model's metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Fitted softmax temperature, if fitted.
+    pub temperature: Option<f32>,
+    /// Threshold on the top score below which the answer is "unknown".
+    pub threshold: Option<f32>,
+    /// The precision the threshold was chosen for.
+    pub target_precision: Option<f32>,
+    /// Leave-one-out queries used.
+    pub samples: usize,
+    /// Top-1 accuracy of the leave-one-out queries (none without queries).
+    pub accuracy: Option<f32>,
+    /// Expected calibration error of softmax(τ = 1) and of the fitted softmax.
+    pub ece_unfitted: Option<f32>,
+    pub ece: Option<f32>,
+    /// Share of leave-one-out queries accepted (not unknown) at the threshold.
+    pub coverage: f32,
+}
+
+/// One leave-one-out query: class similarities (`-inf` for a class left with
+/// no images) and the true class.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub scores: Vec<f32>,
+    pub truth: usize,
+}
+
+/// Scores every (sampled) index image against the rest of the index.
+pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
+    let dim = head.dim;
+    let n = head.len();
+    // One query per source image: the first row of each image.
+    let mut firsts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, &img) in head.row_image.iter().enumerate() {
+        if seen.insert(img) {
+            firsts.push(i);
+        }
+    }
+    let cap = if head.aggregation.uses_max() { MAX_LOO_QUERIES.min((LOO_BUDGET / n.max(1)).max(50)) } else { MAX_LOO_QUERIES };
+    let queries: Vec<usize> = if firsts.len() > cap {
+        (0..cap).map(|k| firsts[k * firsts.len() / cap]).collect() // evenly spaced: deterministic
+    } else {
+        firsts
+    };
+    let sums = head.class_sums();
+    let sizes = head.class_sizes();
+    queries
+        .par_iter()
+        .filter_map(|&i| {
+            let q = &head.rows[i * dim..(i + 1) * dim];
+            let image = head.row_image[i];
+            let truth = head.row_class[i] as usize;
+            // Rows of the query's own image, all in its class.
+            let own: Vec<usize> = (0..n).filter(|&j| head.row_image[j] == image).collect();
+            if own.len() >= sizes[truth] {
+                return None; // its class has no other image: nothing to recognise it by
+            }
+            let c = head.labels.len();
+            let max = if head.aggregation.uses_max() {
+                let mut m = vec![f32::NEG_INFINITY; c];
+                for j in 0..n {
+                    if head.row_image[j] != image {
+                        let k = head.row_class[j] as usize;
+                        m[k] = m[k].max(dot(&head.rows[j * dim..(j + 1) * dim], q));
+                    }
+                }
+                m
+            } else {
+                Vec::new()
+            };
+            let cent = if head.aggregation.uses_centroid() {
+                let mut s: Vec<f32> = head.centroids.chunks_exact(dim).map(|r| dot(r, q)).collect();
+                let mut own_class = sums[truth * dim..(truth + 1) * dim].to_vec();
+                for &j in &own {
+                    for (a, x) in own_class.iter_mut().zip(&head.rows[j * dim..(j + 1) * dim]) {
+                        *a -= x;
+                    }
+                }
+                l2_normalize(&mut own_class);
+                s[truth] = dot(&own_class, q);
+                s
+            } else {
+                Vec::new()
+            };
+            let scores = match head.aggregation {
+                Aggregation::Max => max,
+                Aggregation::Centroid => cent,
+                Aggregation::Blend => max.iter().zip(&cent).map(|(a, b)| 0.5 * (a + b)).collect(),
+                Aggregation::Discriminant => discriminant_loo(head, q, &own, truth, &sums, &sizes),
+            };
+            Some(Sample { scores, truth })
+        })
+        .collect()
+}
+
+/// Leave-one-out class scores of a discriminant head for index row `q`
+/// (whose image has rows `own`, in class `truth`). The query leaves its class
+/// mean exactly, and the shared covariance by a rank-one downdate
+/// (Sherman–Morrison): without that, the covariance would already know the
+/// query's own deviation and the estimate would be far too optimistic.
+fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize, sums: &[f32], sizes: &[usize]) -> Vec<f32> {
+    let dim = head.dim;
+    let d = head.discriminant.as_ref().expect("discriminant heads have one");
+    let qd: Vec<f64> = q.iter().map(|x| *x as f64).collect();
+    let dot64 = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let nc = sizes[truth] as f64;
+    let m = own.len() as f64;
+    // The query image's mean row, its class mean with and without it.
+    let mut own_sum = vec![0f64; dim];
+    for &j in own {
+        for (a, x) in own_sum.iter_mut().zip(&head.rows[j * dim..(j + 1) * dim]) {
+            *a += *x as f64;
+        }
+    }
+    let class_sum: Vec<f64> = sums[truth * dim..(truth + 1) * dim].iter().map(|x| *x as f64).collect();
+    let mean_with: Vec<f64> = class_sum.iter().map(|s| s / nc).collect();
+    let mean_without: Vec<f64> = class_sum.iter().zip(&own_sum).map(|(s, o)| (s - o) / (nc - m)).collect();
+    // Rank-one downdate Σ' = Σ - α u uᵀ with u the image's deviation.
+    let u: Vec<f64> = own_sum.iter().zip(&mean_with).map(|(o, mu)| o / m - mu).collect();
+    let z = d.solve(&u);
+    // Leaving the image out removes k·m·u uᵀ from the scatter (k = nc/(nc-m):
+    // its class mean moves too) and one n from the normaliser; the shrinkage
+    // target's small change is ignored. Checked against exact refits.
+    let n = head.len() as f64;
+    let alpha = (1.0 - discriminant::SHRINKAGE) * (nc / (nc - m)) * m / n;
+    let rescale = (n - m) / n;
+    let denom = 1.0 - alpha * dot64(&u, &z);
+    let gamma = if denom > 1e-6 { alpha / denom } else { 0.0 };
+    let qz = dot64(&qd, &z);
+    let mut scores = Vec::with_capacity(head.labels.len());
+    for (k, (w, b)) in d.weights.chunks_exact(dim).zip(&d.bias).enumerate() {
+        if k == truth {
+            continue;
+        }
+        // μ_k = class mean; z·μ_k needs it: recover from the class sum.
+        let mu: Vec<f64> = sums[k * dim..(k + 1) * dim].iter().map(|x| *x as f64 / sizes[k] as f64).collect();
+        let zm = dot64(&z, &mu);
+        let score = q.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() + *b as f64 + gamma * qz * zm - 0.5 * gamma * zm * zm;
+        scores.push((k, (rescale * score) as f32));
+    }
+    let w_own = d.solve(&mean_without);
+    let zm = dot64(&z, &mean_without);
+    let own_score = dot64(&qd, &w_own) + gamma * qz * zm - 0.5 * (dot64(&mean_without, &w_own) + gamma * zm * zm);
+    let mut out = vec![0f32; head.labels.len()];
+    for (k, v) in scores {
+        out[k] = v;
+    }
+    out[truth] = (rescale * own_score) as f32;
+    out
+}
+
+fn argmax(s: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in s.iter().enumerate() {
+        if *v > s[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Mean negative log-likelihood of the true classes under softmax(s / t).
+fn nll(samples: &[Sample], t: f32) -> f64 {
+    samples.iter().map(|s| -(softmax(&s.scores, t)[s.truth].max(1e-12) as f64).ln()).sum::<f64>() / samples.len() as f64
+}
+
+/// The temperature minimising the NLL: golden-section search on log t, over
+/// a range relative to the spread of the scores (cosines and discriminant
+/// scores differ in scale by orders of magnitude).
+pub fn fit_temperature(samples: &[Sample]) -> f32 {
+    let spread = {
+        let mut total = 0f64;
+        for s in samples {
+            let finite: Vec<f64> = s.scores.iter().filter(|v| v.is_finite()).map(|v| *v as f64).collect();
+            let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+            total += (finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / finite.len().max(1) as f64).sqrt();
+        }
+        (total / samples.len().max(1) as f64).max(1e-6)
+    };
+    let (mut a, mut b) = ((spread * 1e-3).ln(), (spread * 1e2).ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..60 {
+        let c = b - g * (b - a);
+        let d = a + g * (b - a);
+        if nll(samples, c.exp() as f32) < nll(samples, d.exp() as f32) {
+            b = d;
+        } else {
+            a = c;
+        }
+    }
+    ((a + b) / 2.0).exp() as f32
+}
+
+/// Expected calibration error of top-1 confidence, 15 equal-width bins.
+pub fn ece(confidence: &[f32], correct: &[bool]) -> f32 {
+    const BINS: usize = 15;
+    let mut conf = [0f64; BINS];
+    let mut acc = [0f64; BINS];
+    let mut count = [0usize; BINS];
+    for (&c, &ok) in confidence.iter().zip(correct) {
+        let b = ((c.clamp(0.0, 1.0) * BINS as f32) as usize).min(BINS - 1);
+        conf[b] += c as f64;
+        acc[b] += ok as u8 as f64;
+        count[b] += 1;
+    }
+    let n = confidence.len().max(1) as f64;
+    (0..BINS).filter(|&b| count[b] > 0).map(|b| (acc[b] - conf[b]).abs() / n).sum::<f64>() as f32
+}
+
+/// The lowest threshold on the top score whose accepted queries still reach
+/// `target` precision (or, if none does, the most precise one). Returns the
+/// threshold and the share of queries it accepts.
+pub fn threshold_for_precision(top: &[f32], correct: &[bool], target: f32) -> Option<(f32, f32)> {
+    if top.is_empty() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..top.len()).collect();
+    order.sort_by(|&a, &b| top[b].total_cmp(&top[a]));
+    let mut right = 0usize;
+    let mut best: Option<(usize, f32)> = None; // (accepted count, precision)
+    let mut best_any = (1usize, -1f32);
+    for (k, &i) in order.iter().enumerate() {
+        right += correct[i] as usize;
+        let accepted = k + 1;
+        // Only cut between distinct scores: ties are accepted or rejected together.
+        if accepted < order.len() && top[order[accepted]] == top[i] {
+            continue;
+        }
+        let precision = right as f32 / accepted as f32;
+        if precision >= target {
+            best = Some((accepted, precision));
+        }
+        if precision > best_any.1 {
+            best_any = (accepted, precision);
+        }
+    }
+    let accepted = best.map(|b| b.0).unwrap_or(best_any.0);
+    Some((top[order[accepted - 1]], accepted as f32 / top.len() as f32))
+}
+
+/// Fits the temperature and, for `target_precision`, the threshold.
+pub fn calibrate(head: &RetrievalHead, target_precision: Option<f32>) -> Calibration {
+    let samples = leave_one_out(head);
+    if samples.is_empty() {
+        // Every class has a single image: leave-one-out has nothing to compare.
+        return Calibration {
+            temperature: None,
+            threshold: None,
+            target_precision,
+            samples: 0,
+            accuracy: None,
+            ece_unfitted: None,
+            ece: None,
+            coverage: 1.0,
+        };
+    }
+    let correct: Vec<bool> = samples.iter().map(|s| argmax(&s.scores) == s.truth).collect();
+    let unfitted: Vec<f32> = samples.iter().map(|s| softmax(&s.scores, 1.0).into_iter().fold(0f32, f32::max)).collect();
+    let t = fit_temperature(&samples);
+    let fitted: Vec<f32> = samples.iter().map(|s| softmax(&s.scores, t).into_iter().fold(0f32, f32::max)).collect();
+    let (threshold, coverage) = match target_precision.and_then(|p| threshold_for_precision(&fitted, &correct, p)) {
+        Some((th, cov)) => (Some(th), cov),
+        None => (None, 1.0),
+    };
+    Calibration {
+        temperature: Some(t),
+        threshold,
+        target_precision,
+        samples: samples.len(),
+        accuracy: Some(correct.iter().filter(|&&c| c).count() as f32 / samples.len() as f32),
+        ece_unfitted: Some(ece(&unfitted, &correct)),
+        ece: Some(ece(&fitted, &correct)),
+        coverage,
+    }
+}
+
+/// Chooses only the threshold, on raw class similarities (no softmax).
+pub fn calibrate_threshold_only(head: &RetrievalHead, target_precision: f32) -> Calibration {
+    let samples = leave_one_out(head);
+    let correct: Vec<bool> = samples.iter().map(|s| argmax(&s.scores) == s.truth).collect();
+    let top: Vec<f32> = samples.iter().map(|s| s.scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max)).collect();
+    let (threshold, coverage) = match threshold_for_precision(&top, &correct, target_precision) {
+        Some((t, c)) => (Some(t), c),
+        None => (None, 1.0),
+    };
+    Calibration {
+        temperature: None,
+        threshold,
+        target_precision: Some(target_precision),
+        samples: samples.len(),
+        accuracy: if samples.is_empty() { None } else { Some(correct.iter().filter(|&&c| c).count() as f32 / samples.len() as f32) },
+        ece_unfitted: None,
+        ece: None,
+        coverage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::HeadOptions;
+
+    #[test]
+    fn threshold_keeps_target_precision_with_most_coverage() {
+        // Scores 0.9..0.1; the 3rd and 5th best are wrong.
+        let top = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4];
+        let ok = [true, true, false, true, false, true];
+        // Precision at k=1..6: 1, 1, .67, .75, .6, .67 -> 0.75 reachable up to k=4.
+        assert_eq!(threshold_for_precision(&top, &ok, 0.75), Some((0.6, 4.0 / 6.0)));
+        assert_eq!(threshold_for_precision(&top, &ok, 1.0), Some((0.8, 2.0 / 6.0)));
+        assert_eq!(threshold_for_precision(&top, &ok, 0.5), Some((0.4, 1.0)));
+        // Unreachable target: the most precise cut.
+        assert_eq!(threshold_for_precision(&[0.9, 0.8], &[false, true], 0.99), Some((0.8, 1.0)));
+    }
+
+    #[test]
+    fn ties_are_cut_together() {
+        let top = [0.6, 0.5, 0.5, 0.4];
+        let ok = [true, true, false, false];
+        // Accepting one 0.5 means accepting both, which drops precision to 2/3.
+        assert_eq!(threshold_for_precision(&top, &ok, 1.0), Some((0.6, 0.25)));
+    }
+
+    #[test]
+    fn ece_of_perfectly_calibrated_bins_is_zero() {
+        let conf = [0.75f32; 4];
+        assert!(ece(&conf, &[true, true, true, false]) < 1e-6);
+        assert!((ece(&[1.0, 1.0], &[false, false]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn leave_one_out_excludes_the_query_image_and_its_augmented_rows() {
+        // Class a: image 0 (two rows: photo + mirror), image 1. Class b: image 2.
+        let emb = [1.0, 0.0, 1.0, 0.01, 0.0, 1.0, -1.0, 0.0];
+        let labels: Vec<String> = ["a", "a", "a", "b"].iter().map(|s| s.to_string()).collect();
+        let h = RetrievalHead::with_images(&emb, 2, &labels, &[0, 0, 1, 2], &HeadOptions::original()).unwrap();
+        let s = leave_one_out(&h);
+        // Image 0 vs the rest: its twin is excluded, so class a's best is image 1 (0,1): cos ~0.
+        assert_eq!(s.len(), 2, "class b's only image gives no sample");
+        assert_eq!(s[0].truth, 0);
+        assert!(s[0].scores[0].abs() < 0.02, "{:?}", s[0].scores);
+        assert!((s[0].scores[1] + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn centroid_leave_one_out_removes_the_query_from_its_centroid() {
+        let emb = [1.0, 0.0, 0.0, 1.0, 0.0, -1.0];
+        let labels: Vec<String> = ["a", "a", "b"].iter().map(|s| s.to_string()).collect();
+        let opts = HeadOptions { aggregation: Aggregation::Centroid, ..HeadOptions::original() };
+        let h = RetrievalHead::new(&emb, 2, &labels, &opts).unwrap();
+        let s = leave_one_out(&h);
+        // Query (1,0) against class a without it = (0,1): cos 0; class b (0,-1): cos 0.
+        assert!(s[0].scores[0].abs() < 1e-6, "{:?}", s[0].scores);
+    }
+
+    #[test]
+    fn fitted_temperature_sharpens_confident_correct_scores() {
+        let samples: Vec<Sample> = (0..50).map(|i| Sample { scores: vec![0.6, 0.3, 0.2], truth: if i < 45 { 0 } else { 1 } }).collect();
+        let t = fit_temperature(&samples);
+        let p = softmax(&samples[0].scores, t)[0];
+        assert!((p - 0.9).abs() < 0.02, "fitted p(top) = {p} at t = {t}");
+    }
+}

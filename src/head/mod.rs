@@ -1,0 +1,452 @@
+//! The retrieval head: the layers appended to an embedder that turn it into a
+//! classifier, computed (not trained) from the embeddings of the index images.
+//!
+//! ```text
+//! embedding ─ L2 ─ [− index mean ─ L2] ─┬─ Gemm(index rows) ─▶ similarities [B, N] ─ max per class ─┐
+//!                                       └─ Gemm(class centroids) ─────────────────────────────────┴▶ class_similarities [B, C]
+//!                                                                        ─ softmax(· / τ) ─▶ scores [B, C]
+//! ```
+//!
+//! - [`Aggregation`] turns instance similarities into class similarities:
+//!   `max` (the original rule: the best-matching image), `centroid` (cosine to
+//!   the normalised mean of the class's images), or `blend` (their average).
+//! - `center` subtracts the mean of the index embeddings before the second
+//!   normalisation (SimpleShot's CL2N), which removes the direction all
+//!   embeddings share and so spreads the classes apart.
+//! - Calibration fits a softmax temperature τ on the index itself by
+//!   leave-one-out, so `scores` are probabilities that mean something; a
+//!   threshold on the top score, also chosen by leave-one-out for a target
+//!   precision, answers "unknown".
+//!
+//! [`RetrievalHead::scores`] computes all of this directly in Rust; the
+//! exported graph ([`graph`]) computes the same, as tests check.
+
+pub mod calibrate;
+pub mod discriminant;
+pub mod graph;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+pub use graph::{plan_max, MaxLevel};
+
+/// Names of the graph outputs of every cbr model.
+pub const SCORES: &str = "scores";
+pub const CLASS_SIMILARITIES: &str = "class_similarities";
+pub const SIMILARITIES: &str = "similarities";
+pub const EMBEDDING: &str = "embedding";
+
+/// How instance similarities become one similarity per class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregation {
+    /// The best cosine similarity among the class's images (the original rule).
+    Max,
+    /// Cosine similarity to the class centroid (normalised mean of its images).
+    Centroid,
+    /// The average of `max` and `centroid`.
+    Blend,
+    /// A shrinkage linear discriminant computed in closed form from the index
+    /// ([`discriminant`]); the most accurate with several images per class.
+    Discriminant,
+}
+
+impl Aggregation {
+    pub const ALL: [Aggregation; 4] = [Aggregation::Max, Aggregation::Centroid, Aggregation::Blend, Aggregation::Discriminant];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregation::Max => "max",
+            Aggregation::Centroid => "centroid",
+            Aggregation::Blend => "blend",
+            Aggregation::Discriminant => "discriminant",
+        }
+    }
+
+    fn uses_max(self) -> bool {
+        matches!(self, Aggregation::Max | Aggregation::Blend)
+    }
+
+    fn uses_centroid(self) -> bool {
+        matches!(self, Aggregation::Centroid | Aggregation::Blend)
+    }
+}
+
+impl std::fmt::Display for Aggregation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Aggregation {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Aggregation::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| anyhow::anyhow!("unknown aggregation {s:?}: use max, centroid, blend or discriminant"))
+    }
+}
+
+/// The choices that shape a head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeadOptions {
+    pub aggregation: Aggregation,
+    /// Power transform `sign(x)·|x|^p` of the raw embedding before anything
+    /// else (1 = none); 0.5 evens out the skewed activations of ReLU networks.
+    pub power: f32,
+    /// Subtract the index mean before normalising (CL2N).
+    pub center: bool,
+    /// Fit a softmax temperature so `scores` are calibrated probabilities.
+    pub calibrate: bool,
+    /// Choose the unknown threshold for this leave-one-out precision.
+    pub target_precision: Option<f32>,
+    /// An explicit unknown threshold on the top score (overrides the target).
+    pub threshold: Option<f32>,
+}
+
+impl Default for HeadOptions {
+    /// The defaults chosen by measurement (see README, "Accuracy").
+    fn default() -> Self {
+        HeadOptions { aggregation: Aggregation::Discriminant, power: 0.5, center: true, calibrate: true, target_precision: Some(0.9), threshold: None }
+    }
+}
+
+impl HeadOptions {
+    /// The original classification-by-retrieval: max cosine, raw scores.
+    pub fn original() -> Self {
+        HeadOptions { aggregation: Aggregation::Max, power: 1.0, center: false, calibrate: false, target_precision: None, threshold: None }
+    }
+}
+
+/// The computed retrieval layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetrievalHead {
+    /// Class names in class order (sorted).
+    pub labels: Vec<String>,
+    /// Embedding length.
+    pub dim: usize,
+    /// Index rows (`row_class.len()` x `dim`): the normalised (and, with
+    /// `center`, centred and renormalised) index embeddings, sorted by class.
+    pub rows: Vec<f32>,
+    /// The class of each row, non-decreasing.
+    pub row_class: Vec<u32>,
+    /// The source image of each row (augmented rows share their image's id).
+    pub row_image: Vec<u32>,
+    pub aggregation: Aggregation,
+    /// The power transform exponent, if not 1.
+    pub power: Option<f32>,
+    /// The index mean subtracted before the second normalisation.
+    pub center: Option<Vec<f32>>,
+    /// Class centroids (`labels.len()` x `dim`), normalised; empty unless the
+    /// aggregation uses them.
+    pub centroids: Vec<f32>,
+    /// The discriminant, for [`Aggregation::Discriminant`].
+    pub discriminant: Option<discriminant::Discriminant>,
+    /// Softmax temperature; `None` leaves `scores` as raw class similarities.
+    pub temperature: Option<f32>,
+    /// Below this top score the answer is "unknown".
+    pub threshold: Option<f32>,
+    /// What leave-one-out on the index measured while calibrating.
+    pub calibration: Option<calibrate::Calibration>,
+}
+
+/// L2-normalises `v` in place. A zero vector stays zero.
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x = (*x as f64 / norm) as f32;
+        }
+    }
+}
+
+/// The power transform `sign(x)·|x|^p`, in place.
+pub fn power_transform(v: &mut [f32], p: f32) {
+    for x in v.iter_mut() {
+        *x = x.signum() * x.abs().powf(p);
+        if x.is_nan() {
+            *x = 0.0;
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Softmax of `s / temperature`, ignoring `-inf` entries (probability 0).
+pub fn softmax(s: &[f32], temperature: f32) -> Vec<f32> {
+    let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = s.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { (((x - m) / temperature) as f64).exp() }).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|v| (v / z) as f32).collect()
+}
+
+impl RetrievalHead {
+    /// Builds a head from raw index embeddings (`labels.len()` rows of `dim`),
+    /// each row its own image.
+    pub fn new(embeddings: &[f32], dim: usize, labels: &[String], opts: &HeadOptions) -> Result<Self> {
+        let images: Vec<u32> = (0..labels.len() as u32).collect();
+        Self::with_images(embeddings, dim, labels, &images, opts)
+    }
+
+    /// Like [`RetrievalHead::new`], where `images[i]` says which source image
+    /// row `i` came from (rows of one image, e.g. a photo and its mirror
+    /// image, are left out together when calibrating).
+    pub fn with_images(embeddings: &[f32], dim: usize, labels: &[String], images: &[u32], opts: &HeadOptions) -> Result<Self> {
+        if dim == 0 || embeddings.len() != labels.len() * dim || images.len() != labels.len() {
+            bail!("{} embedding values do not make {} rows of {dim}", embeddings.len(), labels.len());
+        }
+        if labels.is_empty() {
+            bail!("no index images: a classifier needs at least one image per class");
+        }
+        let mut classes: Vec<String> = labels.to_vec();
+        classes.sort();
+        classes.dedup();
+        let class_of = |l: &String| classes.binary_search(l).expect("label is in the class list") as u32;
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.sort_by_key(|&i| class_of(&labels[i])); // stable: keeps input order within a class
+
+        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
+        let mut rows = Vec::with_capacity(embeddings.len());
+        let mut row_class = Vec::with_capacity(labels.len());
+        let mut row_image = Vec::with_capacity(labels.len());
+        for &i in &order {
+            let start = rows.len();
+            rows.extend_from_slice(&embeddings[i * dim..(i + 1) * dim]);
+            if let Some(p) = power {
+                power_transform(&mut rows[start..], p);
+            }
+            l2_normalize(&mut rows[start..]);
+            row_class.push(class_of(&labels[i]));
+            row_image.push(images[i]);
+        }
+        let center = if opts.center {
+            let n = row_class.len() as f64;
+            let mut mean = vec![0f64; dim];
+            for r in rows.chunks_exact(dim) {
+                for (m, x) in mean.iter_mut().zip(r) {
+                    *m += *x as f64;
+                }
+            }
+            let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+            for r in rows.chunks_exact_mut(dim) {
+                for (x, m) in r.iter_mut().zip(&mean) {
+                    *x -= m;
+                }
+                l2_normalize(r);
+            }
+            Some(mean)
+        } else {
+            None
+        };
+        let mut head = RetrievalHead {
+            labels: classes,
+            dim,
+            rows,
+            row_class,
+            row_image,
+            aggregation: opts.aggregation,
+            power,
+            center,
+            centroids: Vec::new(),
+            discriminant: None,
+            temperature: None,
+            threshold: None,
+            calibration: None,
+        };
+        if opts.aggregation.uses_centroid() {
+            head.centroids = head.class_sums();
+            for c in head.centroids.chunks_exact_mut(dim) {
+                l2_normalize(c);
+            }
+        }
+        if opts.aggregation == Aggregation::Discriminant {
+            head.discriminant = Some(discriminant::Discriminant::fit(&head.rows, dim, &head.row_class, head.labels.len()));
+        }
+        if opts.calibrate && head.labels.len() > 1 {
+            let cal = calibrate::calibrate(&head, opts.target_precision);
+            head.temperature = cal.temperature;
+            head.threshold = cal.threshold;
+            head.calibration = Some(cal);
+        } else if let Some(p) = opts.target_precision {
+            let cal = calibrate::calibrate_threshold_only(&head, p);
+            head.threshold = cal.threshold;
+            head.calibration = Some(cal);
+        }
+        if opts.threshold.is_some() {
+            head.threshold = opts.threshold;
+        }
+        Ok(head)
+    }
+
+    /// Number of index rows.
+    pub fn len(&self) -> usize {
+        self.row_class.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.row_class.is_empty()
+    }
+
+    /// Number of index rows per class, in class order.
+    pub fn class_sizes(&self) -> Vec<usize> {
+        let mut n = vec![0; self.labels.len()];
+        for &c in &self.row_class {
+            n[c as usize] += 1;
+        }
+        n
+    }
+
+    /// Row indices of each class, in class order.
+    pub fn groups(&self) -> Vec<Vec<u32>> {
+        let mut g = vec![Vec::new(); self.labels.len()];
+        for (i, &c) in self.row_class.iter().enumerate() {
+            g[c as usize].push(i as u32);
+        }
+        g
+    }
+
+    /// Per-class sums of the rows (`labels.len()` x `dim`), not normalised.
+    pub fn class_sums(&self) -> Vec<f32> {
+        let mut s = vec![0f32; self.labels.len() * self.dim];
+        for (r, &c) in self.rows.chunks_exact(self.dim).zip(&self.row_class) {
+            for (a, x) in s[c as usize * self.dim..(c as usize + 1) * self.dim].iter_mut().zip(r) {
+                *a += x;
+            }
+        }
+        s
+    }
+
+    /// A raw query embedding as the head sees it: normalised, centred, normalised.
+    pub fn project(&self, query: &[f32]) -> Vec<f32> {
+        let mut q = query.to_vec();
+        if let Some(p) = self.power {
+            power_transform(&mut q, p);
+        }
+        l2_normalize(&mut q);
+        if let Some(mean) = &self.center {
+            for (x, m) in q.iter_mut().zip(mean) {
+                *x -= m;
+            }
+            l2_normalize(&mut q);
+        }
+        q
+    }
+
+    /// Cosine similarity of a raw query embedding to every index row.
+    pub fn similarities(&self, query: &[f32]) -> Vec<f32> {
+        let q = self.project(query);
+        self.rows.chunks_exact(self.dim).map(|r| dot(r, &q)).collect()
+    }
+
+    /// One similarity per class for a raw query embedding (before softmax).
+    pub fn class_similarities(&self, query: &[f32]) -> Vec<f32> {
+        let q = self.project(query);
+        let sims: Vec<f32> = self.rows.chunks_exact(self.dim).map(|r| dot(r, &q)).collect();
+        self.aggregate(&q, &sims)
+    }
+
+    /// Aggregates instance similarities `sims` of the projected query `q`.
+    fn aggregate(&self, q: &[f32], sims: &[f32]) -> Vec<f32> {
+        let c = self.labels.len();
+        let mut max = vec![f32::NEG_INFINITY; c];
+        if self.aggregation.uses_max() {
+            for (v, &k) in sims.iter().zip(&self.row_class) {
+                max[k as usize] = max[k as usize].max(*v);
+            }
+        }
+        let cent: Vec<f32> =
+            if self.aggregation.uses_centroid() { self.centroids.chunks_exact(self.dim).map(|r| dot(r, q)).collect() } else { Vec::new() };
+        match self.aggregation {
+            Aggregation::Max => max,
+            Aggregation::Centroid => cent,
+            Aggregation::Blend => max.iter().zip(&cent).map(|(a, b)| 0.5 * (a + b)).collect(),
+            Aggregation::Discriminant => {
+                let d = self.discriminant.as_ref().expect("discriminant heads have one");
+                d.weights.chunks_exact(self.dim).zip(&d.bias).map(|(w, b)| dot(w, q) + b).collect()
+            }
+        }
+    }
+
+    /// Class scores for a raw query embedding: probabilities when calibrated,
+    /// else class similarities. The exported graph computes the same thing.
+    pub fn scores(&self, query: &[f32]) -> Vec<f32> {
+        let s = self.class_similarities(query);
+        match self.temperature {
+            Some(t) => softmax(&s, t),
+            None => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn head_sorts_rows_by_class_and_normalises() {
+        let emb = [3.0, 4.0, 1.0, 0.0, 0.0, 2.0];
+        let h = RetrievalHead::new(&emb, 2, &labels(&["b", "a", "b"]), &HeadOptions::original()).unwrap();
+        assert_eq!(h.labels, vec!["a", "b"]);
+        assert_eq!(h.row_class, vec![0, 1, 1]);
+        assert_eq!(h.row_image, vec![1, 0, 2]);
+        assert_eq!(h.rows, vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
+        assert_eq!(h.class_sizes(), vec![1, 2]);
+        // Query along y: class a's only image is orthogonal, class b has (0,1).
+        assert_eq!(h.scores(&[0.0, 5.0]), vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn centroid_is_cosine_to_normalised_mean() {
+        // Class b: (1,0) and (0,1) -> centroid (1,1)/sqrt2.
+        let emb = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
+        let opts = HeadOptions { aggregation: Aggregation::Centroid, ..HeadOptions::original() };
+        let h = RetrievalHead::new(&emb, 2, &labels(&["b", "b", "a"]), &opts).unwrap();
+        let s = h.scores(&[1.0, 1.0]);
+        assert!((s[1] - 1.0).abs() < 1e-6, "{s:?}");
+        assert!((s[0] + std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{s:?}");
+        let s = h.scores(&[1.0, 0.0]);
+        assert!((s[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn blend_averages_max_and_centroid() {
+        let emb = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
+        let opts = HeadOptions { aggregation: Aggregation::Blend, ..HeadOptions::original() };
+        let h = RetrievalHead::new(&emb, 2, &labels(&["b", "b", "a"]), &opts).unwrap();
+        let s = h.scores(&[1.0, 0.0]);
+        // b: max 1, centroid 1/sqrt2; a: max -1, centroid -1.
+        assert!((s[1] - 0.5 * (1.0 + std::f32::consts::FRAC_1_SQRT_2)).abs() < 1e-6, "{s:?}");
+        assert!((s[0] + 1.0).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn centering_subtracts_the_index_mean() {
+        // Both index rows share +y; centring leaves only the x difference.
+        let emb = [1.0, 1.0, -1.0, 1.0];
+        let opts = HeadOptions { center: true, ..HeadOptions::original() };
+        let h = RetrievalHead::new(&emb, 2, &labels(&["a", "b"]), &opts).unwrap();
+        let m = h.center.as_ref().unwrap();
+        assert!((m[0]).abs() < 1e-6 && (m[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{m:?}");
+        assert!((h.rows[0] - 1.0).abs() < 1e-6 && h.rows[1].abs() < 1e-6, "{:?}", h.rows);
+        let s = h.scores(&[2.0, 1.9]);
+        assert!(s[0] > 0.99 && s[1] < -0.99, "{s:?}");
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_sharpens_with_low_temperature() {
+        let p = softmax(&[0.5, 0.4, f32::NEG_INFINITY], 0.1);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(p[2], 0.0);
+        assert!((p[0] - 1.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn head_rejects_mismatched_input() {
+        assert!(RetrievalHead::new(&[1.0, 2.0, 3.0], 2, &labels(&["a"]), &HeadOptions::original()).is_err());
+        assert!(RetrievalHead::new(&[], 2, &[], &HeadOptions::original()).is_err());
+    }
+}

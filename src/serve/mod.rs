@@ -1,0 +1,733 @@
+//! `cbr serve`: an HTTP API and a web app to build classifiers and try them,
+//! over the same library functions as the command line ([`crate::build::build`],
+//! [`crate::classifier::Classifier::predict`], [`crate::decode`]).
+//!
+//! - Routes come from one table ([`routes::ROUTES`]) that also generates
+//!   `/openapi.json`.
+//! - Models live in a directory ([`store`]); every acknowledged write is on
+//!   disk (atomic writes), so a restart loses nothing.
+//! - Builds run on a blocking thread with one shared embedder; progress is
+//!   polled with `GET /api/models/{model}/build`.
+//! - Classification: one ONNX Runtime session per model version, owned by a
+//!   worker thread that batches whatever requests are waiting; a bounded number
+//!   of classify requests in flight (503 + Retry-After beyond it); a timeout
+//!   on every request (503 + Retry-After).
+//! - Errors are JSON (`{"error": {"code", "message"}}`) with meaningful statuses.
+
+pub mod error;
+pub mod routes;
+pub mod store;
+pub mod web;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::build::{self, BuildOptions};
+use crate::classifier::{Classifier, Prediction};
+use crate::decode::{self, DecodeLimits};
+use crate::embedder::Embedder;
+use crate::models::{self, EmbedderChoice};
+use crate::preprocess::Preprocess;
+
+use error::{ApiError, ApiResult};
+pub use routes::{openapi, ROUTES};
+use store::{check_image_id, check_label, check_model_name, BuiltState, Store};
+
+/// Server settings (the `cbr serve` flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub models_dir: PathBuf,
+    /// Largest request body in bytes (uploads): 413 above it.
+    pub max_upload: usize,
+    /// Largest image in pixels: 413 above it.
+    pub max_pixels: u64,
+    /// Classify requests in flight (decoding, waiting or running): 503 beyond it.
+    pub max_queue: usize,
+    /// Longest time a request may take: 503 after it.
+    pub timeout: Duration,
+    /// The embedder used for builds.
+    pub embedder: EmbedderChoice,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            models_dir: PathBuf::from("cbr-models"),
+            max_upload: 32 << 20,
+            max_pixels: 50_000_000,
+            max_queue: 64,
+            timeout: Duration::from_secs(30),
+            embedder: EmbedderChoice::default(),
+        }
+    }
+}
+
+/// Progress of one build.
+struct Job {
+    state: Mutex<(&'static str, Option<String>)>,
+    done: AtomicUsize,
+    total: usize,
+}
+
+#[derive(Serialize)]
+struct BuildStatus {
+    state: &'static str,
+    done: usize,
+    total: usize,
+    error: Option<String>,
+    built: Option<BuiltState>,
+}
+
+/// One classify request handed to a model's worker thread.
+struct ClassifyJob {
+    tensor: Vec<f32>,
+    k: usize,
+    threshold: Option<f32>,
+    reply: oneshot::Sender<Result<Prediction, String>>,
+}
+
+/// A loaded model: its preprocessing and the queue of its worker thread,
+/// which owns the ONNX Runtime session.
+struct Loaded {
+    version: (SystemTime, u64),
+    preprocess: Preprocess,
+    /// The model's own unknown threshold.
+    threshold: Option<f32>,
+    tx: crossbeam_channel::Sender<ClassifyJob>,
+}
+
+pub struct App {
+    cfg: Config,
+    store: Store,
+    limits: DecodeLimits,
+    embedder: Arc<Mutex<Option<Embedder>>>,
+    builds: Mutex<HashMap<String, Arc<Job>>>,
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Serializes loading models into ONNX Runtime.
+    loading: tokio::sync::Mutex<()>,
+    classify_slots: Arc<Semaphore>,
+}
+
+type AppState = Arc<App>;
+
+/// Runs the server until Ctrl-C or SIGTERM. Prints
+/// `cbr serve: listening on http://ADDR` on stdout once it accepts connections.
+pub fn run(cfg: Config) -> Result<()> {
+    crate::runtime::ensure()?;
+    let store = Store::open(&cfg.models_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
+        let addr = listener.local_addr()?;
+        let app = Arc::new(App {
+            limits: DecodeLimits { max_pixels: cfg.max_pixels, max_file_bytes: cfg.max_upload as u64 },
+            classify_slots: Arc::new(Semaphore::new(cfg.max_queue)),
+            store,
+            embedder: Arc::new(Mutex::new(None)),
+            builds: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            cfg,
+        });
+        // Load the embedder in the background so the first build starts sooner.
+        {
+            let (slot, choice) = (app.embedder.clone(), app.cfg.embedder.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut e = slot.lock().unwrap();
+                if e.is_none() {
+                    match models::open_embedder(&choice) {
+                        Ok(m) => *e = Some(m),
+                        Err(err) => eprintln!("cbr serve: cannot load the embedder yet: {err:#}"),
+                    }
+                }
+            });
+        }
+        if !addr.ip().is_loopback() {
+            eprintln!("cbr serve: warning: listening on {addr}, reachable from other machines; the API has no authentication");
+        }
+        eprintln!("cbr serve: models in {}", app.store.root.display());
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            writeln!(out, "cbr serve: listening on http://{addr}")?;
+            out.flush()?;
+        }
+        axum::serve(listener, router(app)).with_graceful_shutdown(shutdown()).await.context("server error")?;
+        Ok(())
+    });
+    // A build still running is abandoned: model.onnx is only ever replaced
+    // atomically, so the previous model stays intact.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The router for [`ROUTES`], with limits and the JSON fallback.
+pub fn router(app: AppState) -> Router {
+    let mut r: Router<AppState> = Router::new();
+    for route in ROUTES {
+        r = r.route(route.path, handler_for(route.id, route.method));
+    }
+    let max = app.cfg.max_upload;
+    r.fallback(no_route)
+        .layer(DefaultBodyLimit::max(max))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+fn handler_for(id: &str, method: &str) -> MethodRouter<AppState> {
+    let f = match method {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "DELETE" => MethodFilter::DELETE,
+        m => panic!("route table: unsupported method {m}"),
+    };
+    match id {
+        "webApp" => on(f, web::index),
+        "webAppScript" => on(f, web::script),
+        "webAppStyle" => on(f, web::style),
+        "openapi" => on(f, openapi_json),
+        "health" => on(f, health),
+        "listModels" => on(f, list_models),
+        "createModel" => on(f, create_model),
+        "getModel" => on(f, get_model),
+        "deleteModel" => on(f, delete_model),
+        "addLabel" => on(f, add_label),
+        "deleteLabel" => on(f, delete_label),
+        "addImages" => on(f, add_images),
+        "getImage" => on(f, get_image),
+        "deleteImage" => on(f, delete_image),
+        "startBuild" => on(f, start_build),
+        "getBuild" => on(f, get_build),
+        "classify" => on(f, classify),
+        "modelInfo" => on(f, model_info),
+        "downloadOnnx" => on(f, download_onnx),
+        "downloadTflite" => on(f, download_tflite),
+        other => panic!("route table: no handler for {other}"),
+    }
+}
+
+/// Refuses oversized bodies from their Content-Length up front, and bounds
+/// every request's time.
+async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = len {
+        if len > app.cfg.max_upload as u64 {
+            return ApiError::too_large(format!("request body is {len} bytes, above the limit of {} bytes", app.cfg.max_upload))
+                .into_response();
+        }
+    }
+    match tokio::time::timeout(app.cfg.timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::busy("timeout", format!("the request took longer than {:?}; try again", app.cfg.timeout), 1).into_response(),
+    }
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no_route", "no such endpoint: see /openapi.json")
+}
+
+async fn openapi_json() -> Json<Value> {
+    Json(openapi())
+}
+
+async fn health(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "max_upload": app.cfg.max_upload,
+        "max_pixels": app.cfg.max_pixels,
+        "max_queue": app.cfg.max_queue,
+        "timeout_secs": app.cfg.timeout.as_secs_f64(),
+    }))
+}
+
+// ---- names and lookups ----
+
+fn model_name(name: &str) -> ApiResult<()> {
+    check_model_name(name).map_err(|m| ApiError::bad_request("invalid_name", m))
+}
+
+fn label_name(label: &str) -> ApiResult<()> {
+    check_label(label).map_err(|m| ApiError::bad_request("invalid_name", m))
+}
+
+/// Checks the name and that the model exists.
+fn existing(app: &App, name: &str) -> ApiResult<()> {
+    model_name(name)?;
+    if !app.store.exists(name) {
+        return Err(ApiError::not_found("unknown_model", format!("no model named {name:?}")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct NameBody {
+    name: String,
+}
+
+fn name_body(body: Result<Json<NameBody>, JsonRejection>) -> ApiResult<String> {
+    match body {
+        Ok(Json(b)) => Ok(b.name),
+        Err(e) => Err(ApiError::bad_request("bad_json", format!("expected a JSON object {{\"name\": ...}}: {}", e.body_text()))),
+    }
+}
+
+fn job_status(app: &App, name: &str) -> BuildStatus {
+    let built = app.store.built_state(name).filter(|_| app.store.model_path(name).is_file());
+    match app.builds.lock().unwrap().get(name) {
+        Some(j) => {
+            let (state, error) = j.state.lock().unwrap().clone();
+            BuildStatus { state, done: j.done.load(Ordering::Relaxed), total: j.total, error, built }
+        }
+        None => BuildStatus { state: "idle", done: 0, total: 0, error: None, built },
+    }
+}
+
+fn model_json(app: &App, name: &str, with_images: bool) -> ApiResult<Value> {
+    let labels = app.store.labels(name)?;
+    let images: usize = labels.iter().map(|l| l.count).sum();
+    let build = job_status(app, name);
+    let stale = match &build.built {
+        Some(b) => b.fingerprint != Store::fingerprint(&labels),
+        None => true,
+    };
+    let model_bytes = std::fs::metadata(app.store.model_path(name)).ok().map(|m| m.len());
+    let labels: Vec<Value> = labels
+        .into_iter()
+        .map(|l| if with_images { json!(l) } else { json!({"name": l.name, "count": l.count}) })
+        .collect();
+    Ok(json!({
+        "name": name,
+        "labels": labels,
+        "images": images,
+        "built": build.built,
+        "model_bytes": model_bytes,
+        "stale": stale,
+        "build": build,
+    }))
+}
+
+// ---- models ----
+
+async fn list_models(State(app): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut models = Vec::new();
+    for name in app.store.list()? {
+        models.push(model_json(&app, &name, false)?);
+    }
+    Ok(Json(json!({ "models": models })))
+}
+
+async fn create_model(State(app): State<AppState>, body: Result<Json<NameBody>, JsonRejection>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = name_body(body)?;
+    model_name(&name)?;
+    if !app.store.create(&name)? {
+        return Err(ApiError::conflict("model_exists", format!("a model named {name:?} already exists")));
+    }
+    Ok((StatusCode::CREATED, Json(model_json(&app, &name, true)?)))
+}
+
+async fn get_model(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    existing(&app, &name)?;
+    Ok(Json(model_json(&app, &name, true)?))
+}
+
+fn building(app: &App, name: &str) -> bool {
+    app.builds.lock().unwrap().get(name).map(|j| matches!(j.state.lock().unwrap().0, "queued" | "running")).unwrap_or(false)
+}
+
+async fn delete_model(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    existing(&app, &name)?;
+    if building(&app, &name) {
+        return Err(ApiError::conflict("build_running", format!("model {name:?} is being built; delete it when the build ends")));
+    }
+    app.store.delete(&name)?;
+    app.loaded.lock().unwrap().remove(&name);
+    app.builds.lock().unwrap().remove(&name);
+    Ok(Json(json!({ "deleted": name })))
+}
+
+// ---- labels and images ----
+
+async fn add_label(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<NameBody>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    existing(&app, &name)?;
+    let label = name_body(body)?;
+    label_name(&label)?;
+    if !app.store.add_label(&name, &label)? {
+        return Err(ApiError::conflict("label_exists", format!("model {name:?} already has a label {label:?}")));
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "name": label, "count": 0, "images": [] }))))
+}
+
+async fn delete_label(State(app): State<AppState>, Path((name, label)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    existing(&app, &name)?;
+    label_name(&label)?;
+    if !app.store.delete_label(&name, &label)? {
+        return Err(ApiError::not_found("unknown_label", format!("model {name:?} has no label {label:?}")));
+    }
+    Ok(Json(json!({ "deleted": label })))
+}
+
+/// Checks that `bytes` decode as an image within the limits; returns the extension to store it under.
+fn check_image(bytes: &[u8], what: &str, limits: &DecodeLimits) -> ApiResult<&'static str> {
+    decode::decode_rgb(bytes, limits).map_err(|e| ApiError::from_decode(what, &e))?;
+    store::image_ext(bytes)
+        .ok_or_else(|| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image", format!("{what}: unsupported image format")))
+}
+
+async fn add_images(
+    State(app): State<AppState>,
+    Path((name, label)): Path<(String, String)>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    existing(&app, &name)?;
+    label_name(&label)?;
+    let mut multipart =
+        multipart.map_err(|e| ApiError::bad_request("bad_multipart", format!("expected multipart/form-data with `file` parts: {}", e.body_text())))?;
+    let mut files = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(ApiError::from_multipart)? {
+        let what = field.file_name().or(field.name()).unwrap_or("upload").to_string();
+        let bytes = field.bytes().await.map_err(ApiError::from_multipart)?;
+        files.push((what, bytes));
+    }
+    if files.is_empty() {
+        return Err(ApiError::bad_request("no_files", "the upload has no files: send multipart `file` parts"));
+    }
+    let app2 = app.clone();
+    let added = tokio::task::spawn_blocking(move || -> ApiResult<Vec<String>> {
+        // All or nothing: check every file before storing any.
+        let exts = files.iter().map(|(what, b)| check_image(b, what, &app2.limits)).collect::<ApiResult<Vec<_>>>()?;
+        app2.store.add_label(&name, &label)?;
+        let mut ids = Vec::new();
+        for ((_, b), ext) in files.iter().zip(exts) {
+            ids.push(app2.store.add_image(&name, &label, b, ext)?);
+        }
+        Ok(ids)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok((StatusCode::CREATED, Json(json!({ "added": added, "count": added.len() }))))
+}
+
+fn image_lookup(app: &App, name: &str, label: &str, id: &str) -> ApiResult<PathBuf> {
+    existing(app, name)?;
+    label_name(label)?;
+    check_image_id(id).map_err(|m| ApiError::bad_request("invalid_name", m))?;
+    let p = app.store.image_path(name, label, id);
+    if !p.is_file() {
+        return Err(ApiError::not_found("unknown_image", format!("model {name:?} has no image {id} under {label:?}")));
+    }
+    Ok(p)
+}
+
+async fn get_image(State(app): State<AppState>, Path((name, label, id)): Path<(String, String, String)>) -> ApiResult<Response> {
+    let p = image_lookup(&app, &name, &label, &id)?;
+    let bytes = read_file(&p).await?;
+    Ok(([(header::CONTENT_TYPE, store::content_type(&id)), (header::CACHE_CONTROL, "max-age=31536000, immutable")], bytes).into_response())
+}
+
+async fn delete_image(State(app): State<AppState>, Path((name, label, id)): Path<(String, String, String)>) -> ApiResult<Json<Value>> {
+    let p = image_lookup(&app, &name, &label, &id)?;
+    std::fs::remove_file(p)?;
+    Ok(Json(json!({ "deleted": id })))
+}
+
+// ---- build ----
+
+async fn start_build(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<BuildStatus>)> {
+    existing(&app, &name)?;
+    let labels = app.store.labels(&name)?;
+    if labels.is_empty() {
+        return Err(ApiError::bad_request("no_images", "add labelled images before building"));
+    }
+    if let Some(empty) = labels.iter().find(|l| l.count == 0) {
+        return Err(ApiError::bad_request("empty_label", format!("label {:?} has no images: add some or remove the label", empty.name)));
+    }
+    let images = app.store.labelled_images(&name)?;
+    let fingerprint = Store::fingerprint(&labels);
+    let job = {
+        let mut builds = app.builds.lock().unwrap();
+        if let Some(j) = builds.get(&name) {
+            if matches!(j.state.lock().unwrap().0, "queued" | "running") {
+                return Err(ApiError::conflict("build_running", format!("model {name:?} is already being built")));
+            }
+        }
+        let j = Arc::new(Job { state: Mutex::new(("queued", None)), done: AtomicUsize::new(0), total: images.len() });
+        builds.insert(name.clone(), j.clone());
+        j
+    };
+    let app2 = app.clone();
+    let (name2, job2) = (name.clone(), job.clone());
+    tokio::task::spawn_blocking(move || {
+        let result = run_build(&app2, &name2, &images, &job2, fingerprint);
+        let mut s = job2.state.lock().unwrap();
+        *s = match result {
+            Ok(()) => ("done", None),
+            Err(e) => ("failed", Some(format!("{e:#}"))),
+        };
+    });
+    Ok((StatusCode::ACCEPTED, Json(job_status(&app, &name))))
+}
+
+/// The build itself: the library's [`build::build`], then an atomic install.
+fn run_build(app: &App, name: &str, images: &[crate::dataset::LabelledImage], job: &Job, fingerprint: String) -> Result<()> {
+    let mut slot = app.embedder.lock().unwrap_or_else(|p| p.into_inner());
+    *job.state.lock().unwrap() = ("running", None);
+    if slot.is_none() {
+        *slot = Some(models::open_embedder(&app.cfg.embedder)?);
+    }
+    let embedder = slot.as_mut().expect("loaded above");
+    let opts = BuildOptions { limits: app.limits.clone(), ..BuildOptions::default() };
+    let (bytes, report) = build::build(embedder, images, &opts, &|done| job.done.store(done, Ordering::Relaxed))?;
+    let root = app.store.images_dir(name);
+    let state = BuiltState {
+        built_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        classes: report.classes,
+        images: report.images,
+        seconds: report.seconds,
+        skipped: report
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.path.strip_prefix(&root).unwrap_or(&s.path).display(), s.reason))
+            .collect(),
+        fingerprint,
+    };
+    app.store.install_model(name, &bytes, &state)?;
+    Ok(())
+}
+
+async fn get_build(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<BuildStatus>> {
+    existing(&app, &name)?;
+    Ok(Json(job_status(&app, &name)))
+}
+
+// ---- classify ----
+
+fn model_version(app: &App, name: &str) -> ApiResult<(SystemTime, u64)> {
+    let m = std::fs::metadata(app.store.model_path(name))
+        .map_err(|_| ApiError::conflict("not_built", format!("model {name:?} has not been built yet: POST /api/models/{name}/build")))?;
+    Ok((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+}
+
+/// The loaded model for `name`, loading it (again) when model.onnx changed.
+async fn loaded(app: &AppState, name: &str) -> ApiResult<Arc<Loaded>> {
+    let version = model_version(app, name)?;
+    if let Some(l) = app.loaded.lock().unwrap().get(name) {
+        if l.version == version {
+            return Ok(l.clone());
+        }
+    }
+    let _guard = app.loading.lock().await;
+    if let Some(l) = app.loaded.lock().unwrap().get(name) {
+        if l.version == version {
+            return Ok(l.clone());
+        }
+    }
+    let path = app.store.model_path(name);
+    let classifier = tokio::task::spawn_blocking(move || Classifier::open(&path)).await.map_err(ApiError::internal)??;
+    let preprocess = classifier.info.preprocess.clone();
+    let threshold = classifier.threshold();
+    let (tx, rx) = crossbeam_channel::bounded::<ClassifyJob>(app.cfg.max_queue.max(1));
+    std::thread::Builder::new().name(format!("cbr-classify-{name}")).spawn(move || classify_worker(classifier, rx))?;
+    let l = Arc::new(Loaded { version, preprocess, threshold, tx });
+    app.loaded.lock().unwrap().insert(name.to_string(), l.clone());
+    Ok(l)
+}
+
+/// Owns one session; runs whatever requests are waiting as one batch (grouped
+/// by k and threshold), through the library's [`Classifier::predict`]. Ends
+/// when the model is unloaded (all senders dropped).
+fn classify_worker(mut classifier: Classifier, rx: crossbeam_channel::Receiver<ClassifyJob>) {
+    let max = classifier.max_batch.max(1);
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        while !jobs.is_empty() {
+            let (k, t) = (jobs[0].k, jobs[0].threshold.map(f32::to_bits));
+            let (group, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.k == k && j.threshold.map(f32::to_bits) == t);
+            jobs = rest;
+            let mut batch = Vec::with_capacity(group.len() * group[0].tensor.len());
+            for j in &group {
+                batch.extend_from_slice(&j.tensor);
+            }
+            match classifier.predict(&batch, group.len(), k, group[0].threshold) {
+                Ok(preds) => {
+                    for (j, p) in group.into_iter().zip(preds) {
+                        let _ = j.reply.send(Ok(p));
+                    }
+                }
+                Err(e) => {
+                    for j in group {
+                        let _ = j.reply.send(Err(format!("{e:#}")));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ClassifyQuery {
+    k: Option<usize>,
+    threshold: Option<f32>,
+}
+
+/// The uploaded image: the first file part of a multipart body, or the raw body.
+async fn image_body(app: &AppState, req: Request) -> ApiResult<axum::body::Bytes> {
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"))
+        .unwrap_or(false);
+    if is_multipart {
+        let mut m = Multipart::from_request(req, app)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_multipart", format!("cannot read the multipart upload: {}", e.body_text())))?;
+        while let Some(field) = m.next_field().await.map_err(ApiError::from_multipart)? {
+            if field.file_name().is_some() || matches!(field.name(), Some("file") | Some("image")) {
+                return field.bytes().await.map_err(ApiError::from_multipart);
+            }
+        }
+        Err(ApiError::bad_request("no_files", "the upload has no file part"))
+    } else {
+        axum::body::to_bytes(req.into_body(), app.cfg.max_upload)
+            .await
+            .map_err(|_| ApiError::too_large(format!("request body above the limit of {} bytes", app.cfg.max_upload)))
+    }
+}
+
+async fn classify(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ClassifyQuery>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let start = Instant::now();
+    existing(&app, &name)?;
+    let k = q.k.unwrap_or(3).clamp(1, 100);
+    let _permit = app.classify_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy("busy", format!("{} classify requests are already in flight; try again shortly", app.cfg.max_queue), 1)
+    })?;
+    let bytes = image_body(&app, req).await?;
+    // Refuse what is plainly not an image before looking at the model.
+    if bytes.is_empty() {
+        return Err(ApiError::from_decode("image", &decode::DecodeError::Empty));
+    }
+    if store::image_ext(&bytes).is_none() {
+        return Err(ApiError::from_decode("image", &decode::DecodeError::UnknownFormat));
+    }
+    let model = loaded(&app, &name).await?;
+    let (preprocess, limits) = (model.preprocess.clone(), app.limits.clone());
+    let tensor = tokio::task::spawn_blocking(move || -> ApiResult<Vec<f32>> {
+        let img = decode::decode_rgb(&bytes, &limits).map_err(|e| ApiError::from_decode("image", &e))?;
+        let mut t = vec![0f32; preprocess.tensor_len()];
+        decode::to_tensor(&img, &preprocess, &mut t);
+        Ok(t)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let (reply, answer) = oneshot::channel();
+    model
+        .tx
+        .try_send(ClassifyJob { tensor, k, threshold: q.threshold, reply })
+        .map_err(|_| ApiError::busy("busy", "the model's queue is full; try again shortly", 1))?;
+    let p = answer.await.map_err(|_| ApiError::internal("the model worker stopped"))?.map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "label": p.label,
+        "unknown": p.label.is_none(),
+        "top": p.top,
+        "threshold": q.threshold.or(model.threshold),
+        "ms": start.elapsed().as_secs_f64() * 1e3,
+    })))
+}
+
+/// Reads a file on the blocking pool.
+async fn read_file(path: impl Into<PathBuf>) -> std::io::Result<Vec<u8>> {
+    let path = path.into();
+    tokio::task::spawn_blocking(move || std::fs::read(path)).await.map_err(std::io::Error::other)?
+}
+
+// ---- built model ----
+
+async fn built_bytes(app: &App, name: &str) -> ApiResult<Vec<u8>> {
+    existing(app, name)?;
+    model_version(app, name)?;
+    Ok(read_file(app.store.model_path(name)).await?)
+}
+
+async fn model_info(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let bytes = built_bytes(&app, &name).await?;
+    let info = tokio::task::spawn_blocking(move || -> Result<Value> {
+        let model = crate::onnx::decode(&bytes)?;
+        let s = crate::onnx::metadata(&model, crate::classifier::METADATA_KEY).context("the model has no cbr metadata")?;
+        let info = crate::classifier::ClassifierInfo::from_json(s)?;
+        Ok(serde_json::to_value(info)?)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(info))
+}
+
+fn attachment(bytes: Vec<u8>, file_name: String) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+async fn download_onnx(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let bytes = built_bytes(&app, &name).await?;
+    Ok(attachment(bytes, format!("{name}.onnx")))
+}
+
+async fn download_tflite(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    existing(&app, &name)?;
+    let p = app.store.tflite_path(&name);
+    match read_file(&p).await {
+        Ok(bytes) => Ok(attachment(bytes, format!("{name}.tflite"))),
+        Err(_) => Err(ApiError::not_found("no_tflite", format!("model {name:?} has no TFLite file: cbr builds ONNX models (GET model.onnx)"))),
+    }
+}

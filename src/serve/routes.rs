@@ -1,0 +1,189 @@
+//! The one route table: the router is built from it (see `handler_for` in
+//! `mod.rs`) and `/openapi.json` is generated from it, so the two cannot drift.
+
+use serde_json::{json, Map, Value};
+
+/// What a request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqBody {
+    None,
+    /// A JSON object with a `name` string.
+    Name,
+    /// multipart/form-data with one or more `file` parts (image files).
+    Images,
+    /// One image: multipart/form-data with a file part, or the raw image bytes as the body.
+    Image,
+}
+
+/// What a successful response carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resp {
+    /// application/json with a schema from `components/schemas`.
+    Json(&'static str),
+    Html,
+    Js,
+    Css,
+    Onnx,
+    Tflite,
+    Image,
+}
+
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub id: &'static str,
+    pub summary: &'static str,
+    pub tag: &'static str,
+    pub body: ReqBody,
+    /// The success status and what it returns.
+    pub ok: (u16, Resp),
+    /// Error statuses this route can answer with (all JSON `Error`).
+    pub errors: &'static [u16],
+    /// Query parameters: (name, type, description).
+    pub query: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const E_MODEL: &[u16] = &[400, 404, 503];
+
+pub const ROUTES: &[Route] = &[
+    Route { method: "GET", path: "/", id: "webApp", summary: "The web app (HTML page)", tag: "web", body: ReqBody::None, ok: (200, Resp::Html), errors: &[], query: &[] },
+    Route { method: "GET", path: "/app.js", id: "webAppScript", summary: "The web app's script", tag: "web", body: ReqBody::None, ok: (200, Resp::Js), errors: &[], query: &[] },
+    Route { method: "GET", path: "/app.css", id: "webAppStyle", summary: "The web app's style sheet", tag: "web", body: ReqBody::None, ok: (200, Resp::Css), errors: &[], query: &[] },
+    Route { method: "GET", path: "/openapi.json", id: "openapi", summary: "This document", tag: "meta", body: ReqBody::None, ok: (200, Resp::Json("OpenApi")), errors: &[], query: &[] },
+    Route { method: "GET", path: "/api/health", id: "health", summary: "Liveness and limits", tag: "meta", body: ReqBody::None, ok: (200, Resp::Json("Health")), errors: &[], query: &[] },
+    Route { method: "GET", path: "/api/models", id: "listModels", summary: "List the models", tag: "models", body: ReqBody::None, ok: (200, Resp::Json("ModelList")), errors: &[503], query: &[] },
+    Route { method: "POST", path: "/api/models", id: "createModel", summary: "Create an empty model", tag: "models", body: ReqBody::Name, ok: (201, Resp::Json("Model")), errors: &[400, 409, 503], query: &[] },
+    Route { method: "GET", path: "/api/models/{model}", id: "getModel", summary: "A model: labels, image ids, build state", tag: "models", body: ReqBody::None, ok: (200, Resp::Json("Model")), errors: E_MODEL, query: &[] },
+    Route { method: "DELETE", path: "/api/models/{model}", id: "deleteModel", summary: "Delete a model, its images and its built file", tag: "models", body: ReqBody::None, ok: (200, Resp::Json("Deleted")), errors: &[400, 404, 409, 503], query: &[] },
+    Route { method: "POST", path: "/api/models/{model}/labels", id: "addLabel", summary: "Add a label (class) with no images yet", tag: "images", body: ReqBody::Name, ok: (201, Resp::Json("Label")), errors: &[400, 404, 409, 503], query: &[] },
+    Route { method: "DELETE", path: "/api/models/{model}/labels/{label}", id: "deleteLabel", summary: "Remove a label and all its images", tag: "images", body: ReqBody::None, ok: (200, Resp::Json("Deleted")), errors: E_MODEL, query: &[] },
+    Route { method: "POST", path: "/api/models/{model}/labels/{label}/images", id: "addImages", summary: "Upload labelled images (multipart, `file` parts); creates the label if needed. All or nothing: one unreadable file rejects the request.", tag: "images", body: ReqBody::Images, ok: (201, Resp::Json("Added")), errors: &[400, 404, 413, 415, 503], query: &[] },
+    Route { method: "GET", path: "/api/models/{model}/labels/{label}/images/{image}", id: "getImage", summary: "One stored image", tag: "images", body: ReqBody::None, ok: (200, Resp::Image), errors: E_MODEL, query: &[] },
+    Route { method: "DELETE", path: "/api/models/{model}/labels/{label}/images/{image}", id: "deleteImage", summary: "Remove one image", tag: "images", body: ReqBody::None, ok: (200, Resp::Json("Deleted")), errors: E_MODEL, query: &[] },
+    Route { method: "POST", path: "/api/models/{model}/build", id: "startBuild", summary: "Start building model.onnx from the model's images (runs in the background; poll getBuild)", tag: "build", body: ReqBody::None, ok: (202, Resp::Json("BuildStatus")), errors: &[400, 404, 409, 503], query: &[] },
+    Route { method: "GET", path: "/api/models/{model}/build", id: "getBuild", summary: "Build progress: state, done/total images", tag: "build", body: ReqBody::None, ok: (200, Resp::Json("BuildStatus")), errors: E_MODEL, query: &[] },
+    Route { method: "POST", path: "/api/models/{model}/classify", id: "classify", summary: "Classify one image: top-k labels with scores, and the label or unknown", tag: "classify", body: ReqBody::Image, ok: (200, Resp::Json("Classification")), errors: &[400, 404, 409, 413, 415, 503], query: &[
+        ("k", "integer", "How many classes to return (default 3, at most 100)"),
+        ("threshold", "number", "Answer unknown (label null) when the best score is below this cosine similarity (default: the model's own, none)"),
+    ] },
+    Route { method: "GET", path: "/api/models/{model}/info", id: "modelInfo", summary: "The built model's metadata (as `cbr info --json`)", tag: "models", body: ReqBody::None, ok: (200, Resp::Json("ClassifierInfo")), errors: &[400, 404, 409, 503], query: &[] },
+    Route { method: "GET", path: "/api/models/{model}/model.onnx", id: "downloadOnnx", summary: "Download the built ONNX model", tag: "models", body: ReqBody::None, ok: (200, Resp::Onnx), errors: &[400, 404, 409, 503], query: &[] },
+    Route { method: "GET", path: "/api/models/{model}/model.tflite", id: "downloadTflite", summary: "Download the TFLite model where one was built (cbr builds ONNX only today: 404 otherwise)", tag: "models", body: ReqBody::None, ok: (200, Resp::Tflite), errors: E_MODEL, query: &[] },
+];
+
+/// The path parameters of `path`, in order.
+pub fn path_params(path: &str) -> Vec<&str> {
+    path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect()
+}
+
+fn status_text(s: u16) -> &'static str {
+    match s {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        400 => "Bad request: invalid name, JSON or multipart body, or a damaged image",
+        404 => "Unknown model, label or image (or no route)",
+        409 => "Conflict: already exists, a build is running, or the model is not built yet",
+        413 => "Upload too large (bytes) or image with too many pixels",
+        415 => "Not an image in a supported format (JPEG, PNG, GIF, BMP, WebP, TIFF, PNM)",
+        503 => "Busy (queue full) or the request timed out; see Retry-After",
+        _ => "",
+    }
+}
+
+fn schemas() -> Value {
+    let error = json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string", "description": "stable machine-readable code, e.g. unknown_model, unsupported_image, upload_too_large, too_many_pixels, invalid_name, busy, timeout"},
+        "message": {"type": "string"}}}}});
+    let label = json!({"type": "object", "properties": {"name": {"type": "string"}, "count": {"type": "integer"}, "images": {"type": "array", "items": {"type": "string"}}}});
+    let build = json!({"type": "object", "properties": {
+        "state": {"type": "string", "enum": ["idle", "queued", "running", "done", "failed"]},
+        "done": {"type": "integer"}, "total": {"type": "integer"},
+        "error": {"type": "string", "nullable": true},
+        "built": {"$ref": "#/components/schemas/Built"}}});
+    let built = json!({"type": "object", "nullable": true, "properties": {
+        "built_at": {"type": "integer", "description": "Unix seconds"}, "classes": {"type": "integer"}, "images": {"type": "integer"},
+        "seconds": {"type": "number"}, "skipped": {"type": "array", "items": {"type": "string"}}, "fingerprint": {"type": "string"}}});
+    let model = json!({"type": "object", "properties": {
+        "name": {"type": "string"},
+        "labels": {"type": "array", "items": {"$ref": "#/components/schemas/Label"}},
+        "images": {"type": "integer"},
+        "built": {"$ref": "#/components/schemas/Built"},
+        "model_bytes": {"type": "integer", "nullable": true},
+        "stale": {"type": "boolean", "description": "images changed since the last build"},
+        "build": {"$ref": "#/components/schemas/BuildStatus"}}});
+    json!({
+        "Error": error,
+        "Label": label,
+        "Built": built,
+        "BuildStatus": build,
+        "Model": model,
+        "ModelList": {"type": "object", "properties": {"models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
+        "Deleted": {"type": "object", "properties": {"deleted": {"type": "string"}}},
+        "Added": {"type": "object", "properties": {"label": {"type": "string"}, "added": {"type": "array", "items": {"type": "string"}}, "count": {"type": "integer"}}},
+        "Classification": {"type": "object", "properties": {
+            "label": {"type": "string", "nullable": true, "description": "the answer, or null for unknown"},
+            "unknown": {"type": "boolean"},
+            "top": {"type": "array", "items": {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}},
+            "threshold": {"type": "number", "nullable": true},
+            "ms": {"type": "number", "description": "server time for decode + inference"}}},
+        "ClassifierInfo": {"type": "object", "description": "the model's `cbr` metadata: labels, images_per_label, embedder, preprocess, aggregation, cbr_version, format"},
+        "Health": {"type": "object", "properties": {"ok": {"type": "boolean"}, "version": {"type": "string"}, "max_upload": {"type": "integer"}, "max_pixels": {"type": "integer"}, "max_queue": {"type": "integer"}, "timeout_secs": {"type": "number"}}},
+        "OpenApi": {"type": "object"},
+    })
+}
+
+/// The OpenAPI 3.0 document for [`ROUTES`].
+pub fn openapi() -> Value {
+    let mut paths = Map::new();
+    for r in ROUTES {
+        let mut params: Vec<Value> = path_params(r.path)
+            .into_iter()
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        params.extend(r.query.iter().map(|(n, t, d)| json!({"name": n, "in": "query", "required": false, "description": d, "schema": {"type": t}})));
+        let mut responses = Map::new();
+        let ok_content = match r.ok.1 {
+            Resp::Json(s) => json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}),
+            Resp::Html => json!({"text/html": {}}),
+            Resp::Js => json!({"text/javascript": {}}),
+            Resp::Css => json!({"text/css": {}}),
+            Resp::Onnx => json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}),
+            Resp::Tflite => json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}),
+            Resp::Image => json!({"image/*": {"schema": {"type": "string", "format": "binary"}}}),
+        };
+        responses.insert(r.ok.0.to_string(), json!({"description": status_text(r.ok.0), "content": ok_content}));
+        for e in r.errors {
+            let mut resp = json!({"description": status_text(*e), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+            if *e == 503 {
+                resp["headers"] = json!({"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}});
+            }
+            responses.insert(e.to_string(), resp);
+        }
+        let mut op = json!({"operationId": r.id, "summary": r.summary, "tags": [r.tag], "parameters": params, "responses": responses});
+        let file = json!({"type": "string", "format": "binary"});
+        match r.body {
+            ReqBody::None => {}
+            ReqBody::Name => {
+                op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}})
+            }
+            ReqBody::Images => {
+                op["requestBody"] = json!({"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "array", "items": file}}}}}})
+            }
+            ReqBody::Image => {
+                op["requestBody"] = json!({"required": true, "content": {
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": file}}},
+                    "image/*": {"schema": file}}})
+            }
+        }
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        entry[r.method.to_ascii_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "cbr serve", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Build image classifiers from labelled images with no training (classification by retrieval), and classify with them. Every error is JSON: {\"error\": {\"code\", \"message\"}}."},
+        "paths": paths,
+        "components": {"schemas": schemas()},
+    })
+}
