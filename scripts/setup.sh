@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check onnxruntime==1.32.0 numpy pillow
+
+# Headless Chromium and its WebDriver, for the web app's browser test.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq >/dev/null
+  $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 cargo build --release --locked
 target/release/cbr models pull >/dev/null   # installs ONNX Runtime too
 echo "setup done: $(target/release/cbr runtime path)"
