@@ -4,4 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo test --release --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# --all-targets: the library, binary and integration tests (there are no doc tests).
+cargo test --release --locked --all-targets 2>&1 | tee "$log"
+# One total over all test binaries, as the closing line.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

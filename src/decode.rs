@@ -107,9 +107,10 @@ impl fmt::Display for DecodeError {
                 max_pixels,
             } => write!(
                 f,
-                "image is {width}x{height} pixels ({:.1} megapixels), above the limit of {:.1} \
-                 megapixels; downscale it",
+                "image is {width}x{height} pixels ({:.1} megapixels), above the limit of {} \
+                 pixels ({:.1} megapixels); downscale it",
                 megapixels(*width as u64 * *height as u64),
+                max_pixels,
                 megapixels(*max_pixels)
             ),
             DecodeError::FileTooLarge { bytes, max_bytes } => write!(

@@ -229,6 +229,12 @@ enum RuntimeCommand {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `cbr info m.onnx | head` into a panic;
+    // the default action ends the process quietly, as other tools do.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => cmd_build(a),

@@ -165,7 +165,12 @@ fn heatmap_svg(labels: &[String], m: &[Vec<u64>], classes: &[usize]) -> String {
     let cell = (640.0 / n as f64).clamp(8.0, 40.0);
     let margin = 170.0;
     let size = margin + cell * n as f64 + 10.0;
-    let mut o = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{size:.0}" height="{size:.0}" font-size="{:.0}" font-family="sans-serif">"#, (cell * 0.7).clamp(7.0, 12.0));
+    // Extra width on the right for the last rotated column labels.
+    let mut o = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{size:.0}" font-size="{:.0}" font-family="sans-serif">"#,
+        size + 100.0,
+        (cell * 0.7).clamp(7.0, 12.0)
+    );
     for (i, &c) in classes.iter().enumerate() {
         let y = margin + cell * (i as f64 + 0.7);
         let _ = write!(o, r#"<text x="{:.1}" y="{y:.1}" text-anchor="end">{}</text>"#, margin - 4.0, esc(&short(&labels[c], 24)));
