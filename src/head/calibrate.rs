@@ -119,7 +119,7 @@ fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize
     let dim = head.dim;
     let d = head.discriminant.as_ref().expect("discriminant heads have one");
     let qd: Vec<f64> = q.iter().map(|x| *x as f64).collect();
-    let dot64 = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let dot64 = discriminant::dot64;
     let nc = sizes[truth] as f64;
     let m = own.len() as f64;
     // The query image's mean row, its class mean with and without it.
@@ -132,9 +132,12 @@ fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize
     let class_sum: Vec<f64> = sums[truth * dim..(truth + 1) * dim].iter().map(|x| *x as f64).collect();
     let mean_with: Vec<f64> = class_sum.iter().map(|s| s / nc).collect();
     let mean_without: Vec<f64> = class_sum.iter().zip(&own_sum).map(|(s, o)| (s - o) / (nc - m)).collect();
-    // Rank-one downdate Σ' = Σ - α u uᵀ with u the image's deviation.
+    // Rank-one downdate Σ' = Σ - α u uᵀ with u the image's deviation. One
+    // solve serves both: Σ⁻¹u = Σ⁻¹own/m − w_c and Σ⁻¹μ' = (nc·w_c − Σ⁻¹own)/(nc − m).
     let u: Vec<f64> = own_sum.iter().zip(&mean_with).map(|(o, mu)| o / m - mu).collect();
-    let z = d.solve(&u);
+    let s_own = d.solve(&own_sum);
+    let w_c: Vec<f64> = d.weights[truth * dim..(truth + 1) * dim].iter().map(|x| *x as f64).collect();
+    let z: Vec<f64> = s_own.iter().zip(&w_c).map(|(s, w)| s / m - w).collect();
     // Leaving the image out removes k·m·u uᵀ from the scatter (k = nc/(nc-m):
     // its class mean moves too) and one n from the normaliser; the shrinkage
     // target's small change is ignored. Checked against exact refits.
@@ -155,7 +158,7 @@ fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize
         let score = q.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() + *b as f64 + gamma * qz * zm - 0.5 * gamma * zm * zm;
         scores.push((k, (rescale * score) as f32));
     }
-    let w_own = d.solve(&mean_without);
+    let w_own: Vec<f64> = w_c.iter().zip(&s_own).map(|(w, s)| (nc * w - s) / (nc - m)).collect();
     let zm = dot64(&z, &mean_without);
     let own_score = dot64(&qd, &w_own) + gamma * qz * zm - 0.5 * (dot64(&mean_without, &w_own) + gamma * zm * zm);
     let mut out = vec![0f32; head.labels.len()];

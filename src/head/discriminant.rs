@@ -106,24 +106,36 @@ impl Discriminant {
     }
 }
 
+/// Dot product with independent partial sums (vectorises; see `head::dot`).
+pub fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f64; 4];
+    let chunks = n / 4;
+    for i in 0..chunks {
+        for k in 0..4 {
+            acc[k] += a[i * 4 + k] * b[i * 4 + k];
+        }
+    }
+    let mut tail = 0f64;
+    for i in chunks * 4..n {
+        tail += a[i] * b[i];
+    }
+    acc[0] + acc[1] + acc[2] + acc[3] + tail
+}
+
 /// Cholesky factor `L` (row-major, lower triangle) of a symmetric positive
 /// definite matrix `a` (n x n).
 pub fn cholesky(a: &[f64], n: usize) -> Vec<f64> {
     let mut l = vec![0f64; n * n];
     for j in 0..n {
-        let mut d = a[j * n + j];
-        for k in 0..j {
-            d -= l[j * n + k] * l[j * n + k];
-        }
-        let d = d.max(1e-18).sqrt();
+        let d = (a[j * n + j] - dot64(&l[j * n..j * n + j], &l[j * n..j * n + j])).max(1e-18).sqrt();
         l[j * n + j] = d;
         // Column j below the diagonal; rows are independent.
         let (done, rest) = l.split_at_mut((j + 1) * n);
         let lj = &done[j * n..j * n + j];
         rest.par_chunks_exact_mut(n).enumerate().for_each(|(off, row)| {
             let i = j + 1 + off;
-            let s: f64 = row[..j].iter().zip(lj).map(|(x, y)| x * y).sum();
-            row[j] = (a[i * n + j] - s) / d;
+            row[j] = (a[i * n + j] - dot64(&row[..j], lj)) / d;
         });
     }
     l
@@ -133,16 +145,16 @@ pub fn cholesky(a: &[f64], n: usize) -> Vec<f64> {
 pub fn solve(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
     let mut y = vec![0f64; n];
     for i in 0..n {
-        let s: f64 = l[i * n..i * n + i].iter().zip(&y).map(|(a, b)| a * b).sum();
-        y[i] = (b[i] - s) / l[i * n + i];
+        y[i] = (b[i] - dot64(&l[i * n..i * n + i], &y[..i])) / l[i * n + i];
     }
-    let mut x = vec![0f64; n];
-    for i in (0..n).rev() {
-        let mut s = 0f64;
-        for k in i + 1..n {
-            s += l[k * n + i] * x[k];
+    // Back substitution with Lᵀ, walking rows of L (contiguous) instead of its columns.
+    let mut x = y;
+    for k in (0..n).rev() {
+        x[k] /= l[k * n + k];
+        let xk = x[k];
+        for (xi, lki) in x[..k].iter_mut().zip(&l[k * n..k * n + k]) {
+            *xi -= lki * xk;
         }
-        x[i] = (y[i] - s) / l[i * n + i];
     }
     x
 }
