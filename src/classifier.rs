@@ -5,10 +5,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ort::session::Session;
-use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
-use crate::embedder::{session_from_bytes, EmbedderInfo};
+use crate::embedder::{run_batched, session_from_bytes, EmbedderInfo};
 use crate::head::calibrate::Calibration;
 use crate::head::{Aggregation, SCORES};
 use crate::preprocess::Preprocess;
@@ -116,29 +115,13 @@ impl Classifier {
     /// Class scores for `n` preprocessed images concatenated in `tensors`;
     /// returns one row of `labels.len()` scores per image.
     pub fn scores(&mut self, tensors: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
-        let per = self.info.preprocess.tensor_len();
-        assert_eq!(tensors.len(), n * per, "scores: tensor buffer does not hold {n} images");
         let classes = self.info.labels.len();
-        let mut out = Vec::with_capacity(n);
-        let mut start = 0;
-        while start < n {
-            let count = (n - start).min(self.max_batch);
-            let chunk = &tensors[start * per..(start + count) * per];
-            let input = TensorRef::from_array_view((self.info.preprocess.batch_shape(count), chunk))
-                .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
-            let outputs = self
-                .session
-                .run(ort::inputs![self.info.embedder.input.as_str() => input])
-                .map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
-            let value = outputs.get(SCORES).ok_or_else(|| anyhow!("the model has no {SCORES} output"))?;
-            let (_, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("{SCORES} is not a float tensor: {e}"))?;
-            if data.len() != count * classes {
-                bail!("{SCORES} has {} values, expected {count} x {classes}", data.len());
-            }
-            out.extend(data.chunks_exact(classes).map(|r| r.to_vec()));
-            start += count;
+        let info = &self.info;
+        let flat = run_batched(&mut self.session, &info.preprocess, &info.embedder.input, SCORES, self.max_batch, tensors, n)?;
+        if flat.len() != n * classes {
+            bail!("{SCORES} has {} values, expected {n} x {classes}", flat.len());
         }
-        Ok(out)
+        Ok(flat.chunks_exact(classes).map(|r| r.to_vec()).collect())
     }
 
     /// Predictions for `n` preprocessed images: the top `k` classes and the

@@ -126,32 +126,7 @@ impl Embedder {
     /// Embeds `n` images whose tensors are concatenated in `tensors`;
     /// returns `n * dim` values. Splits into runs of at most `max_batch`.
     pub fn embed(&mut self, tensors: &[f32], n: usize) -> Result<Vec<f32>> {
-        let per = self.preprocess.tensor_len();
-        assert_eq!(tensors.len(), n * per, "embed: tensor buffer does not hold {n} images");
-        let mut out = Vec::with_capacity(n * self.info.dim.max(1));
-        let mut start = 0;
-        while start < n {
-            let count = (n - start).min(self.max_batch);
-            let chunk = &tensors[start * per..(start + count) * per];
-            let shape = self.preprocess.batch_shape(count);
-            let input = TensorRef::from_array_view((shape, chunk)).map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
-            let outputs = self
-                .session
-                .run(ort::inputs![self.info.input.as_str() => input])
-                .map_err(|e| anyhow!("ONNX Runtime failed to run the embedder: {e}"))?;
-            let value = outputs
-                .get(&self.info.output)
-                .ok_or_else(|| anyhow!("the embedder produced no output {}", self.info.output))?;
-            let (shape, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| anyhow!("embedder output {} is not a float tensor: {e}", self.info.output))?;
-            if shape.first().copied() != Some(count as i64) || data.len() % count != 0 {
-                bail!("embedder output {} has shape {:?}, expected a batch of {count}", self.info.output, &shape[..]);
-            }
-            out.extend_from_slice(data);
-            start += count;
-        }
-        Ok(out)
+        run_batched(&mut self.session, &self.preprocess, &self.info.input, &self.info.output, self.max_batch, tensors, n)
     }
 }
 
@@ -170,6 +145,38 @@ fn check_preprocess(shape: &InputShape, p: &Preprocess) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs `n` preprocessed images (concatenated in `tensors`) through
+/// `session` in runs of at most `max_batch`, and returns output `output` of
+/// every image, concatenated. Shared by the embedder and the classifier.
+pub fn run_batched(
+    session: &mut Session,
+    preprocess: &Preprocess,
+    input: &str,
+    output: &str,
+    max_batch: usize,
+    tensors: &[f32],
+    n: usize,
+) -> Result<Vec<f32>> {
+    let per = preprocess.tensor_len();
+    assert_eq!(tensors.len(), n * per, "run_batched: tensor buffer does not hold {n} images");
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let count = (n - start).min(max_batch.max(1));
+        let chunk = &tensors[start * per..(start + count) * per];
+        let tensor = TensorRef::from_array_view((preprocess.batch_shape(count), chunk)).map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
+        let outputs = session.run(ort::inputs![input => tensor]).map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
+        let value = outputs.get(output).ok_or_else(|| anyhow!("the model produced no output {output}"))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("output {output} is not a float tensor: {e}"))?;
+        if shape.first().copied() != Some(count as i64) || data.len() % count != 0 {
+            bail!("output {output} has shape {:?}, expected a batch of {count}", &shape[..]);
+        }
+        out.extend_from_slice(data);
+        start += count;
+    }
+    Ok(out)
 }
 
 /// An ONNX Runtime session for a model given as bytes, with full graph optimisation.

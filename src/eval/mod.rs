@@ -562,14 +562,6 @@ fn top_of(p: &[f32]) -> f32 {
     p.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// Scores as the head outputs them: softmax(· / τ) when calibrated.
-fn head_scores(head: &RetrievalHead, sims: &[f32]) -> Vec<f32> {
-    match head.temperature {
-        Some(t) => softmax(sims, t),
-        None => sims.to_vec(),
-    }
-}
-
 fn path_string(ds: &Dataset, i: usize) -> String {
     ds.paths.get(i).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| format!("#{i}"))
 }
@@ -756,7 +748,7 @@ fn open_set_seed(
             .into_iter()
             .zip(qs)
             .map(|(s, &i)| {
-                let p = head_scores(&head, &s);
+                let p = head.calibrated(s.clone());
                 (top_of(&p), argmax(&p) == ds.image_class[i])
             })
             .unzip()

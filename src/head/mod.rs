@@ -357,7 +357,8 @@ impl RetrievalHead {
     /// One similarity per class for a raw query embedding (before softmax).
     pub fn class_similarities(&self, query: &[f32]) -> Vec<f32> {
         let q = self.project(query);
-        let sims: Vec<f32> = self.rows.chunks_exact(self.dim).map(|r| dot(r, &q)).collect();
+        // Only `max` and `blend` look at every index row.
+        let sims: Vec<f32> = if self.aggregation.uses_max() { self.rows.chunks_exact(self.dim).map(|r| dot(r, &q)).collect() } else { Vec::new() };
         self.aggregate(&q, &sims)
     }
 
@@ -386,10 +387,14 @@ impl RetrievalHead {
     /// Class scores for a raw query embedding: probabilities when calibrated,
     /// else class similarities. The exported graph computes the same thing.
     pub fn scores(&self, query: &[f32]) -> Vec<f32> {
-        let s = self.class_similarities(query);
+        self.calibrated(self.class_similarities(query))
+    }
+
+    /// Class similarities as `scores`: softmax(· / τ) when calibrated.
+    pub fn calibrated(&self, class_similarities: Vec<f32>) -> Vec<f32> {
         match self.temperature {
-            Some(t) => softmax(&s, t),
-            None => s,
+            Some(t) => softmax(&class_similarities, t),
+            None => class_similarities,
         }
     }
 }
