@@ -6,6 +6,7 @@ pub mod preprocess;
 pub mod embedder;
 pub mod decode;
 pub mod head;
+pub mod search;
 pub mod classifier;
 pub mod zoo;
 pub mod dataset;
