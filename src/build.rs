@@ -18,6 +18,8 @@ use crate::decode::{self, DecodeLimits};
 use crate::embedder::Embedder;
 use crate::head::{HeadOptions, RetrievalHead};
 use crate::onnx;
+use crate::search::IvfIndex;
+use crate::sidecar::{self, IndexChoice, IndexInfo};
 
 /// Choices for a build.
 #[derive(Clone, Debug)]
@@ -28,11 +30,31 @@ pub struct BuildOptions {
     /// Stop at the first unreadable image instead of skipping it.
     pub strict: bool,
     pub limits: DecodeLimits,
+    /// Index rows in the model, or in a sidecar approximate index.
+    pub index: IndexChoice,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default() }
+        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default(), index: IndexChoice::Auto }
+    }
+}
+
+/// A built model: the ONNX file's bytes and, for big indexes, the sidecar
+/// index that goes beside it ([`crate::sidecar`]).
+pub struct Built {
+    pub model: Vec<u8>,
+    pub index: Option<IvfIndex>,
+}
+
+impl Built {
+    /// Writes the model to `path` (and its index to [`sidecar::index_path`]),
+    /// each atomically; the index first, so a model never names a missing index.
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
+        if let Some(index) = &self.index {
+            index.save(&sidecar::index_path(path))?;
+        }
+        crate::cache::write_atomic(path, &self.model)
     }
 }
 
@@ -182,7 +204,18 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 /// The complete model file for `head` on top of `embedder`: the embedder's
 /// graph, the head, and the metadata, encoded deterministically.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    let mut model = head.append_to(&embedder.model, &embedder.info.output).context("cannot append the retrieval head")?;
+    model_bytes_with(embedder, head, augment, false)
+}
+
+/// [`model_bytes`], or with `sidecar` the embedder-only model that goes with
+/// a sidecar index of the head's rows.
+pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool, sidecar: bool) -> Result<Vec<u8>> {
+    let mut model = if sidecar {
+        sidecar::embedding_model(&embedder.model, &embedder.info.output, head.dim)?
+    } else {
+        head.append_to(&embedder.model, &embedder.info.output).context("cannot append the retrieval head")?
+    };
+    let index = sidecar.then(|| IndexInfo { rows: head.len(), dim: head.dim, mean: head.center.clone() });
     let info = ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -197,6 +230,7 @@ pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> 
         threshold: head.threshold,
         calibration: head.calibration.clone(),
         augment,
+        index,
     };
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
@@ -223,13 +257,13 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
-/// Embeds `images`, computes the head and returns the model bytes.
+/// Embeds `images`, computes the head and returns the model (and index).
 pub fn build(
     embedder: &mut Embedder,
     images: &[LabelledImage],
     opts: &BuildOptions,
     progress: &(dyn Fn(usize) + Sync),
-) -> Result<(Vec<u8>, BuildReport)> {
+) -> Result<(Built, BuildReport)> {
     let classes = crate::dataset::class_counts(images).len();
     if classes == 1 && opts.head.threshold.is_none() {
         bail!(
@@ -242,7 +276,11 @@ pub fn build(
     let embedded = embed_images(embedder, images, opts.augment, opts.strict, &opts.limits, progress)?;
     check_classes(images, &embedded)?;
     let head = RetrievalHead::with_images(&embedded.embeddings, embedded.dim, &embedded.labels, &embedded.images, &opts.head)?;
-    let bytes = model_bytes(embedder, &head, opts.augment)?;
+    let index = match opts.index.resolve(&head)? {
+        Some(params) => Some(sidecar::build_index(&head, &params)?),
+        None => None,
+    };
+    let bytes = model_bytes_with(embedder, &head, opts.augment, index.is_some())?;
     let report = BuildReport {
         classes: head.labels.len(),
         images: embedded.paths.len(),
@@ -251,5 +289,5 @@ pub fn build(
         calibration: head.calibration.clone(),
         threshold: head.threshold,
     };
-    Ok((bytes, report))
+    Ok((Built { model: bytes, index }, report))
 }

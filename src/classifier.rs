@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::embedder::{run_batched, session_from_bytes, EmbedderInfo};
 use crate::head::calibrate::Calibration;
-use crate::head::{Aggregation, SCORES};
+use crate::head::{Aggregation, EMBEDDING, SCORES};
 use crate::preprocess::Preprocess;
+use crate::sidecar::{IndexInfo, Sidecar};
 
 /// The `metadata_props` key holding [`ClassifierInfo`] as JSON.
 pub const METADATA_KEY: &str = "cbr";
@@ -49,6 +50,10 @@ pub struct ClassifierInfo {
     /// Whether mirrored copies of the index images were added as extra rows.
     #[serde(default)]
     pub augment: bool,
+    /// Present when the index rows are in a sidecar file ([`crate::sidecar`])
+    /// and the model's only output is `embedding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexInfo>,
 }
 
 impl ClassifierInfo {
@@ -88,13 +93,20 @@ pub struct Classifier {
     pub info: ClassifierInfo,
     /// The largest batch one run may take.
     pub max_batch: usize,
+    /// The sidecar index, for models that keep their rows beside the file.
+    pub sidecar: Option<Sidecar>,
 }
 
 impl Classifier {
     /// Loads a model file written by `cbr build`.
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-        Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+        let mut classifier = Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))?;
+        if let Some(index) = &classifier.info.index {
+            let info = &classifier.info;
+            classifier.sidecar = Some(Sidecar::open(path, index, info.power, info.labels.len(), info.temperature)?);
+        }
+        Ok(classifier)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
@@ -109,7 +121,7 @@ impl Classifier {
             Some(ort::value::ValueType::Tensor { shape, .. }) if shape.first().copied().unwrap_or(-1) > 0 => shape[0] as usize,
             _ => 16,
         };
-        Ok(Classifier { session, info, max_batch })
+        Ok(Classifier { session, info, max_batch, sidecar: None })
     }
 
     /// Class scores for `n` preprocessed images concatenated in `tensors`;
@@ -117,6 +129,11 @@ impl Classifier {
     pub fn scores(&mut self, tensors: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
         let classes = self.info.labels.len();
         let info = &self.info;
+        if info.index.is_some() {
+            let sidecar = self.sidecar.as_ref().ok_or_else(|| anyhow!("this model keeps its index in a file beside it: open it with Classifier::open"))?;
+            let embeddings = run_batched(&mut self.session, &info.preprocess, &info.embedder.input, EMBEDDING, self.max_batch, tensors, n)?;
+            return sidecar.scores(&embeddings, n);
+        }
         let flat = run_batched(&mut self.session, &info.preprocess, &info.embedder.input, SCORES, self.max_batch, tensors, n)?;
         if flat.len() != n * classes {
             bail!("{SCORES} has {} values, expected {n} x {classes}", flat.len());
@@ -154,9 +171,10 @@ impl Classifier {
     }
 }
 
-/// The `k` best of `scores`, best first; ties keep class order.
+/// The `k` best of `scores`, best first; ties keep class order. Classes
+/// scored −inf (not retrieved from a sidecar index) are left out.
 pub fn top_k(labels: &[String], scores: &[f32], k: usize) -> Vec<Scored> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > f32::NEG_INFINITY).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     order.into_iter().take(k).map(|i| Scored { label: labels[i].clone(), score: scores[i] }).collect()
 }

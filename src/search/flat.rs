@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::{kernels, Hit, TopK};
 
 /// Queries of one batch tile (the rows are read once per tile).
-const QUERY_TILE: usize = 64;
+const QUERY_TILE: usize = 256;
 /// Rows per matrix product in a batch (the score tile is QUERY_TILE x ROW_BLOCK).
 const ROW_BLOCK: usize = 1024;
 /// Rows per task of a single query: below about this much work, threads cost

@@ -28,7 +28,7 @@ const MAGIC: &[u8; 8] = b"CBR-IVF1";
 pub struct IvfParams {
     /// Number of cells; 0 picks √rows.
     pub lists: usize,
-    /// Cells scanned per query by default; 0 picks lists / 32 (at least 8).
+    /// Cells scanned per query by default; 0 picks lists / 32 (at least 16).
     pub nprobe: usize,
     /// k-means rounds on the training sample.
     pub iterations: usize,
@@ -76,7 +76,7 @@ impl IvfIndex {
             bail!("{n} rows: at most {} are supported", u32::MAX);
         }
         let lists = if params.lists == 0 { ((n as f64).sqrt().round() as usize).max(1) } else { params.lists }.min(n);
-        let nprobe = if params.nprobe == 0 { (lists / 32).max(8) } else { params.nprobe }.min(lists);
+        let nprobe = if params.nprobe == 0 { (lists / 32).max(16) } else { params.nprobe }.min(lists);
 
         // Training sample: evenly strided rows.
         let sample = (lists * params.train_per_list.max(1)).min(n);
