@@ -17,8 +17,10 @@ a = p.parse_args()
 meta = json.load(open(os.path.join(a.dir, "meta.json")))
 n, d = meta["n"], meta["dim"]
 index = faiss.IndexFlatIP(d)
-rows = np.fromfile(os.path.join(a.dir, "rows.f32"), dtype="<f4").reshape(n, d)
-index.add(rows)
+# Memory-mapped, so FAISS's own copy is the only one in memory.
+rows = np.memmap(os.path.join(a.dir, "rows.f32"), dtype="<f4", mode="r", shape=(n, d))
+for start in range(0, n, 65536):
+    index.add(np.ascontiguousarray(rows[start : start + 65536]))
 del rows
 queries = np.fromfile(os.path.join(a.dir, "queries.f32"), dtype="<f4").reshape(-1, d)
 

@@ -88,23 +88,33 @@ fn write_raw(path: &Path, words: impl Iterator<Item = [u8; 4]>) -> Result<()> {
     })
 }
 
-fn read_words(path: &Path) -> Result<Vec<[u8; 4]>> {
+/// Reads a file of little-endian 4-byte words, converting in chunks (the
+/// vector files are up to 5 GB: no second copy of them).
+fn read_words<T>(path: &Path, convert: impl Fn([u8; 4]) -> T) -> Result<Vec<T>> {
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() % 4 != 0 {
+    let len = f.metadata()?.len() as usize;
+    if len % 4 != 0 {
         bail!("{} is not whole 4-byte words", path.display());
     }
-    Ok(bytes.chunks_exact(4).map(|c| c.try_into().expect("4 bytes")).collect())
+    let mut out = Vec::with_capacity(len / 4);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let take = left.min(buf.len());
+        f.read_exact(&mut buf[..take]).with_context(|| format!("cannot read {}", path.display()))?;
+        out.extend(buf[..take].chunks_exact(4).map(|c| convert(c.try_into().expect("4 bytes"))));
+        left -= take;
+    }
+    Ok(out)
 }
 
 fn load(dir: &Path) -> Result<Vectors> {
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).context("meta.json (run `gen` first)")?)?;
     let n = meta["n"].as_u64().ok_or_else(|| anyhow!("meta.json: no n"))? as usize;
     let dim = meta["dim"].as_u64().ok_or_else(|| anyhow!("meta.json: no dim"))? as usize;
-    let rows: Vec<f32> = read_words(&dir.join("rows.f32"))?.into_iter().map(f32::from_le_bytes).collect();
-    let classes: Vec<u32> = read_words(&dir.join("classes.u32"))?.into_iter().map(u32::from_le_bytes).collect();
-    let queries: Vec<f32> = read_words(&dir.join("queries.f32"))?.into_iter().map(f32::from_le_bytes).collect();
+    let rows = read_words(&dir.join("rows.f32"), f32::from_le_bytes)?;
+    let classes = read_words(&dir.join("classes.u32"), u32::from_le_bytes)?;
+    let queries = read_words(&dir.join("queries.f32"), f32::from_le_bytes)?;
     if rows.len() != n * dim || classes.len() != n || queries.len() % dim != 0 {
         bail!("the files in {} do not match meta.json", dir.display());
     }
@@ -160,9 +170,8 @@ fn main() -> Result<()> {
             let exact = flat.search_batch(batch_q, k);
             let batch_s = start.elapsed().as_secs_f64();
             // Agreement with FAISS's top-1 (written by bench/scale_faiss.py), if present.
-            let faiss_top1 = match read_words(&dir.join("faiss_top1.u32")) {
-                Ok(w) => {
-                    let ids: Vec<u32> = w.into_iter().map(u32::from_le_bytes).collect();
+            let faiss_top1 = match read_words(&dir.join("faiss_top1.u32"), u32::from_le_bytes) {
+                Ok(ids) => {
                     let same = ids.iter().zip(&exact).filter(|(f, e)| e.first().map(|h| h.row) == Some(**f)).count();
                     Some(same as f64 / ids.len().min(exact.len()).max(1) as f64)
                 }
@@ -217,6 +226,11 @@ fn main() -> Result<()> {
                 if c > n {
                     bail!("{c} classes need at least {c} rows");
                 }
+                let weight_bytes = (n * dim * 4) as u64;
+                if weight_bytes >= (2u64 << 30) - (64 << 20) {
+                    println!("{}", json!({"what": "onnx-head", "n": n, "classes": c, "skipped": "f32 index weights exceed the 2 GB protobuf limit of one ONNX file"}));
+                    continue;
+                }
                 // Class of row i: i mod c, so every class has rows.
                 let labels: Vec<String> = (0..n).map(|i| format!("c{:06}", i % c)).collect();
                 let head = RetrievalHead::new(&v.rows, dim, &labels, &HeadOptions::original())?;
@@ -224,11 +238,6 @@ fn main() -> Result<()> {
                 let embedder = passthrough(dim);
                 let model = head.append_to(&embedder, "features")?;
                 let ops = model.graph.as_ref().map_or(0, |g| g.node.len()) - 1;
-                let weight_bytes = (n * dim * 4) as u64;
-                if weight_bytes >= (2u64 << 30) - (64 << 20) {
-                    println!("{}", json!({"what": "onnx-head", "n": n, "classes": c, "ops": ops, "skipped": "f32 index weights exceed the 2 GB protobuf limit"}));
-                    continue;
-                }
                 drop(head);
                 let bytes = onnx::encode(&model);
                 drop(model);
