@@ -197,6 +197,7 @@ pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> 
         threshold: head.threshold,
         calibration: head.calibration.clone(),
         augment,
+        head_options: Some(head.options.clone()),
     };
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
 use cbr::decode::DecodeLimits;
-use cbr::head::{Aggregation, HeadOptions};
+use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
 use cbr::{cache, dataset, onnx, runtime};
@@ -133,6 +133,10 @@ struct BuildArgs {
     /// The original classification-by-retrieval: --aggregate max --power 1 --center false --calibrate false, no threshold.
     #[arg(long, conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"])]
     original: bool,
+    /// How index rows are stored in the model: f32 (exact), f16 (half the
+    /// size) or int8 (a quarter; one scale per row).
+    #[arg(long, default_value = "f32", value_name = "f32|f16|int8")]
+    index_dtype: IndexDtype,
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     strict: bool,
@@ -316,7 +320,7 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let head = if a.original {
-        HeadOptions { threshold: a.threshold, ..HeadOptions::original() }
+        HeadOptions { threshold: a.threshold, index_dtype: a.index_dtype, ..HeadOptions::original() }
     } else {
         HeadOptions {
             aggregation: match a.aggregate {
@@ -330,6 +334,7 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             calibrate: a.calibrate,
             target_precision: Some(a.target_precision),
             threshold: a.threshold,
+            index_dtype: a.index_dtype,
         }
     };
     let opts = BuildOptions {
