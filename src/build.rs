@@ -15,8 +15,10 @@ use rayon::prelude::*;
 use crate::classifier::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
 use crate::dataset::LabelledImage;
 use crate::decode::{self, DecodeLimits};
-use crate::embedder::Embedder;
-use crate::head::{HeadOptions, RetrievalHead};
+use crate::embedder::{Embedder, EmbedderInfo};
+use crate::preprocess::Preprocess;
+use crate::embedding_cache::{EmbeddingCache, Variant};
+use crate::head::{HeadOptions, ImageId, Index, RetrievalHead};
 use crate::onnx;
 use crate::search::IvfIndex;
 use crate::sidecar::{self, IndexChoice, IndexInfo};
@@ -30,13 +32,15 @@ pub struct BuildOptions {
     /// Stop at the first unreadable image instead of skipping it.
     pub strict: bool,
     pub limits: DecodeLimits,
+    /// Reuse and keep embeddings in cbr's [`EmbeddingCache`].
+    pub cache: bool,
     /// Index rows in the model, or in a sidecar approximate index.
     pub index: IndexChoice,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default(), index: IndexChoice::Auto }
+        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default(), cache: true, index: IndexChoice::Auto }
     }
 }
 
@@ -75,9 +79,22 @@ pub struct Embedded {
     /// The source image of each row (an index into `paths`).
     pub images: Vec<u32>,
     pub paths: Vec<PathBuf>,
+    /// The content id of each image in `paths`.
+    pub ids: Vec<ImageId>,
     pub skipped: Vec<Skipped>,
+    /// Images whose embeddings came from the cache.
+    pub cached: usize,
     /// Wall time of decoding + embedding.
     pub seconds: f64,
+}
+
+impl Embedded {
+    /// The index rows of these embeddings, as `opts` store them.
+    pub fn index(&self, opts: &HeadOptions) -> Result<Index> {
+        let ids: Vec<ImageId> = self.images.iter().map(|&i| self.ids[i as usize]).collect();
+        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
+        Index::from_embeddings(&self.embeddings, self.dim, &self.labels, &ids, power, opts.index_dtype)
+    }
 }
 
 /// How many images are decoded together before being handed to the embedder.
@@ -122,53 +139,130 @@ pub fn decode_ahead<P: AsRef<std::path::Path> + Sync>(
 /// Embeds `images`, decoding one chunk ahead of the embedder. `progress` is
 /// called with the number of images done so far. With `augment`, each image
 /// also gives a row for its mirror image.
+///
+/// Every file is hashed first: an image whose content already appeared in
+/// the same class is skipped as a duplicate, and with `opts.cache` images
+/// embedded before (by this embedder) come from the [`EmbeddingCache`]; new
+/// embeddings are added to it chunk by chunk, so a killed build loses at most
+/// one chunk of work.
+///
+/// Images whose (label, content) is in `known` (already in a model being
+/// extended) are skipped too.
 pub fn embed_images(
     embedder: &mut Embedder,
     images: &[LabelledImage],
-    augment: bool,
-    strict: bool,
-    limits: &DecodeLimits,
+    opts: &BuildOptions,
+    known: &HashSet<(String, ImageId)>,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Embedded> {
     let start = Instant::now();
     let preprocess = embedder.preprocess.clone();
+    let dim = embedder.info.dim;
+    let variants: &[Variant] = if opts.augment { &[Variant::Original, Variant::Mirrored] } else { &[Variant::Original] };
+    let mut out = Embedded { dim, ..Default::default() };
+
+    // 1. Identify every image by its content.
+    let ids: Vec<std::io::Result<ImageId>> = images.par_iter().map(|img| std::fs::read(&img.path).map(|b| ImageId::of_bytes(&b))).collect();
+    let mut first_seen: std::collections::HashMap<(&str, ImageId), &std::path::Path> = Default::default();
+    // Images to use, in input order, with their embeddings once known.
+    let mut kept: Vec<(usize, ImageId, Option<Vec<f32>>)> = Vec::new();
+    for (i, (img, id)) in images.iter().zip(ids).enumerate() {
+        match id {
+            Err(e) if opts.strict => bail!("{}: cannot read: {e} (--strict stops at the first unreadable image)", img.path.display()),
+            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: format!("cannot read: {e}") }),
+            Ok(id) if known.contains(&(img.label.clone(), id)) => {
+                out.skipped.push(Skipped { path: img.path.clone(), reason: format!("already in the model (class {:?})", img.label) })
+            }
+            Ok(id) => match first_seen.entry((img.label.as_str(), id)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    out.skipped.push(Skipped { path: img.path.clone(), reason: format!("same content as {} (class {:?})", e.get().display(), img.label) })
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(&img.path);
+                    kept.push((i, id, None));
+                }
+            },
+        }
+    }
+
+    // 2. Take what the cache has.
+    let mut cache = if opts.cache { Some(EmbeddingCache::for_embedder(&embedder.info, &preprocess)?) } else { None };
+    if let Some(cache) = &cache {
+        for (_, id, found) in kept.iter_mut() {
+            let parts: Option<Vec<Vec<f32>>> = variants.iter().map(|&v| cache.get(id, v)).collect();
+            *found = parts.map(|p| p.concat());
+        }
+    }
+    out.cached = kept.iter().filter(|k| k.2.is_some()).count();
+    let done_before = images.len() - kept.len() + out.cached;
+    progress(done_before);
+
+    // 3. Decode and embed the rest, a chunk at a time.
+    let todo: Vec<usize> = (0..kept.len()).filter(|&k| kept[k].2.is_none()).collect();
+    let paths: Vec<&std::path::Path> = todo.iter().map(|&k| images[kept[k].0].path.as_path()).collect();
     let per = preprocess.tensor_len();
-    let mut out = Embedded { dim: embedder.info.dim, ..Default::default() };
-    let paths: Vec<&std::path::Path> = images.iter().map(|i| i.path.as_path()).collect();
-    let mut batch = Vec::with_capacity(DECODE_CHUNK * per * 2);
-    decode_ahead(&paths, &preprocess, limits, |range, decoded| {
+    let mut batch = Vec::with_capacity(DECODE_CHUNK * per * variants.len());
+    let mut failed = vec![false; kept.len()];
+    decode_ahead(&paths, &preprocess, &opts.limits, |range, decoded| {
         batch.clear();
         let mut ok = Vec::with_capacity(range.len());
-        for (img, result) in images[range.clone()].iter().zip(decoded) {
+        for (&k, result) in todo[range.clone()].iter().zip(decoded) {
+            let img = &images[kept[k].0];
             match result {
                 Ok(mut t) => {
                     batch.extend_from_slice(&t);
-                    if augment {
+                    if opts.augment {
                         decode::flip_horizontal(&mut t, &preprocess);
                         batch.extend_from_slice(&t);
                     }
-                    ok.push(img);
+                    ok.push(k);
                 }
-                Err(e) if strict => bail!("{}: {e} (--strict stops at the first unreadable image)", img.path.display()),
-                Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() }),
+                Err(e) if opts.strict => bail!("{}: {e} (--strict stops at the first unreadable image)", img.path.display()),
+                Err(e) => {
+                    out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() });
+                    failed[k] = true;
+                }
             }
         }
         if !ok.is_empty() {
-            let copies = if augment { 2 } else { 1 };
-            let e = embedder.embed(&batch, ok.len() * copies)?;
-            out.embeddings.extend_from_slice(&e);
-            for img in ok {
-                let id = out.paths.len() as u32;
-                for _ in 0..copies {
-                    out.labels.push(img.label.clone());
-                    out.images.push(id);
+            let e = embedder.embed(&batch, ok.len() * variants.len())?;
+            let per_image = dim * variants.len();
+            if let Some(cache) = cache.as_mut() {
+                let mut entries: Vec<(ImageId, Variant, &[f32])> = Vec::with_capacity(ok.len() * variants.len());
+                for (j, &k) in ok.iter().enumerate() {
+                    for (v, &variant) in variants.iter().enumerate() {
+                        let at = j * per_image + v * dim;
+                        entries.push((kept[k].1, variant, &e[at..at + dim]));
+                    }
                 }
-                out.paths.push(img.path.clone());
+                // A cache that cannot be written only costs speed.
+                if let Err(err) = cache.put(&entries) {
+                    eprintln!("warning: {err:#}; continuing without the embedding cache");
+                }
+            }
+            for (j, &k) in ok.iter().enumerate() {
+                kept[k].2 = Some(e[j * per_image..(j + 1) * per_image].to_vec());
             }
         }
-        progress(range.end);
+        progress(done_before + range.end);
         Ok(())
     })?;
+
+    // 4. Rows in input order.
+    for (k, (i, id, found)) in kept.into_iter().enumerate() {
+        if failed[k] {
+            continue;
+        }
+        let e = found.expect("every kept image was embedded or failed");
+        let image = out.paths.len() as u32;
+        out.embeddings.extend_from_slice(&e);
+        for _ in variants {
+            out.labels.push(images[i].label.clone());
+            out.images.push(image);
+        }
+        out.paths.push(images[i].path.clone());
+        out.ids.push(id);
+    }
     out.seconds = start.elapsed().as_secs_f64();
     Ok(out)
 }
@@ -204,16 +298,29 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 /// The complete model file for `head` on top of `embedder`: the embedder's
 /// graph, the head, and the metadata, encoded deterministically.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    model_bytes_with(embedder, head, augment, false)
+    model_bytes_for(&embedder.model, &embedder.info, &embedder.preprocess, head, augment)
 }
 
-/// [`model_bytes`], or with `sidecar` the embedder-only model that goes with
-/// a sidecar index of the head's rows.
-pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool, sidecar: bool) -> Result<Vec<u8>> {
+/// [`model_bytes`] from the embedder's graph and description, without a
+/// loaded embedder (edits that embed nothing need no runtime).
+pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
+    model_file_bytes(embedder, embedder_info, preprocess, head, augment, false)
+}
+
+/// The model file for `head`; with `sidecar`, the embedder-only model that
+/// goes with a sidecar index of the head's rows ([`crate::sidecar`]).
+pub fn model_file_bytes(
+    embedder: &onnx::ModelProto,
+    embedder_info: &EmbedderInfo,
+    preprocess: &Preprocess,
+    head: &RetrievalHead,
+    augment: bool,
+    sidecar: bool,
+) -> Result<Vec<u8>> {
     let mut model = if sidecar {
-        sidecar::embedding_model(&embedder.model, &embedder.info.output, head.dim)?
+        sidecar::embedding_model(embedder, &embedder_info.output, head.dim)?
     } else {
-        head.append_to(&embedder.model, &embedder.info.output).context("cannot append the retrieval head")?
+        head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?
     };
     let index = sidecar.then(|| IndexInfo { rows: head.len(), dim: head.dim, mean: head.center.clone() });
     let info = ClassifierInfo {
@@ -221,8 +328,8 @@ pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: head.labels.clone(),
         images_per_label: head.class_sizes(),
-        embedder: embedder.info.clone(),
-        preprocess: embedder.preprocess.clone(),
+        embedder: embedder_info.clone(),
+        preprocess: preprocess.clone(),
         aggregation: head.aggregation,
         power: head.power,
         center: head.center.is_some(),
@@ -230,6 +337,7 @@ pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool
         threshold: head.threshold,
         calibration: head.calibration.clone(),
         augment,
+        head_options: Some(head.options.clone()),
         index,
     };
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
@@ -239,10 +347,26 @@ pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool
         "Classification-by-retrieval model: {} classes from {} index rows, embedder {}, aggregation {}. Output `scores` [batch, classes]; labels in metadata key `{METADATA_KEY}`.",
         head.labels.len(),
         head.len(),
-        embedder.info.name,
+        embedder_info.name,
         head.aggregation
     ));
     Ok(onnx::encode(&model))
+}
+
+/// Refuses a one-class model without an explicit threshold: every image
+/// would be that class.
+pub fn check_class_count(classes: usize, label: &str, opts: &HeadOptions) -> Result<()> {
+    if classes == 0 {
+        bail!("no classes: a classifier needs at least one labelled image");
+    }
+    if classes == 1 && opts.threshold.is_none() {
+        bail!(
+            "only one class ({label:?}): every image would be that class with the top score. \
+             A one-class model needs an explicit --threshold on the cosine similarity \
+             (e.g. --threshold 0.5; check values with `cbr classify` on images that are and are not the class)"
+        );
+    }
+    Ok(())
 }
 
 /// What a build did.
@@ -254,6 +378,8 @@ pub struct BuildReport {
     pub calibration: Option<crate::head::calibrate::Calibration>,
     pub threshold: Option<f32>,
     pub skipped: Vec<Skipped>,
+    /// Images whose embeddings came from the cache.
+    pub cached: usize,
     pub seconds: f64,
 }
 
@@ -264,26 +390,19 @@ pub fn build(
     opts: &BuildOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<(Built, BuildReport)> {
-    let classes = crate::dataset::class_counts(images).len();
-    if classes == 1 && opts.head.threshold.is_none() {
-        bail!(
-            "only one class ({:?}): every image would be that class with the top score. \
-             A one-class model needs an explicit --threshold on the cosine similarity \
-             (e.g. --threshold 0.5; check values with `cbr classify` on images that are and are not the class)",
-            images[0].label
-        );
-    }
-    let embedded = embed_images(embedder, images, opts.augment, opts.strict, &opts.limits, progress)?;
+    check_class_count(crate::dataset::class_counts(images).len(), images.first().map_or("", |i| &i.label), &opts.head)?;
+    let embedded = embed_images(embedder, images, opts, &HashSet::new(), progress)?;
     check_classes(images, &embedded)?;
-    let head = RetrievalHead::with_images(&embedded.embeddings, embedded.dim, &embedded.labels, &embedded.images, &opts.head)?;
+    let head = RetrievalHead::from_index(&embedded.index(&opts.head)?, &opts.head)?;
     let index = match opts.index.resolve(&head)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
     };
-    let bytes = model_bytes_with(embedder, &head, opts.augment, index.is_some())?;
+    let bytes = model_file_bytes(&embedder.model, &embedder.info, &embedder.preprocess, &head, opts.augment, index.is_some())?;
     let report = BuildReport {
         classes: head.labels.len(),
         images: embedded.paths.len(),
+        cached: embedded.cached,
         skipped: embedded.skipped,
         seconds: embedded.seconds,
         calibration: head.calibration.clone(),

@@ -16,7 +16,9 @@ use crate::sidecar::{IndexInfo, Sidecar};
 /// The `metadata_props` key holding [`ClassifierInfo`] as JSON.
 pub const METADATA_KEY: &str = "cbr";
 /// Version of the metadata layout; bumped on incompatible changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the index is stored as unit rows with image ids and the head options
+/// (editable with `cbr add`/`remove`/`relabel`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What a cbr model says about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +52,9 @@ pub struct ClassifierInfo {
     /// Whether mirrored copies of the index images were added as extra rows.
     #[serde(default)]
     pub augment: bool,
+    /// The options the head was built with (format 2 on), so an edit rebuilds it the same way.
+    #[serde(default)]
+    pub head_options: Option<crate::head::HeadOptions>,
     /// Present when the index rows are in a sidecar file ([`crate::sidecar`])
     /// and the model's only output is `embedding`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,5 +13,7 @@ pub mod zoo;
 pub mod dataset;
 pub mod models;
 pub mod build;
+pub mod embedding_cache;
+pub mod edit;
 pub mod eval;
 pub mod serve;

@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
+use cbr::edit::EditableModel;
 use cbr::decode::DecodeLimits;
-use cbr::head::{Aggregation, HeadOptions};
+use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
 use cbr::search::IvfParams;
@@ -32,6 +33,12 @@ enum Command {
     Build(BuildArgs),
     /// Classify images with a model built by `cbr build`.
     Classify(ClassifyArgs),
+    /// Add images (new or existing labels) to a model; only the new images are embedded.
+    Add(AddArgs),
+    /// Remove classes from a model.
+    Remove(RemoveArgs),
+    /// Rename a class of a model (or merge it into another).
+    Relabel(RelabelArgs),
     /// Show what a model contains: labels, images per label, embedder, preprocessing.
     Info(InfoArgs),
     /// List or fetch the embedders cbr knows by name.
@@ -68,6 +75,9 @@ struct EvalArgs {
     /// Write the embeddings (embeddings.f32, labels.txt, images.txt, paths.txt) here, for bench/logreg_reference.py.
     #[arg(long, value_name = "DIR")]
     dump: Option<PathBuf>,
+    /// Neither use nor fill the embedding cache.
+    #[arg(long)]
+    no_cache: bool,
     #[command(flatten)]
     embedder: EmbedderArgs,
     /// No progress output.
@@ -144,15 +154,68 @@ struct BuildArgs {
     /// The original classification-by-retrieval: --aggregate max --power 1 --center false --calibrate false, no threshold.
     #[arg(long, conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"])]
     original: bool,
+    /// How index rows are stored in the model: f32 (exact), f16 (half the
+    /// size) or int8 (a quarter; one scale per row).
+    #[arg(long, default_value = "f32", value_name = "f32|f16|int8")]
+    index_dtype: IndexDtype,
+    #[command(flatten)]
+    input_args: InputArgs,
+}
+
+/// How images are read and embedded (build and add).
+#[derive(Args)]
+struct InputArgs {
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     strict: bool,
     /// Refuse images with more pixels than this (protects memory).
     #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
     max_pixels: u64,
+    /// Neither use nor fill the embedding cache (in cbr's cache directory, keyed by image content and embedder).
+    #[arg(long)]
+    no_cache: bool,
     /// No progress bar or summary.
     #[arg(short, long)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// A model built by `cbr build` (rewritten in place unless -o is given).
+    model: PathBuf,
+    /// Images to add: a folder <root>/<label>/<images> or a CSV manifest (path,label); new labels become new classes.
+    input: PathBuf,
+    /// Write the result here instead of over the model.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Also index mirror images (must match how the model was built).
+    #[arg(long)]
+    augment: bool,
+    #[command(flatten)]
+    input_args: InputArgs,
+}
+
+#[derive(Args)]
+struct RemoveArgs {
+    /// A model built by `cbr build` (rewritten in place unless -o is given).
+    model: PathBuf,
+    /// A class to remove (repeat for several).
+    #[arg(long = "label", required = true, value_name = "LABEL")]
+    labels: Vec<String>,
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RelabelArgs {
+    /// A model built by `cbr build` (rewritten in place unless -o is given).
+    model: PathBuf,
+    /// The class to rename.
+    from: String,
+    /// Its new name; an existing class of that name absorbs it.
+    to: String,
+    #[arg(short, long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -257,6 +320,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => cmd_build(a),
         Command::Classify(a) => cmd_classify(a),
+        Command::Add(a) => cmd_add(a),
+        Command::Remove(a) => cmd_edit(&a.model, a.output.as_deref(), |m| m.remove_labels(&a.labels)),
+        Command::Relabel(a) => cmd_edit(&a.model, a.output.as_deref(), |m| m.relabel(&a.from, &a.to)),
         Command::Info(a) => cmd_info(a),
         Command::Models(ModelsCommand::List) => cmd_models_list(),
         Command::Models(ModelsCommand::Pull { name }) => cmd_models_pull(&name),
@@ -334,7 +400,7 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let head = if a.original {
-        HeadOptions { threshold: a.threshold, ..HeadOptions::original() }
+        HeadOptions { threshold: a.threshold, index_dtype: a.index_dtype, ..HeadOptions::original() }
     } else {
         HeadOptions {
             aggregation: match a.aggregate {
@@ -348,27 +414,23 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             calibrate: a.calibrate,
             target_precision: Some(a.target_precision),
             threshold: a.threshold,
+            index_dtype: a.index_dtype,
         }
     };
-    let opts = BuildOptions {
-        head,
-        augment: a.augment,
-        strict: a.strict,
-        limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() },
-        index: match a.index {
-            IndexArg::Auto => IndexChoice::Auto,
-            IndexArg::Single => IndexChoice::Single,
-            IndexArg::Ivf => IndexChoice::Ivf(IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() }),
-        },
+    let index = match a.index {
+        IndexArg::Auto => IndexChoice::Auto,
+        IndexArg::Single => IndexChoice::Single,
+        IndexArg::Ivf => IndexChoice::Ivf(IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() }),
     };
-    let bar = progress_bar(images.len(), a.quiet);
+    let opts = BuildOptions { index, ..build_options(head, a.augment, &a.input_args) };
+    let bar = progress_bar(images.len(), a.input_args.quiet);
     let (built, report) = build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     built.write(&a.output)?;
-    if built.index.is_some() && !a.quiet {
+    if built.index.is_some() && !a.input_args.quiet {
         eprintln!("index rows in {} (approximate search, max rule)", cbr::sidecar::index_path(&a.output).display());
     }
-    if !a.quiet {
+    if !a.input_args.quiet {
         for s in &report.skipped {
             eprintln!("skipped {}: {}", s.path.display(), s.reason);
         }
@@ -391,16 +453,59 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             (Some(t), _) => eprintln!("unknown threshold {t:.3}"),
             _ => {}
         }
+        let embedded = report.images + report.skipped.len() - report.cached;
+        let cached = if report.cached > 0 { format!(" ({} from the embedding cache)", report.cached) } else { String::new() };
         eprintln!(
-            "wrote {}: {} classes, {} images{skipped}; embedded in {:.1} s ({:.1} images/s) with {}",
+            "wrote {}: {} classes, {} images{skipped}; embedded {embedded} in {:.1} s ({:.1} images/s){cached} with {}",
             a.output.display(),
             report.classes,
             report.images,
             report.seconds,
-            (report.images + report.skipped.len()) as f64 / report.seconds.max(1e-9),
+            embedded as f64 / report.seconds.max(1e-9),
             embedder.info.name
         );
     }
+    Ok(())
+}
+
+fn build_options(head: HeadOptions, augment: bool, a: &InputArgs) -> BuildOptions {
+    BuildOptions { head, augment, strict: a.strict, limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() }, cache: !a.no_cache, index: IndexChoice::Auto }
+}
+
+fn cmd_add(a: AddArgs) -> Result<()> {
+    let images = dataset::from_path(&a.input)?;
+    let bytes = std::fs::read(&a.model).with_context(|| format!("cannot read model {}", a.model.display()))?;
+    let mut model = EditableModel::from_bytes(&bytes).with_context(|| format!("model {}", a.model.display()))?;
+    let opts = build_options(model.options.clone(), a.augment, &a.input_args);
+    let bar = progress_bar(images.len(), a.input_args.quiet);
+    let report = model.add(&images, &opts, &|done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let out = a.output.as_deref().unwrap_or(&a.model);
+    cache::write_atomic(out, &model.to_bytes()?)?;
+    if !a.input_args.quiet {
+        for s in &report.skipped {
+            eprintln!("skipped {}: {}", s.path.display(), s.reason);
+        }
+        eprintln!(
+            "wrote {}: added {} images ({} from the embedding cache); now {} classes, {} index rows",
+            out.display(),
+            report.added,
+            report.cached,
+            report.classes,
+            report.rows
+        );
+    }
+    Ok(())
+}
+
+/// Opens a model, edits it with `edit`, and writes it atomically.
+fn cmd_edit(model: &Path, output: Option<&Path>, edit: impl FnOnce(&mut EditableModel) -> Result<cbr::edit::EditReport>) -> Result<()> {
+    let bytes = std::fs::read(model).with_context(|| format!("cannot read model {}", model.display()))?;
+    let mut m = EditableModel::from_bytes(&bytes).with_context(|| format!("model {}", model.display()))?;
+    let report = edit(&mut m)?;
+    let out = output.unwrap_or(model);
+    cache::write_atomic(out, &m.to_bytes()?)?;
+    eprintln!("wrote {}: removed {} index rows; now {} classes, {} index rows", out.display(), report.removed_rows, report.classes, report.rows);
     Ok(())
 }
 
@@ -411,7 +516,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let bar = progress_bar(images.len(), a.quiet);
-    let embedded = build::embed_images(&mut embedder, &images, a.augment, false, &DecodeLimits::default(), &|d| bar.set_position(d as u64))?;
+    let embed_opts = BuildOptions { augment: a.augment, cache: !a.no_cache, ..BuildOptions::default() };
+    let embedded = build::embed_images(&mut embedder, &images, &embed_opts, &Default::default(), &|d| bar.set_position(d as u64))?;
     bar.finish_and_clear();
     for s in embedded.skipped.iter().filter(|_| !a.quiet) {
         eprintln!("skipped {}: {}", s.path.display(), s.reason);

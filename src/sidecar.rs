@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::head::{project_query, softmax, Aggregation, RetrievalHead, EMBEDDING};
+use crate::head::{project_query, softmax, Aggregation, IndexDtype, RetrievalHead, EMBEDDING};
 use crate::onnx::{self, attr_int, node, value_info, DataType, Dim, ModelProto};
 use crate::search::{IvfIndex, IvfParams};
 
@@ -23,8 +23,8 @@ use crate::search::{IvfIndex, IvfParams};
 pub const DEPTH: usize = 100;
 
 /// `auto` switches to a sidecar index when the f32 index rows would take
-/// more than this (the ONNX file's protobuf limit is 2 GB, and the embedder
-/// and the rest of the head need room too).
+/// more than this in the model's index dtype (the ONNX file's protobuf limit
+/// is 2 GB, and the embedder and the rest of the head need room too).
 pub const AUTO_ROWS_BYTES: usize = 1536 << 20;
 
 /// Where the index rows go.
@@ -57,9 +57,20 @@ impl IndexChoice {
             IndexChoice::Single => Ok(None),
             IndexChoice::Ivf(p) if head.aggregation == Aggregation::Max => Ok(Some(p.clone())),
             IndexChoice::Ivf(_) => bail!("an approximate index (--index ivf) serves the max rule only: add --aggregate max (this head uses {})", head.aggregation),
-            IndexChoice::Auto if head.rows.len() * 4 > AUTO_ROWS_BYTES && head.aggregation == Aggregation::Max => Ok(Some(IvfParams::default())),
+            IndexChoice::Auto if head.rows.len() * value_bytes(head.options.index_dtype) > AUTO_ROWS_BYTES && head.aggregation == Aggregation::Max => {
+                Ok(Some(IvfParams::default()))
+            }
             IndexChoice::Auto => Ok(None),
         }
+    }
+}
+
+/// Bytes per index value in the ONNX file.
+fn value_bytes(dtype: IndexDtype) -> usize {
+    match dtype {
+        IndexDtype::F32 => 4,
+        IndexDtype::F16 => 2,
+        IndexDtype::Int8 => 1,
     }
 }
 

@@ -10,7 +10,12 @@
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{RetrievalHead, CLASS_SIMILARITIES, EMBEDDING, SCORES, SIMILARITIES};
+use super::{ImageId, Index, IndexDtype, RetrievalHead, CLASS_SIMILARITIES, EMBEDDING, SCORES, SIMILARITIES};
+
+/// Initializer names of the stored index (read back by [`read_index`]).
+pub const INDEX_UNITS: &str = "cbr/index_embeddings";
+pub const INDEX_SCALES: &str = "cbr/index_scales";
+pub const INDEX_INVERSE_NORMS: &str = "cbr/index_inverse_norms";
 use crate::onnx::{self, attr_int, attr_ints, node, tensor_f32, tensor_i64, value_info, DataType, Dim, GraphProto, ModelProto};
 
 impl RetrievalHead {
@@ -82,8 +87,39 @@ impl RetrievalHead {
             l2(graph, "cbr/l2_normalize_centered", "cbr/embedding_centered", "cbr/query");
             query = "cbr/query".to_string();
         }
-        graph.initializer.push(tensor_f32("cbr/index_embeddings", &[n, d], &self.rows));
-        graph.node.push(node("Gemm", "cbr/similarity", &[&query, "cbr/index_embeddings"], &[SIMILARITIES], vec![attr_int("transB", 1)]));
+        // The index is stored as its unit rows (what `cbr add` needs back), in
+        // the chosen dtype; ONNX Runtime folds the widening Cast at load time.
+        let units = match self.index.dtype {
+            IndexDtype::F32 => {
+                graph.initializer.push(tensor_f32(INDEX_UNITS, &[n, d], &self.index.units));
+                INDEX_UNITS.to_string()
+            }
+            IndexDtype::F16 => {
+                graph.initializer.push(onnx::tensor_f16_bits(INDEX_UNITS, &[n, d], &self.index.f16_bits()));
+                graph.node.push(node("Cast", "cbr/index_f32", &[INDEX_UNITS], &["cbr/index_f32"], vec![attr_int("to", DataType::Float as i64)]));
+                "cbr/index_f32".to_string()
+            }
+            IndexDtype::Int8 => {
+                graph.initializer.push(onnx::tensor_i8(INDEX_UNITS, &[n, d], &self.index.int8_values()));
+                graph.initializer.push(tensor_f32(INDEX_SCALES, &[n, 1], &self.index.scales));
+                graph.node.push(node("Cast", "cbr/index_cast", &[INDEX_UNITS], &["cbr/index_cast"], vec![attr_int("to", DataType::Float as i64)]));
+                graph.node.push(node("Mul", "cbr/index_f32", &["cbr/index_cast", INDEX_SCALES], &["cbr/index_f32"], vec![]));
+                "cbr/index_f32".to_string()
+            }
+        };
+        if let Some(mean) = &self.center {
+            // Row i is (u_i − m)·k_i, so q·row_i = (q·u_i − q·m)·k_i: the
+            // stored units are used as they are, at the cost of two [B, N]
+            // element-wise operations.
+            graph.node.push(node("Gemm", "cbr/unit_similarity", &[&query, &units], &["cbr/unit_similarity"], vec![attr_int("transB", 1)]));
+            graph.initializer.push(tensor_f32("cbr/index_mean_column", &[d, 1], mean));
+            graph.node.push(node("MatMul", "cbr/query_dot_mean", &[&query, "cbr/index_mean_column"], &["cbr/query_dot_mean"], vec![]));
+            graph.node.push(node("Sub", "cbr/unit_similarity_centered", &["cbr/unit_similarity", "cbr/query_dot_mean"], &["cbr/unit_similarity_centered"], vec![]));
+            graph.initializer.push(tensor_f32(INDEX_INVERSE_NORMS, &[n], &self.inverse_norms));
+            graph.node.push(node("Mul", "cbr/similarity", &["cbr/unit_similarity_centered", INDEX_INVERSE_NORMS], &[SIMILARITIES], vec![]));
+        } else {
+            graph.node.push(node("Gemm", "cbr/similarity", &[&query, &units], &[SIMILARITIES], vec![attr_int("transB", 1)]));
+        }
 
         let class_max = if self.aggregation.uses_max() {
             let levels = plan_max(self.groups());
@@ -135,13 +171,88 @@ impl RetrievalHead {
             None => graph.node.push(node("Identity", "cbr/scores", &[CLASS_SIMILARITIES], &[SCORES], vec![])),
         }
 
+        let ids: String = self.index.images.iter().map(|id| id.to_string()).collect();
         graph.output.clear();
         graph.output.push(value_info(SCORES, DataType::Float, &[batch_dim.clone(), Dim::Fixed(classes)]));
         graph.output.push(value_info(CLASS_SIMILARITIES, DataType::Float, &[batch_dim.clone(), Dim::Fixed(classes)]));
         graph.output.push(value_info(SIMILARITIES, DataType::Float, &[batch_dim.clone(), Dim::Fixed(n)]));
         graph.output.push(value_info(EMBEDDING, DataType::Float, &[batch_dim, Dim::Fixed(d)]));
+        onnx::set_metadata(&mut model, INDEX_IMAGES_KEY, &ids);
         Ok(model)
     }
+}
+
+/// Metadata key holding the source image id of every index row (32 hex
+/// digits per row, concatenated, in row order).
+pub const INDEX_IMAGES_KEY: &str = "cbr.index_images";
+
+/// Reads the stored index back from a cbr model: unit rows (exactly as
+/// stored), per-row labels (from `labels` and `rows_per_label`, the model's
+/// metadata) and image ids.
+pub fn read_index(model: &ModelProto, labels: &[String], rows_per_label: &[usize]) -> Result<Index> {
+    let graph = model.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
+    let find = |name: &str| graph.initializer.iter().find(|t| t.name.as_deref() == Some(name));
+    let units = find(INDEX_UNITS).ok_or_else(|| anyhow!("the model has no stored index ({INDEX_UNITS}): it was not built by `cbr build`"))?;
+    let (n, dim) = match units.dims[..] {
+        [n, d] if n > 0 && d > 0 => (n as usize, d as usize),
+        _ => bail!("{INDEX_UNITS} has shape {:?}, expected [rows, dim]", units.dims),
+    };
+    let mut values = onnx::tensor_values_as_f32(units)?;
+    if values.len() != n * dim {
+        bail!("{INDEX_UNITS} holds {} values, expected {n} x {dim}", values.len());
+    }
+    let dtype = match units.data_type.and_then(|d| DataType::try_from(d).ok()) {
+        Some(DataType::Float16) => IndexDtype::F16,
+        Some(DataType::Int8) => IndexDtype::Int8,
+        _ => IndexDtype::F32,
+    };
+    let mut scales = Vec::new();
+    if dtype == IndexDtype::Int8 {
+        let s = find(INDEX_SCALES).ok_or_else(|| anyhow!("an int8 index needs {INDEX_SCALES}, which the model lacks"))?;
+        scales = onnx::tensor_f32_values(s)?;
+        if scales.len() != n {
+            bail!("{INDEX_SCALES} has {} values for {n} rows", scales.len());
+        }
+        // The same product the head made when it rounded the rows.
+        for (r, &sc) in values.chunks_exact_mut(dim).zip(&scales) {
+            for x in r.iter_mut() {
+                *x *= sc;
+            }
+        }
+    }
+    if labels.len() != rows_per_label.len() || rows_per_label.iter().sum::<usize>() != n {
+        bail!("the metadata counts {} index rows in {} classes but the model stores {n}", rows_per_label.iter().sum::<usize>(), labels.len());
+    }
+    let row_labels: Vec<String> = labels.iter().zip(rows_per_label).flat_map(|(l, &k)| std::iter::repeat_n(l.clone(), k)).collect();
+    let ids = onnx::metadata(model, INDEX_IMAGES_KEY).ok_or_else(|| anyhow!("the model has no image ids ({INDEX_IMAGES_KEY}): it was built by an older cbr; rebuild it to edit it"))?;
+    if ids.len() != 32 * n {
+        bail!("{INDEX_IMAGES_KEY} has {} characters, expected 32 for each of {n} rows", ids.len());
+    }
+    let images = (0..n).map(|i| ImageId::parse(&ids[32 * i..32 * (i + 1)])).collect::<Result<Vec<_>>>()?;
+    Ok(Index { dim, dtype, units: values, scales, labels: row_labels, images })
+}
+
+/// The embedder a cbr model was built on: the model without the head's
+/// nodes, initializers and metadata, with the embedding as its output again.
+/// Appending a head to it gives the same bytes as appending to the original.
+pub fn embedder_of(model: &ModelProto, embedding_output: &str) -> Result<ModelProto> {
+    let mut model = model.clone();
+    model.metadata_props.retain(|e| !matches!(e.key.as_deref(), Some(crate::classifier::METADATA_KEY) | Some(INDEX_IMAGES_KEY)));
+    let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the model has no graph"))?;
+    let ours = |name: &Option<String>| name.as_deref().is_some_and(|n| n.starts_with("cbr/"));
+    let flattened = graph.node.iter().any(|n| n.name.as_deref() == Some("cbr/flatten"));
+    graph.node.retain(|n| !ours(&n.name));
+    graph.initializer.retain(|t| !ours(&t.name));
+    let embedding = graph.output.iter().find(|o| o.name.as_deref() == Some(EMBEDDING)).ok_or_else(|| anyhow!("the model has no {EMBEDDING} output"))?;
+    let (_, dims) = onnx::tensor_type(embedding).ok_or_else(|| anyhow!("output {EMBEDDING} is not a tensor"))?;
+    let (batch, dim) = match dims[..] {
+        [b, Some(d)] => (b.map_or(Dim::Symbolic("batch".into()), Dim::Fixed), d),
+        _ => bail!("output {EMBEDDING} has shape {dims:?}, expected [batch, dim]"),
+    };
+    // `append_to` reads only the rank and the batch size of this output.
+    let shape = if flattened { vec![batch, Dim::Fixed(dim), Dim::Fixed(1), Dim::Fixed(1)] } else { vec![batch, Dim::Fixed(dim)] };
+    graph.output = vec![value_info(embedding_output, DataType::Float, &shape)];
+    Ok(model)
 }
 
 /// One level of a max aggregation: `groups` outputs, each the max over

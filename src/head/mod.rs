@@ -24,11 +24,13 @@
 pub mod calibrate;
 pub mod discriminant;
 pub mod graph;
+pub mod index;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 pub use graph::{plan_max, MaxLevel};
+pub use index::{ImageId, Index, IndexDtype};
 
 /// Names of the graph outputs of every cbr model.
 pub const SCORES: &str = "scores";
@@ -85,8 +87,9 @@ impl std::str::FromStr for Aggregation {
     }
 }
 
-/// The choices that shape a head.
-#[derive(Clone, Debug, PartialEq)]
+/// The choices that shape a head (kept in the model, so an edited model is
+/// rebuilt with the same choices).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadOptions {
     pub aggregation: Aggregation,
     /// Power transform `sign(x)·|x|^p` of the raw embedding before anything
@@ -100,19 +103,22 @@ pub struct HeadOptions {
     pub target_precision: Option<f32>,
     /// An explicit unknown threshold on the top score (overrides the target).
     pub threshold: Option<f32>,
+    /// How the index rows are stored in the model.
+    #[serde(default)]
+    pub index_dtype: IndexDtype,
 }
 
 impl Default for HeadOptions {
     /// The defaults chosen by measurement (see README, "Accuracy").
     fn default() -> Self {
-        HeadOptions { aggregation: Aggregation::Discriminant, power: 0.5, center: true, calibrate: true, target_precision: Some(0.9), threshold: None }
+        HeadOptions { aggregation: Aggregation::Discriminant, power: 0.5, center: true, calibrate: true, target_precision: Some(0.9), threshold: None, index_dtype: IndexDtype::F32 }
     }
 }
 
 impl HeadOptions {
     /// The original classification-by-retrieval: max cosine, raw scores.
     pub fn original() -> Self {
-        HeadOptions { aggregation: Aggregation::Max, power: 1.0, center: false, calibrate: false, target_precision: None, threshold: None }
+        HeadOptions { aggregation: Aggregation::Max, power: 1.0, center: false, calibrate: false, target_precision: None, threshold: None, index_dtype: IndexDtype::F32 }
     }
 }
 
@@ -123,13 +129,22 @@ pub struct RetrievalHead {
     pub labels: Vec<String>,
     /// Embedding length.
     pub dim: usize,
-    /// Index rows (`row_class.len()` x `dim`): the normalised (and, with
-    /// `center`, centred and renormalised) index embeddings, sorted by class.
+    /// The stored index in canonical order (by class, then image id): what
+    /// the model carries and every other field is computed from.
+    pub index: Index,
+    /// Index rows as the query meets them (`len()` x `dim`): the index units,
+    /// with `center` centred and renormalised (row `i` is
+    /// `(units[i] − center) · inverse_norms[i]`).
     pub rows: Vec<f32>,
+    /// With `center`, `1 / |units[i] − center|` per row; else empty.
+    pub inverse_norms: Vec<f32>,
     /// The class of each row, non-decreasing.
     pub row_class: Vec<u32>,
-    /// The source image of each row (augmented rows share their image's id).
+    /// The source image of each row, numbered in row order (rows of one
+    /// image, such as a photo and its mirror image, share a number).
     pub row_image: Vec<u32>,
+    /// The options the head was built with.
+    pub options: HeadOptions,
     pub aggregation: Aggregation,
     /// The power transform exponent, if not 1.
     pub power: Option<f32>,
@@ -225,58 +240,73 @@ impl RetrievalHead {
     /// row `i` came from (rows of one image, e.g. a photo and its mirror
     /// image, are left out together when calibrating).
     pub fn with_images(embeddings: &[f32], dim: usize, labels: &[String], images: &[u32], opts: &HeadOptions) -> Result<Self> {
-        if dim == 0 || embeddings.len() != labels.len() * dim || images.len() != labels.len() {
-            bail!("{} embedding values do not make {} rows of {dim}", embeddings.len(), labels.len());
-        }
-        if labels.is_empty() {
+        let ids: Vec<ImageId> = images.iter().map(|&i| ImageId::from_index(i)).collect();
+        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
+        let index = Index::from_embeddings(embeddings, dim, labels, &ids, power, opts.index_dtype)?;
+        Self::from_index(&index, opts)
+    }
+
+    /// Builds a head from stored index rows (made with `opts.power` and
+    /// `opts.index_dtype`), in any order: the head is the same whatever the
+    /// order, which is what makes an edited model equal a fresh build.
+    pub fn from_index(index: &Index, opts: &HeadOptions) -> Result<Self> {
+        if index.is_empty() {
             bail!("no index images: a classifier needs at least one image per class");
         }
-        let mut classes: Vec<String> = labels.to_vec();
-        classes.sort();
-        classes.dedup();
-        let class_of = |l: &String| classes.binary_search(l).expect("label is in the class list") as u32;
-        let mut order: Vec<usize> = (0..labels.len()).collect();
-        order.sort_by_key(|&i| class_of(&labels[i])); // stable: keeps input order within a class
-
-        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
-        let mut rows = Vec::with_capacity(embeddings.len());
-        let mut row_class = Vec::with_capacity(labels.len());
-        let mut row_image = Vec::with_capacity(labels.len());
-        for &i in &order {
-            let start = rows.len();
-            rows.extend_from_slice(&embeddings[i * dim..(i + 1) * dim]);
-            if let Some(p) = power {
-                power_transform(&mut rows[start..], p);
-            }
-            l2_normalize(&mut rows[start..]);
-            row_class.push(class_of(&labels[i]));
-            row_image.push(images[i]);
+        if index.dtype != opts.index_dtype {
+            bail!("the index rows are stored as {} but the options say {}", index.dtype, opts.index_dtype);
         }
-        let center = if opts.center {
-            let n = row_class.len() as f64;
+        let index = index.sorted();
+        let dim = index.dim;
+        let mut classes: Vec<String> = index.labels.clone();
+        classes.dedup(); // sorted by label already
+        let mut row_class = Vec::with_capacity(index.len());
+        let mut row_image = Vec::with_capacity(index.len());
+        for i in 0..index.len() {
+            if i > 0 && index.labels[i] == index.labels[i - 1] && index.images[i] == index.images[i - 1] {
+                row_image.push(row_image[i - 1]);
+            } else {
+                row_image.push(row_image.last().map_or(0, |&n: &u32| n + 1));
+            }
+            row_class.push(row_class.last().map_or(0, |&c: &u32| if index.labels[i] == index.labels[i - 1] { c } else { c + 1 }));
+        }
+        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
+        let (rows, inverse_norms, center) = if opts.center {
+            let n = index.len() as f64;
             let mut mean = vec![0f64; dim];
-            for r in rows.chunks_exact(dim) {
+            for r in index.units.chunks_exact(dim) {
                 for (m, x) in mean.iter_mut().zip(r) {
                     *m += *x as f64;
                 }
             }
             let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+            let mut rows = index.units.clone();
+            let mut inverse_norms = Vec::with_capacity(index.len());
             for r in rows.chunks_exact_mut(dim) {
                 for (x, m) in r.iter_mut().zip(&mean) {
                     *x -= m;
                 }
-                l2_normalize(r);
+                let norm = r.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+                // A row equal to the mean has no direction: it matches nothing.
+                let k = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+                for x in r.iter_mut() {
+                    *x *= k;
+                }
+                inverse_norms.push(k);
             }
-            Some(mean)
+            (rows, inverse_norms, Some(mean))
         } else {
-            None
+            (index.units.clone(), Vec::new(), None)
         };
         let mut head = RetrievalHead {
             labels: classes,
             dim,
+            index,
             rows,
+            inverse_norms,
             row_class,
             row_image,
+            options: opts.clone(),
             aggregation: opts.aggregation,
             power,
             center,
@@ -419,7 +449,8 @@ mod tests {
         let h = RetrievalHead::new(&emb, 2, &labels(&["b", "a", "b"]), &HeadOptions::original()).unwrap();
         assert_eq!(h.labels, vec!["a", "b"]);
         assert_eq!(h.row_class, vec![0, 1, 1]);
-        assert_eq!(h.row_image, vec![1, 0, 2]);
+        assert_eq!(h.row_image, vec![0, 1, 2]);
+        assert_eq!(h.index.images, vec![ImageId::from_index(1), ImageId::from_index(0), ImageId::from_index(2)]);
         assert_eq!(h.rows, vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
         assert_eq!(h.class_sizes(), vec![1, 2]);
         // Query along y: class a's only image is orthogonal, class b has (0,1).

@@ -133,6 +133,49 @@ pub fn tensor_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
     }
 }
 
+/// A float16 tensor from IEEE half bit patterns, as little-endian `raw_data`.
+pub fn tensor_f16_bits(name: &str, dims: &[i64], bits: &[u16]) -> TensorProto {
+    assert_eq!(dims.iter().product::<i64>() as usize, bits.len(), "tensor {name}: dims do not match data");
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Float16 as i32),
+        raw_data: Some(bits.iter().flat_map(|b| b.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// An int8 tensor as `raw_data`.
+pub fn tensor_i8(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
+    assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "tensor {name}: dims do not match data");
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Int8 as i32),
+        raw_data: Some(data.iter().map(|&v| v as u8).collect()),
+        ..Default::default()
+    }
+}
+
+/// The values of a float, float16 or int8 tensor as f32 (exact widening).
+pub fn tensor_values_as_f32(t: &TensorProto) -> Result<Vec<f32>> {
+    let raw = t.raw_data.as_deref();
+    match t.data_type.and_then(|d| DataType::try_from(d).ok()) {
+        Some(DataType::Float) => tensor_f32_values(t),
+        Some(DataType::Float16) => match raw {
+            Some(r) if r.len() % 2 == 0 => Ok(r.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            // float16 values may also sit in int32_data, one per element.
+            None => Ok(t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect()),
+            Some(r) => bail!("tensor {:?}: raw data length {} is not a multiple of 2", t.name, r.len()),
+        },
+        Some(DataType::Int8) => match raw {
+            Some(r) => Ok(r.iter().map(|&b| b as i8 as f32).collect()),
+            None => Ok(t.int32_data.iter().map(|&v| v as i8 as f32).collect()),
+        },
+        other => bail!("tensor {:?} has type {other:?}; expected float, float16 or int8", t.name),
+    }
+}
+
 /// The float values of a tensor, whether stored in `raw_data` or `float_data`.
 pub fn tensor_f32_values(t: &TensorProto) -> Result<Vec<f32>> {
     if t.data_type != Some(DataType::Float as i32) {

@@ -1,0 +1,148 @@
+//! Editing a built model in place: add images, remove classes, rename
+//! classes. The model carries its index rows, their labels and image ids and
+//! the head options ([`crate::head::index`]), so only new images are
+//! embedded, no side files are needed, and the result is the model a fresh
+//! `cbr build` over the same images would write, byte for byte.
+
+use std::collections::HashSet;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::build::{check_class_count, check_classes, embed_images, model_bytes_for, BuildOptions, Skipped};
+use crate::classifier::{ClassifierInfo, METADATA_KEY};
+use crate::dataset::LabelledImage;
+use crate::embedder::Embedder;
+use crate::head::{graph, HeadOptions, ImageId, Index, RetrievalHead};
+use crate::onnx::{self, ModelProto};
+
+/// A model opened for editing.
+pub struct EditableModel {
+    pub info: ClassifierInfo,
+    pub options: HeadOptions,
+    pub index: Index,
+    /// The embedder graph under the head.
+    pub embedder: ModelProto,
+}
+
+/// What an edit did.
+#[derive(Clone, Debug, Default)]
+pub struct EditReport {
+    pub classes: usize,
+    pub rows: usize,
+    /// Images embedded (add only) and taken from the embedding cache.
+    pub added: usize,
+    pub cached: usize,
+    pub removed_rows: usize,
+    pub skipped: Vec<Skipped>,
+}
+
+impl EditableModel {
+    /// Reads a model written by `cbr build` (format 2 or newer).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let model = onnx::decode(bytes).context("not a valid ONNX model")?;
+        let json = onnx::metadata(&model, METADATA_KEY).ok_or_else(|| anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`"))?;
+        let info = ClassifierInfo::from_json(json)?;
+        if info.index.is_some() {
+            bail!("this model keeps its index rows in a sidecar file (cbr build --index ivf), which edits do not support yet: rebuild it with `cbr build`");
+        }
+        let options = info
+            .head_options
+            .clone()
+            .ok_or_else(|| anyhow!("the model was built by cbr {} (format {}), which did not store what an edit needs: rebuild it with `cbr build`", info.cbr_version, info.format))?;
+        let index = graph::read_index(&model, &info.labels, &info.images_per_label)?;
+        let embedder = graph::embedder_of(&model, &info.embedder.output)?;
+        Ok(EditableModel { info, options, index, embedder })
+    }
+
+    /// The model file for the current index.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let head = RetrievalHead::from_index(&self.index, &self.options)?;
+        model_bytes_for(&self.embedder, &self.info.embedder, &self.info.preprocess, &head, self.info.augment)
+    }
+
+    /// Classes in the index, sorted.
+    pub fn labels(&self) -> Vec<String> {
+        let mut l = self.index.labels.clone();
+        l.sort();
+        l.dedup();
+        l
+    }
+
+    fn check(&self) -> Result<()> {
+        let labels = self.labels();
+        check_class_count(labels.len(), labels.first().map_or("", |l| l), &self.options)
+    }
+
+    fn report(&self) -> EditReport {
+        EditReport { classes: self.labels().len(), rows: self.index.len(), ..Default::default() }
+    }
+
+    /// Embeds `images` with the model's own embedder (and the embedding
+    /// cache, unless `opts.cache` is off) and adds them. Images already in
+    /// the model under the same label are skipped.
+    pub fn add(&mut self, images: &[LabelledImage], opts: &BuildOptions, progress: &(dyn Fn(usize) + Sync)) -> Result<EditReport> {
+        if opts.augment != self.info.augment {
+            bail!("the model was built {} mirror augmentation; add images the same way", if self.info.augment { "with" } else { "without" });
+        }
+        let mut embedder = Embedder::from_bytes(&onnx::encode(&self.embedder), &self.info.embedder.name, Some(&self.info.embedder.output), self.info.preprocess.clone())
+            .context("cannot load the model's embedder")?;
+        if embedder.info.dim != self.index.dim {
+            bail!("the model's embedder gives {}-d embeddings but its index rows are {}-d", embedder.info.dim, self.index.dim);
+        }
+        // Keep the identity of the original embedder: the cache is keyed by it.
+        embedder.info = self.info.embedder.clone();
+        let known: HashSet<(String, ImageId)> = self.index.labels.iter().cloned().zip(self.index.images.iter().copied()).collect();
+        let embedded = embed_images(&mut embedder, images, opts, &known, progress)?;
+        let new_labels: Vec<LabelledImage> = images.iter().filter(|i| !self.index.labels.contains(&i.label)).cloned().collect();
+        if !new_labels.is_empty() {
+            check_classes(&new_labels, &embedded)?; // each new class got a readable image
+        }
+        self.index.extend(&embedded.index(&self.options)?)?;
+        self.check()?;
+        Ok(EditReport { added: embedded.paths.len(), cached: embedded.cached, skipped: embedded.skipped, ..self.report() })
+    }
+
+    /// Removes every image of the given classes.
+    pub fn remove_labels(&mut self, labels: &[String]) -> Result<EditReport> {
+        let present = self.labels();
+        for l in labels {
+            if !present.contains(l) {
+                bail!("the model has no class {l:?} (it has: {})", present.join(", "));
+            }
+        }
+        let before = self.index.len();
+        self.index.retain(|label, _| !labels.iter().any(|l| l == label));
+        if self.index.is_empty() {
+            bail!("removing {} would leave no classes", labels.join(", "));
+        }
+        self.check()?;
+        Ok(EditReport { removed_rows: before - self.index.len(), ..self.report() })
+    }
+
+    /// Renames class `from` to `to`; if `to` exists, the classes merge (an
+    /// image in both is kept once), as if the folders had been merged.
+    pub fn relabel(&mut self, from: &str, to: &str) -> Result<EditReport> {
+        let present = self.labels();
+        if !present.iter().any(|l| l == from) {
+            bail!("the model has no class {from:?} (it has: {})", present.join(", "));
+        }
+        if to.is_empty() {
+            bail!("the new class name is empty");
+        }
+        let before = self.index.len();
+        for l in self.index.labels.iter_mut().filter(|l| *l == from) {
+            *l = to.to_string();
+        }
+        // An image now in `to` twice keeps its first rows (one per variant).
+        let per_image = if self.info.augment { 2 } else { 1 };
+        let mut seen: std::collections::HashMap<(String, ImageId), usize> = Default::default();
+        self.index = self.index.sorted();
+        self.index.retain(|label, id| {
+            let n = seen.entry((label.to_string(), *id)).or_insert(0);
+            *n += 1;
+            *n <= per_image
+        });
+        self.check()?;
+        Ok(EditReport { removed_rows: before - self.index.len(), ..self.report() })
+    }
+}

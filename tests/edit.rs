@@ -1,0 +1,225 @@
+//! `cbr add`, `cbr remove` and `cbr relabel` on real images give the same
+//! model file, byte for byte, as a fresh `cbr build` over the same images;
+//! and the embedding cache never changes a model, even after a killed build
+//! or a damaged cache file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{cbr, dataset, run_ok, setup};
+
+/// A CSV manifest of `(path, label)` rows.
+fn manifest(dir: &Path, name: &str, rows: &[(PathBuf, String)]) -> PathBuf {
+    let path = dir.join(name);
+    let mut text = String::from("path,label\n");
+    for (p, l) in rows {
+        text.push_str(&format!("{},{l}\n", p.display()));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The first `per_class` images of the first `classes` CUB classes.
+fn cub(classes: usize, per_class: usize) -> Vec<(PathBuf, String)> {
+    let root = dataset("cub200_010");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    let mut rows = Vec::new();
+    for d in dirs.into_iter().take(classes) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let label = d.file_name().unwrap().to_string_lossy().into_owned();
+        rows.extend(files.into_iter().take(per_class).map(|f| (f, label.clone())));
+    }
+    rows
+}
+
+fn build(csv: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec!["build", csv.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+}
+
+fn same_file(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert!(x == y, "{} ({} bytes) and {} ({} bytes) differ", a.display(), x.len(), b.display(), y.len());
+}
+
+#[test]
+fn add_equals_a_fresh_build() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let all = cub(4, 6);
+    // The model starts with 3 classes of 4 images; the addition brings 2 more
+    // images to each of them and a whole new class.
+    let (first, rest): (Vec<_>, Vec<_>) = all.iter().cloned().enumerate().partition(|(i, (_, l))| *l != all[18].1 && i % 6 < 4);
+    let first: Vec<_> = first.into_iter().map(|x| x.1).collect();
+    let rest: Vec<_> = rest.into_iter().map(|x| x.1).collect();
+    for extra in [&[][..], &["--index-dtype", "int8"][..], &["--original", "--augment"][..]] {
+        let fresh = dir.path().join("fresh.onnx");
+        let edited = dir.path().join("edited.onnx");
+        build(&manifest(dir.path(), "all.csv", &all), &fresh, &[extra, &["--no-cache"]].concat());
+        build(&manifest(dir.path(), "first.csv", &first), &edited, extra);
+        let rest_csv = manifest(dir.path(), "rest.csv", &rest);
+        let mut add = vec!["add", edited.to_str().unwrap(), rest_csv.to_str().unwrap()];
+        if extra.contains(&"--augment") {
+            add.push("--augment");
+        }
+        run_ok(&add);
+        same_file(&fresh, &edited);
+
+        // Adding the same images again changes nothing.
+        let out = cbr().args(&add).output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("already in the model"), "{}", String::from_utf8_lossy(&out.stderr));
+        same_file(&fresh, &edited);
+    }
+}
+
+#[test]
+fn remove_and_relabel_equal_fresh_builds() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let all = cub(4, 5);
+    let model = dir.path().join("m.onnx");
+    build(&manifest(dir.path(), "all.csv", &all), &model, &[]);
+    let labels: Vec<String> = {
+        let mut l: Vec<String> = all.iter().map(|r| r.1.clone()).collect();
+        l.dedup();
+        l
+    };
+
+    // remove
+    let removed = dir.path().join("removed.onnx");
+    run_ok(&["remove", model.to_str().unwrap(), "--label", &labels[1], "-o", removed.to_str().unwrap()]);
+    let without: Vec<_> = all.iter().filter(|r| r.1 != labels[1]).cloned().collect();
+    let fresh = dir.path().join("fresh.onnx");
+    build(&manifest(dir.path(), "without.csv", &without), &fresh, &[]);
+    same_file(&fresh, &removed);
+
+    // relabel to a new name
+    let renamed = dir.path().join("renamed.onnx");
+    run_ok(&["relabel", model.to_str().unwrap(), &labels[0], "albatross", "-o", renamed.to_str().unwrap()]);
+    let rows: Vec<_> = all.iter().map(|(p, l)| (p.clone(), if *l == labels[0] { "albatross".to_string() } else { l.clone() })).collect();
+    build(&manifest(dir.path(), "renamed.csv", &rows), &fresh, &[]);
+    same_file(&fresh, &renamed);
+
+    // relabel into an existing class: the two merge
+    let merged = dir.path().join("merged.onnx");
+    run_ok(&["relabel", model.to_str().unwrap(), &labels[2], &labels[3], "-o", merged.to_str().unwrap()]);
+    let rows: Vec<_> = all.iter().map(|(p, l)| (p.clone(), if *l == labels[2] { labels[3].clone() } else { l.clone() })).collect();
+    build(&manifest(dir.path(), "merged.csv", &rows), &fresh, &[]);
+    same_file(&fresh, &merged);
+
+    // in place, and errors that name the problem
+    run_ok(&["remove", model.to_str().unwrap(), "--label", &labels[1]]);
+    same_file(&removed, &model);
+    let out = cbr().args(["remove", model.to_str().unwrap(), "--label", "no-such-bird"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no class \"no-such-bird\"") && err.contains(&labels[0]), "{err}");
+    same_file(&removed, &model);
+}
+
+/// A cache directory of its own (sharing the downloaded runtime and models),
+/// so the test sees exactly what it put in the embedding cache.
+fn private_cache(dir: &Path) -> PathBuf {
+    let real = cbr::cache::dir().unwrap();
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    for sub in ["models", "onnxruntime"] {
+        std::os::unix::fs::symlink(real.join(sub), cache.join(sub)).unwrap();
+    }
+    cache
+}
+
+fn cbr_in(cache: &Path) -> Command {
+    let mut c = cbr();
+    c.env("CBR_CACHE_DIR", cache);
+    c
+}
+
+fn stderr_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+#[test]
+fn cache_embeds_only_changed_images_and_survives_damage() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = private_cache(dir.path());
+    // A folder copy we can change.
+    let mut rows = Vec::new();
+    for (i, (p, l)) in cub(3, 8).into_iter().enumerate() {
+        let copy = dir.path().join("photos").join(&l).join(format!("{i:02}.jpg"));
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(&p, &copy).unwrap();
+        rows.push((copy, l));
+    }
+    let photos = dir.path().join("photos");
+    let model = dir.path().join("m.onnx");
+    let reference = dir.path().join("reference.onnx");
+    let build_args = |out: &Path| vec!["build".to_string(), photos.display().to_string(), "-o".into(), out.display().to_string()];
+
+    let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
+    assert!(!err.contains("embedding cache"), "a cold cache serves nothing: {err}");
+    // Two images change content: only they are embedded again.
+    let other = cub(4, 2);
+    std::fs::copy(&other[6].0, &rows[0].0).unwrap();
+    std::fs::copy(&other[7].0, &rows[9].0).unwrap();
+    let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
+    assert!(err.contains("(22 from the embedding cache)"), "{err}");
+    stderr_ok(cbr_in(&cache).args(build_args(&reference)).arg("--no-cache"));
+    same_file(&reference, &model);
+
+    // Damage the cache: a flipped byte and a torn tail. The model stays right.
+    let file = std::fs::read_dir(cache.join("embeddings")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let record = bytes.len() / 26; // 24 records, then 2 re-embedded
+    bytes[record * 5 + 100] ^= 0x10; // record 5: images 1-4 stay cached (image 0 has changed)
+    bytes.truncate(bytes.len() - 7);
+    std::fs::write(&file, &bytes).unwrap();
+    let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
+    assert!(err.contains("(4 from the embedding cache)"), "records from a damaged one on are not trusted: {err}");
+    same_file(&reference, &model);
+    let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
+    assert!(err.contains("(24 from the embedding cache)"), "the cache was repaired: {err}");
+    same_file(&reference, &model);
+}
+
+#[test]
+fn killed_build_leaves_no_model_and_its_work_is_reused() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = private_cache(dir.path());
+    let photos = dataset("cub200_010");
+    let model = dir.path().join("m.onnx");
+    let mut child = cbr_in(&cache).args(["build", photos.to_str().unwrap(), "-o", model.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    // Wait until some embeddings are in the cache, then kill -9.
+    let file = cache.join("embeddings");
+    let started = std::time::Instant::now();
+    loop {
+        let size = std::fs::read_dir(&file).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.metadata().unwrap().len()).unwrap_or(0);
+        if size > 0 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "no embeddings reached the cache in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!model.exists(), "a killed build must not leave a model file");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains("tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let err = stderr_ok(cbr_in(&cache).args(["build", photos.to_str().unwrap(), "-o", model.to_str().unwrap()]));
+    assert!(err.contains("from the embedding cache"), "the killed build's embeddings are reused: {err}");
+    let reference = dir.path().join("reference.onnx");
+    stderr_ok(cbr_in(&cache).args(["build", photos.to_str().unwrap(), "-o", reference.to_str().unwrap(), "--no-cache"]));
+    same_file(&reference, &model);
+}
