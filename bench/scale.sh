@@ -21,9 +21,11 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/cbr-scale.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 out="$work/results.jsonl"
 
-# size  clusters  single-queries  batch  onnx-class-counts  ivf?
+# size  clusters  single-queries  batch  onnx-class-counts  ivf-probes (empty: no IVF)
 run_size() {
-    local n=$1 clusters=$2 singles=$3 batch=$4 classes=$5 ivf=$6
+    local n=$1 clusters=$2 singles=$3 batch=$4 classes=$5 probes=$6
+    local ivf=""
+    [[ -n "$probes" ]] && ivf="--ivf --nprobe $probes"
     local dir="$work/$n"
     echo "== N = $n" >&2
     "$bin" gen --dir "$dir" --n "$n" --clusters "$clusters" --queries "$batch" >>"$out"
@@ -35,8 +37,8 @@ run_size() {
 }
 
 run_size 10000 100 50 1000 100,10000 ""
-run_size 100000 1000 30 1000 1000,100000 --ivf
+run_size 100000 1000 30 1000 1000,100000 0,32
 if [[ $quick == 0 ]]; then
-    run_size 1000000 10000 20 256 1000,100000 --ivf
+    run_size 1000000 10000 10 500 1000,100000 0,250
 fi
 python3 bench/scale_table.py "$out"

@@ -54,9 +54,15 @@ enum Cmd {
         k: usize,
         #[arg(long)]
         ivf: bool,
-        /// Cells probed per query (0 = the index default).
+        /// Cells probed per query, one measurement each (0 = the index default).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        nprobe: Vec<usize>,
+        /// IVF cells (0 = the default, √N).
         #[arg(long, default_value_t = 0)]
-        nprobe: usize,
+        lists: usize,
+        /// IVF training rows per cell (0 = the default).
+        #[arg(long, default_value_t = 0)]
+        train_per_list: usize,
     },
     /// Time the exported ONNX head built from the rows in --dir, for each class count.
     Onnx {
@@ -156,7 +162,7 @@ fn main() -> Result<()> {
             std::fs::write(dir.join("meta.json"), json!({"n": n, "dim": dim, "clusters": clusters, "queries": queries}).to_string())?;
             println!("{}", json!({"what": "gen", "n": n, "dim": dim, "clusters": clusters, "seconds": gen_s}));
         }
-        Cmd::Search { dir, singles, batch, k, ivf, nprobe } => {
+        Cmd::Search { dir, singles, batch, k, ivf, nprobe, lists, train_per_list } => {
             let v = load(&dir)?;
             let (n, dim) = (v.n, v.dim);
             let batch_q = &v.queries[..batch.min(v.queries.len() / dim) * dim];
@@ -185,20 +191,32 @@ fn main() -> Result<()> {
             if ivf {
                 let rows = flat.into_rows();
                 let start = Instant::now();
-                let index = IvfIndex::build(&rows, dim, &v.classes, &IvfParams::default())?;
+                let mut params = IvfParams { lists, ..IvfParams::default() };
+                if train_per_list > 0 {
+                    params.train_per_list = train_per_list;
+                }
+                let index = IvfIndex::build(&rows, dim, &v.classes, &params)?;
                 let build_s = start.elapsed().as_secs_f64();
                 drop(rows);
-                let nprobe = if nprobe == 0 { index.nprobe } else { nprobe };
-                let single_ms = time_singles(&v.queries, dim, singles.max(200), |q| {
-                    std::hint::black_box(index.search(q, k, nprobe));
-                    Ok(())
-                })?;
-                let start = Instant::now();
-                let approx = index.search_batch(batch_q, k, nprobe);
-                let batch_s = start.elapsed().as_secs_f64();
-                let exact_ids: Vec<Option<u32>> = exact.iter().map(|h| h.first().map(|h: &Hit| h.row)).collect();
                 // Ids in `exact` are build-order rows, as are the IVF's.
-                let same = approx.iter().zip(&exact_ids).filter(|(a, e)| a.first().map(|h| h.row) == **e).count();
+                let exact_ids: Vec<Option<u32>> = exact.iter().map(|h| h.first().map(|h: &Hit| h.row)).collect();
+                for &probe in &nprobe {
+                    let probe = if probe == 0 { index.nprobe } else { probe };
+                    let single_ms = time_singles(&v.queries, dim, singles.max(200), |q| {
+                        std::hint::black_box(index.search(q, k, probe));
+                        Ok(())
+                    })?;
+                    let start = Instant::now();
+                    let approx = index.search_batch(batch_q, k, probe);
+                    let batch_s = start.elapsed().as_secs_f64();
+                    let same = approx.iter().zip(&exact_ids).filter(|(a, e)| a.first().map(|h| h.row) == **e).count();
+                    println!(
+                        "{}",
+                        json!({"what": "cbr-ivf", "n": n, "dim": dim, "k": k, "lists": index.lists(), "nprobe": probe, "default_nprobe": probe == index.nprobe,
+                               "build_s": build_s, "single_ms": single_ms, "batch": nb, "batch_qps": nb as f64 / batch_s,
+                               "recall_at_1": same as f64 / nb as f64})
+                    );
+                }
                 let path = dir.join("index.ivf");
                 let start = Instant::now();
                 index.save(&path)?;
@@ -210,12 +228,7 @@ fn main() -> Result<()> {
                 let load_s = start.elapsed().as_secs_f64();
                 drop(loaded);
                 std::fs::remove_file(&path)?;
-                println!(
-                    "{}",
-                    json!({"what": "cbr-ivf", "n": n, "dim": dim, "k": k, "nprobe": nprobe, "build_s": build_s,
-                           "single_ms": single_ms, "batch": nb, "batch_qps": nb as f64 / batch_s,
-                           "recall_at_1": same as f64 / nb as f64, "file_bytes": size, "save_s": save_s, "load_s": load_s})
-                );
+                println!("{}", json!({"what": "cbr-ivf-file", "n": n, "file_bytes": size, "save_s": save_s, "load_s": load_s}));
             }
         }
         Cmd::Onnx { dir, classes, singles, batch } => {

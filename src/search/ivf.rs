@@ -26,13 +26,16 @@ const MAGIC: &[u8; 8] = b"CBR-IVF1";
 /// How to build an [`IvfIndex`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct IvfParams {
-    /// Number of cells; 0 picks √rows.
+    /// Number of cells; 0 picks √rows, growing to 4√rows at a million rows
+    /// (smaller cells keep recall up when the rows form many more clusters
+    /// than there are cells; measured in bench/README.md).
     pub lists: usize,
     /// Cells scanned per query by default; 0 picks lists / 32 (at least 16).
     pub nprobe: usize,
     /// k-means rounds on the training sample.
     pub iterations: usize,
-    /// Training sample size per cell (the sample is every (rows/sample)-th row).
+    /// Training sample size per cell (the sample is every (rows/sample)-th
+    /// row), at most [`MAX_TRAIN`] rows in all.
     pub train_per_list: usize,
     pub seed: u64,
 }
@@ -75,11 +78,11 @@ impl IvfIndex {
         if n > u32::MAX as usize {
             bail!("{n} rows: at most {} are supported", u32::MAX);
         }
-        let lists = if params.lists == 0 { ((n as f64).sqrt().round() as usize).max(1) } else { params.lists }.min(n);
+        let lists = if params.lists == 0 { default_lists(n) } else { params.lists }.min(n);
         let nprobe = if params.nprobe == 0 { (lists / 32).max(16) } else { params.nprobe }.min(lists);
 
         // Training sample: evenly strided rows.
-        let sample = (lists * params.train_per_list.max(1)).min(n);
+        let sample = (lists * params.train_per_list.max(1)).min(MAX_TRAIN).max(lists).min(n);
         let stride = n as f64 / sample as f64;
         let train_ids: Vec<usize> = (0..sample).map(|i| (i as f64 * stride) as usize).collect();
         let mut train = Vec::with_capacity(sample * dim);
@@ -269,6 +272,15 @@ impl IvfIndex {
         }
         Ok(IvfIndex { dim, centroids, offsets, ids, classes, rows, nprobe: nprobe.clamp(1, lists) })
     }
+}
+
+/// Largest k-means training sample (its cost is sample x cells x dim per round).
+pub const MAX_TRAIN: usize = 65536;
+
+/// √n cells, times up to 4 as n grows from 250k to 1M rows.
+fn default_lists(n: usize) -> usize {
+    let grow = (n as f64 / 250_000.0).clamp(1.0, 4.0);
+    ((n as f64).sqrt() * grow).round().max(1.0) as usize
 }
 
 /// `count` distinct indices below `n`, seeded (partial Fisher–Yates).
