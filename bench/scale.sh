@@ -39,6 +39,6 @@ run_size() {
 run_size 10000 100 50 1000 100,10000 ""
 run_size 100000 1000 30 1000 1000,100000 0,32
 if [[ $quick == 0 ]]; then
-    run_size 1000000 10000 10 500 1000,100000 0,250
+    run_size 1000000 10000 10 500 1000,100000 125,0
 fi
 python3 bench/scale_table.py "$out"

@@ -148,7 +148,7 @@ struct BuildArgs {
     /// an ONNX file and the rule is max).
     #[arg(long, value_enum, default_value_t = IndexArg::Auto)]
     index: IndexArg,
-    /// Index cells scanned per query with --index ivf (0 = default: cells/32, at least 16).
+    /// Index cells scanned per query with --index ivf (0 = default: cells/16, at least 16).
     #[arg(long, default_value_t = 0, value_name = "N")]
     ivf_nprobe: usize,
     /// The original classification-by-retrieval: --aggregate max --power 1 --center false --calibrate false, no threshold.

@@ -30,7 +30,7 @@ pub struct IvfParams {
     /// (smaller cells keep recall up when the rows form many more clusters
     /// than there are cells; measured in bench/README.md).
     pub lists: usize,
-    /// Cells scanned per query by default; 0 picks lists / 32 (at least 16).
+    /// Cells scanned per query by default; 0 picks lists / 16 (at least 16).
     pub nprobe: usize,
     /// k-means rounds on the training sample.
     pub iterations: usize,
@@ -79,7 +79,7 @@ impl IvfIndex {
             bail!("{n} rows: at most {} are supported", u32::MAX);
         }
         let lists = if params.lists == 0 { default_lists(n) } else { params.lists }.min(n);
-        let nprobe = if params.nprobe == 0 { (lists / 32).max(16) } else { params.nprobe }.min(lists);
+        let nprobe = if params.nprobe == 0 { (lists / 16).max(16) } else { params.nprobe }.min(lists);
 
         // Training sample: evenly strided rows.
         let sample = (lists * params.train_per_list.max(1)).min(MAX_TRAIN).max(lists).min(n);
