@@ -139,15 +139,23 @@ pub fn embed_images(
     let variants: &[Variant] = if opts.augment { &[Variant::Original, Variant::Mirrored] } else { &[Variant::Original] };
     let mut out = Embedded { dim, ..Default::default() };
 
-    // 1. Identify every image by its content.
-    let ids: Vec<std::io::Result<ImageId>> = images.par_iter().map(|img| std::fs::read(&img.path).map(|b| ImageId::of_bytes(&b))).collect();
+    // 1. Identify every image by its content, and check what can be checked
+    // without decoding, so an image from the cache passes the same checks.
+    let ids: Vec<Result<ImageId, decode::DecodeError>> = images
+        .par_iter()
+        .map(|img| {
+            let bytes = decode::read_limited(&img.path, &opts.limits)?;
+            decode::check_header(&bytes, &opts.limits)?;
+            Ok(ImageId::of_bytes(&bytes))
+        })
+        .collect();
     let mut first_seen: std::collections::HashMap<(&str, ImageId), &std::path::Path> = Default::default();
     // Images to use, in input order, with their embeddings once known.
     let mut kept: Vec<(usize, ImageId, Option<Vec<f32>>)> = Vec::new();
     for (i, (img, id)) in images.iter().zip(ids).enumerate() {
         match id {
-            Err(e) if opts.strict => bail!("{}: cannot read: {e} (--strict stops at the first unreadable image)", img.path.display()),
-            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: format!("cannot read: {e}") }),
+            Err(e) if opts.strict => bail!("{}: {e} (--strict stops at the first unreadable image)", img.path.display()),
+            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() }),
             Ok(id) if known.contains(&(img.label.clone(), id)) => {
                 out.skipped.push(Skipped { path: img.path.clone(), reason: format!("already in the model (class {:?})", img.label) })
             }
@@ -352,6 +360,41 @@ pub fn build(
     check_class_count(crate::dataset::class_counts(images).len(), images.first().map_or("", |i| &i.label), &opts.head)?;
     let embedded = embed_images(embedder, images, opts, &HashSet::new(), progress)?;
     check_classes(images, &embedded)?;
+    build_from_embedded(embedder, embedded, opts)
+}
+
+/// Builds from embeddings made earlier by `cbr embed` (Parquet shards),
+/// which must come from `embedder` with its preprocessing.
+pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOptions) -> Result<(Vec<u8>, BuildReport)> {
+    let start = Instant::now();
+    let (info, preprocess, mut embedded) = crate::shard::read(shards)?;
+    if info.sha256 != embedder.info.sha256 || info.output != embedder.info.output || preprocess != embedder.preprocess {
+        bail!(
+            "the shards were embedded with {} ({}, output {}) and their own preprocessing; the build's embedder is {} ({}, output {}){}: \
+             pass the same --embedder and preprocessing flags as to `cbr embed`",
+            info.name,
+            &info.sha256[..12],
+            info.output,
+            embedder.info.name,
+            &embedder.info.sha256[..12],
+            embedder.info.output,
+            if preprocess != embedder.preprocess { " with different preprocessing" } else { "" }
+        );
+    }
+    let mirrored = embedded.labels.len() == 2 * embedded.paths.len() && !embedded.paths.is_empty();
+    if mirrored != opts.augment {
+        bail!("the shards {} mirror images; build {} --augment", if mirrored { "hold" } else { "do not hold" }, if mirrored { "with" } else { "without" });
+    }
+    let mut labels = embedded.labels.clone();
+    labels.sort();
+    labels.dedup();
+    check_class_count(labels.len(), labels.first().map_or("", |l| l), &opts.head)?;
+    embedded.seconds = start.elapsed().as_secs_f64();
+    build_from_embedded(embedder, embedded, opts)
+}
+
+/// The model for already embedded images.
+pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &BuildOptions) -> Result<(Vec<u8>, BuildReport)> {
     let head = RetrievalHead::from_index(&embedded.index(&opts.head)?, &opts.head)?;
     let bytes = model_bytes(embedder, &head, opts.augment)?;
     let report = BuildReport {

@@ -13,5 +13,6 @@ pub mod models;
 pub mod build;
 pub mod embedding_cache;
 pub mod edit;
+pub mod shard;
 pub mod eval;
 pub mod serve;

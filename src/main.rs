@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
 use cbr::edit::EditableModel;
+use cbr::shard::Shard;
 use cbr::decode::DecodeLimits;
 use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Build a classifier from labelled images: a folder <root>/<label>/<images> or a CSV manifest (path,label).
     Build(BuildArgs),
+    /// Embed (a shard of) labelled images into a Parquet file, for `cbr build --embeddings` (distributed embedding).
+    Embed(EmbedArgs),
     /// Classify images with a model built by `cbr build`.
     Classify(ClassifyArgs),
     /// Add images (new or existing labels) to a model; only the new images are embedded.
@@ -111,7 +114,11 @@ struct ServeArgs {
 #[derive(Args)]
 struct BuildArgs {
     /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
-    input: PathBuf,
+    #[arg(required_unless_present = "embeddings", conflicts_with = "embeddings")]
+    input: Option<PathBuf>,
+    /// Build from embeddings made by `cbr embed` instead of images: Parquet files, folders or patterns like 'parts/*.parquet'.
+    #[arg(long, num_args = 1.., value_name = "PARQUET")]
+    embeddings: Vec<String>,
     /// Where to write the model (.onnx).
     #[arg(short, long)]
     output: PathBuf,
@@ -166,6 +173,25 @@ struct InputArgs {
     /// No progress bar or summary.
     #[arg(short, long)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
+    input: PathBuf,
+    /// Where to write the embeddings (.parquet).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Embed only part I of N of the (sorted) images, e.g. 0/8; for job arrays.
+    #[arg(long, default_value = "0/1", value_name = "I/N")]
+    shard: Shard,
+    /// Also embed a mirror image of every image (then build with --augment).
+    #[arg(long)]
+    augment: bool,
+    #[command(flatten)]
+    embedder: EmbedderArgs,
+    #[command(flatten)]
+    input_args: InputArgs,
 }
 
 #[derive(Args)]
@@ -301,6 +327,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => cmd_build(a),
+        Command::Embed(a) => cmd_embed(a),
         Command::Classify(a) => cmd_classify(a),
         Command::Add(a) => cmd_add(a),
         Command::Remove(a) => cmd_edit(&a.model, a.output.as_deref(), |m| m.remove_labels(&a.labels)),
@@ -379,7 +406,6 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 }
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
-    let images = dataset::from_path(&a.input)?;
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let head = if a.original {
         HeadOptions { threshold: a.threshold, index_dtype: a.index_dtype, ..HeadOptions::original() }
@@ -400,9 +426,16 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         }
     };
     let opts = build_options(head, a.augment, &a.input_args);
-    let bar = progress_bar(images.len(), a.input_args.quiet);
-    let (bytes, report) = build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
+    let (bytes, report) = match &a.input {
+        Some(input) => {
+            let images = dataset::from_path(input)?;
+            let bar = progress_bar(images.len(), a.input_args.quiet);
+            let built = build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            built
+        }
+        None => build::build_from_shards(&embedder, &cbr::shard::expand(&a.embeddings)?, &opts)?,
+    };
     cache::write_atomic(&a.output, &bytes)?;
     if !a.input_args.quiet {
         for s in &report.skipped {
@@ -427,16 +460,50 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             (Some(t), _) => eprintln!("unknown threshold {t:.3}"),
             _ => {}
         }
-        let embedded = report.images + report.skipped.len() - report.cached;
-        let cached = if report.cached > 0 { format!(" ({} from the embedding cache)", report.cached) } else { String::new() };
+        let source = match &a.input {
+            Some(_) => {
+                let embedded = report.images + report.skipped.len() - report.cached;
+                let cached = if report.cached > 0 { format!(" ({} from the embedding cache)", report.cached) } else { String::new() };
+                format!("embedded {embedded} in {:.1} s ({:.1} images/s){cached}", report.seconds, embedded as f64 / report.seconds.max(1e-9))
+            }
+            None => format!("read from embedding shards in {:.1} s", report.seconds),
+        };
         eprintln!(
-            "wrote {}: {} classes, {} images{skipped}; embedded {embedded} in {:.1} s ({:.1} images/s){cached} with {}",
+            "wrote {}: {} classes, {} images{skipped}; {source} with {}",
             a.output.display(),
             report.classes,
             report.images,
-            report.seconds,
-            embedded as f64 / report.seconds.max(1e-9),
             embedder.info.name
+        );
+    }
+    Ok(())
+}
+
+fn cmd_embed(a: EmbedArgs) -> Result<()> {
+    let images = dataset::from_path(&a.input)?;
+    let part = a.shard.of(&images);
+    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let opts = build_options(HeadOptions::default(), a.augment, &a.input_args);
+    let bar = progress_bar(part.len(), a.input_args.quiet);
+    let embedded = build::embed_images(&mut embedder, part, &opts, &Default::default(), &|d| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
+    if !a.input_args.quiet {
+        for s in &embedded.skipped {
+            eprintln!("skipped {}: {}", s.path.display(), s.reason);
+        }
+        let embedded_now = embedded.paths.len() - embedded.cached;
+        eprintln!(
+            "wrote {}: shard {}/{} of {} images: {} embedded ({} from the embedding cache), {} skipped; {:.1} s, {:.1} ms per embedded image",
+            a.output.display(),
+            a.shard.index,
+            a.shard.count,
+            images.len(),
+            embedded.paths.len(),
+            embedded.cached,
+            embedded.skipped.len(),
+            embedded.seconds,
+            1000.0 * embedded.seconds / embedded_now.max(1) as f64
         );
     }
     Ok(())
