@@ -13,7 +13,7 @@ use cbr::decode::DecodeLimits;
 use cbr::head::{Aggregation, HeadOptions};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
-use cbr::{cache, dataset, onnx, runtime};
+use cbr::{cache, dataset, litert, onnx, runtime};
 
 /// Classification-by-retrieval: build an image classifier from a few labelled
 /// pictures per class, with no training, as one ONNX model file.
@@ -35,7 +35,7 @@ enum Command {
     /// List or fetch the embedders cbr knows by name.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Install or locate ONNX Runtime, which cbr loads at run time.
+    /// Install or locate ONNX Runtime and LiteRT, which cbr loads at run time.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
     /// Serve the HTTP API and the web app to build and try classifiers (see /openapi.json).
@@ -222,9 +222,9 @@ enum ModelsCommand {
 
 #[derive(Subcommand)]
 enum RuntimeCommand {
-    /// Fetch ONNX Runtime from PyPI (pip download) into cbr's cache.
+    /// Fetch ONNX Runtime and LiteRT (the TFLite runtime) from PyPI (pip download) into cbr's cache.
     Install,
-    /// Print the path of the ONNX Runtime library cbr would load.
+    /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load.
     Path,
 }
 
@@ -242,8 +242,8 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info(a),
         Command::Models(ModelsCommand::List) => cmd_models_list(),
         Command::Models(ModelsCommand::Pull { name }) => cmd_models_pull(&name),
-        Command::Runtime(RuntimeCommand::Install) => runtime::install().map(|p| println!("{}", p.display())),
-        Command::Runtime(RuntimeCommand::Path) => runtime::library_path().map(|p| println!("{}", p.display())),
+        Command::Runtime(RuntimeCommand::Install) => cmd_runtime(true),
+        Command::Runtime(RuntimeCommand::Path) => cmd_runtime(false),
         Command::Serve(a) => cbr::serve::run(cbr::serve::Config {
             addr: a.addr,
             models_dir: a.models,
@@ -501,6 +501,19 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     println!("classes:       {} ({} images)", info.labels.len(), info.images_per_label.iter().sum::<usize>());
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
         println!("  {label}\t{n}");
+    }
+    Ok(())
+}
+
+/// Installs (or locates) both runtimes: ONNX Runtime first, then LiteRT.
+fn cmd_runtime(install: bool) -> Result<()> {
+    let ort = if install { runtime::install()? } else { runtime::library_path()? };
+    println!("{}", ort.display());
+    match if install { litert::install() } else { litert::library_path() } {
+        Ok(p) => println!("{}", p.display()),
+        // Only .tflite models need LiteRT: say so, without failing.
+        Err(e) if !install => eprintln!("{e:#}"),
+        Err(e) => return Err(e),
     }
     Ok(())
 }
