@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::classifier::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
 use crate::dataset::LabelledImage;
 use crate::decode::{self, DecodeLimits};
-use crate::embedder::Embedder;
+use crate::embedder::{Embedder, EmbedderModel};
 use crate::head::{HeadOptions, RetrievalHead};
 use crate::onnx;
 
@@ -182,7 +182,6 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 /// The complete model file for `head` on top of `embedder`: the embedder's
 /// graph, the head, and the metadata, encoded deterministically.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    let mut model = head.append_to(&embedder.model, &embedder.info.output).context("cannot append the retrieval head")?;
     let info = ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -198,6 +197,11 @@ pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> 
         calibration: head.calibration.clone(),
         augment,
     };
+    let graph = match &embedder.model {
+        EmbedderModel::Onnx { model, .. } => model,
+        EmbedderModel::Tflite { .. } => bail!("writing a TFLite classifier is not available yet"),
+    };
+    let mut model = head.append_to(graph, &embedder.info.output).context("cannot append the retrieval head")?;
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
