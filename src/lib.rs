@@ -14,3 +14,4 @@ pub mod models;
 pub mod build;
 pub mod eval;
 pub mod serve;
+pub mod tflite;
