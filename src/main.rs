@@ -102,9 +102,13 @@ struct ServeArgs {
 struct BuildArgs {
     /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
     input: PathBuf,
-    /// Where to write the model (.onnx).
+    /// Where to write the model (.onnx or .tflite).
     #[arg(short, long)]
     output: PathBuf,
+    /// The model file format; default: from the output's extension (.tflite, else onnx).
+    /// A TFLite classifier needs a .tflite embedder, or a known model (its TFLite twin is used).
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
     #[command(flatten)]
     embedder: EmbedderArgs,
     /// How the index becomes class scores: discriminant (a shrinkage linear
@@ -167,6 +171,12 @@ struct EmbedderArgs {
     /// How images are brought to the input size.
     #[arg(long, value_enum)]
     resize: Option<ResizeArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    Onnx,
+    Tflite,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -292,6 +302,7 @@ fn embedder_choice(a: &EmbedderArgs) -> Result<EmbedderChoice> {
         mean: a.mean.as_deref().map(|m| three(m, "mean")).transpose()?,
         std: a.std.as_deref().map(|s| three(s, "std")).transpose()?,
         bgr: a.bgr,
+        tflite: false,
         resize: a.resize.map(|r| match r {
             ResizeArg::Stretch => ResizeMode::Stretch,
             ResizeArg::CenterCrop => ResizeMode::CenterCrop,
@@ -314,7 +325,24 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
-    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let format = a.format.unwrap_or(if a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
+        FormatArg::Tflite
+    } else {
+        FormatArg::Onnx
+    });
+    // The classifier is written in its embedder's format: pick the embedder to match.
+    let choice = EmbedderChoice { tflite: format == FormatArg::Tflite, ..embedder_choice(&a.embedder)? };
+    let mut embedder = models::open_embedder(&choice)?;
+    let embedder_is_tflite = matches!(embedder.model, cbr::embedder::EmbedderModel::Tflite { .. });
+    if embedder_is_tflite != (format == FormatArg::Tflite) {
+        let (want, has) = if embedder_is_tflite { ("ONNX", "a .tflite") } else { ("TFLite", "an ONNX") };
+        bail!(
+            "a {want} classifier cannot be built on {has} embedder ({}): give an embedder in the same format, \
+             a known model name, or --format {}",
+            embedder.info.name,
+            if embedder_is_tflite { "tflite" } else { "onnx" }
+        );
+    }
     let head = if a.original {
         HeadOptions { threshold: a.threshold, ..HeadOptions::original() }
     } else {

@@ -85,6 +85,11 @@ impl KnownModel {
         Ok(cache::dir()?.join("models").join(format!("{}.onnx", self.name)))
     }
 
+    /// Where the TFLite twin of the embedder is cached.
+    pub fn cached_tflite_path(&self) -> Result<PathBuf> {
+        Ok(cache::dir()?.join("models").join(format!("{}.tflite", self.name)))
+    }
+
     pub fn is_cached(&self) -> bool {
         self.cached_path().map(|p| p.is_file()).unwrap_or(false)
     }
@@ -124,6 +129,20 @@ pub fn pull(name: &str) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Makes sure the TFLite twin of the named model is in the cache, writing it
+/// from the ONNX embedder (pulled if needed), and returns its path.
+pub fn pull_tflite(name: &str) -> Result<PathBuf> {
+    let model = find(name).ok_or_else(|| unknown(name))?;
+    let target = model.cached_tflite_path()?;
+    if target.is_file() {
+        return Ok(target);
+    }
+    let onnx = crate::onnx::load(&pull(name)?)?;
+    let bytes = crate::zoo::tflite_twin::embedder_tflite(&onnx).with_context(|| format!("cannot write {} as TFLite", model.name))?;
+    cache::write_atomic(&target, &bytes)?;
+    Ok(target)
+}
+
 /// Converts the downloaded PyTorch weights to an ONNX embedder.
 pub fn convert(model: &KnownModel, weights: &[u8]) -> Result<crate::onnx::ModelProto> {
     let state = torch_pth::read_state_dict(weights).with_context(|| format!("cannot read the {} weights", model.name))?;
@@ -158,6 +177,8 @@ pub fn resolve(spec: &str) -> Result<EmbedderSource> {
 pub struct EmbedderChoice {
     /// A known model name or an `.onnx`/`.tflite` path; empty means [`DEFAULT_MODEL`].
     pub embedder: String,
+    /// Use the TFLite twin of a known model (run in LiteRT), for TFLite classifiers.
+    pub tflite: bool,
     /// The embedding output's name (default: the first output).
     pub output: Option<String>,
     pub input_size: Option<(u32, u32)>,
@@ -176,6 +197,7 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
         crate::runtime::ensure()?;
     }
     let (path, name, base) = match source {
+        EmbedderSource::Known(m) if choice.tflite => (pull_tflite(m.name)?, m.name.to_string(), Some(m.preprocess())),
         EmbedderSource::Known(m) => (pull(m.name)?, m.name.to_string(), Some(m.preprocess())),
         EmbedderSource::File(p) => {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
