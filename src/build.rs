@@ -180,7 +180,8 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 }
 
 /// The complete model file for `head` on top of `embedder`: the embedder's
-/// graph, the head, and the metadata, encoded deterministically.
+/// graph, the head, and the metadata, encoded deterministically; an ONNX file
+/// for an ONNX embedder, a `.tflite` file for a TFLite one.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
     let info = ClassifierInfo {
         format: FORMAT_VERSION,
@@ -199,7 +200,11 @@ pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> 
     };
     let graph = match &embedder.model {
         EmbedderModel::Onnx { model, .. } => model,
-        EmbedderModel::Tflite { .. } => bail!("writing a TFLite classifier is not available yet"),
+        // A TFLite embedder gives a TFLite classifier: the same head, appended by the TFLite writer.
+        EmbedderModel::Tflite { bytes, .. } => {
+            return crate::tflite::classifier_bytes(bytes, head, &info, &crate::tflite::TfliteOptions::default())
+                .context("cannot write the TFLite classifier");
+        }
     };
     let mut model = head.append_to(graph, &embedder.info.output).context("cannot append the retrieval head")?;
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());

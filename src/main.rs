@@ -494,18 +494,23 @@ fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) ->
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {
-    let model = onnx::load(&a.model)?;
-    let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY)
-        .with_context(|| format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display()))?;
-    let info = cbr::classifier::ClassifierInfo::from_json(json)?;
+    let bytes = std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let no_metadata = || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
+    let (info, operations) = if litert::is_tflite(&bytes) {
+        let info = cbr::tflite::read_info(&bytes).with_context(no_metadata)?;
+        (info, format!("{} TFLite operators", cbr::tflite::operator_count(&bytes)?))
+    } else {
+        let model = onnx::decode(&bytes).with_context(|| format!("{} is neither an ONNX nor a TFLite model", a.model.display()))?;
+        let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY).with_context(no_metadata)?;
+        let graph = model.graph.as_ref().expect("decoded models have a graph");
+        (cbr::classifier::ClassifierInfo::from_json(json)?, format!("{} graph operations", graph.node.len()))
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    let graph = model.graph.as_ref().expect("decoded models have a graph");
-    let size = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
+    println!("model:         {} ({:.1} MB, {operations})", a.model.display(), bytes.len() as f64 / 1e6);
     let p = &info.preprocess;
-    println!("model:         {} ({:.1} MB, {} graph operations)", a.model.display(), size as f64 / 1e6, graph.node.len());
     println!("built by:      cbr {}", info.cbr_version);
     println!("embedder:      {} ({}-d, output {:?}, sha256 {})", info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256);
     println!(
