@@ -93,7 +93,8 @@ struct ServeArgs {
     /// Longest time a request may take, in seconds: 503 after it.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// Embedder for builds: a name from `cbr models list` or an ONNX file.
+    /// Embedder for builds: a name from `cbr models list`, or an .onnx or .tflite file
+    /// (a .tflite embedder gives TFLite classifiers).
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     embedder: String,
 }
@@ -150,7 +151,7 @@ struct BuildArgs {
 
 #[derive(Args)]
 struct EmbedderArgs {
-    /// Embedder: a name from `cbr models list` or the path of an ONNX image embedder.
+    /// Embedder: a name from `cbr models list`, or the path of an .onnx or .tflite image embedder.
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     embedder: String,
     /// Name of the embedder output to use (default: the first output).
@@ -159,7 +160,8 @@ struct EmbedderArgs {
     /// Input size, WIDTHxHEIGHT or N (default: from the model).
     #[arg(long, value_name = "WxH")]
     input_size: Option<String>,
-    /// Per-channel mean subtracted from 0..255 pixel values: one value or three (R,G,B).
+    /// Per-channel mean subtracted from 0..255 pixel values: one value or three (R,G,B)
+    /// (default for uint8/int8 .tflite inputs: the raw pixels, from the input's quantization).
     #[arg(long, value_delimiter = ',', num_args = 1..=3)]
     mean: Option<Vec<f32>>,
     /// Per-channel divisor applied after the mean: one value or three (R,G,B).

@@ -297,3 +297,67 @@ impl Writer {
         fbb.finished_data().to_vec()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{attr_int, attr_ints, node, tensor_f32, value_info, DataType, Dim, GraphProto};
+
+    /// input [b, 2, 4, 4] -> Conv 3x3/2 (3 out) -> Clip(0, 6) -> GlobalAveragePool -> Flatten.
+    fn graph(pads: &[i64], extra: Option<NodeProto>) -> ModelProto {
+        let w: Vec<f32> = (0..3 * 2 * 3 * 3).map(|v| v as f32).collect();
+        let mut nodes = vec![
+            node("Conv", "c", &["x", "w", "b"], &["c"], vec![attr_int("group", 1), attr_ints("pads", pads), attr_ints("strides", &[2, 2])]),
+            node("Clip", "r", &["c", "lo", "hi"], &["r"], vec![]),
+            node("GlobalAveragePool", "p", &["r"], &["p"], vec![]),
+            node("Flatten", "e", &["p"], &["e"], vec![attr_int("axis", 1)]),
+        ];
+        nodes.extend(extra);
+        let graph = GraphProto {
+            name: Some("t".into()),
+            node: nodes,
+            initializer: vec![
+                tensor_f32("w", &[3, 2, 3, 3], &w),
+                tensor_f32("b", &[3], &[0.5, 1.0, 1.5]),
+                tensor_f32("lo", &[], &[0.0]),
+                tensor_f32("hi", &[], &[6.0]),
+            ],
+            input: vec![value_info("x", DataType::Float, &[Dim::Symbolic("b".into()), Dim::Fixed(2), Dim::Fixed(4), Dim::Fixed(4)])],
+            output: vec![value_info("e", DataType::Float, &[Dim::Symbolic("b".into()), Dim::Fixed(3)])],
+            ..Default::default()
+        };
+        ModelProto { graph: Some(graph), ..Default::default() }
+    }
+
+    #[test]
+    fn writes_nhwc_conv_with_fused_relu6_and_mean() {
+        let bytes = embedder_tflite(&graph(&[0, 0, 1, 1], None)).unwrap();
+        assert_eq!(bytes, embedder_tflite(&graph(&[0, 0, 1, 1], None)).unwrap(), "deterministic");
+        let model = tfl::root_as_model(&bytes).unwrap();
+        let sub = model.subgraphs().unwrap().get(0);
+        let tensors = sub.tensors().unwrap();
+        let ops = sub.operators().unwrap();
+        assert_eq!(ops.len(), 2);
+        let conv = ops.get(0);
+        let opts = conv.builtin_options_as_conv_2_doptions().unwrap();
+        assert_eq!((opts.stride_h(), opts.padding(), opts.fused_activation_function()), (2, tfl::Padding::SAME, tfl::ActivationFunctionType::RELU6));
+        let filter = tensors.get(conv.inputs().unwrap().get(1) as usize);
+        assert_eq!(filter.shape().unwrap().iter().collect::<Vec<_>>(), [3, 3, 3, 2]);
+        let data = model.buffers().unwrap().get(filter.buffer() as usize).data().unwrap();
+        let f: Vec<f32> = data.bytes().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        // OHWI[o=1, y=2, x=0, i=1] = OIHW[o=1, i=1, y=2, x=0] = ((1*2+1)*3+2)*3 = 33.
+        assert_eq!(f[((3 + 2) * 3) * 2 + 1], 33.0);
+        let input = tensors.get(sub.inputs().unwrap().get(0) as usize);
+        assert_eq!(input.shape().unwrap().iter().collect::<Vec<_>>(), [1, 4, 4, 2]);
+        let output = tensors.get(sub.outputs().unwrap().get(0) as usize);
+        assert_eq!((output.name(), output.shape().unwrap().iter().collect::<Vec<_>>()), (Some("e"), vec![1, 3]));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_translate() {
+        let err = embedder_tflite(&graph(&[1, 1, 1, 1], None)).unwrap_err();
+        assert!(format!("{err:#}").contains("not TensorFlow SAME padding"), "{err:#}");
+        let err = embedder_tflite(&graph(&[0, 0, 1, 1], Some(node("Sigmoid", "s", &["e"], &["s"], vec![])))).unwrap_err();
+        assert!(err.to_string().contains("node s is Sigmoid"), "{err}");
+    }
+}
