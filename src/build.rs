@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::classifier::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
 use crate::dataset::LabelledImage;
 use crate::decode::{self, DecodeLimits};
-use crate::embedder::Embedder;
+use crate::embedder::{Embedder, EmbedderModel};
 use crate::head::{HeadOptions, RetrievalHead};
 use crate::onnx;
 
@@ -28,11 +28,19 @@ pub struct BuildOptions {
     /// Stop at the first unreadable image instead of skipping it.
     pub strict: bool,
     pub limits: DecodeLimits,
+    /// For a TFLite embedder: the retrieval block (float or int8) and the model's name, author etc.
+    pub tflite: crate::tflite::TfliteOptions,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default() }
+        BuildOptions {
+            head: HeadOptions::default(),
+            augment: false,
+            strict: false,
+            limits: DecodeLimits::default(),
+            tflite: crate::tflite::TfliteOptions::default(),
+        }
     }
 }
 
@@ -180,9 +188,14 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 }
 
 /// The complete model file for `head` on top of `embedder`: the embedder's
-/// graph, the head, and the metadata, encoded deterministically.
+/// graph, the head, and the metadata, encoded deterministically; an ONNX file
+/// for an ONNX embedder, a `.tflite` file for a TFLite one.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    let mut model = head.append_to(&embedder.model, &embedder.info.output).context("cannot append the retrieval head")?;
+    model_bytes_with(embedder, head, augment, &crate::tflite::TfliteOptions::default())
+}
+
+/// [`model_bytes`] with the TFLite choices (used when the embedder is a `.tflite`).
+pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool, tflite: &crate::tflite::TfliteOptions) -> Result<Vec<u8>> {
     let info = ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -198,6 +211,15 @@ pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> 
         calibration: head.calibration.clone(),
         augment,
     };
+    let graph = match &embedder.model {
+        EmbedderModel::Onnx { model, .. } => model,
+        // A TFLite embedder gives a TFLite classifier: the same head, appended by the TFLite writer.
+        EmbedderModel::Tflite { bytes, .. } => {
+            return crate::tflite::classifier_bytes(bytes, head, &info, tflite)
+                .context("cannot write the TFLite classifier");
+        }
+    };
+    let mut model = head.append_to(graph, &embedder.info.output).context("cannot append the retrieval head")?;
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
@@ -242,7 +264,7 @@ pub fn build(
     let embedded = embed_images(embedder, images, opts.augment, opts.strict, &opts.limits, progress)?;
     check_classes(images, &embedded)?;
     let head = RetrievalHead::with_images(&embedded.embeddings, embedded.dim, &embedded.labels, &embedded.images, &opts.head)?;
-    let bytes = model_bytes(embedder, &head, opts.augment)?;
+    let bytes = model_bytes_with(embedder, &head, opts.augment, &opts.tflite)?;
     let report = BuildReport {
         classes: head.labels.len(),
         images: embedded.paths.len(),

@@ -2,6 +2,7 @@
 pub mod cache;
 pub mod onnx;
 pub mod runtime;
+pub mod litert;
 pub mod preprocess;
 pub mod embedder;
 pub mod decode;

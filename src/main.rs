@@ -13,7 +13,7 @@ use cbr::decode::DecodeLimits;
 use cbr::head::{Aggregation, HeadOptions};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
-use cbr::{cache, dataset, onnx, runtime};
+use cbr::{cache, dataset, litert, onnx, runtime};
 
 /// Classification-by-retrieval: build an image classifier from a few labelled
 /// pictures per class, with no training, as one ONNX model file.
@@ -35,7 +35,7 @@ enum Command {
     /// List or fetch the embedders cbr knows by name.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Install or locate ONNX Runtime, which cbr loads at run time.
+    /// Install or locate ONNX Runtime and LiteRT, which cbr loads at run time.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
     /// Serve the HTTP API and the web app to build and try classifiers (see /openapi.json).
@@ -102,9 +102,32 @@ struct ServeArgs {
 struct BuildArgs {
     /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
     input: PathBuf,
-    /// Where to write the model (.onnx).
+    /// Where to write the model (.onnx or .tflite).
     #[arg(short, long)]
     output: PathBuf,
+    /// The model file format; default: from the output's extension (.tflite, else onnx).
+    /// A TFLite classifier needs a .tflite embedder, or a known model (its TFLite twin is used).
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// TFLite only: the retrieval block's arithmetic. int8 (as the original CBR does for quantized
+    /// embedders) stores the index in 4x less space; scores move by ~1e-2.
+    #[arg(long, value_enum, default_value_t = BlockArg::Float)]
+    tflite_block: BlockArg,
+    /// TFLite Model Metadata: the model's name.
+    #[arg(long, value_name = "TEXT")]
+    name: Option<String>,
+    /// TFLite Model Metadata: a description (default: what was built from what).
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
+    /// TFLite Model Metadata: the author.
+    #[arg(long, value_name = "TEXT")]
+    author: Option<String>,
+    /// TFLite Model Metadata: the model's version.
+    #[arg(long, value_name = "TEXT")]
+    model_version: Option<String>,
+    /// TFLite Model Metadata: the licence.
+    #[arg(long, value_name = "TEXT")]
+    license: Option<String>,
     #[command(flatten)]
     embedder: EmbedderArgs,
     /// How the index becomes class scores: discriminant (a shrinkage linear
@@ -169,6 +192,18 @@ struct EmbedderArgs {
     resize: Option<ResizeArg>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BlockArg {
+    Float,
+    Int8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    Onnx,
+    Tflite,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum AggregateArg {
     Discriminant,
@@ -222,9 +257,9 @@ enum ModelsCommand {
 
 #[derive(Subcommand)]
 enum RuntimeCommand {
-    /// Fetch ONNX Runtime from PyPI (pip download) into cbr's cache.
+    /// Fetch ONNX Runtime and LiteRT (the TFLite runtime) from PyPI (pip download) into cbr's cache.
     Install,
-    /// Print the path of the ONNX Runtime library cbr would load.
+    /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load.
     Path,
 }
 
@@ -242,8 +277,8 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info(a),
         Command::Models(ModelsCommand::List) => cmd_models_list(),
         Command::Models(ModelsCommand::Pull { name }) => cmd_models_pull(&name),
-        Command::Runtime(RuntimeCommand::Install) => runtime::install().map(|p| println!("{}", p.display())),
-        Command::Runtime(RuntimeCommand::Path) => runtime::library_path().map(|p| println!("{}", p.display())),
+        Command::Runtime(RuntimeCommand::Install) => cmd_runtime(true),
+        Command::Runtime(RuntimeCommand::Path) => cmd_runtime(false),
         Command::Serve(a) => cbr::serve::run(cbr::serve::Config {
             addr: a.addr,
             models_dir: a.models,
@@ -292,6 +327,7 @@ fn embedder_choice(a: &EmbedderArgs) -> Result<EmbedderChoice> {
         mean: a.mean.as_deref().map(|m| three(m, "mean")).transpose()?,
         std: a.std.as_deref().map(|s| three(s, "std")).transpose()?,
         bgr: a.bgr,
+        tflite: false,
         resize: a.resize.map(|r| match r {
             ResizeArg::Stretch => ResizeMode::Stretch,
             ResizeArg::CenterCrop => ResizeMode::CenterCrop,
@@ -314,7 +350,29 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
-    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let format = a.format.unwrap_or(if a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
+        FormatArg::Tflite
+    } else {
+        FormatArg::Onnx
+    });
+    let tflite_only = a.tflite_block != BlockArg::Float
+        || [&a.name, &a.description, &a.author, &a.model_version, &a.license].iter().any(|f| f.is_some());
+    if format == FormatArg::Onnx && tflite_only {
+        bail!("--tflite-block, --name, --description, --author, --model-version and --license apply to TFLite output: use -o NAME.tflite or --format tflite");
+    }
+    // The classifier is written in its embedder's format: pick the embedder to match.
+    let choice = EmbedderChoice { tflite: format == FormatArg::Tflite, ..embedder_choice(&a.embedder)? };
+    let mut embedder = models::open_embedder(&choice)?;
+    let embedder_is_tflite = matches!(embedder.model, cbr::embedder::EmbedderModel::Tflite { .. });
+    if embedder_is_tflite != (format == FormatArg::Tflite) {
+        let (want, has) = if embedder_is_tflite { ("ONNX", "a .tflite") } else { ("TFLite", "an ONNX") };
+        bail!(
+            "a {want} classifier cannot be built on {has} embedder ({}): give an embedder in the same format, \
+             a known model name, or --format {}",
+            embedder.info.name,
+            if embedder_is_tflite { "tflite" } else { "onnx" }
+        );
+    }
     let head = if a.original {
         HeadOptions { threshold: a.threshold, ..HeadOptions::original() }
     } else {
@@ -337,6 +395,19 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         augment: a.augment,
         strict: a.strict,
         limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() },
+        tflite: cbr::tflite::TfliteOptions {
+            block: match a.tflite_block {
+                BlockArg::Float => cbr::tflite::TfliteBlock::Float,
+                BlockArg::Int8 => cbr::tflite::TfliteBlock::Int8,
+            },
+            about: cbr::tflite::About {
+                name: a.name.clone(),
+                description: a.description.clone(),
+                author: a.author.clone(),
+                version: a.model_version.clone(),
+                license: a.license.clone(),
+            },
+        },
     };
     let bar = progress_bar(images.len(), a.quiet);
     let (bytes, report) = build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
@@ -466,18 +537,23 @@ fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) ->
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {
-    let model = onnx::load(&a.model)?;
-    let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY)
-        .with_context(|| format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display()))?;
-    let info = cbr::classifier::ClassifierInfo::from_json(json)?;
+    let bytes = std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let no_metadata = || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
+    let (info, operations) = if litert::is_tflite(&bytes) {
+        let info = cbr::tflite::read_info(&bytes).with_context(no_metadata)?;
+        (info, format!("{} TFLite operators", cbr::tflite::operator_count(&bytes)?))
+    } else {
+        let model = onnx::decode(&bytes).with_context(|| format!("{} is neither an ONNX nor a TFLite model", a.model.display()))?;
+        let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY).with_context(no_metadata)?;
+        let graph = model.graph.as_ref().expect("decoded models have a graph");
+        (cbr::classifier::ClassifierInfo::from_json(json)?, format!("{} graph operations", graph.node.len()))
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    let graph = model.graph.as_ref().expect("decoded models have a graph");
-    let size = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
+    println!("model:         {} ({:.1} MB, {operations})", a.model.display(), bytes.len() as f64 / 1e6);
     let p = &info.preprocess;
-    println!("model:         {} ({:.1} MB, {} graph operations)", a.model.display(), size as f64 / 1e6, graph.node.len());
     println!("built by:      cbr {}", info.cbr_version);
     println!("embedder:      {} ({}-d, output {:?}, sha256 {})", info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256);
     println!(
@@ -501,6 +577,19 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     println!("classes:       {} ({} images)", info.labels.len(), info.images_per_label.iter().sum::<usize>());
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
         println!("  {label}\t{n}");
+    }
+    Ok(())
+}
+
+/// Installs (or locates) both runtimes: ONNX Runtime first, then LiteRT.
+fn cmd_runtime(install: bool) -> Result<()> {
+    let ort = if install { runtime::install()? } else { runtime::library_path()? };
+    println!("{}", ort.display());
+    match if install { litert::install() } else { litert::library_path() } {
+        Ok(p) => println!("{}", p.display()),
+        // Only .tflite models need LiteRT: say so, without failing.
+        Err(e) if !install => eprintln!("{e:#}"),
+        Err(e) => return Err(e),
     }
     Ok(())
 }
