@@ -362,3 +362,55 @@ fn mediapipe_agrees(embedder: Embedder) {
         assert!(agreement >= if block == TfliteBlock::Float { 0.97 } else { 0.85 }, "{block:?}: agreement {agreement:.2}");
     }
 }
+
+/// The real binary end to end: `cbr build --tflite-block int8` with the
+/// metadata flags, then MediaPipe reads the model's name, author, version and
+/// licence, and classifies; `cbr classify` (LiteRT from Rust) agrees with it.
+/// The same flags on an ONNX output are refused.
+#[test]
+fn cli_builds_an_int8_tflite_with_metadata_flags_that_mediapipe_reads() {
+    use common::run;
+    common::setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let embedder = Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224);
+    let (index, queries) = split_folder(&dataset("cub200_010"), 5, tmp.path());
+    let model = tmp.path().join("birds.tflite");
+    let flags = [
+        "--name", "Birds", "--description", "Ten bird species", "--author", "cbr tests", "--model-version", "7", "--license", "Apache-2.0",
+    ];
+    let mut args = vec!["build", s(&index), "--embedder", s(&embedder.path), "-o", s(&model), "--tflite-block", "int8", "--quiet"];
+    args.extend(flags);
+    common::run_ok(&args);
+
+    let read_about = "import sys\nfrom mediapipe.tasks.metadata import metadata_schema_py_generated as m\n\
+                      from mediapipe.tasks.metadata import schema_py_generated as f\n\
+                      d = open(sys.argv[1], 'rb').read()\nmodel = f.Model.GetRootAs(d, 0)\n\
+                      e = [model.Metadata(i) for i in range(model.MetadataLength()) if model.Metadata(i).Name() == b'TFLITE_METADATA'][0]\n\
+                      md = m.ModelMetadata.GetRootAs(model.Buffers(e.Buffer()).DataAsNumpy().tobytes(), 0)\n\
+                      print('|'.join(x.decode() for x in [md.Name(), md.Description(), md.Author(), md.Version(), md.License(), md.MinParserVersion()]))\n";
+    let out = Command::new("python3").args(["-c", read_about, s(&model)]).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Birds|Ten bird species|cbr tests|7|Apache-2.0|1.0.0");
+
+    let images: Vec<PathBuf> = images_in(&queries).into_iter().step_by(25).collect();
+    let mut args = vec![s(&model)];
+    args.extend(images.iter().map(|p| s(p)));
+    let mp = python("mediapipe_classify.py", &args);
+    let mut cargs = vec!["classify", s(&model), "--json"];
+    cargs.extend(images.iter().map(|p| s(p)));
+    let cbr_out = common::run_ok(&cargs);
+    let mut same = 0;
+    for (line, m) in cbr_out.lines().zip(&mp) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let cbr_label = v["label"].as_str().map(str::to_string);
+        let mp_label = m["categories"].as_array().unwrap().first().map(|c| c["label"].as_str().unwrap().to_string());
+        same += (cbr_label == mp_label) as usize;
+    }
+    // Different JPEG decoders and resizers (image-rs vs MediaPipe's): allow a few borderline images.
+    println!("cbr classify vs MediaPipe on {} JPEGs: same answer for {same}", images.len());
+    assert!(same as f64 >= 0.85 * images.len() as f64, "same answer for only {same}/{}", images.len());
+
+    let onnx = tmp.path().join("birds.onnx");
+    let out = run(&["build", s(&index), "-o", s(&onnx), "--tflite-block", "int8", "--quiet"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("apply to TFLite output"));
+}
