@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check onnxruntime==1.32.0 ai-edge-litert==2.3.0 mediapipe==1.2.3 numpy pillow scikit-learn
+# ai-edge-litert (LiteRT interpreter; its libLiteRt.so is also what cbr runs .tflite embedders with)
+# and mediapipe (ImageClassifier): the independent clients that run cbr's .tflite classifiers
+# in tests/tflite_clients.rs.
+python3 -m pip install --quiet --disable-pip-version-check onnxruntime==1.32.0 numpy pillow scikit-learn \
+  ai-edge-litert==2.3.0 mediapipe==1.2.3
 
 # Headless Chromium and its WebDriver, for the web app's browser test.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

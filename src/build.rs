@@ -28,11 +28,19 @@ pub struct BuildOptions {
     /// Stop at the first unreadable image instead of skipping it.
     pub strict: bool,
     pub limits: DecodeLimits,
+    /// For a TFLite embedder: the retrieval block (float or int8) and the model's name, author etc.
+    pub tflite: crate::tflite::TfliteOptions,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default() }
+        BuildOptions {
+            head: HeadOptions::default(),
+            augment: false,
+            strict: false,
+            limits: DecodeLimits::default(),
+            tflite: crate::tflite::TfliteOptions::default(),
+        }
     }
 }
 
@@ -183,6 +191,11 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 /// graph, the head, and the metadata, encoded deterministically; an ONNX file
 /// for an ONNX embedder, a `.tflite` file for a TFLite one.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
+    model_bytes_with(embedder, head, augment, &crate::tflite::TfliteOptions::default())
+}
+
+/// [`model_bytes`] with the TFLite choices (used when the embedder is a `.tflite`).
+pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool, tflite: &crate::tflite::TfliteOptions) -> Result<Vec<u8>> {
     let info = ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -202,7 +215,7 @@ pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> 
         EmbedderModel::Onnx { model, .. } => model,
         // A TFLite embedder gives a TFLite classifier: the same head, appended by the TFLite writer.
         EmbedderModel::Tflite { bytes, .. } => {
-            return crate::tflite::classifier_bytes(bytes, head, &info, &crate::tflite::TfliteOptions::default())
+            return crate::tflite::classifier_bytes(bytes, head, &info, tflite)
                 .context("cannot write the TFLite classifier");
         }
     };
@@ -251,7 +264,7 @@ pub fn build(
     let embedded = embed_images(embedder, images, opts.augment, opts.strict, &opts.limits, progress)?;
     check_classes(images, &embedded)?;
     let head = RetrievalHead::with_images(&embedded.embeddings, embedded.dim, &embedded.labels, &embedded.images, &opts.head)?;
-    let bytes = model_bytes(embedder, &head, opts.augment)?;
+    let bytes = model_bytes_with(embedder, &head, opts.augment, &opts.tflite)?;
     let report = BuildReport {
         classes: head.labels.len(),
         images: embedded.paths.len(),

@@ -8,7 +8,9 @@
 //!   Model Metadata, and picks the same top-1 labels as cbr.
 //!
 //! Embedders: the uint8 MobileNetV3-Small (the original iOS app's model) and
-//! uint8 MobileNetV1/V2 in ../shared/models. The embeddings cbr's head is
+//! uint8 MobileNetV1/V2 in ../shared/models, and the float32 EfficientNet-Lite0
+//! TFLite twin of cbr's default model (`cbr::models::pull_tflite`), whose
+//! input normalisation the clients must read from our metadata. The embeddings cbr's head is
 //! given come from running the embedder `.tflite` itself in LiteRT on the same
 //! preprocessed pixels, so both sides see bit-identical embeddings and any
 //! difference is the head's.
@@ -63,19 +65,61 @@ fn floats(v: &Value) -> Vec<f32> {
     v.as_array().expect("an array of numbers").iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
+/// An embedder `.tflite` and how its input is prepared.
+struct Embedder {
+    path: PathBuf,
+    preprocess: Preprocess,
+}
+
+impl Embedder {
+    /// A uint8 embedder from ../shared/models: raw pixels in (mean 0, std 1).
+    fn shared_uint8(file: &str, size: u32) -> Self {
+        let path = shared().join("models").join(file);
+        assert!(path.is_file(), "embedder {} is missing from ../shared/models", path.display());
+        let preprocess = Preprocess {
+            width: size,
+            height: size,
+            layout: Layout::Nhwc,
+            channel_order: ChannelOrder::Rgb,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            resize: ResizeMode::Stretch,
+        };
+        Embedder { path, preprocess }
+    }
+
+    /// The float32 TFLite twin of the default embedder, EfficientNet-Lite0: (x - 127) / 128.
+    fn lite0_float() -> Self {
+        common::setup();
+        let path = cbr::models::pull_tflite("efficientnet-lite0").expect("writing the EfficientNet-Lite0 TFLite twin");
+        let preprocess = Preprocess { layout: Layout::Nhwc, ..cbr::models::find("efficientnet-lite0").unwrap().preprocess() };
+        Embedder { path, preprocess }
+    }
+
+    fn name(&self) -> String {
+        self.path.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    /// The embeddings of `images`, from the embedder itself in LiteRT.
+    fn embed(&self, images: &[PathBuf]) -> Vec<Vec<f32>> {
+        // The bare embedder has no metadata: give the client its normalisation.
+        let (m, sd) = (self.preprocess.mean[0].to_string(), self.preprocess.std[0].to_string());
+        litert_with(&self.path, &["--mean", &m, "--std", &sd], images)
+    }
+}
+
 /// LiteRT's first output for each image (dequantized).
 fn litert(model: &Path, images: &[PathBuf]) -> Vec<Vec<f32>> {
+    litert_with(model, &[], images)
+}
+
+fn litert_with(model: &Path, extra: &[&str], images: &[PathBuf]) -> Vec<Vec<f32>> {
     let mut args = vec![s(model)];
+    args.extend(extra);
     args.extend(images.iter().map(|p| s(p)));
     let lines = python("litert_run.py", &args);
     assert_eq!(lines.len(), images.len(), "one line per image");
     lines.iter().map(|l| floats(&l["output"])).collect()
-}
-
-fn model_path(name: &str) -> PathBuf {
-    let p = shared().join("models").join(name);
-    assert!(p.is_file(), "embedder {} is missing from ../shared/models", p.display());
-    p
 }
 
 /// The cub200_010 split (5 index images per class, the rest queries) with every image's embedding.
@@ -87,7 +131,7 @@ struct Data {
     dim: usize,
 }
 
-fn embed_split(embedder: &Path, queries_per_class: usize, tmp: &Path) -> Data {
+fn embed_split(embedder: &Embedder, queries_per_class: usize, tmp: &Path) -> Data {
     let (index, queries) = split_folder(&dataset("cub200_010"), 5, tmp);
     let index_images = images_in(&index);
     let mut query_images = Vec::new();
@@ -102,35 +146,26 @@ fn embed_split(embedder: &Path, queries_per_class: usize, tmp: &Path) -> Data {
         index_images.iter().map(|p| p.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string()).collect();
     let mut all = index_images.clone();
     all.extend(query_images.iter().cloned());
-    let emb = litert(embedder, &all);
+    let emb = embedder.embed(&all);
     let dim = emb[0].len();
     let (idx, q) = emb.split_at(index_images.len());
     Data { labels, index_embeddings: idx.concat(), queries: query_images, query_embeddings: q.to_vec(), dim }
 }
 
-fn info_for(embedder: &Path, bytes: &[u8], head: &RetrievalHead, width: u32) -> ClassifierInfo {
+fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> ClassifierInfo {
     ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").into(),
         labels: head.labels.clone(),
         images_per_label: head.class_sizes(),
         embedder: EmbedderInfo {
-            name: embedder.file_name().unwrap().to_str().unwrap().into(),
+            name: embedder.name(),
             sha256: cbr::cache::sha256_hex(bytes),
             input: "input".into(),
             output: "embedding".into(),
             dim: head.dim,
         },
-        // uint8 embedders take raw pixels: mean 0, std 1.
-        preprocess: Preprocess {
-            width,
-            height: width,
-            layout: Layout::Nhwc,
-            channel_order: ChannelOrder::Rgb,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            resize: ResizeMode::Stretch,
-        },
+        preprocess: embedder.preprocess.clone(),
         aggregation: head.aggregation,
         power: head.power,
         center: head.center.is_some(),
@@ -141,9 +176,9 @@ fn info_for(embedder: &Path, bytes: &[u8], head: &RetrievalHead, width: u32) -> 
     }
 }
 
-fn write_classifier(embedder: &Path, head: &RetrievalHead, block: TfliteBlock, width: u32, out: &Path) -> ClassifierInfo {
-    let bytes = std::fs::read(embedder).unwrap();
-    let info = info_for(embedder, &bytes, head, width);
+fn write_classifier(embedder: &Embedder, head: &RetrievalHead, block: TfliteBlock, out: &Path) -> ClassifierInfo {
+    let bytes = std::fs::read(&embedder.path).unwrap();
+    let info = info_for(embedder, &bytes, head);
     let opts = TfliteOptions { block, ..Default::default() };
     let model = tflite::classifier_bytes(&bytes, head, &info, &opts).expect("writing the classifier");
     std::fs::write(out, &model).unwrap();
@@ -187,9 +222,9 @@ fn configs() -> Vec<(&'static str, HeadOptions)> {
     vec![("default", HeadOptions::default()), ("original max", HeadOptions::original())]
 }
 
-fn check_float_block(embedder_file: &str, width: u32, all_aggregations: bool) {
+fn check_float_block(embedder: Embedder, all_aggregations: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let embedder = model_path(embedder_file);
+    let embedder_file = embedder.name();
     let data = embed_split(&embedder, 3, tmp.path());
     let mut configs = configs();
     if all_aggregations {
@@ -200,7 +235,7 @@ fn check_float_block(embedder_file: &str, width: u32, all_aggregations: bool) {
     for (name, opts) in configs {
         let h = head(&data, &opts);
         let model = tmp.path().join(format!("{}.tflite", name.replace(' ', "_")));
-        let info = write_classifier(&embedder, &h, TfliteBlock::Float, width, &model);
+        let info = write_classifier(&embedder, &h, TfliteBlock::Float, &model);
         let (worst, top1) = compare(&model, &h, &data);
         println!("{embedder_file} {name} float: max |LiteRT - cbr| = {worst:.2e}, same top-1 {top1:.2}");
         assert!(worst <= 1e-4, "{embedder_file}, {name} head, float block: LiteRT and cbr differ by {worst:.2e} (> 1e-4)");
@@ -214,28 +249,33 @@ fn check_float_block(embedder_file: &str, width: u32, all_aggregations: bool) {
 
 #[test]
 fn litert_float_block_matches_cbr_mobilenet_v3_small_uint8() {
-    check_float_block("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224, true);
+    check_float_block(Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224), true);
+}
+
+#[test]
+fn litert_float_block_matches_cbr_efficientnet_lite0_float() {
+    check_float_block(Embedder::lite0_float(), false);
 }
 
 #[test]
 fn litert_float_block_matches_cbr_mobilenet_v1_uint8() {
-    check_float_block("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite", 224, false);
+    check_float_block(Embedder::shared_uint8("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite", 224), false);
 }
 
 #[test]
 fn litert_float_block_matches_cbr_mobilenet_v2_uint8() {
-    check_float_block("mobilenet_v2_1.0_224_quant_embedder.tflite", 224, false);
+    check_float_block(Embedder::shared_uint8("mobilenet_v2_1.0_224_quant_embedder.tflite", 224), false);
 }
 
 #[test]
 fn litert_int8_block_stays_within_tolerance_of_cbr() {
     let tmp = tempfile::tempdir().unwrap();
-    let embedder = model_path("mobilenet_v3_small_224_1.0_uint8_embedder.tflite");
+    let embedder = Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224);
     let data = embed_split(&embedder, 3, tmp.path());
     for (name, opts) in configs() {
         let h = head(&data, &opts);
         let model = tmp.path().join(format!("{}_int8.tflite", name.replace(' ', "_")));
-        write_classifier(&embedder, &h, TfliteBlock::Int8, 224, &model);
+        write_classifier(&embedder, &h, TfliteBlock::Int8, &model);
         let (worst, top1) = compare(&model, &h, &data);
         println!("int8 {name}: max |LiteRT - cbr| = {worst:.3}, same top-1 {top1:.2}");
         let tol = if h.temperature.is_some() { INT8_PROBABILITY_TOLERANCE } else { INT8_SIMILARITY_TOLERANCE };
@@ -245,20 +285,31 @@ fn litert_int8_block_stays_within_tolerance_of_cbr() {
 }
 
 #[test]
-fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1() {
+fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1_uint8_embedder() {
+    mediapipe_agrees(Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224));
+}
+
+/// A float input: MediaPipe must normalise with our NormalizationOptions.
+#[test]
+fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1_float_embedder() {
+    mediapipe_agrees(Embedder::lite0_float());
+}
+
+fn mediapipe_agrees(embedder: Embedder) {
     let tmp = tempfile::tempdir().unwrap();
-    let embedder = model_path("mobilenet_v3_small_224_1.0_uint8_embedder.tflite");
+    let size = embedder.preprocess.width;
     // PNGs already at the input size: MediaPipe then feeds the same pixels as the
     // PIL preprocessing that made the embeddings (no decoder or resize differences).
     let (_, queries) = split_folder(&dataset("cub200_010"), 5, tmp.path());
     let jpegs: Vec<PathBuf> = images_in(&queries).into_iter().step_by(9).collect();
     let png_dir = tmp.path().join("png");
     std::fs::create_dir_all(&png_dir).unwrap();
-    let make_png = "import sys, os\nfrom PIL import Image, ImageOps\nout = sys.argv[1]\n\
-                    for i, src in enumerate(sys.argv[2:]):\n\
-                    \x20   img = ImageOps.exif_transpose(Image.open(src)).convert('RGB').resize((224, 224), Image.BILINEAR)\n\
+    let make_png = "import sys, os\nfrom PIL import Image, ImageOps\nout, size = sys.argv[1], int(sys.argv[2])\n\
+                    for i, src in enumerate(sys.argv[3:]):\n\
+                    \x20   img = ImageOps.exif_transpose(Image.open(src)).convert('RGB').resize((size, size), Image.BILINEAR)\n\
                     \x20   img.save(os.path.join(out, '%03d.png' % i))\n";
-    let mut args = vec!["-c", make_png, s(&png_dir)];
+    let size_arg = size.to_string();
+    let mut args = vec!["-c", make_png, s(&png_dir), &size_arg];
     args.extend(jpegs.iter().map(|p| s(p)));
     let st = Command::new("python3").args(&args).status().expect("python3");
     assert!(st.success(), "making PNGs failed");
@@ -267,7 +318,7 @@ fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1() {
     assert!(pngs.len() >= 40, "{} query PNGs", pngs.len());
 
     let data = embed_split(&embedder, 0, &tmp.path().join("split"));
-    let png_embeddings = litert(&embedder, &pngs);
+    let png_embeddings = embedder.embed(&pngs);
     for block in [TfliteBlock::Float, TfliteBlock::Int8] {
         let mut h = head(&data, &HeadOptions::default());
         // With 5 images per class the calibrated threshold (90% leave-one-out precision)
@@ -277,7 +328,7 @@ fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1() {
         tops.sort_by(f32::total_cmp);
         h.threshold = Some(tops[tops.len() / 2]);
         let model = tmp.path().join(format!("mp_{block:?}.tflite"));
-        write_classifier(&embedder, &h, block, 224, &model);
+        write_classifier(&embedder, &h, block, &model);
         let mut args = vec![s(&model)];
         args.extend(pngs.iter().map(|p| s(p)));
         let lines = python("mediapipe_classify.py", &args);
@@ -306,8 +357,60 @@ fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1() {
             same += (mp_top == cbr_top) as usize;
         }
         let agreement = same as f64 / pngs.len() as f64;
-        println!("MediaPipe {block:?}: same top-1 (or unknown) as cbr for {same}/{} images, {unknown} unknown", pngs.len());
+        println!("MediaPipe, {}, {block:?} block: same top-1 (or unknown) as cbr for {same}/{} images, {unknown} unknown", embedder.name(), pngs.len());
         assert!(unknown > 0 && unknown < pngs.len(), "MediaPipe answered unknown for {unknown} of {} images; the threshold is the median", pngs.len());
         assert!(agreement >= if block == TfliteBlock::Float { 0.97 } else { 0.85 }, "{block:?}: agreement {agreement:.2}");
     }
+}
+
+/// The real binary end to end: `cbr build --tflite-block int8` with the
+/// metadata flags, then MediaPipe reads the model's name, author, version and
+/// licence, and classifies; `cbr classify` (LiteRT from Rust) agrees with it.
+/// The same flags on an ONNX output are refused.
+#[test]
+fn cli_builds_an_int8_tflite_with_metadata_flags_that_mediapipe_reads() {
+    use common::run;
+    common::setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let embedder = Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224);
+    let (index, queries) = split_folder(&dataset("cub200_010"), 5, tmp.path());
+    let model = tmp.path().join("birds.tflite");
+    let flags = [
+        "--name", "Birds", "--description", "Ten bird species", "--author", "cbr tests", "--model-version", "7", "--license", "Apache-2.0",
+    ];
+    let mut args = vec!["build", s(&index), "--embedder", s(&embedder.path), "-o", s(&model), "--tflite-block", "int8", "--quiet"];
+    args.extend(flags);
+    common::run_ok(&args);
+
+    let read_about = "import sys\nfrom mediapipe.tasks.metadata import metadata_schema_py_generated as m\n\
+                      from mediapipe.tasks.metadata import schema_py_generated as f\n\
+                      d = open(sys.argv[1], 'rb').read()\nmodel = f.Model.GetRootAs(d, 0)\n\
+                      e = [model.Metadata(i) for i in range(model.MetadataLength()) if model.Metadata(i).Name() == b'TFLITE_METADATA'][0]\n\
+                      md = m.ModelMetadata.GetRootAs(model.Buffers(e.Buffer()).DataAsNumpy().tobytes(), 0)\n\
+                      print('|'.join(x.decode() for x in [md.Name(), md.Description(), md.Author(), md.Version(), md.License(), md.MinParserVersion()]))\n";
+    let out = Command::new("python3").args(["-c", read_about, s(&model)]).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Birds|Ten bird species|cbr tests|7|Apache-2.0|1.0.0");
+
+    let images: Vec<PathBuf> = images_in(&queries).into_iter().step_by(25).collect();
+    let mut args = vec![s(&model)];
+    args.extend(images.iter().map(|p| s(p)));
+    let mp = python("mediapipe_classify.py", &args);
+    let mut cargs = vec!["classify", s(&model), "--json"];
+    cargs.extend(images.iter().map(|p| s(p)));
+    let cbr_out = common::run_ok(&cargs);
+    let mut same = 0;
+    for (line, m) in cbr_out.lines().zip(&mp) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let cbr_label = v["label"].as_str().map(str::to_string);
+        let mp_label = m["categories"].as_array().unwrap().first().map(|c| c["label"].as_str().unwrap().to_string());
+        same += (cbr_label == mp_label) as usize;
+    }
+    // Different JPEG decoders and resizers (image-rs vs MediaPipe's): allow a few borderline images.
+    println!("cbr classify vs MediaPipe on {} JPEGs: same answer for {same}", images.len());
+    assert!(same as f64 >= 0.85 * images.len() as f64, "same answer for only {same}/{}", images.len());
+
+    let onnx = tmp.path().join("birds.onnx");
+    let out = run(&["build", s(&index), "-o", s(&onnx), "--tflite-block", "int8", "--quiet"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("apply to TFLite output"));
 }

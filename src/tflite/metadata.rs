@@ -22,10 +22,10 @@ use crate::preprocess::ChannelOrder;
 pub const TFLITE_METADATA: &str = "TFLITE_METADATA";
 /// The associated file with one label per line, in the order of `scores`.
 pub const LABEL_FILE: &str = "labelmap.txt";
-/// The oldest metadata parser that reads everything written here
-/// (ScoreThresholdingOptions need 1.0.1); `tests/tflite_clients.rs` checks it
-/// against MediaPipe's own computation.
-pub const MIN_PARSER_VERSION: &str = "1.0.1";
+/// The oldest metadata parser that reads everything written here, as
+/// tflite-support's `GetMinimumMetadataParserVersion` computes it for these
+/// fields (image properties, normalisation, stats, label file, score threshold).
+pub const MIN_PARSER_VERSION: &str = "1.0.0";
 
 /// What the model says about itself in human terms (`cbr build` flags).
 #[derive(Clone, Debug, Default, PartialEq)]
