@@ -15,10 +15,10 @@ use rayon::prelude::*;
 use crate::classifier::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
 use crate::dataset::LabelledImage;
 use crate::decode::{self, DecodeLimits};
-use crate::embedder::{Embedder, EmbedderInfo};
-use crate::preprocess::Preprocess;
+use crate::embedder::{Embedder, EmbedderInfo, EmbedderModel};
 use crate::embedding_cache::{EmbeddingCache, Variant};
 use crate::head::{HeadOptions, ImageId, Index, RetrievalHead};
+use crate::preprocess::Preprocess;
 use crate::onnx;
 
 /// Choices for a build.
@@ -32,11 +32,20 @@ pub struct BuildOptions {
     pub limits: DecodeLimits,
     /// Reuse and keep embeddings in cbr's [`EmbeddingCache`].
     pub cache: bool,
+    /// For a TFLite embedder: the retrieval block (float or int8) and the model's name, author etc.
+    pub tflite: crate::tflite::TfliteOptions,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default(), cache: true }
+        BuildOptions {
+            head: HeadOptions::default(),
+            augment: false,
+            strict: false,
+            limits: DecodeLimits::default(),
+            cache: true,
+            tflite: crate::tflite::TfliteOptions::default(),
+        }
     }
 }
 
@@ -282,16 +291,27 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 }
 
 /// The complete model file for `head` on top of `embedder`: the embedder's
-/// graph, the head, and the metadata, encoded deterministically.
+/// graph, the head, and the metadata, encoded deterministically; an ONNX file
+/// for an ONNX embedder, a `.tflite` file for a TFLite one.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    model_bytes_for(&embedder.model, &embedder.info, &embedder.preprocess, head, augment)
+    model_bytes_with(embedder, head, augment, &crate::tflite::TfliteOptions::default())
 }
 
-/// [`model_bytes`] from the embedder's graph and description, without a
-/// loaded embedder (edits that embed nothing need no runtime).
-pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    let mut model = head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?;
-    let info = ClassifierInfo {
+/// [`model_bytes`] with the TFLite choices (used when the embedder is a `.tflite`).
+pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool, tflite: &crate::tflite::TfliteOptions) -> Result<Vec<u8>> {
+    match &embedder.model {
+        EmbedderModel::Onnx { model, .. } => model_bytes_for(model, &embedder.info, &embedder.preprocess, head, augment),
+        // A TFLite embedder gives a TFLite classifier: the same head, appended by the TFLite writer.
+        EmbedderModel::Tflite { bytes, .. } => {
+            let info = classifier_info(&embedder.info, &embedder.preprocess, head, augment);
+            crate::tflite::classifier_bytes(bytes, head, &info, tflite).context("cannot write the TFLite classifier")
+        }
+    }
+}
+
+/// What a model built from `head` says about itself.
+fn classifier_info(embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> ClassifierInfo {
+    ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: head.labels.clone(),
@@ -306,7 +326,14 @@ pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo
         calibration: head.calibration.clone(),
         augment,
         head_options: Some(head.options.clone()),
-    };
+    }
+}
+
+/// The ONNX model file for `head` on an ONNX embedder graph, without a loaded
+/// embedder (edits that embed nothing need no runtime).
+pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
+    let mut model = head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?;
+    let info = classifier_info(embedder_info, preprocess, head, augment);
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
@@ -396,7 +423,7 @@ pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOp
 /// The model for already embedded images.
 pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &BuildOptions) -> Result<(Vec<u8>, BuildReport)> {
     let head = RetrievalHead::from_index(&embedded.index(&opts.head)?, &opts.head)?;
-    let bytes = model_bytes(embedder, &head, opts.augment)?;
+    let bytes = model_bytes_with(embedder, &head, opts.augment, &opts.tflite)?;
     let report = BuildReport {
         classes: head.labels.len(),
         images: embedded.paths.len(),

@@ -15,7 +15,7 @@ use cbr::decode::DecodeLimits;
 use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
-use cbr::{cache, dataset, onnx, runtime};
+use cbr::{cache, dataset, litert, onnx, runtime};
 
 /// Classification-by-retrieval: build an image classifier from a few labelled
 /// pictures per class, with no training, as one ONNX model file.
@@ -45,7 +45,7 @@ enum Command {
     /// List or fetch the embedders cbr knows by name.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Install or locate ONNX Runtime, which cbr loads at run time.
+    /// Install or locate ONNX Runtime and LiteRT, which cbr loads at run time.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
     /// Serve the HTTP API and the web app to build and try classifiers (see /openapi.json).
@@ -106,7 +106,8 @@ struct ServeArgs {
     /// Longest time a request may take, in seconds: 503 after it.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// Embedder for builds: a name from `cbr models list` or an ONNX file.
+    /// Embedder for builds: a name from `cbr models list`, or an .onnx or .tflite file
+    /// (a .tflite embedder gives TFLite classifiers).
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     embedder: String,
 }
@@ -119,9 +120,32 @@ struct BuildArgs {
     /// Build from embeddings made by `cbr embed` instead of images: Parquet files, folders or patterns like 'parts/*.parquet'.
     #[arg(long, num_args = 1.., value_name = "PARQUET")]
     embeddings: Vec<String>,
-    /// Where to write the model (.onnx).
+    /// Where to write the model (.onnx or .tflite).
     #[arg(short, long)]
     output: PathBuf,
+    /// The model file format; default: from the output's extension (.tflite, else onnx).
+    /// A TFLite classifier needs a .tflite embedder, or a known model (its TFLite twin is used).
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// TFLite only: the retrieval block's arithmetic. int8 (as the original CBR does for quantized
+    /// embedders) stores the index in 4x less space; scores move by ~1e-2.
+    #[arg(long, value_enum, default_value_t = BlockArg::Float)]
+    tflite_block: BlockArg,
+    /// TFLite Model Metadata: the model's name.
+    #[arg(long, value_name = "TEXT")]
+    name: Option<String>,
+    /// TFLite Model Metadata: a description (default: what was built from what).
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
+    /// TFLite Model Metadata: the author.
+    #[arg(long, value_name = "TEXT")]
+    author: Option<String>,
+    /// TFLite Model Metadata: the model's version.
+    #[arg(long, value_name = "TEXT")]
+    model_version: Option<String>,
+    /// TFLite Model Metadata: the licence.
+    #[arg(long, value_name = "TEXT")]
+    license: Option<String>,
     #[command(flatten)]
     embedder: EmbedderArgs,
     /// How the index becomes class scores: discriminant (a shrinkage linear
@@ -235,7 +259,7 @@ struct RelabelArgs {
 
 #[derive(Args)]
 struct EmbedderArgs {
-    /// Embedder: a name from `cbr models list` or the path of an ONNX image embedder.
+    /// Embedder: a name from `cbr models list`, or the path of an .onnx or .tflite image embedder.
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     embedder: String,
     /// Name of the embedder output to use (default: the first output).
@@ -244,7 +268,8 @@ struct EmbedderArgs {
     /// Input size, WIDTHxHEIGHT or N (default: from the model).
     #[arg(long, value_name = "WxH")]
     input_size: Option<String>,
-    /// Per-channel mean subtracted from 0..255 pixel values: one value or three (R,G,B).
+    /// Per-channel mean subtracted from 0..255 pixel values: one value or three (R,G,B)
+    /// (default for uint8/int8 .tflite inputs: the raw pixels, from the input's quantization).
     #[arg(long, value_delimiter = ',', num_args = 1..=3)]
     mean: Option<Vec<f32>>,
     /// Per-channel divisor applied after the mean: one value or three (R,G,B).
@@ -256,6 +281,18 @@ struct EmbedderArgs {
     /// How images are brought to the input size.
     #[arg(long, value_enum)]
     resize: Option<ResizeArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BlockArg {
+    Float,
+    Int8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    Onnx,
+    Tflite,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -311,9 +348,9 @@ enum ModelsCommand {
 
 #[derive(Subcommand)]
 enum RuntimeCommand {
-    /// Fetch ONNX Runtime from PyPI (pip download) into cbr's cache.
+    /// Fetch ONNX Runtime and LiteRT (the TFLite runtime) from PyPI (pip download) into cbr's cache.
     Install,
-    /// Print the path of the ONNX Runtime library cbr would load.
+    /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load.
     Path,
 }
 
@@ -335,8 +372,8 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info(a),
         Command::Models(ModelsCommand::List) => cmd_models_list(),
         Command::Models(ModelsCommand::Pull { name }) => cmd_models_pull(&name),
-        Command::Runtime(RuntimeCommand::Install) => runtime::install().map(|p| println!("{}", p.display())),
-        Command::Runtime(RuntimeCommand::Path) => runtime::library_path().map(|p| println!("{}", p.display())),
+        Command::Runtime(RuntimeCommand::Install) => cmd_runtime(true),
+        Command::Runtime(RuntimeCommand::Path) => cmd_runtime(false),
         Command::Serve(a) => cbr::serve::run(cbr::serve::Config {
             addr: a.addr,
             models_dir: a.models,
@@ -385,6 +422,7 @@ fn embedder_choice(a: &EmbedderArgs) -> Result<EmbedderChoice> {
         mean: a.mean.as_deref().map(|m| three(m, "mean")).transpose()?,
         std: a.std.as_deref().map(|s| three(s, "std")).transpose()?,
         bgr: a.bgr,
+        tflite: false,
         resize: a.resize.map(|r| match r {
             ResizeArg::Stretch => ResizeMode::Stretch,
             ResizeArg::CenterCrop => ResizeMode::CenterCrop,
@@ -406,7 +444,29 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 }
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
-    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let format = a.format.unwrap_or(if a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
+        FormatArg::Tflite
+    } else {
+        FormatArg::Onnx
+    });
+    let tflite_only = a.tflite_block != BlockArg::Float
+        || [&a.name, &a.description, &a.author, &a.model_version, &a.license].iter().any(|f| f.is_some());
+    if format == FormatArg::Onnx && tflite_only {
+        bail!("--tflite-block, --name, --description, --author, --model-version and --license apply to TFLite output: use -o NAME.tflite or --format tflite");
+    }
+    // The classifier is written in its embedder's format: pick the embedder to match.
+    let choice = EmbedderChoice { tflite: format == FormatArg::Tflite, ..embedder_choice(&a.embedder)? };
+    let mut embedder = models::open_embedder(&choice)?;
+    let embedder_is_tflite = matches!(embedder.model, cbr::embedder::EmbedderModel::Tflite { .. });
+    if embedder_is_tflite != (format == FormatArg::Tflite) {
+        let (want, has) = if embedder_is_tflite { ("ONNX", "a .tflite") } else { ("TFLite", "an ONNX") };
+        bail!(
+            "a {want} classifier cannot be built on {has} embedder ({}): give an embedder in the same format, \
+             a known model name, or --format {}",
+            embedder.info.name,
+            if embedder_is_tflite { "tflite" } else { "onnx" }
+        );
+    }
     let head = if a.original {
         HeadOptions { threshold: a.threshold, index_dtype: a.index_dtype, ..HeadOptions::original() }
     } else {
@@ -425,7 +485,22 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             index_dtype: a.index_dtype,
         }
     };
-    let opts = build_options(head, a.augment, &a.input_args);
+    let opts = BuildOptions {
+        tflite: cbr::tflite::TfliteOptions {
+            block: match a.tflite_block {
+                BlockArg::Float => cbr::tflite::TfliteBlock::Float,
+                BlockArg::Int8 => cbr::tflite::TfliteBlock::Int8,
+            },
+            about: cbr::tflite::About {
+                name: a.name.clone(),
+                description: a.description.clone(),
+                author: a.author.clone(),
+                version: a.model_version.clone(),
+                license: a.license.clone(),
+            },
+        },
+        ..build_options(head, a.augment, &a.input_args)
+    };
     let (bytes, report) = match &a.input {
         Some(input) => {
             let images = dataset::from_path(input)?;
@@ -510,7 +585,14 @@ fn cmd_embed(a: EmbedArgs) -> Result<()> {
 }
 
 fn build_options(head: HeadOptions, augment: bool, a: &InputArgs) -> BuildOptions {
-    BuildOptions { head, augment, strict: a.strict, limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() }, cache: !a.no_cache }
+    BuildOptions {
+        head,
+        augment,
+        strict: a.strict,
+        limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() },
+        cache: !a.no_cache,
+        ..BuildOptions::default()
+    }
 }
 
 fn cmd_add(a: AddArgs) -> Result<()> {
@@ -639,18 +721,23 @@ fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) ->
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {
-    let model = onnx::load(&a.model)?;
-    let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY)
-        .with_context(|| format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display()))?;
-    let info = cbr::classifier::ClassifierInfo::from_json(json)?;
+    let bytes = std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let no_metadata = || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
+    let (info, operations) = if litert::is_tflite(&bytes) {
+        let info = cbr::tflite::read_info(&bytes).with_context(no_metadata)?;
+        (info, format!("{} TFLite operators", cbr::tflite::operator_count(&bytes)?))
+    } else {
+        let model = onnx::decode(&bytes).with_context(|| format!("{} is neither an ONNX nor a TFLite model", a.model.display()))?;
+        let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY).with_context(no_metadata)?;
+        let graph = model.graph.as_ref().expect("decoded models have a graph");
+        (cbr::classifier::ClassifierInfo::from_json(json)?, format!("{} graph operations", graph.node.len()))
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    let graph = model.graph.as_ref().expect("decoded models have a graph");
-    let size = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
+    println!("model:         {} ({:.1} MB, {operations})", a.model.display(), bytes.len() as f64 / 1e6);
     let p = &info.preprocess;
-    println!("model:         {} ({:.1} MB, {} graph operations)", a.model.display(), size as f64 / 1e6, graph.node.len());
     println!("built by:      cbr {}", info.cbr_version);
     println!("embedder:      {} ({}-d, output {:?}, sha256 {})", info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256);
     println!(
@@ -674,6 +761,19 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     println!("classes:       {} ({} images)", info.labels.len(), info.images_per_label.iter().sum::<usize>());
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
         println!("  {label}\t{n}");
+    }
+    Ok(())
+}
+
+/// Installs (or locates) both runtimes: ONNX Runtime first, then LiteRT.
+fn cmd_runtime(install: bool) -> Result<()> {
+    let ort = if install { runtime::install()? } else { runtime::library_path()? };
+    println!("{}", ort.display());
+    match if install { litert::install() } else { litert::library_path() } {
+        Ok(p) => println!("{}", p.display()),
+        // Only .tflite models need LiteRT: say so, without failing.
+        Err(e) if !install => eprintln!("{e:#}"),
+        Err(e) => return Err(e),
     }
     Ok(())
 }
