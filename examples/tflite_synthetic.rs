@@ -55,6 +55,7 @@ fn main() -> Result<()> {
         threshold: head.threshold,
         calibration: None,
         augment: false,
+        head_options: Some(head.options.clone()),
     };
     let t = std::time::Instant::now();
     let bytes = tflite::classifier_bytes(&embedder, &head, &info, &TfliteOptions { block, ..Default::default() })?;

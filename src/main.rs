@@ -568,8 +568,9 @@ fn cmd_embed(a: EmbedArgs) -> Result<()> {
             eprintln!("skipped {}: {}", s.path.display(), s.reason);
         }
         let embedded_now = embedded.paths.len() - embedded.cached;
+        let rate = if embedded_now > 0 { format!(", {:.1} ms per embedded image", 1000.0 * embedded.seconds / embedded_now as f64) } else { String::new() };
         eprintln!(
-            "wrote {}: shard {}/{} of {} images: {} embedded ({} from the embedding cache), {} skipped; {:.1} s, {:.1} ms per embedded image",
+            "wrote {}: shard {}/{} of {} images: {} embedded ({} from the embedding cache), {} skipped; {:.1} s{rate}",
             a.output.display(),
             a.shard.index,
             a.shard.count,
@@ -578,7 +579,6 @@ fn cmd_embed(a: EmbedArgs) -> Result<()> {
             embedded.cached,
             embedded.skipped.len(),
             embedded.seconds,
-            1000.0 * embedded.seconds / embedded_now.max(1) as f64
         );
     }
     Ok(())

@@ -173,6 +173,7 @@ fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> Classifi
         threshold: head.threshold,
         calibration: head.calibration.clone(),
         augment: false,
+        head_options: Some(head.options.clone()),
     }
 }
 

@@ -59,6 +59,7 @@ fn info(h: &RetrievalHead) -> ClassifierInfo {
         threshold: h.threshold,
         calibration: None,
         augment: false,
+        head_options: Some(h.options.clone()),
     }
 }
 
