@@ -15,10 +15,10 @@ use rayon::prelude::*;
 use crate::classifier::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
 use crate::dataset::LabelledImage;
 use crate::decode::{self, DecodeLimits};
-use crate::embedder::{Embedder, EmbedderInfo};
-use crate::preprocess::Preprocess;
+use crate::embedder::{Embedder, EmbedderInfo, EmbedderModel};
 use crate::embedding_cache::{EmbeddingCache, Variant};
 use crate::head::{HeadOptions, ImageId, Index, RetrievalHead};
+use crate::preprocess::Preprocess;
 use crate::onnx;
 use crate::search::IvfIndex;
 use crate::sidecar::{self, IndexChoice, IndexInfo};
@@ -34,17 +34,27 @@ pub struct BuildOptions {
     pub limits: DecodeLimits,
     /// Reuse and keep embeddings in cbr's [`EmbeddingCache`].
     pub cache: bool,
+    /// For a TFLite embedder: the retrieval block (float or int8) and the model's name, author etc.
+    pub tflite: crate::tflite::TfliteOptions,
     /// Index rows in the model, or in a sidecar approximate index.
     pub index: IndexChoice,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { head: HeadOptions::default(), augment: false, strict: false, limits: DecodeLimits::default(), cache: true, index: IndexChoice::Auto }
+        BuildOptions {
+            head: HeadOptions::default(),
+            augment: false,
+            strict: false,
+            limits: DecodeLimits::default(),
+            cache: true,
+            tflite: crate::tflite::TfliteOptions::default(),
+            index: IndexChoice::Auto,
+        }
     }
 }
 
-/// A built model: the ONNX file's bytes and, for big indexes, the sidecar
+/// A built model: the model file's bytes and, for big indexes, the sidecar
 /// index that goes beside it ([`crate::sidecar`]).
 pub struct Built {
     pub model: Vec<u8>,
@@ -161,15 +171,23 @@ pub fn embed_images(
     let variants: &[Variant] = if opts.augment { &[Variant::Original, Variant::Mirrored] } else { &[Variant::Original] };
     let mut out = Embedded { dim, ..Default::default() };
 
-    // 1. Identify every image by its content.
-    let ids: Vec<std::io::Result<ImageId>> = images.par_iter().map(|img| std::fs::read(&img.path).map(|b| ImageId::of_bytes(&b))).collect();
+    // 1. Identify every image by its content, and check what can be checked
+    // without decoding, so an image from the cache passes the same checks.
+    let ids: Vec<Result<ImageId, decode::DecodeError>> = images
+        .par_iter()
+        .map(|img| {
+            let bytes = decode::read_limited(&img.path, &opts.limits)?;
+            decode::check_header(&bytes, &opts.limits)?;
+            Ok(ImageId::of_bytes(&bytes))
+        })
+        .collect();
     let mut first_seen: std::collections::HashMap<(&str, ImageId), &std::path::Path> = Default::default();
     // Images to use, in input order, with their embeddings once known.
     let mut kept: Vec<(usize, ImageId, Option<Vec<f32>>)> = Vec::new();
     for (i, (img, id)) in images.iter().zip(ids).enumerate() {
         match id {
-            Err(e) if opts.strict => bail!("{}: cannot read: {e} (--strict stops at the first unreadable image)", img.path.display()),
-            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: format!("cannot read: {e}") }),
+            Err(e) if opts.strict => bail!("{}: {e} (--strict stops at the first unreadable image)", img.path.display()),
+            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() }),
             Ok(id) if known.contains(&(img.label.clone(), id)) => {
                 out.skipped.push(Skipped { path: img.path.clone(), reason: format!("already in the model (class {:?})", img.label) })
             }
@@ -296,34 +314,27 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
 }
 
 /// The complete model file for `head` on top of `embedder`: the embedder's
-/// graph, the head, and the metadata, encoded deterministically.
+/// graph, the head, and the metadata, encoded deterministically; an ONNX file
+/// for an ONNX embedder, a `.tflite` file for a TFLite one.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    model_bytes_for(&embedder.model, &embedder.info, &embedder.preprocess, head, augment)
+    model_bytes_with(embedder, head, augment, &crate::tflite::TfliteOptions::default())
 }
 
-/// [`model_bytes`] from the embedder's graph and description, without a
-/// loaded embedder (edits that embed nothing need no runtime).
-pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    model_file_bytes(embedder, embedder_info, preprocess, head, augment, false)
+/// [`model_bytes`] with the TFLite choices (used when the embedder is a `.tflite`).
+pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool, tflite: &crate::tflite::TfliteOptions) -> Result<Vec<u8>> {
+    match &embedder.model {
+        EmbedderModel::Onnx { model, .. } => model_bytes_for(model, &embedder.info, &embedder.preprocess, head, augment),
+        // A TFLite embedder gives a TFLite classifier: the same head, appended by the TFLite writer.
+        EmbedderModel::Tflite { bytes, .. } => {
+            let info = classifier_info(&embedder.info, &embedder.preprocess, head, augment);
+            crate::tflite::classifier_bytes(bytes, head, &info, tflite).context("cannot write the TFLite classifier")
+        }
+    }
 }
 
-/// The model file for `head`; with `sidecar`, the embedder-only model that
-/// goes with a sidecar index of the head's rows ([`crate::sidecar`]).
-pub fn model_file_bytes(
-    embedder: &onnx::ModelProto,
-    embedder_info: &EmbedderInfo,
-    preprocess: &Preprocess,
-    head: &RetrievalHead,
-    augment: bool,
-    sidecar: bool,
-) -> Result<Vec<u8>> {
-    let mut model = if sidecar {
-        sidecar::embedding_model(embedder, &embedder_info.output, head.dim)?
-    } else {
-        head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?
-    };
-    let index = sidecar.then(|| IndexInfo { rows: head.len(), dim: head.dim, mean: head.center.clone() });
-    let info = ClassifierInfo {
+/// What a model built from `head` says about itself.
+fn classifier_info(embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> ClassifierInfo {
+    ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: head.labels.clone(),
@@ -338,8 +349,33 @@ pub fn model_file_bytes(
         calibration: head.calibration.clone(),
         augment,
         head_options: Some(head.options.clone()),
-        index,
+        index: None,
+    }
+}
+
+/// The ONNX model file for `head` on an ONNX embedder graph, without a loaded
+/// embedder (edits that embed nothing need no runtime).
+pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
+    model_file_bytes(embedder, embedder_info, preprocess, head, augment, false)
+}
+
+/// [`model_bytes_for`]; with `sidecar`, the embedder-only model that goes
+/// with a sidecar index of the head's rows ([`crate::sidecar`]).
+pub fn model_file_bytes(
+    embedder: &onnx::ModelProto,
+    embedder_info: &EmbedderInfo,
+    preprocess: &Preprocess,
+    head: &RetrievalHead,
+    augment: bool,
+    sidecar: bool,
+) -> Result<Vec<u8>> {
+    let mut model = if sidecar {
+        sidecar::embedding_model(embedder, &embedder_info.output, head.dim)?
+    } else {
+        head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?
     };
+    let mut info = classifier_info(embedder_info, preprocess, head, augment);
+    info.index = sidecar.then(|| IndexInfo { rows: head.len(), dim: head.dim, mean: head.center.clone() });
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
@@ -393,12 +429,51 @@ pub fn build(
     check_class_count(crate::dataset::class_counts(images).len(), images.first().map_or("", |i| &i.label), &opts.head)?;
     let embedded = embed_images(embedder, images, opts, &HashSet::new(), progress)?;
     check_classes(images, &embedded)?;
+    build_from_embedded(embedder, embedded, opts)
+}
+
+/// Builds from embeddings made earlier by `cbr embed` (Parquet shards),
+/// which must come from `embedder` with its preprocessing.
+pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOptions) -> Result<(Built, BuildReport)> {
+    let start = Instant::now();
+    let (info, preprocess, mut embedded) = crate::shard::read(shards)?;
+    if info.sha256 != embedder.info.sha256 || info.output != embedder.info.output || preprocess != embedder.preprocess {
+        bail!(
+            "the shards were embedded with {} ({}, output {}) and their own preprocessing; the build's embedder is {} ({}, output {}){}: \
+             pass the same --embedder and preprocessing flags as to `cbr embed`",
+            info.name,
+            &info.sha256[..12],
+            info.output,
+            embedder.info.name,
+            &embedder.info.sha256[..12],
+            embedder.info.output,
+            if preprocess != embedder.preprocess { " with different preprocessing" } else { "" }
+        );
+    }
+    let mirrored = embedded.labels.len() == 2 * embedded.paths.len() && !embedded.paths.is_empty();
+    if mirrored != opts.augment {
+        bail!("the shards {} mirror images; build {} --augment", if mirrored { "hold" } else { "do not hold" }, if mirrored { "with" } else { "without" });
+    }
+    let mut labels = embedded.labels.clone();
+    labels.sort();
+    labels.dedup();
+    check_class_count(labels.len(), labels.first().map_or("", |l| l), &opts.head)?;
+    embedded.seconds = start.elapsed().as_secs_f64();
+    build_from_embedded(embedder, embedded, opts)
+}
+
+/// The model for already embedded images.
+pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &BuildOptions) -> Result<(Built, BuildReport)> {
     let head = RetrievalHead::from_index(&embedded.index(&opts.head)?, &opts.head)?;
     let index = match opts.index.resolve(&head)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
     };
-    let bytes = model_file_bytes(&embedder.model, &embedder.info, &embedder.preprocess, &head, opts.augment, index.is_some())?;
+    let bytes = match (&embedder.model, index.is_some()) {
+        (EmbedderModel::Onnx { model, .. }, true) => model_file_bytes(model, &embedder.info, &embedder.preprocess, &head, opts.augment, true)?,
+        (EmbedderModel::Tflite { .. }, true) => bail!("a sidecar index (--index ivf) needs an ONNX embedder; this one is TFLite"),
+        (_, false) => model_bytes_with(embedder, &head, opts.augment, &opts.tflite)?,
+    };
     let report = BuildReport {
         classes: head.labels.len(),
         images: embedded.paths.len(),

@@ -1,5 +1,6 @@
 //! A built cbr model: its metadata (everything `classify` needs, stored in the
-//! ONNX file's `metadata_props`) and running it on images.
+//! ONNX file's `metadata_props` or the TFLite file's `cbr` metadata entry) and
+//! running it on images, in ONNX Runtime or LiteRT.
 
 use std::path::Path;
 
@@ -7,7 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use ort::session::Session;
 use serde::{Deserialize, Serialize};
 
-use crate::embedder::{run_batched, session_from_bytes, EmbedderInfo};
+use crate::embedder::{run_batched, run_tflite, session_from_bytes, EmbedderInfo};
+use crate::litert;
 use crate::head::calibrate::Calibration;
 use crate::head::{Aggregation, EMBEDDING, SCORES};
 use crate::preprocess::Preprocess;
@@ -92,9 +94,19 @@ pub struct Prediction {
     pub top: Vec<Scored>,
 }
 
-/// A cbr model loaded into ONNX Runtime.
+/// The runtime a classifier runs in, by file format.
+enum Runner {
+    Onnx(Session),
+    Tflite {
+        model: litert::Model,
+        /// Index of the `scores` output.
+        scores: usize,
+    },
+}
+
+/// A cbr model loaded into ONNX Runtime (`.onnx`) or LiteRT (`.tflite`).
 pub struct Classifier {
-    session: Session,
+    runner: Runner,
     pub info: ClassifierInfo,
     /// The largest batch one run may take.
     pub max_batch: usize,
@@ -115,6 +127,9 @@ impl Classifier {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if litert::is_tflite(bytes) {
+            return Self::from_tflite(bytes);
+        }
         let session = session_from_bytes(bytes)?;
         let json = session
             .metadata()
@@ -126,7 +141,20 @@ impl Classifier {
             Some(ort::value::ValueType::Tensor { shape, .. }) if shape.first().copied().unwrap_or(-1) > 0 => shape[0] as usize,
             _ => 16,
         };
-        Ok(Classifier { session, info, max_batch, sidecar: None })
+        Ok(Classifier { runner: Runner::Onnx(session), info, max_batch, sidecar: None })
+    }
+
+    fn from_tflite(bytes: &[u8]) -> Result<Self> {
+        let info = crate::tflite::read_info(bytes)?;
+        litert::ensure()?;
+        let model = litert::Model::from_bytes(bytes)?;
+        let scores = model.output_index(SCORES).ok_or_else(|| anyhow!("the TFLite model has no output named {SCORES:?}"))?;
+        let inputs = model.inputs();
+        let max_batch = match inputs.as_slice() {
+            [one] => one.shape.first().copied().unwrap_or(1).max(1) as usize,
+            other => bail!("the TFLite model has {} inputs; a cbr classifier has one", other.len()),
+        };
+        Ok(Classifier { runner: Runner::Tflite { model, scores }, info, max_batch, sidecar: None })
     }
 
     /// Class scores for `n` preprocessed images concatenated in `tensors`;
@@ -136,10 +164,14 @@ impl Classifier {
         let info = &self.info;
         if info.index.is_some() {
             let sidecar = self.sidecar.as_ref().ok_or_else(|| anyhow!("this model keeps its index in a file beside it: open it with Classifier::open"))?;
-            let embeddings = run_batched(&mut self.session, &info.preprocess, &info.embedder.input, EMBEDDING, self.max_batch, tensors, n)?;
+            let Runner::Onnx(session) = &mut self.runner else { bail!("a sidecar index needs an ONNX model") };
+            let embeddings = run_batched(session, &info.preprocess, &info.embedder.input, EMBEDDING, self.max_batch, tensors, n)?;
             return sidecar.scores(&embeddings, n);
         }
-        let flat = run_batched(&mut self.session, &info.preprocess, &info.embedder.input, SCORES, self.max_batch, tensors, n)?;
+        let flat = match &mut self.runner {
+            Runner::Onnx(session) => run_batched(session, &info.preprocess, &info.embedder.input, SCORES, self.max_batch, tensors, n)?,
+            Runner::Tflite { model, scores } => run_tflite(model, *scores, info.preprocess.tensor_len(), self.max_batch, tensors, n)?,
+        };
         if flat.len() != n * classes {
             bail!("{SCORES} has {} values, expected {n} x {classes}", flat.len());
         }

@@ -215,9 +215,15 @@ fn image_limits(limits: &DecodeLimits) -> image::Limits {
     l
 }
 
-/// Decode an image held in memory to 8-bit RGB, with EXIF orientation applied.
-/// The format is recognised from the content, never from a file name.
-pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+/// Checks what can be checked without decoding pixels: size, format,
+/// JPEG completeness, and the header's dimensions against `limits`. An image
+/// that fails here fails [`decode_rgb`] with the same error.
+pub fn check_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(), DecodeError> {
+    open_checked(bytes, limits).map(|_| ())
+}
+
+/// The decoder for `bytes`, its header read and checked against `limits`.
+fn open_checked<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<(impl ImageDecoder + 'a, ImageFormat), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -237,7 +243,7 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Decod
     reader.limits(image_limits(limits));
     // Building the decoder reads only the header, so the size check below runs
     // before any pixel buffer is allocated.
-    let mut decoder = reader
+    let decoder = reader
         .into_decoder()
         .map_err(|e| map_image_error(e, format))?;
     let (width, height) = decoder.dimensions();
@@ -254,6 +260,13 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Decod
             max_pixels: limits.max_pixels,
         });
     }
+    Ok((decoder, format))
+}
+
+/// Decode an image held in memory to 8-bit RGB, with EXIF orientation applied.
+/// The format is recognised from the content, never from a file name.
+pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    let (mut decoder, format) = open_checked(bytes, limits)?;
     // A damaged EXIF block should not cost us an otherwise good photo.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, format))?;
@@ -270,7 +283,7 @@ pub fn load_rgb(path: impl AsRef<Path>, limits: &DecodeLimits) -> Result<RgbImag
 }
 
 /// Read a whole file, refusing it from its size before reading.
-fn read_limited(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>, DecodeError> {
+pub fn read_limited(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>, DecodeError> {
     let file = std::fs::File::open(path).map_err(DecodeError::Io)?;
     let len = file.metadata().map_err(DecodeError::Io)?.len();
     if len > limits.max_file_bytes {

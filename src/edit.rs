@@ -39,6 +39,9 @@ pub struct EditReport {
 impl EditableModel {
     /// Reads a model written by `cbr build` (format 2 or newer).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if crate::litert::is_tflite(bytes) {
+            bail!("this is a TFLite classifier, which does not keep what an edit needs: edit the ONNX model built from the same images and embedder, then rebuild the .tflite");
+        }
         let model = onnx::decode(bytes).context("not a valid ONNX model")?;
         let json = onnx::metadata(&model, METADATA_KEY).ok_or_else(|| anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`"))?;
         let info = ClassifierInfo::from_json(json)?;

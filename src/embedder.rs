@@ -1,5 +1,6 @@
-//! The embedding network: an ONNX image model run in ONNX Runtime, turning
-//! preprocessed image tensors into embedding vectors.
+//! The embedding network: an image model turning preprocessed image tensors
+//! into embedding vectors, either an ONNX model run in ONNX Runtime or a
+//! `.tflite` model run in LiteRT (chosen by the file's content).
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use ort::session::{builder::GraphOptimizationLevel, OutputSelector, RunOptions, 
 use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
+use crate::litert::{self, Quantization};
 use crate::onnx::{self, DataType, ModelProto};
 use crate::preprocess::{Layout, Preprocess};
 use crate::runtime;
@@ -17,7 +19,7 @@ use crate::runtime;
 pub struct EmbedderInfo {
     /// A model-list name such as `efficientnet-lite0`, or the file name.
     pub name: String,
-    /// SHA-256 of the embedder's `.onnx` file.
+    /// SHA-256 of the embedder's model file (`.onnx` or `.tflite`).
     pub sha256: String,
     /// The image input's name.
     pub input: String,
@@ -37,15 +39,89 @@ pub struct InputShape {
     pub width: Option<i64>,
 }
 
-/// An ONNX embedder, loaded and ready to run.
+/// The network behind an embedder, in one of the two formats cbr runs.
+pub enum EmbedderModel {
+    Onnx {
+        session: Session,
+        /// The decoded ONNX graph, kept so the retrieval head can be appended to it.
+        model: ModelProto,
+    },
+    Tflite {
+        model: litert::Model,
+        /// The `.tflite` file, kept so the retrieval head can be appended to it.
+        bytes: Vec<u8>,
+        /// Index of the embedding output.
+        output: usize,
+    },
+}
+
+/// An embedder, loaded and ready to run.
 pub struct Embedder {
-    session: Session,
+    pub model: EmbedderModel,
     pub info: EmbedderInfo,
     pub preprocess: Preprocess,
     /// The largest batch one run may take (1 for fixed-batch-1 models).
     pub max_batch: usize,
-    /// The decoded ONNX graph, kept so the retrieval head can be appended to it.
-    pub model: ModelProto,
+}
+
+/// The image input as a model file declares it, whatever its format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeclaredInput {
+    pub name: String,
+    pub shape: InputShape,
+    /// Set for uint8/int8 (quantized) TFLite inputs.
+    pub quantization: Option<Quantization>,
+    /// Whether the input is int8 (rather than uint8) when quantized.
+    pub signed: bool,
+}
+
+impl DeclaredInput {
+    /// The normalisation that makes a quantized input receive the raw pixels
+    /// (uint8: `q = pixel`; int8: `q = pixel - 128`), which is how quantized
+    /// image models are fed; `None` for float inputs.
+    pub fn raw_pixel_normalisation(&self) -> Option<(f32, f32)> {
+        let q = self.quantization?;
+        let mean = q.zero_point as f32 + if self.signed { 128.0 } else { 0.0 };
+        Some((mean, 1.0 / q.scale))
+    }
+}
+
+/// Reads the image input of a model file (`.onnx` or `.tflite`).
+pub fn declared_input(bytes: &[u8]) -> Result<DeclaredInput> {
+    if litert::is_tflite(bytes) {
+        let model = litert::Model::from_bytes(bytes)?;
+        return tflite_input(&model);
+    }
+    let model = onnx::decode(bytes).context("not a valid ONNX model (nor a TFLite one)")?;
+    let (name, shape) = input_shape(&model)?;
+    Ok(DeclaredInput { name, shape, quantization: None, signed: false })
+}
+
+fn tflite_input(model: &litert::Model) -> Result<DeclaredInput> {
+    let inputs = model.inputs();
+    if inputs.len() != 1 {
+        bail!("an embedder must have exactly one input (an image tensor); this one has {}", inputs.len());
+    }
+    let t = inputs[0];
+    let dims = &t.shape;
+    if dims.len() != 4 {
+        bail!("input {:?} must be 4-dimensional (an image batch), found shape {dims:?}", t.name);
+    }
+    let layout = match (dims[1], dims[3]) {
+        (_, 3) => Layout::Nhwc,
+        (3, _) => Layout::Nchw,
+        _ => bail!("input {:?} has shape {dims:?}: neither dim 3 nor dim 1 is 3 colour channels", t.name),
+    };
+    let (h, w) = match layout {
+        Layout::Nhwc => (dims[1], dims[2]),
+        Layout::Nchw => (dims[2], dims[3]),
+    };
+    Ok(DeclaredInput {
+        name: t.name.clone(),
+        shape: InputShape { layout, batch: Some(dims[0]), height: Some(h), width: Some(w) },
+        quantization: t.quantization,
+        signed: t.element == litert::ElementType::I8,
+    })
 }
 
 /// Finds the image input of an embedder and reads its declared shape.
@@ -91,16 +167,19 @@ pub fn output_name(model: &ModelProto, wanted: Option<&str>) -> Result<String> {
 }
 
 impl Embedder {
-    /// Loads an embedder from an `.onnx` file. `preprocess` must match the
-    /// model's input (its size and layout are checked against the model).
+    /// Loads an embedder from an `.onnx` or `.tflite` file. `preprocess` must
+    /// match the model's input (its size and layout are checked against the model).
     pub fn open(path: &Path, name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read embedder {}", path.display()))?;
         Self::from_bytes(&bytes, name, output, preprocess).with_context(|| format!("embedder {}", path.display()))
     }
 
-    /// Like [`Embedder::open`], from the bytes of an `.onnx` file.
+    /// Like [`Embedder::open`], from the bytes of an `.onnx` or `.tflite` file.
     pub fn from_bytes(bytes: &[u8], name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
-        let model = onnx::decode(bytes).context("not a valid ONNX model")?;
+        if litert::is_tflite(bytes) {
+            return Self::from_tflite(bytes, name, output, preprocess);
+        }
+        let model = onnx::decode(bytes).context("not a valid ONNX model (nor a TFLite one)")?;
         let (input, shape) = input_shape(&model)?;
         check_preprocess(&shape, &preprocess)?;
         let output = output_name(&model, output)?;
@@ -109,25 +188,89 @@ impl Embedder {
             None => 32,
         };
         let session = session_from_bytes(bytes)?;
-        let mut embedder = Embedder {
-            session,
+        let embedder = Embedder {
+            model: EmbedderModel::Onnx { session, model },
             info: EmbedderInfo { name: name.to_string(), sha256: crate::cache::sha256_hex(bytes), input, output, dim: 0 },
             preprocess,
             max_batch,
-            model,
         };
-        // Run one blank image to learn (and check) the embedding size.
-        let probe = vec![0.0f32; embedder.preprocess.tensor_len()];
-        let e = embedder.embed(&probe, 1)?;
-        embedder.info.dim = e.len();
-        Ok(embedder)
+        embedder.with_probed_dim()
+    }
+
+    fn from_tflite(bytes: &[u8], name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
+        let model = litert::Model::from_bytes(bytes)?;
+        let input = tflite_input(&model)?;
+        check_preprocess(&input.shape, &preprocess)?;
+        let names: Vec<&str> = model.outputs().iter().map(|o| o.name.as_str()).collect();
+        let index = match output {
+            Some(w) => model.output_index(w).ok_or_else(|| anyhow!("the model has no output named {w:?}; its outputs are {names:?}"))?,
+            None if names.is_empty() => bail!("the model has no outputs"),
+            None => 0,
+        };
+        let embedder = Embedder {
+            info: EmbedderInfo {
+                name: name.to_string(),
+                sha256: crate::cache::sha256_hex(bytes),
+                input: input.name,
+                output: names[index].to_string(),
+                dim: 0,
+            },
+            model: EmbedderModel::Tflite { model, bytes: bytes.to_vec(), output: index },
+            preprocess,
+            max_batch: input.shape.batch.unwrap_or(1).max(1) as usize,
+        };
+        embedder.with_probed_dim()
+    }
+
+    /// Runs one blank image to learn (and check) the embedding size.
+    fn with_probed_dim(mut self) -> Result<Self> {
+        let probe = vec![0.0f32; self.preprocess.tensor_len()];
+        let e = self.embed(&probe, 1)?;
+        if e.is_empty() {
+            bail!("output {:?} is empty", self.info.output);
+        }
+        self.info.dim = e.len();
+        Ok(self)
     }
 
     /// Embeds `n` images whose tensors are concatenated in `tensors`;
     /// returns `n * dim` values. Splits into runs of at most `max_batch`.
     pub fn embed(&mut self, tensors: &[f32], n: usize) -> Result<Vec<f32>> {
-        run_batched(&mut self.session, &self.preprocess, &self.info.input, &self.info.output, self.max_batch, tensors, n)
+        match &mut self.model {
+            EmbedderModel::Onnx { session, .. } => {
+                run_batched(session, &self.preprocess, &self.info.input, &self.info.output, self.max_batch, tensors, n)
+            }
+            EmbedderModel::Tflite { model, output, .. } => run_tflite(model, *output, self.preprocess.tensor_len(), self.max_batch, tensors, n),
+        }
     }
+}
+
+/// Runs `n` preprocessed images through a fixed-batch TFLite model, `batch`
+/// images per run (the last run padded with blank images), and returns
+/// output `output` of every image, concatenated. Shared by the embedder and
+/// the classifier.
+pub fn run_tflite(model: &mut litert::Model, output: usize, per: usize, batch: usize, tensors: &[f32], n: usize) -> Result<Vec<f32>> {
+    assert_eq!(tensors.len(), n * per, "run_tflite: tensor buffer does not hold {n} images");
+    let mut out = Vec::new();
+    let mut padded = Vec::new();
+    for start in (0..n).step_by(batch) {
+        let count = (n - start).min(batch);
+        let chunk = &tensors[start * per..(start + count) * per];
+        let input = if count == batch {
+            chunk
+        } else {
+            padded.clear();
+            padded.extend_from_slice(chunk);
+            padded.resize(batch * per, 0.0);
+            &padded[..]
+        };
+        let values = model.run(input, output)?;
+        if values.len() % batch != 0 {
+            bail!("the model's output has {} values, not a multiple of its batch {batch}", values.len());
+        }
+        out.extend_from_slice(&values[..values.len() / batch * count]);
+    }
+    Ok(out)
 }
 
 fn check_preprocess(shape: &InputShape, p: &Preprocess) -> Result<()> {

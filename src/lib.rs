@@ -2,6 +2,7 @@
 pub mod cache;
 pub mod onnx;
 pub mod runtime;
+pub mod litert;
 pub mod preprocess;
 pub mod embedder;
 pub mod decode;
@@ -15,5 +16,7 @@ pub mod models;
 pub mod build;
 pub mod embedding_cache;
 pub mod edit;
+pub mod shard;
 pub mod eval;
 pub mod serve;
+pub mod tflite;

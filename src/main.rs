@@ -10,13 +10,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
 use cbr::edit::EditableModel;
+use cbr::shard::Shard;
 use cbr::decode::DecodeLimits;
 use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
 use cbr::search::IvfParams;
 use cbr::sidecar::IndexChoice;
-use cbr::{cache, dataset, onnx, runtime};
+use cbr::{cache, dataset, litert, onnx, runtime};
 
 /// Classification-by-retrieval: build an image classifier from a few labelled
 /// pictures per class, with no training, as one ONNX model file.
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Build a classifier from labelled images: a folder <root>/<label>/<images> or a CSV manifest (path,label).
     Build(BuildArgs),
+    /// Embed (a shard of) labelled images into a Parquet file, for `cbr build --embeddings` (distributed embedding).
+    Embed(EmbedArgs),
     /// Classify images with a model built by `cbr build`.
     Classify(ClassifyArgs),
     /// Add images (new or existing labels) to a model; only the new images are embedded.
@@ -44,7 +47,7 @@ enum Command {
     /// List or fetch the embedders cbr knows by name.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Install or locate ONNX Runtime, which cbr loads at run time.
+    /// Install or locate ONNX Runtime and LiteRT, which cbr loads at run time.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
     /// Serve the HTTP API and the web app to build and try classifiers (see /openapi.json).
@@ -105,7 +108,8 @@ struct ServeArgs {
     /// Longest time a request may take, in seconds: 503 after it.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// Embedder for builds: a name from `cbr models list` or an ONNX file.
+    /// Embedder for builds: a name from `cbr models list`, or an .onnx or .tflite file
+    /// (a .tflite embedder gives TFLite classifiers).
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     embedder: String,
 }
@@ -113,10 +117,37 @@ struct ServeArgs {
 #[derive(Args)]
 struct BuildArgs {
     /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
-    input: PathBuf,
-    /// Where to write the model (.onnx).
+    #[arg(required_unless_present = "embeddings", conflicts_with = "embeddings")]
+    input: Option<PathBuf>,
+    /// Build from embeddings made by `cbr embed` instead of images: Parquet files, folders or patterns like 'parts/*.parquet'.
+    #[arg(long, num_args = 1.., value_name = "PARQUET")]
+    embeddings: Vec<String>,
+    /// Where to write the model (.onnx or .tflite).
     #[arg(short, long)]
     output: PathBuf,
+    /// The model file format; default: from the output's extension (.tflite, else onnx).
+    /// A TFLite classifier needs a .tflite embedder, or a known model (its TFLite twin is used).
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// TFLite only: the retrieval block's arithmetic. int8 (as the original CBR does for quantized
+    /// embedders) stores the index in 4x less space; scores move by ~1e-2.
+    #[arg(long, value_enum, default_value_t = BlockArg::Float)]
+    tflite_block: BlockArg,
+    /// TFLite Model Metadata: the model's name.
+    #[arg(long, value_name = "TEXT")]
+    name: Option<String>,
+    /// TFLite Model Metadata: a description (default: what was built from what).
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
+    /// TFLite Model Metadata: the author.
+    #[arg(long, value_name = "TEXT")]
+    author: Option<String>,
+    /// TFLite Model Metadata: the model's version.
+    #[arg(long, value_name = "TEXT")]
+    model_version: Option<String>,
+    /// TFLite Model Metadata: the licence.
+    #[arg(long, value_name = "TEXT")]
+    license: Option<String>,
     #[command(flatten)]
     embedder: EmbedderArgs,
     /// How the index becomes class scores: discriminant (a shrinkage linear
@@ -180,6 +211,25 @@ struct InputArgs {
 }
 
 #[derive(Args)]
+struct EmbedArgs {
+    /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
+    input: PathBuf,
+    /// Where to write the embeddings (.parquet).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Embed only part I of N of the (sorted) images, e.g. 0/8; for job arrays.
+    #[arg(long, default_value = "0/1", value_name = "I/N")]
+    shard: Shard,
+    /// Also embed a mirror image of every image (then build with --augment).
+    #[arg(long)]
+    augment: bool,
+    #[command(flatten)]
+    embedder: EmbedderArgs,
+    #[command(flatten)]
+    input_args: InputArgs,
+}
+
+#[derive(Args)]
 struct AddArgs {
     /// A model built by `cbr build` (rewritten in place unless -o is given).
     model: PathBuf,
@@ -220,7 +270,7 @@ struct RelabelArgs {
 
 #[derive(Args)]
 struct EmbedderArgs {
-    /// Embedder: a name from `cbr models list` or the path of an ONNX image embedder.
+    /// Embedder: a name from `cbr models list`, or the path of an .onnx or .tflite image embedder.
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     embedder: String,
     /// Name of the embedder output to use (default: the first output).
@@ -229,7 +279,8 @@ struct EmbedderArgs {
     /// Input size, WIDTHxHEIGHT or N (default: from the model).
     #[arg(long, value_name = "WxH")]
     input_size: Option<String>,
-    /// Per-channel mean subtracted from 0..255 pixel values: one value or three (R,G,B).
+    /// Per-channel mean subtracted from 0..255 pixel values: one value or three (R,G,B)
+    /// (default for uint8/int8 .tflite inputs: the raw pixels, from the input's quantization).
     #[arg(long, value_delimiter = ',', num_args = 1..=3)]
     mean: Option<Vec<f32>>,
     /// Per-channel divisor applied after the mean: one value or three (R,G,B).
@@ -241,6 +292,18 @@ struct EmbedderArgs {
     /// How images are brought to the input size.
     #[arg(long, value_enum)]
     resize: Option<ResizeArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BlockArg {
+    Float,
+    Int8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    Onnx,
+    Tflite,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -303,9 +366,9 @@ enum ModelsCommand {
 
 #[derive(Subcommand)]
 enum RuntimeCommand {
-    /// Fetch ONNX Runtime from PyPI (pip download) into cbr's cache.
+    /// Fetch ONNX Runtime and LiteRT (the TFLite runtime) from PyPI (pip download) into cbr's cache.
     Install,
-    /// Print the path of the ONNX Runtime library cbr would load.
+    /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load.
     Path,
 }
 
@@ -319,6 +382,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => cmd_build(a),
+        Command::Embed(a) => cmd_embed(a),
         Command::Classify(a) => cmd_classify(a),
         Command::Add(a) => cmd_add(a),
         Command::Remove(a) => cmd_edit(&a.model, a.output.as_deref(), |m| m.remove_labels(&a.labels)),
@@ -326,8 +390,8 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info(a),
         Command::Models(ModelsCommand::List) => cmd_models_list(),
         Command::Models(ModelsCommand::Pull { name }) => cmd_models_pull(&name),
-        Command::Runtime(RuntimeCommand::Install) => runtime::install().map(|p| println!("{}", p.display())),
-        Command::Runtime(RuntimeCommand::Path) => runtime::library_path().map(|p| println!("{}", p.display())),
+        Command::Runtime(RuntimeCommand::Install) => cmd_runtime(true),
+        Command::Runtime(RuntimeCommand::Path) => cmd_runtime(false),
         Command::Serve(a) => cbr::serve::run(cbr::serve::Config {
             addr: a.addr,
             models_dir: a.models,
@@ -376,6 +440,7 @@ fn embedder_choice(a: &EmbedderArgs) -> Result<EmbedderChoice> {
         mean: a.mean.as_deref().map(|m| three(m, "mean")).transpose()?,
         std: a.std.as_deref().map(|s| three(s, "std")).transpose()?,
         bgr: a.bgr,
+        tflite: false,
         resize: a.resize.map(|r| match r {
             ResizeArg::Stretch => ResizeMode::Stretch,
             ResizeArg::CenterCrop => ResizeMode::CenterCrop,
@@ -397,8 +462,29 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 }
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
-    let images = dataset::from_path(&a.input)?;
-    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let format = a.format.unwrap_or(if a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
+        FormatArg::Tflite
+    } else {
+        FormatArg::Onnx
+    });
+    let tflite_only = a.tflite_block != BlockArg::Float
+        || [&a.name, &a.description, &a.author, &a.model_version, &a.license].iter().any(|f| f.is_some());
+    if format == FormatArg::Onnx && tflite_only {
+        bail!("--tflite-block, --name, --description, --author, --model-version and --license apply to TFLite output: use -o NAME.tflite or --format tflite");
+    }
+    // The classifier is written in its embedder's format: pick the embedder to match.
+    let choice = EmbedderChoice { tflite: format == FormatArg::Tflite, ..embedder_choice(&a.embedder)? };
+    let mut embedder = models::open_embedder(&choice)?;
+    let embedder_is_tflite = matches!(embedder.model, cbr::embedder::EmbedderModel::Tflite { .. });
+    if embedder_is_tflite != (format == FormatArg::Tflite) {
+        let (want, has) = if embedder_is_tflite { ("ONNX", "a .tflite") } else { ("TFLite", "an ONNX") };
+        bail!(
+            "a {want} classifier cannot be built on {has} embedder ({}): give an embedder in the same format, \
+             a known model name, or --format {}",
+            embedder.info.name,
+            if embedder_is_tflite { "tflite" } else { "onnx" }
+        );
+    }
     let head = if a.original {
         HeadOptions { threshold: a.threshold, index_dtype: a.index_dtype, ..HeadOptions::original() }
     } else {
@@ -417,15 +503,37 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             index_dtype: a.index_dtype,
         }
     };
-    let index = match a.index {
-        IndexArg::Auto => IndexChoice::Auto,
-        IndexArg::Single => IndexChoice::Single,
-        IndexArg::Ivf => IndexChoice::Ivf(IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() }),
+    let opts = BuildOptions {
+        index: match a.index {
+            IndexArg::Auto => IndexChoice::Auto,
+            IndexArg::Single => IndexChoice::Single,
+            IndexArg::Ivf => IndexChoice::Ivf(IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() }),
+        },
+        tflite: cbr::tflite::TfliteOptions {
+            block: match a.tflite_block {
+                BlockArg::Float => cbr::tflite::TfliteBlock::Float,
+                BlockArg::Int8 => cbr::tflite::TfliteBlock::Int8,
+            },
+            about: cbr::tflite::About {
+                name: a.name.clone(),
+                description: a.description.clone(),
+                author: a.author.clone(),
+                version: a.model_version.clone(),
+                license: a.license.clone(),
+            },
+        },
+        ..build_options(head, a.augment, &a.input_args)
     };
-    let opts = BuildOptions { index, ..build_options(head, a.augment, &a.input_args) };
-    let bar = progress_bar(images.len(), a.input_args.quiet);
-    let (built, report) = build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
+    let (built, report) = match &a.input {
+        Some(input) => {
+            let images = dataset::from_path(input)?;
+            let bar = progress_bar(images.len(), a.input_args.quiet);
+            let built = build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            built
+        }
+        None => build::build_from_shards(&embedder, &cbr::shard::expand(&a.embeddings)?, &opts)?,
+    };
     built.write(&a.output)?;
     if built.index.is_some() && !a.input_args.quiet {
         eprintln!("index rows in {} (approximate search, max rule)", cbr::sidecar::index_path(&a.output).display());
@@ -453,23 +561,64 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             (Some(t), _) => eprintln!("unknown threshold {t:.3}"),
             _ => {}
         }
-        let embedded = report.images + report.skipped.len() - report.cached;
-        let cached = if report.cached > 0 { format!(" ({} from the embedding cache)", report.cached) } else { String::new() };
+        let source = match &a.input {
+            Some(_) => {
+                let embedded = report.images + report.skipped.len() - report.cached;
+                let cached = if report.cached > 0 { format!(" ({} from the embedding cache)", report.cached) } else { String::new() };
+                format!("embedded {embedded} in {:.1} s ({:.1} images/s){cached}", report.seconds, embedded as f64 / report.seconds.max(1e-9))
+            }
+            None => format!("read from embedding shards in {:.1} s", report.seconds),
+        };
         eprintln!(
-            "wrote {}: {} classes, {} images{skipped}; embedded {embedded} in {:.1} s ({:.1} images/s){cached} with {}",
+            "wrote {}: {} classes, {} images{skipped}; {source} with {}",
             a.output.display(),
             report.classes,
             report.images,
-            report.seconds,
-            embedded as f64 / report.seconds.max(1e-9),
             embedder.info.name
         );
     }
     Ok(())
 }
 
+fn cmd_embed(a: EmbedArgs) -> Result<()> {
+    let images = dataset::from_path(&a.input)?;
+    let part = a.shard.of(&images);
+    let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
+    let opts = build_options(HeadOptions::default(), a.augment, &a.input_args);
+    let bar = progress_bar(part.len(), a.input_args.quiet);
+    let embedded = build::embed_images(&mut embedder, part, &opts, &Default::default(), &|d| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
+    if !a.input_args.quiet {
+        for s in &embedded.skipped {
+            eprintln!("skipped {}: {}", s.path.display(), s.reason);
+        }
+        let embedded_now = embedded.paths.len() - embedded.cached;
+        let rate = if embedded_now > 0 { format!(", {:.1} ms per embedded image", 1000.0 * embedded.seconds / embedded_now as f64) } else { String::new() };
+        eprintln!(
+            "wrote {}: shard {}/{} of {} images: {} embedded ({} from the embedding cache), {} skipped; {:.1} s{rate}",
+            a.output.display(),
+            a.shard.index,
+            a.shard.count,
+            images.len(),
+            embedded.paths.len(),
+            embedded.cached,
+            embedded.skipped.len(),
+            embedded.seconds,
+        );
+    }
+    Ok(())
+}
+
 fn build_options(head: HeadOptions, augment: bool, a: &InputArgs) -> BuildOptions {
-    BuildOptions { head, augment, strict: a.strict, limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() }, cache: !a.no_cache, index: IndexChoice::Auto }
+    BuildOptions {
+        head,
+        augment,
+        strict: a.strict,
+        limits: DecodeLimits { max_pixels: a.max_pixels, ..DecodeLimits::default() },
+        cache: !a.no_cache,
+        ..BuildOptions::default()
+    }
 }
 
 fn cmd_add(a: AddArgs) -> Result<()> {
@@ -598,18 +747,23 @@ fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) ->
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {
-    let model = onnx::load(&a.model)?;
-    let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY)
-        .with_context(|| format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display()))?;
-    let info = cbr::classifier::ClassifierInfo::from_json(json)?;
+    let bytes = std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let no_metadata = || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
+    let (info, operations) = if litert::is_tflite(&bytes) {
+        let info = cbr::tflite::read_info(&bytes).with_context(no_metadata)?;
+        (info, format!("{} TFLite operators", cbr::tflite::operator_count(&bytes)?))
+    } else {
+        let model = onnx::decode(&bytes).with_context(|| format!("{} is neither an ONNX nor a TFLite model", a.model.display()))?;
+        let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY).with_context(no_metadata)?;
+        let graph = model.graph.as_ref().expect("decoded models have a graph");
+        (cbr::classifier::ClassifierInfo::from_json(json)?, format!("{} graph operations", graph.node.len()))
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    let graph = model.graph.as_ref().expect("decoded models have a graph");
-    let size = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
+    println!("model:         {} ({:.1} MB, {operations})", a.model.display(), bytes.len() as f64 / 1e6);
     let p = &info.preprocess;
-    println!("model:         {} ({:.1} MB, {} graph operations)", a.model.display(), size as f64 / 1e6, graph.node.len());
     println!("built by:      cbr {}", info.cbr_version);
     println!("embedder:      {} ({}-d, output {:?}, sha256 {})", info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256);
     println!(
@@ -636,6 +790,19 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     println!("classes:       {} ({} images)", info.labels.len(), info.images_per_label.iter().sum::<usize>());
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
         println!("  {label}\t{n}");
+    }
+    Ok(())
+}
+
+/// Installs (or locates) both runtimes: ONNX Runtime first, then LiteRT.
+fn cmd_runtime(install: bool) -> Result<()> {
+    let ort = if install { runtime::install()? } else { runtime::library_path()? };
+    println!("{}", ort.display());
+    match if install { litert::install() } else { litert::library_path() } {
+        Ok(p) => println!("{}", p.display()),
+        // Only .tflite models need LiteRT: say so, without failing.
+        Err(e) if !install => eprintln!("{e:#}"),
+        Err(e) => return Err(e),
     }
     Ok(())
 }

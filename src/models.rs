@@ -85,6 +85,11 @@ impl KnownModel {
         Ok(cache::dir()?.join("models").join(format!("{}.onnx", self.name)))
     }
 
+    /// Where the TFLite twin of the embedder is cached.
+    pub fn cached_tflite_path(&self) -> Result<PathBuf> {
+        Ok(cache::dir()?.join("models").join(format!("{}.tflite", self.name)))
+    }
+
     pub fn is_cached(&self) -> bool {
         self.cached_path().map(|p| p.is_file()).unwrap_or(false)
     }
@@ -97,7 +102,7 @@ pub fn find(name: &str) -> Option<&'static KnownModel> {
 
 fn unknown(name: &str) -> anyhow::Error {
     let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
-    anyhow::anyhow!("unknown model {name:?}: known models are {}; or give the path of an .onnx embedder", names.join(", "))
+    anyhow::anyhow!("unknown model {name:?}: known models are {}; or give the path of an .onnx or .tflite embedder", names.join(", "))
 }
 
 /// Makes sure the named model is in the cache, fetching and converting it if
@@ -124,6 +129,20 @@ pub fn pull(name: &str) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Makes sure the TFLite twin of the named model is in the cache, writing it
+/// from the ONNX embedder (pulled if needed), and returns its path.
+pub fn pull_tflite(name: &str) -> Result<PathBuf> {
+    let model = find(name).ok_or_else(|| unknown(name))?;
+    let target = model.cached_tflite_path()?;
+    if target.is_file() {
+        return Ok(target);
+    }
+    let onnx = crate::onnx::load(&pull(name)?)?;
+    let bytes = crate::zoo::tflite_twin::embedder_tflite(&onnx).with_context(|| format!("cannot write {} as TFLite", model.name))?;
+    cache::write_atomic(&target, &bytes)?;
+    Ok(target)
+}
+
 /// Converts the downloaded PyTorch weights to an ONNX embedder.
 pub fn convert(model: &KnownModel, weights: &[u8]) -> Result<crate::onnx::ModelProto> {
     let state = torch_pth::read_state_dict(weights).with_context(|| format!("cannot read the {} weights", model.name))?;
@@ -145,7 +164,7 @@ pub fn resolve(spec: &str) -> Result<EmbedderSource> {
     if let Some(m) = find(spec) {
         return Ok(EmbedderSource::Known(m));
     }
-    if spec.ends_with(".onnx") || spec.contains('/') {
+    if spec.ends_with(".onnx") || spec.ends_with(".tflite") || spec.contains('/') {
         bail!("embedder file {spec} does not exist");
     }
     Err(unknown(spec))
@@ -156,8 +175,10 @@ pub fn resolve(spec: &str) -> Result<EmbedderSource> {
 /// known models) or from the model's declared input.
 #[derive(Clone, Debug, Default)]
 pub struct EmbedderChoice {
-    /// A known model name or an `.onnx` path; empty means [`DEFAULT_MODEL`].
+    /// A known model name or an `.onnx`/`.tflite` path; empty means [`DEFAULT_MODEL`].
     pub embedder: String,
+    /// Use the TFLite twin of a known model (run in LiteRT), for TFLite classifiers.
+    pub tflite: bool,
     /// The embedding output's name (default: the first output).
     pub output: Option<String>,
     pub input_size: Option<(u32, u32)>,
@@ -167,29 +188,42 @@ pub struct EmbedderChoice {
     pub resize: Option<ResizeMode>,
 }
 
-/// Opens the chosen embedder (pulling it, and ONNX Runtime, if needed) with
-/// its preprocessing.
+/// Opens the chosen embedder (pulling it, and the runtime it needs, if
+/// needed) with its preprocessing.
 pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
-    crate::runtime::ensure()?;
     let spec = if choice.embedder.is_empty() { DEFAULT_MODEL } else { choice.embedder.as_str() };
-    let (path, name, base) = match resolve(spec)? {
+    let source = resolve(spec)?;
+    if matches!(source, EmbedderSource::Known(_)) {
+        crate::runtime::ensure()?;
+    }
+    let (path, name, base) = match source {
+        EmbedderSource::Known(m) if choice.tflite => (pull_tflite(m.name)?, m.name.to_string(), Some(m.preprocess())),
         EmbedderSource::Known(m) => (pull(m.name)?, m.name.to_string(), Some(m.preprocess())),
         EmbedderSource::File(p) => {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             (p, name, None)
         }
     };
-    let model = crate::onnx::load(&path)?;
-    let (_, shape) = embedder::input_shape(&model).with_context(|| format!("embedder {}", path.display()))?;
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read embedder {}", path.display()))?;
+    if crate::litert::is_tflite(&bytes) {
+        crate::litert::ensure()?;
+    } else {
+        crate::runtime::ensure()?;
+    }
+    let declared = embedder::declared_input(&bytes).with_context(|| format!("embedder {}", path.display()))?;
+    let shape = &declared.shape;
     let (width, height) = match (choice.input_size, &base, shape.width, shape.height) {
         (Some(s), _, _, _) => s,
         (None, Some(b), _, _) => (b.width, b.height),
         (None, None, Some(w), Some(h)) => (w as u32, h as u32),
         _ => bail!("the embedder {} has a variable input size: give --input-size WIDTHxHEIGHT", path.display()),
     };
-    let (mean, std) = match (choice.mean, choice.std, &base) {
-        (Some(m), Some(s), _) => (m, s),
-        (None, None, Some(b)) => (b.mean, b.std),
+    // A quantized input is fed raw pixels unless the user says otherwise.
+    let raw = declared.raw_pixel_normalisation().map(|(m, s)| ([m; 3], [s; 3]));
+    let (mean, std) = match (choice.mean, choice.std, &base, raw) {
+        (Some(m), Some(s), _, _) => (m, s),
+        (None, None, Some(b), _) => (b.mean, b.std),
+        (None, None, None, Some(r)) => r,
         _ => bail!(
             "give both --mean and --std: the normalisation {} was trained with, applied to 0..255 pixels \
              (e.g. --mean 127.5 --std 127.5 for inputs in [-1, 1], or \
@@ -206,5 +240,5 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
         std,
         resize: choice.resize.or(base.as_ref().map(|b| b.resize)).unwrap_or(ResizeMode::Stretch),
     };
-    Embedder::open(&path, &name, choice.output.as_deref(), preprocess)
+    Embedder::from_bytes(&bytes, &name, choice.output.as_deref(), preprocess).with_context(|| format!("embedder {}", path.display()))
 }

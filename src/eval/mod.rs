@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::build::Embedded;
-use crate::head::{calibrate, softmax, Aggregation, HeadOptions, RetrievalHead};
+use crate::head::{calibrate, softmax, Aggregation, HeadOptions, IndexDtype, RetrievalHead};
 
 // ---------------------------------------------------------------- randomness
 
@@ -405,6 +405,15 @@ pub fn configs() -> Vec<Config> {
         })
         .collect();
     v.push(Config { name: "original".into(), options: HeadOptions::original(), default: false });
+    // The compact index dtypes: what storing rows in f16 or int8 costs.
+    for (base, name) in [(d.clone(), "discriminant"), (HeadOptions { aggregation: Aggregation::Max, ..d.clone() }, "max")] {
+        for dtype in [IndexDtype::F16, IndexDtype::Int8] {
+            if name == "max" && dtype == IndexDtype::F16 {
+                continue;
+            }
+            v.push(Config { name: format!("{name} {dtype}"), options: HeadOptions { index_dtype: dtype, ..base.clone() }, default: false });
+        }
+    }
     v
 }
 

@@ -720,7 +720,9 @@ fn attachment(bytes: Vec<u8>, file_name: String) -> Response {
 
 async fn download_onnx(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let bytes = built_bytes(&app, &name).await?;
-    Ok(attachment(bytes, format!("{name}.onnx")))
+    // A server started with a .tflite embedder builds TFLite classifiers.
+    let extension = if crate::litert::is_tflite(&bytes) { "tflite" } else { "onnx" };
+    Ok(attachment(bytes, format!("{name}.{extension}")))
 }
 
 async fn download_tflite(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {

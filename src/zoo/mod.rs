@@ -1,5 +1,6 @@
 //! Pretrained image models from public sources, converted to ONNX embedders in
-//! pure Rust (no Python, no PyTorch).
+//! pure Rust (no Python, no PyTorch), and their TFLite twins.
 
 pub mod efficientnet;
 pub mod torch_pth;
+pub mod tflite_twin;

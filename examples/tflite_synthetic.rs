@@ -1,0 +1,67 @@
+//! Writes a TFLite classifier on a real embedder with a synthetic index, for
+//! size and latency measurements at index sizes no image set here has
+//! (bench/tflite_block.sh). Rows are pseudo-random non-negative vectors, like
+//! pooled ReLU features; `per_class` rows per class.
+//!
+//!     cargo run --release --example tflite_synthetic -- EMBEDDER.tflite ROWS PER_CLASS float|int8 max|default OUT.tflite
+
+use anyhow::{bail, Context, Result};
+use cbr::classifier::{ClassifierInfo, FORMAT_VERSION};
+use cbr::embedder::EmbedderInfo;
+use cbr::head::{HeadOptions, RetrievalHead};
+use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use cbr::tflite::{self, TfliteOptions};
+
+fn main() -> Result<()> {
+    let a: Vec<String> = std::env::args().collect();
+    if a.len() != 7 {
+        bail!("usage: tflite_synthetic EMBEDDER.tflite ROWS PER_CLASS float|int8 max|default OUT.tflite");
+    }
+    let embedder = std::fs::read(&a[1]).with_context(|| format!("reading {}", a[1]))?;
+    let (rows, per_class): (usize, usize) = (a[2].parse()?, a[3].parse()?);
+    let block = a[4].parse()?;
+    let opts = match a[5].as_str() {
+        "max" => HeadOptions::original(),
+        "default" => HeadOptions::default(),
+        o => bail!("unknown head {o:?}"),
+    };
+    // The embedding length is the embedder output's element count.
+    let model = tflite::edit::unpack(&embedder)?;
+    let sub = &model.subgraphs.as_ref().unwrap()[0];
+    let out = &sub.tensors.as_ref().unwrap()[sub.outputs.as_ref().unwrap()[0] as usize];
+    let dim = out.shape.as_ref().unwrap()[1..].iter().product::<i32>() as usize;
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let emb: Vec<f32> = (0..rows * dim)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32).powi(3) * 4.0
+        })
+        .collect();
+    let labels: Vec<String> = (0..rows).map(|i| format!("class{:05}", i / per_class)).collect();
+    let t = std::time::Instant::now();
+    let head = RetrievalHead::new(&emb, dim, &labels, &opts)?;
+    let head_s = t.elapsed().as_secs_f64();
+    let info = ClassifierInfo {
+        format: FORMAT_VERSION,
+        cbr_version: env!("CARGO_PKG_VERSION").into(),
+        labels: head.labels.clone(),
+        images_per_label: head.class_sizes(),
+        embedder: EmbedderInfo { name: a[1].clone(), sha256: cbr::cache::sha256_hex(&embedder), input: "input".into(), output: "embedding".into(), dim },
+        preprocess: Preprocess { width: 224, height: 224, layout: Layout::Nhwc, channel_order: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3], resize: ResizeMode::Stretch },
+        aggregation: head.aggregation,
+        power: head.power,
+        center: head.center.is_some(),
+        temperature: head.temperature,
+        threshold: head.threshold,
+        calibration: None,
+        augment: false,
+        head_options: Some(head.options.clone()),
+        index: None,
+    };
+    let t = std::time::Instant::now();
+    let bytes = tflite::classifier_bytes(&embedder, &head, &info, &TfliteOptions { block, ..Default::default() })?;
+    let write_s = t.elapsed().as_secs_f64();
+    cbr::cache::write_atomic(std::path::Path::new(&a[6]), &bytes)?;
+    println!("rows={rows} classes={} dim={dim} bytes={} operators={} head_s={head_s:.2} write_s={write_s:.2}", head.labels.len(), bytes.len(), tflite::operator_count(&bytes)?);
+    Ok(())
+}

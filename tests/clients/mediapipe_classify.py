@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Classifies images with MediaPipe's ImageClassifier (Google's task library,
+written independently of cbr), which reads the labels, the input
+normalisation and the score threshold from the model's TFLite Model Metadata.
+Prints one JSON line per image:
+
+    python3 mediapipe_classify.py MODEL.tflite IMAGE...
+    {"path": ..., "categories": [{"label": ..., "score": ..., "index": ...}, ...]}
+
+Categories are best first; an empty list means every class scored below the
+metadata's score threshold ("unknown").
+"""
+
+import json
+import sys
+
+try:
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+except ImportError as e:  # pragma: no cover - depends on the machine
+    sys.stderr.write(f"missing Python package ({e}): pip install mediapipe\n")
+    sys.exit(2)
+
+
+def main(argv):
+    if len(argv) < 3:
+        sys.stderr.write("usage: mediapipe_classify.py MODEL.tflite IMAGE...\n")
+        sys.exit(1)
+    model, images = argv[1], argv[2:]
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=model), max_results=3)
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for path in images:
+            result = classifier.classify(mp.Image.create_from_file(path))
+            head = result.classifications[0]
+            cats = [{"label": c.category_name, "score": c.score, "index": c.index} for c in head.categories]
+            print(json.dumps({"path": path, "head": head.head_name, "categories": cats}), flush=True)
+    sys.stderr.write(f"mediapipe {mp.__version__}: classified {len(images)} images\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
