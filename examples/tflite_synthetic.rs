@@ -56,6 +56,7 @@ fn main() -> Result<()> {
         calibration: None,
         augment: false,
         head_options: Some(head.options.clone()),
+        index: None,
     };
     let t = std::time::Instant::now();
     let bytes = tflite::classifier_bytes(&embedder, &head, &info, &TfliteOptions { block, ..Default::default() })?;

@@ -20,6 +20,8 @@ use crate::embedding_cache::{EmbeddingCache, Variant};
 use crate::head::{HeadOptions, ImageId, Index, RetrievalHead};
 use crate::preprocess::Preprocess;
 use crate::onnx;
+use crate::search::IvfIndex;
+use crate::sidecar::{self, IndexChoice, IndexInfo};
 
 /// Choices for a build.
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub struct BuildOptions {
     pub cache: bool,
     /// For a TFLite embedder: the retrieval block (float or int8) and the model's name, author etc.
     pub tflite: crate::tflite::TfliteOptions,
+    /// Index rows in the model, or in a sidecar approximate index.
+    pub index: IndexChoice,
 }
 
 impl Default for BuildOptions {
@@ -45,7 +49,26 @@ impl Default for BuildOptions {
             limits: DecodeLimits::default(),
             cache: true,
             tflite: crate::tflite::TfliteOptions::default(),
+            index: IndexChoice::Auto,
         }
+    }
+}
+
+/// A built model: the model file's bytes and, for big indexes, the sidecar
+/// index that goes beside it ([`crate::sidecar`]).
+pub struct Built {
+    pub model: Vec<u8>,
+    pub index: Option<IvfIndex>,
+}
+
+impl Built {
+    /// Writes the model to `path` (and its index to [`sidecar::index_path`]),
+    /// each atomically; the index first, so a model never names a missing index.
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
+        if let Some(index) = &self.index {
+            index.save(&sidecar::index_path(path))?;
+        }
+        crate::cache::write_atomic(path, &self.model)
     }
 }
 
@@ -326,14 +349,33 @@ fn classifier_info(embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: 
         calibration: head.calibration.clone(),
         augment,
         head_options: Some(head.options.clone()),
+        index: None,
     }
 }
 
 /// The ONNX model file for `head` on an ONNX embedder graph, without a loaded
 /// embedder (edits that embed nothing need no runtime).
 pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
-    let mut model = head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?;
-    let info = classifier_info(embedder_info, preprocess, head, augment);
+    model_file_bytes(embedder, embedder_info, preprocess, head, augment, false)
+}
+
+/// [`model_bytes_for`]; with `sidecar`, the embedder-only model that goes
+/// with a sidecar index of the head's rows ([`crate::sidecar`]).
+pub fn model_file_bytes(
+    embedder: &onnx::ModelProto,
+    embedder_info: &EmbedderInfo,
+    preprocess: &Preprocess,
+    head: &RetrievalHead,
+    augment: bool,
+    sidecar: bool,
+) -> Result<Vec<u8>> {
+    let mut model = if sidecar {
+        sidecar::embedding_model(embedder, &embedder_info.output, head.dim)?
+    } else {
+        head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?
+    };
+    let mut info = classifier_info(embedder_info, preprocess, head, augment);
+    info.index = sidecar.then(|| IndexInfo { rows: head.len(), dim: head.dim, mean: head.center.clone() });
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
@@ -377,13 +419,13 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
-/// Embeds `images`, computes the head and returns the model bytes.
+/// Embeds `images`, computes the head and returns the model (and index).
 pub fn build(
     embedder: &mut Embedder,
     images: &[LabelledImage],
     opts: &BuildOptions,
     progress: &(dyn Fn(usize) + Sync),
-) -> Result<(Vec<u8>, BuildReport)> {
+) -> Result<(Built, BuildReport)> {
     check_class_count(crate::dataset::class_counts(images).len(), images.first().map_or("", |i| &i.label), &opts.head)?;
     let embedded = embed_images(embedder, images, opts, &HashSet::new(), progress)?;
     check_classes(images, &embedded)?;
@@ -392,7 +434,7 @@ pub fn build(
 
 /// Builds from embeddings made earlier by `cbr embed` (Parquet shards),
 /// which must come from `embedder` with its preprocessing.
-pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOptions) -> Result<(Vec<u8>, BuildReport)> {
+pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOptions) -> Result<(Built, BuildReport)> {
     let start = Instant::now();
     let (info, preprocess, mut embedded) = crate::shard::read(shards)?;
     if info.sha256 != embedder.info.sha256 || info.output != embedder.info.output || preprocess != embedder.preprocess {
@@ -421,9 +463,17 @@ pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOp
 }
 
 /// The model for already embedded images.
-pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &BuildOptions) -> Result<(Vec<u8>, BuildReport)> {
+pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &BuildOptions) -> Result<(Built, BuildReport)> {
     let head = RetrievalHead::from_index(&embedded.index(&opts.head)?, &opts.head)?;
-    let bytes = model_bytes_with(embedder, &head, opts.augment, &opts.tflite)?;
+    let index = match opts.index.resolve(&head)? {
+        Some(params) => Some(sidecar::build_index(&head, &params)?),
+        None => None,
+    };
+    let bytes = match (&embedder.model, index.is_some()) {
+        (EmbedderModel::Onnx { model, .. }, true) => model_file_bytes(model, &embedder.info, &embedder.preprocess, &head, opts.augment, true)?,
+        (EmbedderModel::Tflite { .. }, true) => bail!("a sidecar index (--index ivf) needs an ONNX embedder; this one is TFLite"),
+        (_, false) => model_bytes_with(embedder, &head, opts.augment, &opts.tflite)?,
+    };
     let report = BuildReport {
         classes: head.labels.len(),
         images: embedded.paths.len(),
@@ -433,5 +483,5 @@ pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &Build
         calibration: head.calibration.clone(),
         threshold: head.threshold,
     };
-    Ok((bytes, report))
+    Ok((Built { model: bytes, index }, report))
 }

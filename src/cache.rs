@@ -25,6 +25,12 @@ pub fn dir() -> Result<PathBuf> {
 /// flushed to disk, then renamed over `path`. A crash leaves either the old file
 /// or the new one, never a partial file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`write_atomic`], for output too big to hold in memory twice: `write`
+/// streams the contents into a buffered temporary file.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -34,7 +40,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".cbr-tmp-")
         .tempfile_in(parent)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write(&mut out).and_then(|_| out.flush()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
     // Temporary files are private (0600); the result should be an ordinary
     // file, keeping the permissions of the file it replaces.
     let perms = match std::fs::metadata(path) {

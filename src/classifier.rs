@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::embedder::{run_batched, run_tflite, session_from_bytes, EmbedderInfo};
 use crate::litert;
 use crate::head::calibrate::Calibration;
-use crate::head::{Aggregation, SCORES};
+use crate::head::{Aggregation, EMBEDDING, SCORES};
 use crate::preprocess::Preprocess;
+use crate::sidecar::{IndexInfo, Sidecar};
 
 /// The `metadata_props` key holding [`ClassifierInfo`] as JSON.
 pub const METADATA_KEY: &str = "cbr";
@@ -56,6 +57,10 @@ pub struct ClassifierInfo {
     /// The options the head was built with (format 2 on), so an edit rebuilds it the same way.
     #[serde(default)]
     pub head_options: Option<crate::head::HeadOptions>,
+    /// Present when the index rows are in a sidecar file ([`crate::sidecar`])
+    /// and the model's only output is `embedding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexInfo>,
 }
 
 impl ClassifierInfo {
@@ -105,13 +110,20 @@ pub struct Classifier {
     pub info: ClassifierInfo,
     /// The largest batch one run may take.
     pub max_batch: usize,
+    /// The sidecar index, for models that keep their rows beside the file.
+    pub sidecar: Option<Sidecar>,
 }
 
 impl Classifier {
     /// Loads a model file written by `cbr build`.
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-        Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+        let mut classifier = Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))?;
+        if let Some(index) = &classifier.info.index {
+            let info = &classifier.info;
+            classifier.sidecar = Some(Sidecar::open(path, index, info.power, info.labels.len(), info.temperature)?);
+        }
+        Ok(classifier)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
@@ -129,7 +141,7 @@ impl Classifier {
             Some(ort::value::ValueType::Tensor { shape, .. }) if shape.first().copied().unwrap_or(-1) > 0 => shape[0] as usize,
             _ => 16,
         };
-        Ok(Classifier { runner: Runner::Onnx(session), info, max_batch })
+        Ok(Classifier { runner: Runner::Onnx(session), info, max_batch, sidecar: None })
     }
 
     fn from_tflite(bytes: &[u8]) -> Result<Self> {
@@ -142,7 +154,7 @@ impl Classifier {
             [one] => one.shape.first().copied().unwrap_or(1).max(1) as usize,
             other => bail!("the TFLite model has {} inputs; a cbr classifier has one", other.len()),
         };
-        Ok(Classifier { runner: Runner::Tflite { model, scores }, info, max_batch })
+        Ok(Classifier { runner: Runner::Tflite { model, scores }, info, max_batch, sidecar: None })
     }
 
     /// Class scores for `n` preprocessed images concatenated in `tensors`;
@@ -150,6 +162,12 @@ impl Classifier {
     pub fn scores(&mut self, tensors: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
         let classes = self.info.labels.len();
         let info = &self.info;
+        if info.index.is_some() {
+            let sidecar = self.sidecar.as_ref().ok_or_else(|| anyhow!("this model keeps its index in a file beside it: open it with Classifier::open"))?;
+            let Runner::Onnx(session) = &mut self.runner else { bail!("a sidecar index needs an ONNX model") };
+            let embeddings = run_batched(session, &info.preprocess, &info.embedder.input, EMBEDDING, self.max_batch, tensors, n)?;
+            return sidecar.scores(&embeddings, n);
+        }
         let flat = match &mut self.runner {
             Runner::Onnx(session) => run_batched(session, &info.preprocess, &info.embedder.input, SCORES, self.max_batch, tensors, n)?,
             Runner::Tflite { model, scores } => run_tflite(model, *scores, info.preprocess.tensor_len(), self.max_batch, tensors, n)?,
@@ -190,9 +208,10 @@ impl Classifier {
     }
 }
 
-/// The `k` best of `scores`, best first; ties keep class order.
+/// The `k` best of `scores`, best first; ties keep class order. Classes
+/// scored −inf (not retrieved from a sidecar index) are left out.
 pub fn top_k(labels: &[String], scores: &[f32], k: usize) -> Vec<Scored> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > f32::NEG_INFINITY).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     order.into_iter().take(k).map(|i| Scored { label: labels[i].clone(), score: scores[i] }).collect()
 }

@@ -45,6 +45,9 @@ impl EditableModel {
         let model = onnx::decode(bytes).context("not a valid ONNX model")?;
         let json = onnx::metadata(&model, METADATA_KEY).ok_or_else(|| anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`"))?;
         let info = ClassifierInfo::from_json(json)?;
+        if info.index.is_some() {
+            bail!("this model keeps its index rows in a sidecar file (cbr build --index ivf), which edits do not support yet: rebuild it with `cbr build`");
+        }
         let options = info
             .head_options
             .clone()

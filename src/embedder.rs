@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::session::{builder::GraphOptimizationLevel, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
@@ -304,13 +304,18 @@ pub fn run_batched(
 ) -> Result<Vec<f32>> {
     let per = preprocess.tensor_len();
     assert_eq!(tensors.len(), n * per, "run_batched: tensor buffer does not hold {n} images");
+    // Only the wanted output: ONNX Runtime then skips the nodes no one needs
+    // (e.g. the index similarities when only the embedding is asked for).
+    let options = RunOptions::new()
+        .map_err(|e| anyhow!("cannot create ONNX Runtime run options: {e}"))?
+        .with_outputs(OutputSelector::no_default().with(output));
     let mut out = Vec::new();
     let mut start = 0;
     while start < n {
         let count = (n - start).min(max_batch.max(1));
         let chunk = &tensors[start * per..(start + count) * per];
         let tensor = TensorRef::from_array_view((preprocess.batch_shape(count), chunk)).map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
-        let outputs = session.run(ort::inputs![input => tensor]).map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
+        let outputs = session.run_with_options(ort::inputs![input => tensor], &options).map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
         let value = outputs.get(output).ok_or_else(|| anyhow!("the model produced no output {output}"))?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("output {output} is not a float tensor: {e}"))?;
         if shape.first().copied() != Some(count as i64) || data.len() % count != 0 {

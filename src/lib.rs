@@ -7,6 +7,8 @@ pub mod preprocess;
 pub mod embedder;
 pub mod decode;
 pub mod head;
+pub mod search;
+pub mod sidecar;
 pub mod classifier;
 pub mod zoo;
 pub mod dataset;

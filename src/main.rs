@@ -15,6 +15,8 @@ use cbr::decode::DecodeLimits;
 use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
+use cbr::search::IvfParams;
+use cbr::sidecar::IndexChoice;
 use cbr::{cache, dataset, litert, onnx, runtime};
 
 /// Classification-by-retrieval: build an image classifier from a few labelled
@@ -171,6 +173,15 @@ struct BuildArgs {
     /// Set the "unknown" threshold on the top score directly (required for a one-class model).
     #[arg(long, value_name = "T")]
     threshold: Option<f32>,
+    /// Where the index rows go: in the model file (single), in an approximate
+    /// search index beside it (ivf: NAME.ivf next to NAME.onnx; max rule only;
+    /// for millions of images), or auto (ivf when the rows would not fit in
+    /// an ONNX file and the rule is max).
+    #[arg(long, value_enum, default_value_t = IndexArg::Auto)]
+    index: IndexArg,
+    /// Index cells scanned per query with --index ivf (0 = default: cells/16, at least 16).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    ivf_nprobe: usize,
     /// The original classification-by-retrieval: --aggregate max --power 1 --center false --calibrate false, no threshold.
     #[arg(long, conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"])]
     original: bool,
@@ -301,6 +312,13 @@ enum AggregateArg {
     Centroid,
     Max,
     Blend,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IndexArg {
+    Auto,
+    Single,
+    Ivf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -486,6 +504,11 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         }
     };
     let opts = BuildOptions {
+        index: match a.index {
+            IndexArg::Auto => IndexChoice::Auto,
+            IndexArg::Single => IndexChoice::Single,
+            IndexArg::Ivf => IndexChoice::Ivf(IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() }),
+        },
         tflite: cbr::tflite::TfliteOptions {
             block: match a.tflite_block {
                 BlockArg::Float => cbr::tflite::TfliteBlock::Float,
@@ -501,7 +524,7 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         },
         ..build_options(head, a.augment, &a.input_args)
     };
-    let (bytes, report) = match &a.input {
+    let (built, report) = match &a.input {
         Some(input) => {
             let images = dataset::from_path(input)?;
             let bar = progress_bar(images.len(), a.input_args.quiet);
@@ -511,7 +534,10 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         }
         None => build::build_from_shards(&embedder, &cbr::shard::expand(&a.embeddings)?, &opts)?,
     };
-    cache::write_atomic(&a.output, &bytes)?;
+    built.write(&a.output)?;
+    if built.index.is_some() && !a.input_args.quiet {
+        eprintln!("index rows in {} (approximate search, max rule)", cbr::sidecar::index_path(&a.output).display());
+    }
     if !a.input_args.quiet {
         for s in &report.skipped {
             eprintln!("skipped {}: {}", s.path.display(), s.reason);
@@ -744,6 +770,9 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?}",
         p.width, p.height, p.layout, p.channel_order, p.mean, p.std, p.resize
     );
+    if let Some(ix) = &info.index {
+        println!("index:         {} rows in {} (approximate search, beside the model)", ix.rows, cbr::sidecar::index_path(&a.model).display());
+    }
     println!("aggregation:   {}{}{}", info.aggregation, if info.center { ", centred (CL2N)" } else { "" }, if info.augment { ", mirror-augmented index" } else { "" });
     match info.temperature {
         Some(t) => println!("scores:        calibrated probabilities (softmax, temperature {t:.4})"),

@@ -174,6 +174,7 @@ fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> Classifi
         calibration: head.calibration.clone(),
         augment: false,
         head_options: Some(head.options.clone()),
+        index: None,
     }
 }
 

@@ -60,6 +60,7 @@ fn info(h: &RetrievalHead) -> ClassifierInfo {
         calibration: None,
         augment: false,
         head_options: Some(h.options.clone()),
+        index: None,
     }
 }
 

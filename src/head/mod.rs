@@ -203,6 +203,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// A raw query embedding as a head with these parameters sees it: power
+/// transform, L2, and with `center` minus the index mean and L2 again.
+pub fn project_query(query: &[f32], power: Option<f32>, center: Option<&[f32]>) -> Vec<f32> {
+    let mut q = query.to_vec();
+    if let Some(p) = power {
+        power_transform(&mut q, p);
+    }
+    l2_normalize(&mut q);
+    if let Some(mean) = center {
+        for (x, m) in q.iter_mut().zip(mean) {
+            *x -= m;
+        }
+        l2_normalize(&mut q);
+    }
+    q
+}
+
 /// Softmax of `s / temperature`, ignoring `-inf` entries (probability 0).
 pub fn softmax(s: &[f32], temperature: f32) -> Vec<f32> {
     let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -364,18 +381,7 @@ impl RetrievalHead {
 
     /// A raw query embedding as the head sees it: normalised, centred, normalised.
     pub fn project(&self, query: &[f32]) -> Vec<f32> {
-        let mut q = query.to_vec();
-        if let Some(p) = self.power {
-            power_transform(&mut q, p);
-        }
-        l2_normalize(&mut q);
-        if let Some(mean) = &self.center {
-            for (x, m) in q.iter_mut().zip(mean) {
-                *x -= m;
-            }
-            l2_normalize(&mut q);
-        }
-        q
+        project_query(query, self.power, self.center.as_deref())
     }
 
     /// Cosine similarity of a raw query embedding to every index row.

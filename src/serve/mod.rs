@@ -514,7 +514,7 @@ fn run_build(app: &App, name: &str, images: &[crate::dataset::LabelledImage], jo
     }
     let embedder = slot.as_mut().expect("loaded above");
     let opts = BuildOptions { limits: app.limits.clone(), ..BuildOptions::default() };
-    let (bytes, report) = build::build(embedder, images, &opts, &|done| job.done.store(done, Ordering::Relaxed))?;
+    let (built, report) = build::build(embedder, images, &opts, &|done| job.done.store(done, Ordering::Relaxed))?;
     let root = app.store.images_dir(name);
     let state = BuiltState {
         built_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -528,7 +528,7 @@ fn run_build(app: &App, name: &str, images: &[crate::dataset::LabelledImage], jo
             .collect(),
         fingerprint,
     };
-    app.store.install_model(name, &bytes, &state)?;
+    app.store.install_model(name, &built, &state)?;
     Ok(())
 }
 

@@ -278,8 +278,8 @@ impl Store {
     }
 
     /// Installs a newly built model: model.onnx first, then state.json, each atomically.
-    pub fn install_model(&self, name: &str, bytes: &[u8], state: &BuiltState) -> Result<()> {
-        cache::write_atomic(&self.model_path(name), bytes)?;
+    pub fn install_model(&self, name: &str, built: &crate::build::Built, state: &BuiltState) -> Result<()> {
+        built.write(&self.model_path(name))?;
         cache::write_atomic(&self.state_path(name), &serde_json::to_vec_pretty(state)?)?;
         Ok(())
     }

@@ -1,0 +1,207 @@
+//! Models too big for one ONNX file: the embedder alone in `NAME.onnx` and
+//! the index rows in an approximate search index beside it (`NAME.ivf`).
+//!
+//! An ONNX file is a protobuf message, limited to 2 GB, and an f32 index of
+//! a million 1280-d embeddings is 5 GB; exhaustive matching at that size also
+//! costs more than the embedder. So above [`AUTO_ROWS_BYTES`] of index rows
+//! (or with `--index ivf`) the model keeps only the embedder (output
+//! `embedding`), and classifying applies the head's query transform (power,
+//! L2, centring), retrieves the best [`DEPTH`] rows from the [`IvfIndex`],
+//! and takes the max rule over them: a class's score is its best retrieved
+//! row, classes with no retrieved row score −inf (probability 0).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::head::{project_query, softmax, Aggregation, IndexDtype, RetrievalHead, EMBEDDING};
+use crate::onnx::{self, attr_int, node, value_info, DataType, Dim, ModelProto};
+use crate::search::{IvfIndex, IvfParams};
+
+/// Index rows retrieved per query before aggregating per class.
+pub const DEPTH: usize = 100;
+
+/// `auto` switches to a sidecar index when the f32 index rows would take
+/// more than this in the model's index dtype (the ONNX file's protobuf limit
+/// is 2 GB, and the embedder and the rest of the head need room too).
+pub const AUTO_ROWS_BYTES: usize = 1536 << 20;
+
+/// Where the index rows go.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IndexChoice {
+    /// In the ONNX file (exact search), unless that cannot hold them and the
+    /// aggregation is `max`, then [`IndexChoice::Ivf`] with default parameters.
+    Auto,
+    /// Always in the ONNX file.
+    Single,
+    /// In an approximate index file beside the model (max rule only).
+    Ivf(IvfParams),
+}
+
+/// What the model's metadata says about its sidecar index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexInfo {
+    /// Index rows and their length, checked against the file.
+    pub rows: usize,
+    pub dim: usize,
+    /// The index mean subtracted from queries (when the head centres).
+    #[serde(default)]
+    pub mean: Option<Vec<f32>>,
+}
+
+impl IndexChoice {
+    /// The index to build for `head`, if any.
+    pub fn resolve(&self, head: &RetrievalHead) -> Result<Option<IvfParams>> {
+        match self {
+            IndexChoice::Single => Ok(None),
+            IndexChoice::Ivf(p) if head.aggregation == Aggregation::Max => Ok(Some(p.clone())),
+            IndexChoice::Ivf(_) => bail!("an approximate index (--index ivf) serves the max rule only: add --aggregate max (this head uses {})", head.aggregation),
+            IndexChoice::Auto if head.rows.len() * value_bytes(head.options.index_dtype) > AUTO_ROWS_BYTES && head.aggregation == Aggregation::Max => {
+                Ok(Some(IvfParams::default()))
+            }
+            IndexChoice::Auto => Ok(None),
+        }
+    }
+}
+
+/// Bytes per index value in the ONNX file.
+fn value_bytes(dtype: IndexDtype) -> usize {
+    match dtype {
+        IndexDtype::F32 => 4,
+        IndexDtype::F16 => 2,
+        IndexDtype::Int8 => 1,
+    }
+}
+
+/// The sidecar file of the model at `model`: same name, extension `.ivf`
+/// (so the model file names no other file and can be renamed with it).
+pub fn index_path(model: &Path) -> PathBuf {
+    model.with_extension("ivf")
+}
+
+/// Builds the approximate index over the head's rows (row ids are head rows;
+/// each carries its class).
+pub fn build_index(head: &RetrievalHead, params: &IvfParams) -> Result<IvfIndex> {
+    IvfIndex::build(&head.rows, head.dim, &head.row_class, params)
+}
+
+/// The embedder alone, with its (flattened) embedding as the one output
+/// `embedding` — the model file that goes with a sidecar index.
+pub fn embedding_model(embedder: &ModelProto, embedding_output: &str, dim: usize) -> Result<ModelProto> {
+    let mut model = embedder.clone();
+    let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the embedder has no graph"))?;
+    let out = graph
+        .output
+        .iter()
+        .find(|o| o.name.as_deref() == Some(embedding_output))
+        .cloned()
+        .ok_or_else(|| anyhow!("the embedder has no output {embedding_output}"))?;
+    let (_, dims) = onnx::tensor_type(&out).ok_or_else(|| anyhow!("output {embedding_output} is not a tensor"))?;
+    let batch = match dims.first() {
+        Some(Some(n)) => Dim::Fixed(*n),
+        _ => Dim::Symbolic("batch".into()),
+    };
+    if embedding_output != EMBEDDING {
+        if graph.node.iter().any(|n| n.output.iter().any(|o| o == EMBEDDING)) {
+            bail!("the embedder already has a tensor named {EMBEDDING:?}; cbr needs that name for its own output");
+        }
+        let flat = if dims.len() == 2 {
+            embedding_output.to_string()
+        } else {
+            graph.node.push(node("Flatten", "cbr/flatten", &[embedding_output], &["cbr/embedding_flat"], vec![attr_int("axis", 1)]));
+            "cbr/embedding_flat".to_string()
+        };
+        graph.node.push(node("Identity", "cbr/embedding", &[&flat], &[EMBEDDING], vec![]));
+    }
+    graph.output = vec![value_info(EMBEDDING, DataType::Float, &[batch, Dim::Fixed(dim as i64)])];
+    Ok(model)
+}
+
+/// A loaded sidecar index and what classifying with it needs.
+pub struct Sidecar {
+    pub index: IvfIndex,
+    pub info: IndexInfo,
+    power: Option<f32>,
+    classes: usize,
+    temperature: Option<f32>,
+    /// Cells scanned per query.
+    pub nprobe: usize,
+}
+
+impl Sidecar {
+    /// Opens the index named by `info` beside the model file `model`.
+    pub fn open(model: &Path, info: &IndexInfo, power: Option<f32>, classes: usize, temperature: Option<f32>) -> Result<Self> {
+        let path = index_path(model);
+        if !path.is_file() {
+            bail!(
+                "model {} keeps its index in {}, which is missing (copy or rename the two files together)",
+                model.display(),
+                path.display()
+            );
+        }
+        let index = IvfIndex::load(&path)?;
+        if index.len() != info.rows || index.dim() != info.dim {
+            bail!(
+                "index {} has {} rows of {}, but model {} was built with {} rows of {}: they do not belong together",
+                path.display(),
+                index.len(),
+                index.dim(),
+                model.display(),
+                info.rows,
+                info.dim
+            );
+        }
+        if let Some(c) = (0..index.len() as u32).map(|i| index.class_of(i)).find(|&c| c as usize >= classes) {
+            bail!("index {} names class {c}, but model {} has {classes} classes", path.display(), model.display());
+        }
+        let nprobe = index.nprobe;
+        Ok(Sidecar { index, info: info.clone(), power, classes, temperature, nprobe })
+    }
+
+    /// Class scores for raw embeddings (`n` x dim), as the single-file model's
+    /// `scores` output with the max rule would give them for the classes
+    /// among the best [`DEPTH`] rows.
+    pub fn scores(&self, embeddings: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+        let dim = self.info.dim;
+        if embeddings.len() != n * dim {
+            bail!("{EMBEDDING} has {} values, expected {n} x {dim}", embeddings.len());
+        }
+        let queries: Vec<f32> = embeddings.chunks_exact(dim).flat_map(|e| project_query(e, self.power, self.info.mean.as_deref())).collect();
+        let hits = self.index.search_batch(&queries, DEPTH, self.nprobe);
+        Ok(hits
+            .into_iter()
+            .map(|hits| {
+                let mut s = vec![f32::NEG_INFINITY; self.classes];
+                for h in hits {
+                    let c = self.index.class_of(h.row) as usize;
+                    s[c] = s[c].max(h.score);
+                }
+                match self.temperature {
+                    Some(t) => softmax(&s, t),
+                    None => s,
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::HeadOptions;
+
+    #[test]
+    fn auto_keeps_small_heads_in_the_model_and_ivf_needs_max() {
+        let labels: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let max = RetrievalHead::new(&[1.0, 0.0, 0.0, 1.0], 2, &labels, &HeadOptions::original()).unwrap();
+        assert_eq!(IndexChoice::Auto.resolve(&max).unwrap(), None);
+        assert_eq!(IndexChoice::Single.resolve(&max).unwrap(), None);
+        assert!(IndexChoice::Ivf(IvfParams::default()).resolve(&max).unwrap().is_some());
+        let opts = HeadOptions { aggregation: Aggregation::Centroid, ..HeadOptions::original() };
+        let centroid = RetrievalHead::new(&[1.0, 0.0, 0.0, 1.0], 2, &labels, &opts).unwrap();
+        let e = IndexChoice::Ivf(IvfParams::default()).resolve(&centroid).unwrap_err().to_string();
+        assert!(e.contains("--aggregate max"), "{e}");
+        assert_eq!(index_path(Path::new("/m/shop.onnx")), Path::new("/m/shop.ivf"));
+    }
+}
