@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cbr::head::{HeadOptions, RetrievalHead, SCORES};
+use cbr::head::{HeadOptions, IndexDtype, RetrievalHead, SCORES};
 use cbr::onnx::{self, node, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use cbr::search::synthetic::Clusters;
 use cbr::search::{FlatIndex, Hit, IvfIndex, IvfParams};
@@ -74,6 +74,9 @@ enum Cmd {
         singles: usize,
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// How the index rows are stored (f32, f16, int8).
+        #[arg(long, default_value = "f32")]
+        dtype: IndexDtype,
     },
 }
 
@@ -231,7 +234,7 @@ fn main() -> Result<()> {
                 println!("{}", json!({"what": "cbr-ivf-file", "n": n, "file_bytes": size, "save_s": save_s, "load_s": load_s}));
             }
         }
-        Cmd::Onnx { dir, classes, singles, batch } => {
+        Cmd::Onnx { dir, classes, singles, batch, dtype } => {
             cbr::runtime::install()?;
             let v = load(&dir)?;
             let (n, dim) = (v.n, v.dim);
@@ -239,14 +242,19 @@ fn main() -> Result<()> {
                 if c > n {
                     bail!("{c} classes need at least {c} rows");
                 }
-                let weight_bytes = (n * dim * 4) as u64;
+                let per_value = match dtype {
+                    IndexDtype::F32 => 4,
+                    IndexDtype::F16 => 2,
+                    IndexDtype::Int8 => 1,
+                };
+                let weight_bytes = (n * dim * per_value) as u64;
                 if weight_bytes >= (2u64 << 30) - (64 << 20) {
-                    println!("{}", json!({"what": "onnx-head", "n": n, "classes": c, "skipped": "f32 index weights exceed the 2 GB protobuf limit of one ONNX file"}));
+                    println!("{}", json!({"what": "onnx-head", "n": n, "classes": c, "dtype": dtype.name(), "skipped": format!("{dtype} index weights exceed the 2 GB protobuf limit of one ONNX file")}));
                     continue;
                 }
                 // Class of row i: i mod c, so every class has rows.
                 let labels: Vec<String> = (0..n).map(|i| format!("c{:06}", i % c)).collect();
-                let head = RetrievalHead::new(&v.rows, dim, &labels, &HeadOptions::original())?;
+                let head = RetrievalHead::new(&v.rows, dim, &labels, &HeadOptions { index_dtype: dtype, ..HeadOptions::original() })?;
                 drop(labels);
                 let embedder = passthrough(dim);
                 let model = head.append_to(&embedder, "features")?;
@@ -281,7 +289,7 @@ fn main() -> Result<()> {
                 std::fs::remove_file(&path)?;
                 println!(
                     "{}",
-                    json!({"what": "onnx-head", "n": n, "classes": c, "ops": ops, "file_bytes": size, "load_s": load_s,
+                    json!({"what": "onnx-head", "n": n, "classes": c, "dtype": dtype.name(), "ops": ops, "file_bytes": size, "load_s": load_s,
                            "single_ms": single_ms, "batch": nb, "batch_qps": nb as f64 / batch_s})
                 );
             }

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{cbr, dataset, run_ok, setup};
+use common::{cbr, dataset, private_cache, run_ok, setup};
 
 /// A CSV manifest of `(path, label)` rows.
 fn manifest(dir: &Path, name: &str, rows: &[(PathBuf, String)]) -> PathBuf {
@@ -121,18 +121,6 @@ fn remove_and_relabel_equal_fresh_builds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no class \"no-such-bird\"") && err.contains(&labels[0]), "{err}");
     same_file(&removed, &model);
-}
-
-/// A cache directory of its own (sharing the downloaded runtime and models),
-/// so the test sees exactly what it put in the embedding cache.
-fn private_cache(dir: &Path) -> PathBuf {
-    let real = cbr::cache::dir().unwrap();
-    let cache = dir.join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    for sub in ["models", "onnxruntime"] {
-        std::os::unix::fs::symlink(real.join(sub), cache.join(sub)).unwrap();
-    }
-    cache
 }
 
 fn cbr_in(cache: &Path) -> Command {

@@ -276,7 +276,10 @@ fn api_models_survive_restart_and_a_kill_during_build() {
     common::setup();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("models");
-    let server = Server::start(&dir, &[]);
+    // An empty embedding cache: the build must really take time to be killed part-way.
+    let cache = common::private_cache(tmp.path());
+    let env = [("CBR_CACHE_DIR", cache.as_path())];
+    let server = Server::start_env(&dir, &[], &env);
     let a = server.addr;
     let held = populate(a, "keep", &CLASSES[..2], 4);
     build_ok(a, "keep");
@@ -314,7 +317,7 @@ fn api_models_survive_restart_and_a_kill_during_build() {
     server.kill();
     assert_eq!(std::fs::read(&model_file).unwrap(), bytes_before, "the kill changed model.onnx");
 
-    let server = Server::start(&dir, &[]);
+    let server = Server::start_env(&dir, &[], &env);
     let a = server.addr;
     let list = get(a, "/api/models").json();
     assert_eq!(list["models"][0]["name"], "keep");

@@ -22,7 +22,13 @@ impl Server {
     /// Starts `cbr serve --addr 127.0.0.1:0 --models DIR extra...` and waits for
     /// the address it prints.
     pub fn start(models: &Path, extra: &[&str]) -> Server {
+        Self::start_env(models, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_env(models: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cbr"))
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .args(["serve", "--addr", "127.0.0.1:0", "--models"])
             .arg(models)
             .args(extra)

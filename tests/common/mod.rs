@@ -112,3 +112,19 @@ pub fn images_in(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// A cache directory of its own under `dir`, sharing the downloaded runtimes
+/// and models of the real cache but with an empty embedding cache, for tests
+/// that must see real embedding work (or exactly what they cached).
+pub fn private_cache(dir: &Path) -> PathBuf {
+    let real = cbr::cache::dir().expect("the cbr cache directory");
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    for entry in std::fs::read_dir(&real).expect("the cbr cache directory exists after setup()") {
+        let entry = entry.unwrap();
+        if entry.file_name() != "embeddings" {
+            std::os::unix::fs::symlink(entry.path(), cache.join(entry.file_name())).unwrap();
+        }
+    }
+    cache
+}
