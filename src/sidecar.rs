@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::head::{project_query, softmax, Aggregation, IndexDtype, RetrievalHead, EMBEDDING};
-use crate::onnx::{self, attr_int, node, value_info, DataType, Dim, ModelProto};
+use crate::onnx::{value_info, DataType, Dim, ModelProto};
 use crate::search::{IvfIndex, IvfParams};
 
 /// Index rows retrieved per query before aggregating per class.
@@ -91,29 +91,7 @@ pub fn build_index(head: &RetrievalHead, params: &IvfParams) -> Result<IvfIndex>
 pub fn embedding_model(embedder: &ModelProto, embedding_output: &str, dim: usize) -> Result<ModelProto> {
     let mut model = embedder.clone();
     let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the embedder has no graph"))?;
-    let out = graph
-        .output
-        .iter()
-        .find(|o| o.name.as_deref() == Some(embedding_output))
-        .cloned()
-        .ok_or_else(|| anyhow!("the embedder has no output {embedding_output}"))?;
-    let (_, dims) = onnx::tensor_type(&out).ok_or_else(|| anyhow!("output {embedding_output} is not a tensor"))?;
-    let batch = match dims.first() {
-        Some(Some(n)) => Dim::Fixed(*n),
-        _ => Dim::Symbolic("batch".into()),
-    };
-    if embedding_output != EMBEDDING {
-        if graph.node.iter().any(|n| n.output.iter().any(|o| o == EMBEDDING)) {
-            bail!("the embedder already has a tensor named {EMBEDDING:?}; cbr needs that name for its own output");
-        }
-        let flat = if dims.len() == 2 {
-            embedding_output.to_string()
-        } else {
-            graph.node.push(node("Flatten", "cbr/flatten", &[embedding_output], &["cbr/embedding_flat"], vec![attr_int("axis", 1)]));
-            "cbr/embedding_flat".to_string()
-        };
-        graph.node.push(node("Identity", "cbr/embedding", &[&flat], &[EMBEDDING], vec![]));
-    }
+    let batch = crate::head::graph::expose_embedding(graph, embedding_output, &[EMBEDDING])?;
     graph.output = vec![value_info(EMBEDDING, DataType::Float, &[batch, Dim::Fixed(dim as i64)])];
     Ok(model)
 }

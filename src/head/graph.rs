@@ -30,34 +30,7 @@ impl RetrievalHead {
         }
         let mut model = embedder.clone();
         let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the embedder has no graph"))?;
-        let out = graph
-            .output
-            .iter()
-            .find(|o| o.name.as_deref() == Some(embedding_output))
-            .cloned()
-            .ok_or_else(|| anyhow!("the embedder has no output {embedding_output}"))?;
-        let (_, out_dims) = onnx::tensor_type(&out).ok_or_else(|| anyhow!("output {embedding_output} is not a tensor"))?;
-        let batch_dim = match out_dims.first() {
-            Some(Some(n)) => Dim::Fixed(*n),
-            _ => Dim::Symbolic("batch".into()),
-        };
-        for name in [SCORES, CLASS_SIMILARITIES, SIMILARITIES, EMBEDDING] {
-            let produced = graph.node.iter().any(|n| n.output.iter().any(|o| o == name));
-            if produced && !(name == EMBEDDING && embedding_output == EMBEDDING) {
-                bail!("the embedder already has a tensor named {name:?}; cbr needs that name for its own output");
-            }
-        }
-
-        // Flatten [B, D, 1, 1]-style outputs to [B, D].
-        let flat = if out_dims.len() == 2 {
-            embedding_output.to_string()
-        } else {
-            graph.node.push(node("Flatten", "cbr/flatten", &[embedding_output], &["cbr/embedding_flat"], vec![attr_int("axis", 1)]));
-            "cbr/embedding_flat".to_string()
-        };
-        if flat != EMBEDDING {
-            graph.node.push(node("Identity", "cbr/embedding", &[&flat], &[EMBEDDING], vec![]));
-        }
+        let batch_dim = expose_embedding(graph, embedding_output, &[SCORES, CLASS_SIMILARITIES, SIMILARITIES, EMBEDDING])?;
 
         let n = self.len() as i64;
         let d = self.dim as i64;
@@ -180,6 +153,41 @@ impl RetrievalHead {
         onnx::set_metadata(&mut model, INDEX_IMAGES_KEY, &ids);
         Ok(model)
     }
+}
+
+/// Makes the embedder output `embedding_output` available as a `[B, D]`
+/// tensor named `embedding` (flattening `[B, D, 1, 1]`-style outputs) and
+/// returns its batch dimension. The embedder must not already produce any of
+/// the `reserved` names (other than its own output being called `embedding`).
+pub fn expose_embedding(graph: &mut GraphProto, embedding_output: &str, reserved: &[&str]) -> Result<Dim> {
+    let out = graph
+        .output
+        .iter()
+        .find(|o| o.name.as_deref() == Some(embedding_output))
+        .cloned()
+        .ok_or_else(|| anyhow!("the embedder has no output {embedding_output}"))?;
+    let (_, out_dims) = onnx::tensor_type(&out).ok_or_else(|| anyhow!("output {embedding_output} is not a tensor"))?;
+    let batch_dim = match out_dims.first() {
+        Some(Some(n)) => Dim::Fixed(*n),
+        _ => Dim::Symbolic("batch".into()),
+    };
+    for &name in reserved {
+        let produced = graph.node.iter().any(|n| n.output.iter().any(|o| o == name));
+        if produced && !(name == EMBEDDING && embedding_output == EMBEDDING) {
+            bail!("the embedder already has a tensor named {name:?}; cbr needs that name for its own output");
+        }
+    }
+    // Flatten [B, D, 1, 1]-style outputs to [B, D].
+    let flat = if out_dims.len() == 2 {
+        embedding_output.to_string()
+    } else {
+        graph.node.push(node("Flatten", "cbr/flatten", &[embedding_output], &["cbr/embedding_flat"], vec![attr_int("axis", 1)]));
+        "cbr/embedding_flat".to_string()
+    };
+    if flat != EMBEDDING {
+        graph.node.push(node("Identity", "cbr/embedding", &[&flat], &[EMBEDDING], vec![]));
+    }
+    Ok(batch_dim)
 }
 
 /// Metadata key holding the source image id of every index row (32 hex
