@@ -464,7 +464,7 @@ pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOp
 
 /// The model for already embedded images.
 pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &BuildOptions) -> Result<(Built, BuildReport)> {
-    let head = RetrievalHead::from_index(&embedded.index(&opts.head)?, &opts.head)?;
+    let head = RetrievalHead::from_index(embedded.index(&opts.head)?, &opts.head)?;
     let index = match opts.index.resolve(&head)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,

@@ -59,7 +59,7 @@ impl EditableModel {
 
     /// The model file for the current index.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let head = RetrievalHead::from_index(&self.index, &self.options)?;
+        let head = RetrievalHead::from_index(self.index.clone(), &self.options)?;
         model_bytes_for(&self.embedder, &self.info.embedder, &self.info.preprocess, &head, self.info.augment)
     }
 

@@ -187,7 +187,7 @@ fn stored_index_and_embedder_read_back_exactly() {
                 let model = onnx::decode(&bytes).unwrap();
                 let index = graph::read_index(&model, &head.labels, &head.class_sizes()).unwrap();
                 assert_eq!(index, head.index, "{opts:?}");
-                let again = RetrievalHead::from_index(&index, &opts).unwrap();
+                let again = RetrievalHead::from_index(index.clone(), &opts).unwrap();
                 let mut stripped = Embedder::from_bytes(&onnx::encode(&graph::embedder_of(&model, &embedder.info.output).unwrap()), "tiny", None, preprocess()).unwrap();
                 stripped.info = embedder.info.clone();
                 assert!(model_bytes(&stripped, &again, false).unwrap() == bytes, "opset {opset}, {opts:?}: the rebuilt model differs");

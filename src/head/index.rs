@@ -175,6 +175,11 @@ impl Index {
         *self = out;
     }
 
+    /// Whether the rows are in canonical order already (see [`Index::sorted`]).
+    pub fn is_sorted(&self) -> bool {
+        (1..self.len()).all(|i| (&self.labels[i - 1], &self.images[i - 1]) <= (&self.labels[i], &self.images[i]))
+    }
+
     /// The rows in canonical order: by label, then image id, then (for rows
     /// of one image, e.g. a photo and its mirror image) their current order.
     pub fn sorted(&self) -> Index {

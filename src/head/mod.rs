@@ -243,20 +243,20 @@ impl RetrievalHead {
         let ids: Vec<ImageId> = images.iter().map(|&i| ImageId::from_index(i)).collect();
         let power = if opts.power != 1.0 { Some(opts.power) } else { None };
         let index = Index::from_embeddings(embeddings, dim, labels, &ids, power, opts.index_dtype)?;
-        Self::from_index(&index, opts)
+        Self::from_index(index, opts)
     }
 
     /// Builds a head from stored index rows (made with `opts.power` and
     /// `opts.index_dtype`), in any order: the head is the same whatever the
     /// order, which is what makes an edited model equal a fresh build.
-    pub fn from_index(index: &Index, opts: &HeadOptions) -> Result<Self> {
+    pub fn from_index(index: Index, opts: &HeadOptions) -> Result<Self> {
         if index.is_empty() {
             bail!("no index images: a classifier needs at least one image per class");
         }
         if index.dtype != opts.index_dtype {
             bail!("the index rows are stored as {} but the options say {}", index.dtype, opts.index_dtype);
         }
-        let index = index.sorted();
+        let index = if index.is_sorted() { index } else { index.sorted() };
         let dim = index.dim;
         let mut classes: Vec<String> = index.labels.clone();
         classes.dedup(); // sorted by label already
