@@ -6,7 +6,6 @@
 //!     cargo run --release --example tflite_synthetic -- EMBEDDER.tflite ROWS PER_CLASS float|int8 max|default OUT.tflite
 
 use anyhow::{bail, Context, Result};
-use cbr::classifier::{ClassifierInfo, FORMAT_VERSION};
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{HeadOptions, RetrievalHead};
 use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
@@ -41,23 +40,9 @@ fn main() -> Result<()> {
     let t = std::time::Instant::now();
     let head = RetrievalHead::new(&emb, dim, &labels, &opts)?;
     let head_s = t.elapsed().as_secs_f64();
-    let info = ClassifierInfo {
-        format: FORMAT_VERSION,
-        cbr_version: env!("CARGO_PKG_VERSION").into(),
-        labels: head.labels.clone(),
-        images_per_label: head.class_sizes(),
-        embedder: EmbedderInfo { name: a[1].clone(), sha256: cbr::cache::sha256_hex(&embedder), input: "input".into(), output: "embedding".into(), dim },
-        preprocess: Preprocess { width: 224, height: 224, layout: Layout::Nhwc, channel_order: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3], resize: ResizeMode::Stretch },
-        aggregation: head.aggregation,
-        power: head.power,
-        center: head.center.is_some(),
-        temperature: head.temperature,
-        threshold: head.threshold,
-        calibration: None,
-        augment: false,
-        head_options: Some(head.options.clone()),
-        index: None,
-    };
+    let embedder_info = EmbedderInfo { name: a[1].clone(), sha256: cbr::cache::sha256_hex(&embedder), input: "input".into(), output: "embedding".into(), dim };
+    let preprocess = Preprocess { width: 224, height: 224, layout: Layout::Nhwc, channel_order: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3], resize: ResizeMode::Stretch };
+    let info = cbr::build::classifier_info(&embedder_info, &preprocess, &head, false);
     let t = std::time::Instant::now();
     let bytes = tflite::classifier_bytes(&embedder, &head, &info, &TfliteOptions { block, ..Default::default() })?;
     let write_s = t.elapsed().as_secs_f64();

@@ -332,8 +332,9 @@ pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool
     }
 }
 
-/// What a model built from `head` says about itself.
-fn classifier_info(embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> ClassifierInfo {
+/// What a model built from `head` on this embedder says about itself (the
+/// `cbr` metadata of its ONNX or TFLite file).
+pub fn classifier_info(embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> ClassifierInfo {
     ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -20,7 +20,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cbr::classifier::{ClassifierInfo, FORMAT_VERSION};
+use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
 use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
@@ -153,29 +153,8 @@ fn embed_split(embedder: &Embedder, queries_per_class: usize, tmp: &Path) -> Dat
 }
 
 fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> ClassifierInfo {
-    ClassifierInfo {
-        format: FORMAT_VERSION,
-        cbr_version: env!("CARGO_PKG_VERSION").into(),
-        labels: head.labels.clone(),
-        images_per_label: head.class_sizes(),
-        embedder: EmbedderInfo {
-            name: embedder.name(),
-            sha256: cbr::cache::sha256_hex(bytes),
-            input: "input".into(),
-            output: "embedding".into(),
-            dim: head.dim,
-        },
-        preprocess: embedder.preprocess.clone(),
-        aggregation: head.aggregation,
-        power: head.power,
-        center: head.center.is_some(),
-        temperature: head.temperature,
-        threshold: head.threshold,
-        calibration: head.calibration.clone(),
-        augment: false,
-        head_options: Some(head.options.clone()),
-        index: None,
-    }
+    let info = EmbedderInfo { name: embedder.name(), sha256: cbr::cache::sha256_hex(bytes), input: "input".into(), output: "embedding".into(), dim: head.dim };
+    cbr::build::classifier_info(&info, &embedder.preprocess, head, false)
 }
 
 fn write_classifier(embedder: &Embedder, head: &RetrievalHead, block: TfliteBlock, out: &Path) -> ClassifierInfo {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use cbr::classifier::{ClassifierInfo, FORMAT_VERSION};
+use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
 use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
@@ -37,31 +37,10 @@ fn head(classes: usize, per_class: usize, opts: &HeadOptions) -> RetrievalHead {
 }
 
 fn info(h: &RetrievalHead) -> ClassifierInfo {
-    ClassifierInfo {
-        format: FORMAT_VERSION,
-        cbr_version: "test".into(),
-        labels: h.labels.clone(),
-        images_per_label: h.class_sizes(),
-        embedder: EmbedderInfo { name: "mobilenet_v1_0.25".into(), sha256: "0".repeat(64), input: "input".into(), output: "embedding".into(), dim: DIM },
-        preprocess: Preprocess {
-            width: 128,
-            height: 128,
-            layout: Layout::Nhwc,
-            channel_order: ChannelOrder::Rgb,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            resize: ResizeMode::Stretch,
-        },
-        aggregation: h.aggregation,
-        power: h.power,
-        center: h.center.is_some(),
-        temperature: h.temperature,
-        threshold: h.threshold,
-        calibration: None,
-        augment: false,
-        head_options: Some(h.options.clone()),
-        index: None,
-    }
+    let embedder = EmbedderInfo { name: "mobilenet_v1_0.25".into(), sha256: "0".repeat(64), input: "input".into(), output: "embedding".into(), dim: DIM };
+    let preprocess =
+        Preprocess { width: 128, height: 128, layout: Layout::Nhwc, channel_order: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3], resize: ResizeMode::Stretch };
+    cbr::build::classifier_info(&embedder, &preprocess, h, false)
 }
 
 fn write(h: &RetrievalHead, block: TfliteBlock) -> Vec<u8> {

@@ -64,7 +64,7 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
     queries
         .par_iter()
         .filter_map(|&i| {
-            let q = &head.rows[i * dim..(i + 1) * dim];
+            let q = &head.rows()[i * dim..(i + 1) * dim];
             let image = head.row_image[i];
             let truth = head.row_class[i] as usize;
             // Rows of the query's own image, all in its class.
@@ -78,7 +78,7 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
                 for j in 0..n {
                     if head.row_image[j] != image {
                         let k = head.row_class[j] as usize;
-                        m[k] = m[k].max(dot(&head.rows[j * dim..(j + 1) * dim], q));
+                        m[k] = m[k].max(dot(&head.rows()[j * dim..(j + 1) * dim], q));
                     }
                 }
                 m
@@ -89,7 +89,7 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
                 let mut s: Vec<f32> = head.centroids.chunks_exact(dim).map(|r| dot(r, q)).collect();
                 let mut own_class = sums[truth * dim..(truth + 1) * dim].to_vec();
                 for &j in &own {
-                    for (a, x) in own_class.iter_mut().zip(&head.rows[j * dim..(j + 1) * dim]) {
+                    for (a, x) in own_class.iter_mut().zip(&head.rows()[j * dim..(j + 1) * dim]) {
                         *a -= x;
                     }
                 }
@@ -125,7 +125,7 @@ fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize
     // The query image's mean row, its class mean with and without it.
     let mut own_sum = vec![0f64; dim];
     for &j in own {
-        for (a, x) in own_sum.iter_mut().zip(&head.rows[j * dim..(j + 1) * dim]) {
+        for (a, x) in own_sum.iter_mut().zip(&head.rows()[j * dim..(j + 1) * dim]) {
             *a += *x as f64;
         }
     }

@@ -132,10 +132,10 @@ pub struct RetrievalHead {
     /// The stored index in canonical order (by class, then image id): what
     /// the model carries and every other field is computed from.
     pub index: Index,
-    /// Index rows as the query meets them (`len()` x `dim`): the index units,
-    /// with `center` centred and renormalised (row `i` is
-    /// `(units[i] − center) · inverse_norms[i]`).
-    pub rows: Vec<f32>,
+    /// With `center`, the index rows centred and renormalised (row `i` is
+    /// `(units[i] − center) · inverse_norms[i]`); else empty, since the rows
+    /// are the units themselves (see [`RetrievalHead::rows`]).
+    centred_rows: Vec<f32>,
     /// With `center`, `1 / |units[i] − center|` per row; else empty.
     pub inverse_norms: Vec<f32>,
     /// The class of each row, non-decreasing.
@@ -296,13 +296,13 @@ impl RetrievalHead {
             }
             (rows, inverse_norms, Some(mean))
         } else {
-            (index.units.clone(), Vec::new(), None)
+            (Vec::new(), Vec::new(), None)
         };
         let mut head = RetrievalHead {
             labels: classes,
             dim,
             index,
-            rows,
+            centred_rows: rows,
             inverse_norms,
             row_class,
             row_image,
@@ -323,7 +323,7 @@ impl RetrievalHead {
             }
         }
         if opts.aggregation == Aggregation::Discriminant {
-            head.discriminant = Some(discriminant::Discriminant::fit(&head.rows, dim, &head.row_class, head.labels.len()));
+            head.discriminant = Some(discriminant::Discriminant::fit(head.rows(), dim, &head.row_class, head.labels.len()));
         }
         if opts.calibrate && head.labels.len() > 1 {
             let cal = calibrate::calibrate(&head, opts.target_precision);
@@ -339,6 +339,15 @@ impl RetrievalHead {
             head.threshold = opts.threshold;
         }
         Ok(head)
+    }
+
+    /// Index rows as the query meets them (`len()` x `dim`).
+    pub fn rows(&self) -> &[f32] {
+        if self.center.is_some() {
+            &self.centred_rows
+        } else {
+            &self.index.units
+        }
     }
 
     /// Number of index rows.
@@ -371,7 +380,7 @@ impl RetrievalHead {
     /// Per-class sums of the rows (`labels.len()` x `dim`), not normalised.
     pub fn class_sums(&self) -> Vec<f32> {
         let mut s = vec![0f32; self.labels.len() * self.dim];
-        for (r, &c) in self.rows.chunks_exact(self.dim).zip(&self.row_class) {
+        for (r, &c) in self.rows().chunks_exact(self.dim).zip(&self.row_class) {
             for (a, x) in s[c as usize * self.dim..(c as usize + 1) * self.dim].iter_mut().zip(r) {
                 *a += x;
             }
@@ -387,14 +396,14 @@ impl RetrievalHead {
     /// Cosine similarity of a raw query embedding to every index row.
     pub fn similarities(&self, query: &[f32]) -> Vec<f32> {
         let q = self.project(query);
-        self.rows.chunks_exact(self.dim).map(|r| dot(r, &q)).collect()
+        self.rows().chunks_exact(self.dim).map(|r| dot(r, &q)).collect()
     }
 
     /// One similarity per class for a raw query embedding (before softmax).
     pub fn class_similarities(&self, query: &[f32]) -> Vec<f32> {
         let q = self.project(query);
         // Only `max` and `blend` look at every index row.
-        let sims: Vec<f32> = if self.aggregation.uses_max() { self.rows.chunks_exact(self.dim).map(|r| dot(r, &q)).collect() } else { Vec::new() };
+        let sims: Vec<f32> = if self.aggregation.uses_max() { self.rows().chunks_exact(self.dim).map(|r| dot(r, &q)).collect() } else { Vec::new() };
         self.aggregate(&q, &sims)
     }
 
@@ -451,7 +460,7 @@ mod tests {
         assert_eq!(h.row_class, vec![0, 1, 1]);
         assert_eq!(h.row_image, vec![0, 1, 2]);
         assert_eq!(h.index.images, vec![ImageId::from_index(1), ImageId::from_index(0), ImageId::from_index(2)]);
-        assert_eq!(h.rows, vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
+        assert_eq!(h.rows(), vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
         assert_eq!(h.class_sizes(), vec![1, 2]);
         // Query along y: class a's only image is orthogonal, class b has (0,1).
         assert_eq!(h.scores(&[0.0, 5.0]), vec![0.0, 1.0]);
@@ -489,7 +498,7 @@ mod tests {
         let h = RetrievalHead::new(&emb, 2, &labels(&["a", "b"]), &opts).unwrap();
         let m = h.center.as_ref().unwrap();
         assert!((m[0]).abs() < 1e-6 && (m[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{m:?}");
-        assert!((h.rows[0] - 1.0).abs() < 1e-6 && h.rows[1].abs() < 1e-6, "{:?}", h.rows);
+        assert!((h.rows()[0] - 1.0).abs() < 1e-6 && h.rows()[1].abs() < 1e-6, "{:?}", h.rows());
         let s = h.scores(&[2.0, 1.9]);
         assert!(s[0] > 0.99 && s[1] < -0.99, "{s:?}");
     }

@@ -125,11 +125,11 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
     let n = head.len() as i32;
     let layer = |ed: &mut ModelEditor, name: &str, weights: &[f32], bias: Option<&[f32]>, outputs: i32| match query_q {
         None => similarity_float(ed, name, query, weights, bias, [b, outputs], d),
-        Some(q) => similarity_int8(ed, name, q, &head.rows, weights, bias, [b, outputs], d),
+        Some(q) => similarity_int8(ed, name, q, head.rows(), weights, bias, [b, outputs], d),
     };
 
     let class_max = if matches!(head.aggregation, Aggregation::Max | Aggregation::Blend) {
-        let sims = layer(ed, "cbr/similarities", &head.rows, None, n);
+        let sims = layer(ed, "cbr/similarities", head.rows(), None, n);
         let mut input = sims;
         for (i, level) in plan_max(head.groups()).iter().enumerate() {
             input = max_level(ed, level, input, i, b);
