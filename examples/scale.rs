@@ -100,7 +100,8 @@ fn write_raw(path: &Path, words: impl Iterator<Item = [u8; 4]>) -> Result<()> {
 /// Reads a file of little-endian 4-byte words, converting in chunks (the
 /// vector files are up to 5 GB: no second copy of them).
 fn read_words<T>(path: &Path, convert: impl Fn([u8; 4]) -> T) -> Result<Vec<T>> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f.metadata()?.len() as usize;
     if len % 4 != 0 {
         bail!("{} is not whole 4-byte words", path.display());
@@ -110,7 +111,8 @@ fn read_words<T>(path: &Path, convert: impl Fn([u8; 4]) -> T) -> Result<Vec<T>> 
     let mut left = len;
     while left > 0 {
         let take = left.min(buf.len());
-        f.read_exact(&mut buf[..take]).with_context(|| format!("cannot read {}", path.display()))?;
+        f.read_exact(&mut buf[..take])
+            .with_context(|| format!("cannot read {}", path.display()))?;
         out.extend(buf[..take].chunks_exact(4).map(|c| convert(c.try_into().expect("4 bytes"))));
         left -= take;
     }
@@ -118,7 +120,9 @@ fn read_words<T>(path: &Path, convert: impl Fn([u8; 4]) -> T) -> Result<Vec<T>> 
 }
 
 fn load(dir: &Path) -> Result<Vectors> {
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).context("meta.json (run `gen` first)")?)?;
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("meta.json")).context("meta.json (run `gen` first)")?,
+    )?;
     let n = meta["n"].as_u64().ok_or_else(|| anyhow!("meta.json: no n"))? as usize;
     let dim = meta["dim"].as_u64().ok_or_else(|| anyhow!("meta.json: no dim"))? as usize;
     let rows = read_words(&dir.join("rows.f32"), f32::from_le_bytes)?;
@@ -136,7 +140,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Median single-query latency (ms) after two warm-up queries.
-fn time_singles(queries: &[f32], dim: usize, count: usize, mut run: impl FnMut(&[f32]) -> Result<()>) -> Result<f64> {
+fn time_singles(
+    queries: &[f32],
+    dim: usize,
+    count: usize,
+    mut run: impl FnMut(&[f32]) -> Result<()>,
+) -> Result<f64> {
     let qs: Vec<&[f32]> = queries.chunks_exact(dim).collect();
     for q in qs.iter().take(2) {
         run(q)?;
@@ -162,8 +171,14 @@ fn main() -> Result<()> {
             write_raw(&dir.join("rows.f32"), rows.iter().map(|x| x.to_le_bytes()))?;
             write_raw(&dir.join("classes.u32"), classes.iter().map(|x| x.to_le_bytes()))?;
             write_raw(&dir.join("queries.f32"), q.iter().map(|x| x.to_le_bytes()))?;
-            std::fs::write(dir.join("meta.json"), json!({"n": n, "dim": dim, "clusters": clusters, "queries": queries}).to_string())?;
-            println!("{}", json!({"what": "gen", "n": n, "dim": dim, "clusters": clusters, "seconds": gen_s}));
+            std::fs::write(
+                dir.join("meta.json"),
+                json!({"n": n, "dim": dim, "clusters": clusters, "queries": queries}).to_string(),
+            )?;
+            println!(
+                "{}",
+                json!({"what": "gen", "n": n, "dim": dim, "clusters": clusters, "seconds": gen_s})
+            );
         }
         Cmd::Search { dir, singles, batch, k, ivf, nprobe, lists, train_per_list } => {
             let v = load(&dir)?;
@@ -181,7 +196,11 @@ fn main() -> Result<()> {
             // Agreement with FAISS's top-1 (written by bench/scale_faiss.py), if present.
             let faiss_top1 = match read_words(&dir.join("faiss_top1.u32"), u32::from_le_bytes) {
                 Ok(ids) => {
-                    let same = ids.iter().zip(&exact).filter(|(f, e)| e.first().map(|h| h.row) == Some(**f)).count();
+                    let same = ids
+                        .iter()
+                        .zip(&exact)
+                        .filter(|(f, e)| e.first().map(|h| h.row) == Some(**f))
+                        .count();
                     Some(same as f64 / ids.len().min(exact.len()).max(1) as f64)
                 }
                 Err(_) => None,
@@ -202,7 +221,8 @@ fn main() -> Result<()> {
                 let build_s = start.elapsed().as_secs_f64();
                 drop(rows);
                 // Ids in `exact` are build-order rows, as are the IVF's.
-                let exact_ids: Vec<Option<u32>> = exact.iter().map(|h| h.first().map(|h: &Hit| h.row)).collect();
+                let exact_ids: Vec<Option<u32>> =
+                    exact.iter().map(|h| h.first().map(|h: &Hit| h.row)).collect();
                 for &probe in &nprobe {
                     let probe = if probe == 0 { index.nprobe } else { probe };
                     let single_ms = time_singles(&v.queries, dim, singles.max(200), |q| {
@@ -212,7 +232,11 @@ fn main() -> Result<()> {
                     let start = Instant::now();
                     let approx = index.search_batch(batch_q, k, probe);
                     let batch_s = start.elapsed().as_secs_f64();
-                    let same = approx.iter().zip(&exact_ids).filter(|(a, e)| a.first().map(|h| h.row) == **e).count();
+                    let same = approx
+                        .iter()
+                        .zip(&exact_ids)
+                        .filter(|(a, e)| a.first().map(|h| h.row) == **e)
+                        .count();
                     println!(
                         "{}",
                         json!({"what": "cbr-ivf", "n": n, "dim": dim, "k": k, "lists": index.lists(), "nprobe": probe, "default_nprobe": probe == index.nprobe,
@@ -231,7 +255,10 @@ fn main() -> Result<()> {
                 let load_s = start.elapsed().as_secs_f64();
                 drop(loaded);
                 std::fs::remove_file(&path)?;
-                println!("{}", json!({"what": "cbr-ivf-file", "n": n, "file_bytes": size, "save_s": save_s, "load_s": load_s}));
+                println!(
+                    "{}",
+                    json!({"what": "cbr-ivf-file", "n": n, "file_bytes": size, "save_s": save_s, "load_s": load_s})
+                );
             }
         }
         Cmd::Onnx { dir, classes, singles, batch, dtype } => {
@@ -249,13 +276,21 @@ fn main() -> Result<()> {
                 };
                 let weight_bytes = (n * dim * per_value) as u64;
                 if weight_bytes >= (2u64 << 30) - (64 << 20) {
-                    println!("{}", json!({"what": "onnx-head", "n": n, "classes": c, "dtype": dtype.name(), "skipped": format!("{dtype} index weights exceed the 2 GB protobuf limit of one ONNX file")}));
+                    println!(
+                        "{}",
+                        json!({"what": "onnx-head", "n": n, "classes": c, "dtype": dtype.name(), "skipped": format!("{dtype} index weights exceed the 2 GB protobuf limit of one ONNX file")})
+                    );
                     continue;
                 }
                 // Contiguous classes (row i in class i·c/n), so the rows are in
                 // canonical order and the head need not copy them to sort.
                 let labels: Vec<String> = (0..n).map(|i| format!("c{:06}", i * c / n)).collect();
-                let head = RetrievalHead::new(&v.rows, dim, &labels, &HeadOptions { index_dtype: dtype, ..HeadOptions::original() })?;
+                let head = RetrievalHead::new(
+                    &v.rows,
+                    dim,
+                    &labels,
+                    &HeadOptions { index_dtype: dtype, ..HeadOptions::original() },
+                )?;
                 drop(labels);
                 let embedder = passthrough(dim);
                 let model = head.append_to(&embedder, "features")?;
@@ -272,7 +307,8 @@ fn main() -> Result<()> {
                 let mut session = cbr::embedder::session_from_bytes(&file)?;
                 let load_s = start.elapsed().as_secs_f64();
                 drop(file);
-                let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(SCORES));
+                let options =
+                    RunOptions::new()?.with_outputs(OutputSelector::no_default().with(SCORES));
                 let mut run = |q: &[f32], b: usize| -> Result<()> {
                     let t = TensorRef::from_array_view(([b, dim], q))?;
                     let out = session.run_with_options(ort::inputs!["input" => t], &options)?;
@@ -302,9 +338,17 @@ fn main() -> Result<()> {
 /// An "embedder" that passes its input through: input [batch, dim] → features.
 fn passthrough(dim: usize) -> ModelProto {
     let mut g = onnx::GraphProto { name: Some("passthrough".into()), ..Default::default() };
-    g.input.push(value_info("input", DataType::Float, &[Dim::Symbolic("batch".into()), Dim::Fixed(dim as i64)]));
+    g.input.push(value_info(
+        "input",
+        DataType::Float,
+        &[Dim::Symbolic("batch".into()), Dim::Fixed(dim as i64)],
+    ));
     g.node.push(node("Identity", "features", &["input"], &["features"], vec![]));
-    g.output.push(value_info("features", DataType::Float, &[Dim::Symbolic("batch".into()), Dim::Fixed(dim as i64)]));
+    g.output.push(value_info(
+        "features",
+        DataType::Float,
+        &[Dim::Symbolic("batch".into()), Dim::Fixed(dim as i64)],
+    ));
     ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],

@@ -40,11 +40,30 @@ fn main() -> Result<()> {
     let t = std::time::Instant::now();
     let head = RetrievalHead::new(&emb, dim, &labels, &opts)?;
     let head_s = t.elapsed().as_secs_f64();
-    let embedder_info = EmbedderInfo { name: a[1].clone(), sha256: cbr::cache::sha256_hex(&embedder), input: "input".into(), output: "embedding".into(), dim };
-    let preprocess = Preprocess { width: 224, height: 224, layout: Layout::Nhwc, channel_order: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3], resize: ResizeMode::Stretch };
+    let embedder_info = EmbedderInfo {
+        name: a[1].clone(),
+        sha256: cbr::cache::sha256_hex(&embedder),
+        input: "input".into(),
+        output: "embedding".into(),
+        dim,
+    };
+    let preprocess = Preprocess {
+        width: 224,
+        height: 224,
+        layout: Layout::Nhwc,
+        channel_order: ChannelOrder::Rgb,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        resize: ResizeMode::Stretch,
+    };
     let info = cbr::build::classifier_info(&embedder_info, &preprocess, &head, false);
     let t = std::time::Instant::now();
-    let bytes = tflite::classifier_bytes(&embedder, &head, &info, &TfliteOptions { block, ..Default::default() })?;
+    let bytes = tflite::classifier_bytes(
+        &embedder,
+        &head,
+        &info,
+        &TfliteOptions { block, ..Default::default() },
+    )?;
     let write_s = t.elapsed().as_secs_f64();
     cbr::cache::write_atomic(std::path::Path::new(&a[6]), &bytes)?;
     println!("rows={rows} classes={} dim={dim} bytes={} operators={} head_s={head_s:.2} write_s={write_s:.2}", head.labels.len(), bytes.len(), tflite::operator_count(&bytes)?);

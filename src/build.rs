@@ -18,8 +18,8 @@ use crate::decode::{self, DecodeLimits};
 use crate::embedder::{Embedder, EmbedderInfo, EmbedderModel};
 use crate::embedding_cache::{EmbeddingCache, Variant};
 use crate::head::{HeadOptions, ImageId, Index, RetrievalHead};
-use crate::preprocess::Preprocess;
 use crate::onnx;
+use crate::preprocess::Preprocess;
 use crate::search::IvfIndex;
 use crate::sidecar::{self, IndexChoice, IndexInfo};
 
@@ -103,7 +103,14 @@ impl Embedded {
     pub fn index(&self, opts: &HeadOptions) -> Result<Index> {
         let ids: Vec<ImageId> = self.images.iter().map(|&i| self.ids[i as usize]).collect();
         let power = if opts.power != 1.0 { Some(opts.power) } else { None };
-        Index::from_embeddings(&self.embeddings, self.dim, &self.labels, &ids, power, opts.index_dtype)
+        Index::from_embeddings(
+            &self.embeddings,
+            self.dim,
+            &self.labels,
+            &ids,
+            power,
+            opts.index_dtype,
+        )
     }
 }
 
@@ -119,14 +126,18 @@ pub fn decode_ahead<P: AsRef<std::path::Path> + Sync>(
     paths: &[P],
     preprocess: &crate::preprocess::Preprocess,
     limits: &DecodeLimits,
-    mut consume: impl FnMut(std::ops::Range<usize>, Vec<Result<Vec<f32>, decode::DecodeError>>) -> Result<()>,
+    mut consume: impl FnMut(
+        std::ops::Range<usize>,
+        Vec<Result<Vec<f32>, decode::DecodeError>>,
+    ) -> Result<()>,
 ) -> Result<()> {
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Result<Vec<f32>, decode::DecodeError>>>(1);
     std::thread::scope(|s| -> Result<()> {
         // `move`: the sender must drop when decoding ends, or the loop below never does.
         s.spawn(move || {
             for chunk in paths.chunks(DECODE_CHUNK) {
-                let decoded: Vec<_> = chunk.par_iter().map(|p| decode::load_tensor(p, preprocess, limits)).collect();
+                let decoded: Vec<_> =
+                    chunk.par_iter().map(|p| decode::load_tensor(p, preprocess, limits)).collect();
                 if tx.send(decoded).is_err() {
                     return; // the consumer stopped (an error): stop decoding too
                 }
@@ -168,7 +179,8 @@ pub fn embed_images(
     let start = Instant::now();
     let preprocess = embedder.preprocess.clone();
     let dim = embedder.info.dim;
-    let variants: &[Variant] = if opts.augment { &[Variant::Original, Variant::Mirrored] } else { &[Variant::Original] };
+    let variants: &[Variant] =
+        if opts.augment { &[Variant::Original, Variant::Mirrored] } else { &[Variant::Original] };
     let mut out = Embedded { dim, ..Default::default() };
 
     // 1. Identify every image by its content, and check what can be checked
@@ -181,20 +193,29 @@ pub fn embed_images(
             Ok(ImageId::of_bytes(&bytes))
         })
         .collect();
-    let mut first_seen: std::collections::HashMap<(&str, ImageId), &std::path::Path> = Default::default();
+    let mut first_seen: std::collections::HashMap<(&str, ImageId), &std::path::Path> =
+        Default::default();
     // Images to use, in input order, with their embeddings once known.
     let mut kept: Vec<(usize, ImageId, Option<Vec<f32>>)> = Vec::new();
     for (i, (img, id)) in images.iter().zip(ids).enumerate() {
         match id {
-            Err(e) if opts.strict => bail!("{}: {e} (--strict stops at the first unreadable image)", img.path.display()),
-            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() }),
-            Ok(id) if known.contains(&(img.label.clone(), id)) => {
-                out.skipped.push(Skipped { path: img.path.clone(), reason: format!("already in the model (class {:?})", img.label) })
+            Err(e) if opts.strict => {
+                bail!("{}: {e} (--strict stops at the first unreadable image)", img.path.display())
             }
+            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() }),
+            Ok(id) if known.contains(&(img.label.clone(), id)) => out.skipped.push(Skipped {
+                path: img.path.clone(),
+                reason: format!("already in the model (class {:?})", img.label),
+            }),
             Ok(id) => match first_seen.entry((img.label.as_str(), id)) {
-                std::collections::hash_map::Entry::Occupied(e) => {
-                    out.skipped.push(Skipped { path: img.path.clone(), reason: format!("same content as {} (class {:?})", e.get().display(), img.label) })
-                }
+                std::collections::hash_map::Entry::Occupied(e) => out.skipped.push(Skipped {
+                    path: img.path.clone(),
+                    reason: format!(
+                        "same content as {} (class {:?})",
+                        e.get().display(),
+                        img.label
+                    ),
+                }),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     e.insert(&img.path);
                     kept.push((i, id, None));
@@ -204,7 +225,11 @@ pub fn embed_images(
     }
 
     // 2. Take what the cache has.
-    let mut cache = if opts.cache { Some(EmbeddingCache::for_embedder(&embedder.info, &preprocess)?) } else { None };
+    let mut cache = if opts.cache {
+        Some(EmbeddingCache::for_embedder(&embedder.info, &preprocess)?)
+    } else {
+        None
+    };
     if let Some(cache) = &cache {
         for (_, id, found) in kept.iter_mut() {
             let parts: Option<Vec<Vec<f32>>> = variants.iter().map(|&v| cache.get(id, v)).collect();
@@ -217,7 +242,8 @@ pub fn embed_images(
 
     // 3. Decode and embed the rest, a chunk at a time.
     let todo: Vec<usize> = (0..kept.len()).filter(|&k| kept[k].2.is_none()).collect();
-    let paths: Vec<&std::path::Path> = todo.iter().map(|&k| images[kept[k].0].path.as_path()).collect();
+    let paths: Vec<&std::path::Path> =
+        todo.iter().map(|&k| images[kept[k].0].path.as_path()).collect();
     let per = preprocess.tensor_len();
     let mut batch = Vec::with_capacity(DECODE_CHUNK * per * variants.len());
     let mut failed = vec![false; kept.len()];
@@ -235,7 +261,10 @@ pub fn embed_images(
                     }
                     ok.push(k);
                 }
-                Err(e) if opts.strict => bail!("{}: {e} (--strict stops at the first unreadable image)", img.path.display()),
+                Err(e) if opts.strict => bail!(
+                    "{}: {e} (--strict stops at the first unreadable image)",
+                    img.path.display()
+                ),
                 Err(e) => {
                     out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() });
                     failed[k] = true;
@@ -246,7 +275,8 @@ pub fn embed_images(
             let e = embedder.embed(&batch, ok.len() * variants.len())?;
             let per_image = dim * variants.len();
             if let Some(cache) = cache.as_mut() {
-                let mut entries: Vec<(ImageId, Variant, &[f32])> = Vec::with_capacity(ok.len() * variants.len());
+                let mut entries: Vec<(ImageId, Variant, &[f32])> =
+                    Vec::with_capacity(ok.len() * variants.len());
                 for (j, &k) in ok.iter().enumerate() {
                     for (v, &variant) in variants.iter().enumerate() {
                         let at = j * per_image + v * dim;
@@ -296,8 +326,12 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
             // so say here why this class's images were skipped.
             let paths: HashSet<&std::path::Path> =
                 images.iter().filter(|i| i.label == label).map(|i| i.path.as_path()).collect();
-            let skipped: Vec<&Skipped> = embedded.skipped.iter().filter(|s| paths.contains(s.path.as_path())).collect();
-            let mut msg = format!("class {label:?} has no readable images: all {} were skipped", skipped.len());
+            let skipped: Vec<&Skipped> =
+                embedded.skipped.iter().filter(|s| paths.contains(s.path.as_path())).collect();
+            let mut msg = format!(
+                "class {label:?} has no readable images: all {} were skipped",
+                skipped.len()
+            );
             for s in skipped.iter().take(3) {
                 msg.push_str(&format!("\n  {}: {}", s.path.display(), s.reason));
             }
@@ -321,20 +355,33 @@ pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> 
 }
 
 /// [`model_bytes`] with the TFLite choices (used when the embedder is a `.tflite`).
-pub fn model_bytes_with(embedder: &Embedder, head: &RetrievalHead, augment: bool, tflite: &crate::tflite::TfliteOptions) -> Result<Vec<u8>> {
+pub fn model_bytes_with(
+    embedder: &Embedder,
+    head: &RetrievalHead,
+    augment: bool,
+    tflite: &crate::tflite::TfliteOptions,
+) -> Result<Vec<u8>> {
     match &embedder.model {
-        EmbedderModel::Onnx { model, .. } => model_bytes_for(model, &embedder.info, &embedder.preprocess, head, augment),
+        EmbedderModel::Onnx { model, .. } => {
+            model_bytes_for(model, &embedder.info, &embedder.preprocess, head, augment)
+        }
         // A TFLite embedder gives a TFLite classifier: the same head, appended by the TFLite writer.
         EmbedderModel::Tflite { bytes, .. } => {
             let info = classifier_info(&embedder.info, &embedder.preprocess, head, augment);
-            crate::tflite::classifier_bytes(bytes, head, &info, tflite).context("cannot write the TFLite classifier")
+            crate::tflite::classifier_bytes(bytes, head, &info, tflite)
+                .context("cannot write the TFLite classifier")
         }
     }
 }
 
 /// What a model built from `head` on this embedder says about itself (the
 /// `cbr` metadata of its ONNX or TFLite file).
-pub fn classifier_info(embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> ClassifierInfo {
+pub fn classifier_info(
+    embedder_info: &EmbedderInfo,
+    preprocess: &Preprocess,
+    head: &RetrievalHead,
+    augment: bool,
+) -> ClassifierInfo {
     ClassifierInfo {
         format: FORMAT_VERSION,
         cbr_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -356,7 +403,13 @@ pub fn classifier_info(embedder_info: &EmbedderInfo, preprocess: &Preprocess, he
 
 /// The ONNX model file for `head` on an ONNX embedder graph, without a loaded
 /// embedder (edits that embed nothing need no runtime).
-pub fn model_bytes_for(embedder: &onnx::ModelProto, embedder_info: &EmbedderInfo, preprocess: &Preprocess, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
+pub fn model_bytes_for(
+    embedder: &onnx::ModelProto,
+    embedder_info: &EmbedderInfo,
+    preprocess: &Preprocess,
+    head: &RetrievalHead,
+    augment: bool,
+) -> Result<Vec<u8>> {
     model_file_bytes(embedder, embedder_info, preprocess, head, augment, false)
 }
 
@@ -373,10 +426,12 @@ pub fn model_file_bytes(
     let mut model = if sidecar {
         sidecar::embedding_model(embedder, &embedder_info.output, head.dim)?
     } else {
-        head.append_to(embedder, &embedder_info.output).context("cannot append the retrieval head")?
+        head.append_to(embedder, &embedder_info.output)
+            .context("cannot append the retrieval head")?
     };
     let mut info = classifier_info(embedder_info, preprocess, head, augment);
-    info.index = sidecar.then(|| IndexInfo { rows: head.len(), dim: head.dim, mean: head.center.clone() });
+    info.index =
+        sidecar.then(|| IndexInfo { rows: head.len(), dim: head.dim, mean: head.center.clone() });
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
@@ -427,7 +482,11 @@ pub fn build(
     opts: &BuildOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<(Built, BuildReport)> {
-    check_class_count(crate::dataset::class_counts(images).len(), images.first().map_or("", |i| &i.label), &opts.head)?;
+    check_class_count(
+        crate::dataset::class_counts(images).len(),
+        images.first().map_or("", |i| &i.label),
+        &opts.head,
+    )?;
     let embedded = embed_images(embedder, images, opts, &HashSet::new(), progress)?;
     check_classes(images, &embedded)?;
     build_from_embedded(embedder, embedded, opts)
@@ -435,10 +494,17 @@ pub fn build(
 
 /// Builds from embeddings made earlier by `cbr embed` (Parquet shards),
 /// which must come from `embedder` with its preprocessing.
-pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOptions) -> Result<(Built, BuildReport)> {
+pub fn build_from_shards(
+    embedder: &Embedder,
+    shards: &[PathBuf],
+    opts: &BuildOptions,
+) -> Result<(Built, BuildReport)> {
     let start = Instant::now();
     let (info, preprocess, mut embedded) = crate::shard::read(shards)?;
-    if info.sha256 != embedder.info.sha256 || info.output != embedder.info.output || preprocess != embedder.preprocess {
+    if info.sha256 != embedder.info.sha256
+        || info.output != embedder.info.output
+        || preprocess != embedder.preprocess
+    {
         bail!(
             "the shards were embedded with {} ({}, output {}) and their own preprocessing; the build's embedder is {} ({}, output {}){}: \
              pass the same --embedder and preprocessing flags as to `cbr embed`",
@@ -453,7 +519,11 @@ pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOp
     }
     let mirrored = embedded.labels.len() == 2 * embedded.paths.len() && !embedded.paths.is_empty();
     if mirrored != opts.augment {
-        bail!("the shards {} mirror images; build {} --augment", if mirrored { "hold" } else { "do not hold" }, if mirrored { "with" } else { "without" });
+        bail!(
+            "the shards {} mirror images; build {} --augment",
+            if mirrored { "hold" } else { "do not hold" },
+            if mirrored { "with" } else { "without" }
+        );
     }
     let mut labels = embedded.labels.clone();
     labels.sort();
@@ -464,15 +534,28 @@ pub fn build_from_shards(embedder: &Embedder, shards: &[PathBuf], opts: &BuildOp
 }
 
 /// The model for already embedded images.
-pub fn build_from_embedded(embedder: &Embedder, embedded: Embedded, opts: &BuildOptions) -> Result<(Built, BuildReport)> {
+pub fn build_from_embedded(
+    embedder: &Embedder,
+    embedded: Embedded,
+    opts: &BuildOptions,
+) -> Result<(Built, BuildReport)> {
     let head = RetrievalHead::from_index(embedded.index(&opts.head)?, &opts.head)?;
     let index = match opts.index.resolve(&head)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
     };
     let bytes = match (&embedder.model, index.is_some()) {
-        (EmbedderModel::Onnx { model, .. }, true) => model_file_bytes(model, &embedder.info, &embedder.preprocess, &head, opts.augment, true)?,
-        (EmbedderModel::Tflite { .. }, true) => bail!("a sidecar index (--index ivf) needs an ONNX embedder; this one is TFLite"),
+        (EmbedderModel::Onnx { model, .. }, true) => model_file_bytes(
+            model,
+            &embedder.info,
+            &embedder.preprocess,
+            &head,
+            opts.augment,
+            true,
+        )?,
+        (EmbedderModel::Tflite { .. }, true) => {
+            bail!("a sidecar index (--index ivf) needs an ONNX embedder; this one is TFLite")
+        }
         (_, false) => model_bytes_with(embedder, &head, opts.augment, &opts.tflite)?,
     };
     let report = BuildReport {

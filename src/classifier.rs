@@ -9,9 +9,9 @@ use ort::session::Session;
 use serde::{Deserialize, Serialize};
 
 use crate::embedder::{run_batched, run_tflite, session_from_bytes, EmbedderInfo};
-use crate::litert;
 use crate::head::calibrate::Calibration;
 use crate::head::{Aggregation, EMBEDDING, SCORES};
+use crate::litert;
 use crate::preprocess::Preprocess;
 use crate::sidecar::{IndexInfo, Sidecar};
 
@@ -69,7 +69,8 @@ impl ClassifierInfo {
     }
 
     pub fn from_json(s: &str) -> Result<Self> {
-        let info: ClassifierInfo = serde_json::from_str(s).context("the cbr metadata is not valid")?;
+        let info: ClassifierInfo =
+            serde_json::from_str(s).context("the cbr metadata is not valid")?;
         if info.format > FORMAT_VERSION {
             bail!("the model was written by a newer cbr (format {}, this cbr reads up to {FORMAT_VERSION}): upgrade cbr", info.format);
         }
@@ -117,11 +118,14 @@ pub struct Classifier {
 impl Classifier {
     /// Loads a model file written by `cbr build`.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-        let mut classifier = Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        let mut classifier =
+            Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))?;
         if let Some(index) = &classifier.info.index {
             let info = &classifier.info;
-            classifier.sidecar = Some(Sidecar::open(path, index, info.power, info.labels.len(), info.temperature)?);
+            classifier.sidecar =
+                Some(Sidecar::open(path, index, info.power, info.labels.len(), info.temperature)?);
         }
         Ok(classifier)
     }
@@ -135,10 +139,16 @@ impl Classifier {
             .metadata()
             .map_err(|e| anyhow!("cannot read model metadata: {e}"))?
             .custom(METADATA_KEY)
-            .ok_or_else(|| anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`"))?;
+            .ok_or_else(|| {
+                anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`")
+            })?;
         let info = ClassifierInfo::from_json(&json)?;
         let max_batch = match session.inputs().first().map(|i| i.dtype()) {
-            Some(ort::value::ValueType::Tensor { shape, .. }) if shape.first().copied().unwrap_or(-1) > 0 => shape[0] as usize,
+            Some(ort::value::ValueType::Tensor { shape, .. })
+                if shape.first().copied().unwrap_or(-1) > 0 =>
+            {
+                shape[0] as usize
+            }
             _ => 16,
         };
         Ok(Classifier { runner: Runner::Onnx(session), info, max_batch, sidecar: None })
@@ -148,7 +158,9 @@ impl Classifier {
         let info = crate::tflite::read_info(bytes)?;
         litert::ensure()?;
         let model = litert::Model::from_bytes(bytes)?;
-        let scores = model.output_index(SCORES).ok_or_else(|| anyhow!("the TFLite model has no output named {SCORES:?}"))?;
+        let scores = model
+            .output_index(SCORES)
+            .ok_or_else(|| anyhow!("the TFLite model has no output named {SCORES:?}"))?;
         let inputs = model.inputs();
         let max_batch = match inputs.as_slice() {
             [one] => one.shape.first().copied().unwrap_or(1).max(1) as usize,
@@ -163,14 +175,43 @@ impl Classifier {
         let classes = self.info.labels.len();
         let info = &self.info;
         if info.index.is_some() {
-            let sidecar = self.sidecar.as_ref().ok_or_else(|| anyhow!("this model keeps its index in a file beside it: open it with Classifier::open"))?;
-            let Runner::Onnx(session) = &mut self.runner else { bail!("a sidecar index needs an ONNX model") };
-            let embeddings = run_batched(session, &info.preprocess, &info.embedder.input, EMBEDDING, self.max_batch, tensors, n)?;
+            let sidecar = self.sidecar.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "this model keeps its index in a file beside it: open it with Classifier::open"
+                )
+            })?;
+            let Runner::Onnx(session) = &mut self.runner else {
+                bail!("a sidecar index needs an ONNX model")
+            };
+            let embeddings = run_batched(
+                session,
+                &info.preprocess,
+                &info.embedder.input,
+                EMBEDDING,
+                self.max_batch,
+                tensors,
+                n,
+            )?;
             return sidecar.scores(&embeddings, n);
         }
         let flat = match &mut self.runner {
-            Runner::Onnx(session) => run_batched(session, &info.preprocess, &info.embedder.input, SCORES, self.max_batch, tensors, n)?,
-            Runner::Tflite { model, scores } => run_tflite(model, *scores, info.preprocess.tensor_len(), self.max_batch, tensors, n)?,
+            Runner::Onnx(session) => run_batched(
+                session,
+                &info.preprocess,
+                &info.embedder.input,
+                SCORES,
+                self.max_batch,
+                tensors,
+                n,
+            )?,
+            Runner::Tflite { model, scores } => run_tflite(
+                model,
+                *scores,
+                info.preprocess.tensor_len(),
+                self.max_batch,
+                tensors,
+                n,
+            )?,
         };
         if flat.len() != n * classes {
             bail!("{SCORES} has {} values, expected {n} x {classes}", flat.len());
@@ -180,7 +221,13 @@ impl Classifier {
 
     /// Predictions for `n` preprocessed images: the top `k` classes and the
     /// label (or unknown). `threshold` overrides the model's own threshold.
-    pub fn predict(&mut self, tensors: &[f32], n: usize, k: usize, threshold: Option<f32>) -> Result<Vec<Prediction>> {
+    pub fn predict(
+        &mut self,
+        tensors: &[f32],
+        n: usize,
+        k: usize,
+        threshold: Option<f32>,
+    ) -> Result<Vec<Prediction>> {
         let scores = self.scores(tensors, n)?;
         let threshold = threshold.or(self.threshold());
         Ok(scores
@@ -211,9 +258,14 @@ impl Classifier {
 /// The `k` best of `scores`, best first; ties keep class order. Classes
 /// scored −inf (not retrieved from a sidecar index) are left out.
 pub fn top_k(labels: &[String], scores: &[f32], k: usize) -> Vec<Scored> {
-    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > f32::NEG_INFINITY).collect();
+    let mut order: Vec<usize> =
+        (0..scores.len()).filter(|&i| scores[i] > f32::NEG_INFINITY).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    order.into_iter().take(k).map(|i| Scored { label: labels[i].clone(), score: scores[i] }).collect()
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Scored { label: labels[i].clone(), score: scores[i] })
+        .collect()
 }
 
 #[cfg(test)]

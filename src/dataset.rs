@@ -35,10 +35,7 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
 /// belong to that label. Sorted by label, then path.
 pub fn from_folder(root: &Path) -> Result<Vec<LabelledImage>> {
     let meta = fs::metadata(root).with_context(|| {
-        format!(
-            "cannot open image folder {}: check the path ({LAYOUT_HINT})",
-            root.display()
-        )
+        format!("cannot open image folder {}: check the path ({LAYOUT_HINT})", root.display())
     })?;
     if !meta.is_dir() {
         bail!("{} is not a folder: {LAYOUT_HINT}", root.display());
@@ -64,11 +61,7 @@ pub fn from_folder(root: &Path) -> Result<Vec<LabelledImage>> {
         }
     }
     if !stray_files.is_empty() {
-        let example = stray_files[0]
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let example = stray_files[0].file_name().unwrap_or_default().to_string_lossy().into_owned();
         bail!(
             "found {} file(s) directly in {} (e.g. {example}); images must be inside a \
              sub-folder named after their class, e.g. {}: move them into class folders",
@@ -86,15 +79,9 @@ pub fn from_folder(root: &Path) -> Result<Vec<LabelledImage>> {
         let mut visited = HashSet::new();
         collect_files(&dir, &mut files, &mut visited)?;
         if files.is_empty() {
-            bail!(
-                "class folder {} is empty: add images or remove the folder",
-                dir.display()
-            );
+            bail!("class folder {} is empty: add images or remove the folder", dir.display());
         }
-        images.extend(files.into_iter().map(|path| LabelledImage {
-            label: label.clone(),
-            path,
-        }));
+        images.extend(files.into_iter().map(|path| LabelledImage { label: label.clone(), path }));
     }
     images.sort();
     Ok(images)
@@ -138,12 +125,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut HashSet<PathB
 /// The same path under two different labels is kept twice on purpose (an image
 /// may legitimately be an example of both classes).
 pub fn from_csv(manifest: &Path) -> Result<Vec<LabelledImage>> {
-    let file = fs::File::open(manifest).with_context(|| {
-        format!(
-            "cannot open manifest {}: check the path",
-            manifest.display()
-        )
-    })?;
+    let file = fs::File::open(manifest)
+        .with_context(|| format!("cannot open manifest {}: check the path", manifest.display()))?;
     let base = match manifest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -159,11 +142,9 @@ pub fn from_csv(manifest: &Path) -> Result<Vec<LabelledImage>> {
         .clone();
     // Spreadsheet programs often prepend a byte-order mark to the first column.
     let column = |name: &str| {
-        headers.iter().position(|h| {
-            h.trim_start_matches('\u{feff}')
-                .trim()
-                .eq_ignore_ascii_case(name)
-        })
+        headers
+            .iter()
+            .position(|h| h.trim_start_matches('\u{feff}').trim().eq_ignore_ascii_case(name))
     };
     let (Some(path_col), Some(label_col)) = (column("path"), column("label")) else {
         bail!(
@@ -201,17 +182,11 @@ pub fn from_csv(manifest: &Path) -> Result<Vec<LabelledImage>> {
                 continue;
             }
             Err(_) => {
-                problems.push(format!(
-                    "line {line}: image {} not found",
-                    resolved.display()
-                ));
+                problems.push(format!("line {line}: image {} not found", resolved.display()));
                 continue;
             }
         }
-        images.push(LabelledImage {
-            label: label.to_owned(),
-            path: resolved,
-        });
+        images.push(LabelledImage { label: label.to_owned(), path: resolved });
     }
     if !problems.is_empty() {
         let mut msg = format!(
@@ -225,18 +200,12 @@ pub fn from_csv(manifest: &Path) -> Result<Vec<LabelledImage>> {
             msg.push_str(p);
         }
         if problems.len() > MAX_REPORTED {
-            msg.push_str(&format!(
-                "\n  ... and {} more",
-                problems.len() - MAX_REPORTED
-            ));
+            msg.push_str(&format!("\n  ... and {} more", problems.len() - MAX_REPORTED));
         }
         bail!(msg);
     }
     if images.is_empty() {
-        bail!(
-            "manifest {} lists no images: add rows of path,label",
-            manifest.display()
-        );
+        bail!("manifest {} lists no images: add rows of path,label", manifest.display());
     }
     images.sort();
     images.dedup();
@@ -299,12 +268,7 @@ mod tests {
         let images = from_folder(root).unwrap();
         let got: Vec<(String, PathBuf)> = images
             .iter()
-            .map(|i| {
-                (
-                    i.label.clone(),
-                    i.path.strip_prefix(root).unwrap().to_owned(),
-                )
-            })
+            .map(|i| (i.label.clone(), i.path.strip_prefix(root).unwrap().to_owned()))
             .collect();
         let want = [
             ("cat", "cat/nested/deeper/y.jpg"),
@@ -313,15 +277,10 @@ mod tests {
             ("dog", "dog/b.jpg"),
             ("dog", "dog/notes.txt"),
         ];
-        let want: Vec<(String, PathBuf)> = want
-            .iter()
-            .map(|(l, p)| (l.to_string(), PathBuf::from(p)))
-            .collect();
+        let want: Vec<(String, PathBuf)> =
+            want.iter().map(|(l, p)| (l.to_string(), PathBuf::from(p))).collect();
         assert_eq!(got, want);
-        assert_eq!(
-            class_counts(&images),
-            vec![("cat".into(), 2), ("dog".into(), 3)]
-        );
+        assert_eq!(class_counts(&images), vec![("cat".into(), 2), ("dog".into(), 3)]);
         assert_eq!(from_path(root).unwrap(), images);
     }
 
@@ -330,10 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let msg = err_of(from_folder(&root.join("nope")));
-        assert!(
-            msg.contains("cannot open image folder") && msg.contains("nope"),
-            "{msg}"
-        );
+        assert!(msg.contains("cannot open image folder") && msg.contains("nope"), "{msg}");
 
         let msg = err_of(from_folder(root));
         assert!(msg.contains("no class folders"), "{msg}");
@@ -341,10 +297,7 @@ mod tests {
         touch(&root.join("cat/1.jpg"));
         fs::create_dir_all(root.join("cola")).unwrap();
         let msg = err_of(from_folder(root));
-        assert!(
-            msg.contains("cola is empty: add images or remove the folder"),
-            "{msg}"
-        );
+        assert!(msg.contains("cola is empty: add images or remove the folder"), "{msg}");
         // A folder containing only hidden files counts as empty too.
         touch(&root.join("cola/.DS_Store"));
         assert!(err_of(from_folder(root)).contains("cola is empty"));
@@ -353,10 +306,7 @@ mod tests {
 
         touch(&root.join("loose.jpg"));
         let msg = err_of(from_folder(root));
-        assert!(
-            msg.contains("directly in") && msg.contains("loose.jpg"),
-            "{msg}"
-        );
+        assert!(msg.contains("directly in") && msg.contains("loose.jpg"), "{msg}");
 
         let msg = err_of(from_folder(&root.join("loose.jpg")));
         assert!(msg.contains("is not a folder"), "{msg}");
@@ -404,29 +354,14 @@ mod tests {
         .unwrap();
         let images = from_csv(&manifest).unwrap();
         let want = vec![
-            LabelledImage {
-                path: abs.clone(),
-                label: "cat".into(),
-            },
-            LabelledImage {
-                path: root.join("imgs/a.jpg"),
-                label: "cat".into(),
-            },
-            LabelledImage {
-                path: root.join("imgs/a.jpg"),
-                label: "dog".into(),
-            },
-            LabelledImage {
-                path: root.join("imgs/b.jpg"),
-                label: "dog".into(),
-            },
+            LabelledImage { path: abs.clone(), label: "cat".into() },
+            LabelledImage { path: root.join("imgs/a.jpg"), label: "cat".into() },
+            LabelledImage { path: root.join("imgs/a.jpg"), label: "dog".into() },
+            LabelledImage { path: root.join("imgs/b.jpg"), label: "dog".into() },
         ];
         assert_eq!(images, want);
         assert_eq!(from_path(&manifest).unwrap(), want);
-        assert_eq!(
-            class_counts(&images),
-            vec![("cat".into(), 2), ("dog".into(), 2)]
-        );
+        assert_eq!(class_counts(&images), vec![("cat".into(), 2), ("dog".into(), 2)]);
     }
 
     #[test]
@@ -438,28 +373,16 @@ mod tests {
 
         fs::write(&manifest, "file,class\na.jpg,cat\n").unwrap();
         let msg = err_of(from_csv(&manifest));
-        assert!(
-            msg.contains("`path` and `label`") && msg.contains("file, class"),
-            "{msg}"
-        );
+        assert!(msg.contains("`path` and `label`") && msg.contains("file, class"), "{msg}");
 
-        fs::write(
-            &manifest,
-            "path,label\na.jpg,cat\n,dog\na.jpg,\nmissing.jpg,cat\n.,cat\n",
-        )
-        .unwrap();
+        fs::write(&manifest, "path,label\na.jpg,cat\n,dog\na.jpg,\nmissing.jpg,cat\n.,cat\n")
+            .unwrap();
         let msg = err_of(from_csv(&manifest));
         assert!(msg.contains("4 problem(s)"), "{msg}");
         assert!(msg.contains("line 3: empty path"), "{msg}");
         assert!(msg.contains("line 4: empty label for a.jpg"), "{msg}");
-        assert!(
-            msg.contains("line 5: image") && msg.contains("missing.jpg not found"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("line 6:") && msg.contains("is not a file"),
-            "{msg}"
-        );
+        assert!(msg.contains("line 5: image") && msg.contains("missing.jpg not found"), "{msg}");
+        assert!(msg.contains("line 6:") && msg.contains("is not a file"), "{msg}");
 
         fs::write(&manifest, "path,label\n").unwrap();
         assert!(err_of(from_csv(&manifest)).contains("lists no images"));

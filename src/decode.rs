@@ -34,10 +34,7 @@ impl Default for DecodeLimits {
     fn default() -> Self {
         // 100 megapixels is beyond any camera photo we expect, while keeping the
         // worst case (16-bit RGBA decode buffer, 800 MB) survivable per worker.
-        DecodeLimits {
-            max_pixels: 100_000_000,
-            max_file_bytes: 256 * 1024 * 1024,
-        }
+        DecodeLimits { max_pixels: 100_000_000, max_file_bytes: 256 * 1024 * 1024 }
     }
 }
 
@@ -56,11 +53,7 @@ pub enum DecodeError {
     /// The data is damaged: truncated download, bit rot, wrong content.
     Corrupt { format: String, detail: String },
     /// The header declares more pixels than [`DecodeLimits::max_pixels`].
-    TooManyPixels {
-        width: u32,
-        height: u32,
-        max_pixels: u64,
-    },
+    TooManyPixels { width: u32, height: u32, max_pixels: u64 },
     /// The file is larger than [`DecodeLimits::max_file_bytes`].
     FileTooLarge { bytes: u64, max_bytes: u64 },
 }
@@ -94,18 +87,13 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownFormat => {
                 write!(f, "not a recognised image (supported formats: {SUPPORTED})")
             }
-            DecodeError::Unsupported { format, detail } => write!(
-                f,
-                "unsupported {format} image ({detail}); convert it to JPEG or PNG"
-            ),
+            DecodeError::Unsupported { format, detail } => {
+                write!(f, "unsupported {format} image ({detail}); convert it to JPEG or PNG")
+            }
             DecodeError::Corrupt { format, detail } => {
                 write!(f, "truncated or corrupt {format} data ({detail})")
             }
-            DecodeError::TooManyPixels {
-                width,
-                height,
-                max_pixels,
-            } => write!(
+            DecodeError::TooManyPixels { width, height, max_pixels } => write!(
                 f,
                 "image is {width}x{height} pixels ({:.1} megapixels), above the limit of {} \
                  pixels ({:.1} megapixels); downscale it",
@@ -153,20 +141,16 @@ fn map_image_error(e: ImageError, format: ImageFormat) -> DecodeError {
         // An I/O error while reading from an in-memory cursor can only mean the
         // data ended early.
         ImageError::IoError(io) => corrupt(name, io.to_string()),
-        ImageError::Unsupported(u) => DecodeError::Unsupported {
-            format: name,
-            detail: u.to_string(),
-        },
+        ImageError::Unsupported(u) => {
+            DecodeError::Unsupported { format: name, detail: u.to_string() }
+        }
         ImageError::Limits(l) => match l.kind() {
             // The decoder wanted more memory than allowed, which in practice means
             // a header with absurd dimensions or a bomb-like file.
             LimitErrorKind::InsufficientMemory | LimitErrorKind::DimensionError => {
                 corrupt(name, format!("needs too much memory to decode: {l}"))
             }
-            _ => DecodeError::Unsupported {
-                format: name,
-                detail: l.to_string(),
-            },
+            _ => DecodeError::Unsupported { format: name, detail: l.to_string() },
         },
         ImageError::Parameter(p) => corrupt(name, p.to_string()),
         ImageError::Encoding(e) => corrupt(name, e.to_string()),
@@ -196,10 +180,7 @@ fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
     } else {
         Err(corrupt(
             "JPEG".into(),
-            format!(
-                "file ends after {} bytes without an end-of-image marker",
-                bytes.len()
-            ),
+            format!("file ends after {} bytes without an end-of-image marker", bytes.len()),
         ))
     }
 }
@@ -223,7 +204,10 @@ pub fn check_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(), DecodeErr
 }
 
 /// The decoder for `bytes`, its header read and checked against `limits`.
-fn open_checked<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<(impl ImageDecoder + 'a, ImageFormat), DecodeError> {
+fn open_checked<'a>(
+    bytes: &'a [u8],
+    limits: &DecodeLimits,
+) -> Result<(impl ImageDecoder + 'a, ImageFormat), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -233,9 +217,8 @@ fn open_checked<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<(impl Imag
             max_bytes: limits.max_file_bytes,
         });
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(DecodeError::Io)?;
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(DecodeError::Io)?;
     let format = reader.format().ok_or(DecodeError::UnknownFormat)?;
     if format == ImageFormat::Jpeg {
         check_jpeg_complete(bytes)?;
@@ -243,22 +226,13 @@ fn open_checked<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<(impl Imag
     reader.limits(image_limits(limits));
     // Building the decoder reads only the header, so the size check below runs
     // before any pixel buffer is allocated.
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| map_image_error(e, format))?;
+    let decoder = reader.into_decoder().map_err(|e| map_image_error(e, format))?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
-        return Err(corrupt(
-            format_name(format),
-            format!("header says {width}x{height} pixels"),
-        ));
+        return Err(corrupt(format_name(format), format!("header says {width}x{height} pixels")));
     }
     if width as u64 * height as u64 > limits.max_pixels {
-        return Err(DecodeError::TooManyPixels {
-            width,
-            height,
-            max_pixels: limits.max_pixels,
-        });
+        return Err(DecodeError::TooManyPixels { width, height, max_pixels: limits.max_pixels });
     }
     Ok((decoder, format))
 }
@@ -287,10 +261,7 @@ pub fn read_limited(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>, Decod
     let file = std::fs::File::open(path).map_err(DecodeError::Io)?;
     let len = file.metadata().map_err(DecodeError::Io)?.len();
     if len > limits.max_file_bytes {
-        return Err(DecodeError::FileTooLarge {
-            bytes: len,
-            max_bytes: limits.max_file_bytes,
-        });
+        return Err(DecodeError::FileTooLarge { bytes: len, max_bytes: limits.max_file_bytes });
     }
     let mut bytes = Vec::with_capacity(len as usize);
     // `take` guards against a file that grows while we read it.
@@ -328,15 +299,8 @@ thread_local! {
 /// If `out.len() != p.tensor_len()` or `p` has a zero width or height: these
 /// are programming errors, not properties of the user's images.
 pub fn to_tensor(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
-    assert_eq!(
-        out.len(),
-        p.tensor_len(),
-        "to_tensor: output slice has the wrong length"
-    );
-    assert!(
-        p.width > 0 && p.height > 0,
-        "to_tensor: preprocess size must be non-zero"
-    );
+    assert_eq!(out.len(), p.tensor_len(), "to_tensor: output slice has the wrong length");
+    assert!(p.width > 0 && p.height > 0, "to_tensor: preprocess size must be non-zero");
     let (sw, sh) = img.dimensions();
     let identity = sw == p.width && sh == p.height;
     if identity {
@@ -456,22 +420,16 @@ mod tests {
     }
 
     fn close(a: Rgb<u8>, b: [u8; 3], tol: i32) -> bool {
-        a.0.iter()
-            .zip(b)
-            .all(|(&x, y)| (x as i32 - y as i32).abs() <= tol)
+        a.0.iter().zip(b).all(|(&x, y)| (x as i32 - y as i32).abs() <= tol)
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
     }
 
     /// An image whose every pixel differs, so format round trips are meaningful.
     fn pattern(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| {
-            Rgb([(x * 7) as u8, (y * 11) as u8, (x * 3 + y * 5) as u8])
-        })
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7) as u8, (y * 11) as u8, (x * 3 + y * 5) as u8]))
     }
 
     #[test]
@@ -495,11 +453,7 @@ mod tests {
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(8, 6, Rgb([200, 30, 90])));
         let got = decode(&encode(&img, ImageFormat::Gif)).unwrap();
         assert_eq!(got.dimensions(), (8, 6));
-        assert!(
-            close(*got.get_pixel(3, 3), [200, 30, 90], 8),
-            "{:?}",
-            got.get_pixel(3, 3)
-        );
+        assert!(close(*got.get_pixel(3, 3), [200, 30, 90], 8), "{:?}", got.get_pixel(3, 3));
     }
 
     #[test]
@@ -528,15 +482,9 @@ mod tests {
     fn format_comes_from_content_not_extension() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("really_a_png.jpg");
-        std::fs::write(
-            &path,
-            encode(&DynamicImage::ImageRgb8(pattern(5, 5)), ImageFormat::Png),
-        )
-        .unwrap();
-        assert_eq!(
-            load_rgb(&path, &DecodeLimits::default()).unwrap(),
-            pattern(5, 5)
-        );
+        std::fs::write(&path, encode(&DynamicImage::ImageRgb8(pattern(5, 5)), ImageFormat::Png))
+            .unwrap();
+        assert_eq!(load_rgb(&path, &DecodeLimits::default()).unwrap(), pattern(5, 5));
     }
 
     #[test]
@@ -545,11 +493,7 @@ mod tests {
         assert!(decode(&bytes).is_ok());
         let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt { .. }), "{err:?}");
-        assert!(
-            err.to_string()
-                .starts_with("truncated or corrupt JPEG data ("),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("truncated or corrupt JPEG data ("), "{err}");
     }
 
     #[test]
@@ -570,10 +514,7 @@ mod tests {
         assert!(err.to_string().contains("not a recognised image"), "{err}");
         let empty = dir.path().join("empty.png");
         std::fs::write(&empty, b"").unwrap();
-        assert!(matches!(
-            load_rgb(&empty, &DecodeLimits::default()),
-            Err(DecodeError::Empty)
-        ));
+        assert!(matches!(load_rgb(&empty, &DecodeLimits::default()), Err(DecodeError::Empty)));
         let err = load_rgb(dir.path().join("missing.png"), &DecodeLimits::default()).unwrap_err();
         assert!(
             matches!(err, DecodeError::Io(_)) && err.to_string().starts_with("cannot read file")
@@ -583,21 +524,12 @@ mod tests {
     #[test]
     fn file_size_limit() {
         let bytes = encode(&DynamicImage::ImageRgb8(pattern(16, 16)), ImageFormat::Bmp);
-        let limits = DecodeLimits {
-            max_file_bytes: 100,
-            ..DecodeLimits::default()
-        };
-        assert!(matches!(
-            decode_rgb(&bytes, &limits),
-            Err(DecodeError::FileTooLarge { .. })
-        ));
+        let limits = DecodeLimits { max_file_bytes: 100, ..DecodeLimits::default() };
+        assert!(matches!(decode_rgb(&bytes, &limits), Err(DecodeError::FileTooLarge { .. })));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.bmp");
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(
-            load_rgb(&path, &limits),
-            Err(DecodeError::FileTooLarge { .. })
-        ));
+        assert!(matches!(load_rgb(&path, &limits), Err(DecodeError::FileTooLarge { .. })));
     }
 
     /// A 24-bit BMP header claiming 30000x30000 pixels and no pixel data.
@@ -621,11 +553,7 @@ mod tests {
         for &byte in data {
             crc ^= byte as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
             }
         }
         !crc
@@ -649,11 +577,7 @@ mod tests {
         ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, no interlace
         png_chunk(&mut b, b"IHDR", &ihdr);
         // zlib header, one empty final stored block, Adler-32 of nothing.
-        png_chunk(
-            &mut b,
-            b"IDAT",
-            &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 1],
-        );
+        png_chunk(&mut b, b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 1]);
         png_chunk(&mut b, b"IEND", &[]);
         b
     }
@@ -661,10 +585,7 @@ mod tests {
     /// A real JPEG whose frame header (SOF0) is patched to claim 30000x30000.
     fn huge_jpeg_header() -> Vec<u8> {
         let mut b = encode(&DynamicImage::ImageRgb8(pattern(16, 16)), ImageFormat::Jpeg);
-        let sof = b
-            .windows(2)
-            .position(|w| w == [0xFF, 0xC0])
-            .expect("baseline JPEG");
+        let sof = b.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG");
         b[sof + 5..sof + 7].copy_from_slice(&30000u16.to_be_bytes());
         b[sof + 7..sof + 9].copy_from_slice(&30000u16.to_be_bytes());
         b
@@ -690,24 +611,13 @@ mod tests {
             let start = std::time::Instant::now();
             let err = decode(&bytes).unwrap_err();
             match err {
-                DecodeError::TooManyPixels {
-                    width: 30000,
-                    height: 30000,
-                    ..
-                } => {}
+                DecodeError::TooManyPixels { width: 30000, height: 30000, .. } => {}
                 ref other => panic!("{name}: expected TooManyPixels, got {other:?}"),
             }
             let msg = err.to_string();
-            assert!(
-                msg.contains("30000x30000") && msg.contains("900.0 megapixels"),
-                "{msg}"
-            );
+            assert!(msg.contains("30000x30000") && msg.contains("900.0 megapixels"), "{msg}");
             // Allocating 2.7 GB and failing would take far longer than this.
-            assert!(
-                start.elapsed().as_millis() < 1000,
-                "{name} took {:?}",
-                start.elapsed()
-            );
+            assert!(start.elapsed().as_millis() < 1000, "{name} took {:?}", start.elapsed());
         }
     }
 
@@ -717,16 +627,8 @@ mod tests {
         // (rotate 90 degrees clockwise to display): shown as 16x32, red on top.
         let img = load_rgb(fixture("exif_orientation6.jpg"), &DecodeLimits::default()).unwrap();
         assert_eq!(img.dimensions(), (16, 32));
-        assert!(
-            close(*img.get_pixel(8, 4), [255, 0, 0], 12),
-            "{:?}",
-            img.get_pixel(8, 4)
-        );
-        assert!(
-            close(*img.get_pixel(8, 27), [0, 0, 255], 12),
-            "{:?}",
-            img.get_pixel(8, 27)
-        );
+        assert!(close(*img.get_pixel(8, 4), [255, 0, 0], 12), "{:?}", img.get_pixel(8, 4));
+        assert!(close(*img.get_pixel(8, 27), [0, 0, 255], 12), "{:?}", img.get_pixel(8, 27));
     }
 
     #[test]
@@ -734,11 +636,7 @@ mod tests {
         // Saved by PIL as CMYK (0, 255, 255, 0), i.e. red.
         let img = load_rgb(fixture("cmyk_red.jpg"), &DecodeLimits::default()).unwrap();
         assert_eq!(img.dimensions(), (16, 16));
-        assert!(
-            close(*img.get_pixel(8, 8), [255, 0, 0], 20),
-            "{:?}",
-            img.get_pixel(8, 8)
-        );
+        assert!(close(*img.get_pixel(8, 8), [255, 0, 0], 20), "{:?}", img.get_pixel(8, 8));
     }
 
     fn recipe(
@@ -771,36 +669,18 @@ mod tests {
             &recipe(2, 1, Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch),
             &mut out,
         );
-        let want = [
-            norm(12., 0),
-            norm(110., 0),
-            norm(28., 1),
-            norm(120., 1),
-            norm(40., 2),
-            norm(130., 2),
-        ];
+        let want =
+            [norm(12., 0), norm(110., 0), norm(28., 1), norm(120., 1), norm(40., 2), norm(130., 2)];
         assert_eq!(out, want);
         assert_eq!(out[0], 1.0);
 
         to_tensor(
             &img,
-            &recipe(
-                2,
-                1,
-                Layout::Nhwc,
-                ChannelOrder::Rgb,
-                ResizeMode::CenterCrop,
-            ),
+            &recipe(2, 1, Layout::Nhwc, ChannelOrder::Rgb, ResizeMode::CenterCrop),
             &mut out,
         );
-        let want = [
-            norm(12., 0),
-            norm(28., 1),
-            norm(40., 2),
-            norm(110., 0),
-            norm(120., 1),
-            norm(130., 2),
-        ];
+        let want =
+            [norm(12., 0), norm(28., 1), norm(40., 2), norm(110., 0), norm(120., 1), norm(130., 2)];
         assert_eq!(out, want);
 
         // BGR: output channel 0 is blue, normalised with mean[0]/std[0].
@@ -809,14 +689,8 @@ mod tests {
             &recipe(2, 1, Layout::Nchw, ChannelOrder::Bgr, ResizeMode::Stretch),
             &mut out,
         );
-        let want = [
-            norm(40., 0),
-            norm(130., 0),
-            norm(28., 1),
-            norm(120., 1),
-            norm(12., 2),
-            norm(110., 2),
-        ];
+        let want =
+            [norm(40., 0), norm(130., 0), norm(28., 1), norm(120., 1), norm(12., 2), norm(110., 2)];
         assert_eq!(out, want);
 
         to_tensor(
@@ -824,14 +698,8 @@ mod tests {
             &recipe(2, 1, Layout::Nhwc, ChannelOrder::Bgr, ResizeMode::Stretch),
             &mut out,
         );
-        let want = [
-            norm(40., 0),
-            norm(28., 1),
-            norm(12., 2),
-            norm(130., 0),
-            norm(120., 1),
-            norm(110., 2),
-        ];
+        let want =
+            [norm(40., 0), norm(28., 1), norm(12., 2), norm(130., 0), norm(120., 1), norm(110., 2)];
         assert_eq!(out, want);
     }
 
@@ -847,13 +715,7 @@ mod tests {
         let p = Preprocess {
             mean: [0.0; 3],
             std: [1.0; 3],
-            ..recipe(
-                12,
-                12,
-                Layout::Nhwc,
-                ChannelOrder::Rgb,
-                ResizeMode::CenterCrop,
-            )
+            ..recipe(12, 12, Layout::Nhwc, ChannelOrder::Rgb, ResizeMode::CenterCrop)
         };
         let mut out = vec![0f32; p.tensor_len()];
         to_tensor(&img, &p, &mut out);
@@ -867,10 +729,7 @@ mod tests {
                 assert!(px[1] > 200.0, "x={x}: {px:?}");
             }
         }
-        let p = Preprocess {
-            resize: ResizeMode::Stretch,
-            ..p
-        };
+        let p = Preprocess { resize: ResizeMode::Stretch, ..p };
         to_tensor(&img, &p, &mut out);
         let at = |x: usize, y: usize| &out[(y * 12 + x) * 3..(y * 12 + x) * 3 + 3];
         assert_eq!(at(0, 5), [255.0, 0.0, 0.0]);
@@ -894,13 +753,7 @@ mod tests {
 
     #[test]
     fn load_tensor_end_to_end() {
-        let p = recipe(
-            4,
-            4,
-            Layout::Nchw,
-            ChannelOrder::Rgb,
-            ResizeMode::CenterCrop,
-        );
+        let p = recipe(4, 4, Layout::Nchw, ChannelOrder::Rgb, ResizeMode::CenterCrop);
         let t = load_tensor(fixture("cmyk_red.jpg"), &p, &DecodeLimits::default()).unwrap();
         assert_eq!(t.len(), p.tensor_len());
         let err = load_tensor(fixture("no_such_file.jpg"), &p, &DecodeLimits::default());

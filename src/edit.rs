@@ -8,7 +8,9 @@ use std::collections::HashSet;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::build::{check_class_count, check_classes, embed_images, model_bytes_for, BuildOptions, Skipped};
+use crate::build::{
+    check_class_count, check_classes, embed_images, model_bytes_for, BuildOptions, Skipped,
+};
 use crate::classifier::{ClassifierInfo, METADATA_KEY};
 use crate::dataset::LabelledImage;
 use crate::embedder::Embedder;
@@ -43,7 +45,9 @@ impl EditableModel {
             bail!("this is a TFLite classifier, which does not keep what an edit needs: edit the ONNX model built from the same images and embedder, then rebuild the .tflite");
         }
         let model = onnx::decode(bytes).context("not a valid ONNX model")?;
-        let json = onnx::metadata(&model, METADATA_KEY).ok_or_else(|| anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`"))?;
+        let json = onnx::metadata(&model, METADATA_KEY).ok_or_else(|| {
+            anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`")
+        })?;
         let info = ClassifierInfo::from_json(json)?;
         if info.index.is_some() {
             bail!("this model keeps its index rows in a sidecar file (cbr build --index ivf), which edits do not support yet: rebuild it with `cbr build`");
@@ -60,7 +64,13 @@ impl EditableModel {
     /// The model file for the current index.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let head = RetrievalHead::from_index(self.index.clone(), &self.options)?;
-        model_bytes_for(&self.embedder, &self.info.embedder, &self.info.preprocess, &head, self.info.augment)
+        model_bytes_for(
+            &self.embedder,
+            &self.info.embedder,
+            &self.info.preprocess,
+            &head,
+            self.info.augment,
+        )
     }
 
     /// Classes in the index, sorted.
@@ -83,26 +93,50 @@ impl EditableModel {
     /// Embeds `images` with the model's own embedder (and the embedding
     /// cache, unless `opts.cache` is off) and adds them. Images already in
     /// the model under the same label are skipped.
-    pub fn add(&mut self, images: &[LabelledImage], opts: &BuildOptions, progress: &(dyn Fn(usize) + Sync)) -> Result<EditReport> {
+    pub fn add(
+        &mut self,
+        images: &[LabelledImage],
+        opts: &BuildOptions,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<EditReport> {
         if opts.augment != self.info.augment {
-            bail!("the model was built {} mirror augmentation; add images the same way", if self.info.augment { "with" } else { "without" });
+            bail!(
+                "the model was built {} mirror augmentation; add images the same way",
+                if self.info.augment { "with" } else { "without" }
+            );
         }
-        let mut embedder = Embedder::from_bytes(&onnx::encode(&self.embedder), &self.info.embedder.name, Some(&self.info.embedder.output), self.info.preprocess.clone())
-            .context("cannot load the model's embedder")?;
+        let mut embedder = Embedder::from_bytes(
+            &onnx::encode(&self.embedder),
+            &self.info.embedder.name,
+            Some(&self.info.embedder.output),
+            self.info.preprocess.clone(),
+        )
+        .context("cannot load the model's embedder")?;
         if embedder.info.dim != self.index.dim {
-            bail!("the model's embedder gives {}-d embeddings but its index rows are {}-d", embedder.info.dim, self.index.dim);
+            bail!(
+                "the model's embedder gives {}-d embeddings but its index rows are {}-d",
+                embedder.info.dim,
+                self.index.dim
+            );
         }
         // Keep the identity of the original embedder: the cache is keyed by it.
         embedder.info = self.info.embedder.clone();
-        let known: HashSet<(String, ImageId)> = self.index.labels.iter().cloned().zip(self.index.images.iter().copied()).collect();
+        let known: HashSet<(String, ImageId)> =
+            self.index.labels.iter().cloned().zip(self.index.images.iter().copied()).collect();
         let embedded = embed_images(&mut embedder, images, opts, &known, progress)?;
-        let new_labels: Vec<LabelledImage> = images.iter().filter(|i| !self.index.labels.contains(&i.label)).cloned().collect();
+        let new_labels: Vec<LabelledImage> =
+            images.iter().filter(|i| !self.index.labels.contains(&i.label)).cloned().collect();
         if !new_labels.is_empty() {
             check_classes(&new_labels, &embedded)?; // each new class got a readable image
         }
         self.index.extend(&embedded.index(&self.options)?)?;
         self.check()?;
-        Ok(EditReport { added: embedded.paths.len(), cached: embedded.cached, skipped: embedded.skipped, ..self.report() })
+        Ok(EditReport {
+            added: embedded.paths.len(),
+            cached: embedded.cached,
+            skipped: embedded.skipped,
+            ..self.report()
+        })
     }
 
     /// Removes every image of the given classes.

@@ -100,7 +100,10 @@ pub fn declared_input(bytes: &[u8]) -> Result<DeclaredInput> {
 fn tflite_input(model: &litert::Model) -> Result<DeclaredInput> {
     let inputs = model.inputs();
     if inputs.len() != 1 {
-        bail!("an embedder must have exactly one input (an image tensor); this one has {}", inputs.len());
+        bail!(
+            "an embedder must have exactly one input (an image tensor); this one has {}",
+            inputs.len()
+        );
     }
     let t = inputs[0];
     let dims = &t.shape;
@@ -110,7 +113,10 @@ fn tflite_input(model: &litert::Model) -> Result<DeclaredInput> {
     let layout = match (dims[1], dims[3]) {
         (_, 3) => Layout::Nhwc,
         (3, _) => Layout::Nchw,
-        _ => bail!("input {:?} has shape {dims:?}: neither dim 3 nor dim 1 is 3 colour channels", t.name),
+        _ => bail!(
+            "input {:?} has shape {dims:?}: neither dim 3 nor dim 1 is 3 colour channels",
+            t.name
+        ),
     };
     let (h, w) = match layout {
         Layout::Nhwc => (dims[1], dims[2]),
@@ -130,13 +136,21 @@ pub fn input_shape(model: &ModelProto) -> Result<(String, InputShape)> {
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
     // Older exporters list initializers as inputs too; the image is the one that is not.
-    let inputs: Vec<_> = graph.input.iter().filter(|i| !initializers.contains(i.name.as_deref().unwrap_or(""))).collect();
+    let inputs: Vec<_> = graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(i.name.as_deref().unwrap_or("")))
+        .collect();
     if inputs.len() != 1 {
-        bail!("an embedder must have exactly one input (an image tensor); this one has {}", inputs.len());
+        bail!(
+            "an embedder must have exactly one input (an image tensor); this one has {}",
+            inputs.len()
+        );
     }
     let input = inputs[0];
     let name = input.name.clone().unwrap_or_default();
-    let (elem, dims) = onnx::tensor_type(input).ok_or_else(|| anyhow!("input {name} is not a tensor"))?;
+    let (elem, dims) =
+        onnx::tensor_type(input).ok_or_else(|| anyhow!("input {name} is not a tensor"))?;
     if elem != DataType::Float as i32 {
         bail!("input {name} must be float32 (ONNX type {elem} found); quantized-input ONNX models are not supported");
     }
@@ -162,20 +176,34 @@ pub fn output_name(model: &ModelProto, wanted: Option<&str>) -> Result<String> {
     match wanted {
         Some(w) if names.contains(&w) => Ok(w.to_string()),
         Some(w) => bail!("the model has no output named {w:?}; its outputs are {names:?}"),
-        None => names.first().map(|s| s.to_string()).ok_or_else(|| anyhow!("the model has no outputs")),
+        None => {
+            names.first().map(|s| s.to_string()).ok_or_else(|| anyhow!("the model has no outputs"))
+        }
     }
 }
 
 impl Embedder {
     /// Loads an embedder from an `.onnx` or `.tflite` file. `preprocess` must
     /// match the model's input (its size and layout are checked against the model).
-    pub fn open(path: &Path, name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read embedder {}", path.display()))?;
-        Self::from_bytes(&bytes, name, output, preprocess).with_context(|| format!("embedder {}", path.display()))
+    pub fn open(
+        path: &Path,
+        name: &str,
+        output: Option<&str>,
+        preprocess: Preprocess,
+    ) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read embedder {}", path.display()))?;
+        Self::from_bytes(&bytes, name, output, preprocess)
+            .with_context(|| format!("embedder {}", path.display()))
     }
 
     /// Like [`Embedder::open`], from the bytes of an `.onnx` or `.tflite` file.
-    pub fn from_bytes(bytes: &[u8], name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        name: &str,
+        output: Option<&str>,
+        preprocess: Preprocess,
+    ) -> Result<Self> {
         if litert::is_tflite(bytes) {
             return Self::from_tflite(bytes, name, output, preprocess);
         }
@@ -190,20 +218,33 @@ impl Embedder {
         let session = session_from_bytes(bytes)?;
         let embedder = Embedder {
             model: EmbedderModel::Onnx { session, model },
-            info: EmbedderInfo { name: name.to_string(), sha256: crate::cache::sha256_hex(bytes), input, output, dim: 0 },
+            info: EmbedderInfo {
+                name: name.to_string(),
+                sha256: crate::cache::sha256_hex(bytes),
+                input,
+                output,
+                dim: 0,
+            },
             preprocess,
             max_batch,
         };
         embedder.with_probed_dim()
     }
 
-    fn from_tflite(bytes: &[u8], name: &str, output: Option<&str>, preprocess: Preprocess) -> Result<Self> {
+    fn from_tflite(
+        bytes: &[u8],
+        name: &str,
+        output: Option<&str>,
+        preprocess: Preprocess,
+    ) -> Result<Self> {
         let model = litert::Model::from_bytes(bytes)?;
         let input = tflite_input(&model)?;
         check_preprocess(&input.shape, &preprocess)?;
         let names: Vec<&str> = model.outputs().iter().map(|o| o.name.as_str()).collect();
         let index = match output {
-            Some(w) => model.output_index(w).ok_or_else(|| anyhow!("the model has no output named {w:?}; its outputs are {names:?}"))?,
+            Some(w) => model.output_index(w).ok_or_else(|| {
+                anyhow!("the model has no output named {w:?}; its outputs are {names:?}")
+            })?,
             None if names.is_empty() => bail!("the model has no outputs"),
             None => 0,
         };
@@ -237,10 +278,18 @@ impl Embedder {
     /// returns `n * dim` values. Splits into runs of at most `max_batch`.
     pub fn embed(&mut self, tensors: &[f32], n: usize) -> Result<Vec<f32>> {
         match &mut self.model {
-            EmbedderModel::Onnx { session, .. } => {
-                run_batched(session, &self.preprocess, &self.info.input, &self.info.output, self.max_batch, tensors, n)
+            EmbedderModel::Onnx { session, .. } => run_batched(
+                session,
+                &self.preprocess,
+                &self.info.input,
+                &self.info.output,
+                self.max_batch,
+                tensors,
+                n,
+            ),
+            EmbedderModel::Tflite { model, output, .. } => {
+                run_tflite(model, *output, self.preprocess.tensor_len(), self.max_batch, tensors, n)
             }
-            EmbedderModel::Tflite { model, output, .. } => run_tflite(model, *output, self.preprocess.tensor_len(), self.max_batch, tensors, n),
         }
     }
 }
@@ -249,7 +298,14 @@ impl Embedder {
 /// images per run (the last run padded with blank images), and returns
 /// output `output` of every image, concatenated. Shared by the embedder and
 /// the classifier.
-pub fn run_tflite(model: &mut litert::Model, output: usize, per: usize, batch: usize, tensors: &[f32], n: usize) -> Result<Vec<f32>> {
+pub fn run_tflite(
+    model: &mut litert::Model,
+    output: usize,
+    per: usize,
+    batch: usize,
+    tensors: &[f32],
+    n: usize,
+) -> Result<Vec<f32>> {
     assert_eq!(tensors.len(), n * per, "run_tflite: tensor buffer does not hold {n} images");
     let mut out = Vec::new();
     let mut padded = Vec::new();
@@ -266,7 +322,10 @@ pub fn run_tflite(model: &mut litert::Model, output: usize, per: usize, batch: u
         };
         let values = model.run(input, output)?;
         if values.len() % batch != 0 {
-            bail!("the model's output has {} values, not a multiple of its batch {batch}", values.len());
+            bail!(
+                "the model's output has {} values, not a multiple of its batch {batch}",
+                values.len()
+            );
         }
         out.extend_from_slice(&values[..values.len() / batch * count]);
     }
@@ -314,10 +373,16 @@ pub fn run_batched(
     while start < n {
         let count = (n - start).min(max_batch.max(1));
         let chunk = &tensors[start * per..(start + count) * per];
-        let tensor = TensorRef::from_array_view((preprocess.batch_shape(count), chunk)).map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
-        let outputs = session.run_with_options(ort::inputs![input => tensor], &options).map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
-        let value = outputs.get(output).ok_or_else(|| anyhow!("the model produced no output {output}"))?;
-        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("output {output} is not a float tensor: {e}"))?;
+        let tensor = TensorRef::from_array_view((preprocess.batch_shape(count), chunk))
+            .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
+        let outputs = session
+            .run_with_options(ort::inputs![input => tensor], &options)
+            .map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
+        let value =
+            outputs.get(output).ok_or_else(|| anyhow!("the model produced no output {output}"))?;
+        let (shape, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("output {output} is not a float tensor: {e}"))?;
         if shape.first().copied() != Some(count as i64) || data.len() % count != 0 {
             bail!("output {output} has shape {:?}, expected a batch of {count}", &shape[..]);
         }
@@ -338,5 +403,7 @@ pub fn session_from_bytes(bytes: &[u8]) -> Result<Session> {
         // steal its time (measured 15-20% faster builds on a busy machine).
         .with_intra_op_spinning(false)
         .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
-    builder.commit_from_memory(bytes).map_err(|e| anyhow!("ONNX Runtime cannot load the model: {e}"))
+    builder
+        .commit_from_memory(bytes)
+        .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {e}"))
 }

@@ -48,7 +48,13 @@ pub struct EmbeddingCache {
 /// The cache file name for an embedder: anything that changes its output
 /// (weights, chosen output, preprocessing) changes the name.
 pub fn key(info: &EmbedderInfo, preprocess: &Preprocess) -> String {
-    let id = format!("{}|{}|{}|{}", info.sha256, info.output, info.dim, serde_json::to_string(preprocess).expect("preprocess serialises"));
+    let id = format!(
+        "{}|{}|{}|{}",
+        info.sha256,
+        info.output,
+        info.dim,
+        serde_json::to_string(preprocess).expect("preprocess serialises")
+    );
     crate::cache::sha256_hex(id.as_bytes())[..32].to_string()
 }
 
@@ -63,7 +69,13 @@ impl EmbeddingCache {
     /// or damaged content is skipped, not an error: the cache is only a
     /// shortcut.
     pub fn open(path: &Path, dim: usize) -> Result<Self> {
-        let mut cache = EmbeddingCache { path: path.to_path_buf(), dim, records: HashMap::new(), valid_len: 0, file: None };
+        let mut cache = EmbeddingCache {
+            path: path.to_path_buf(),
+            dim,
+            records: HashMap::new(),
+            valid_len: 0,
+            file: None,
+        };
         if let Ok(f) = File::open(path) {
             cache.scan(&f, 0)?;
             cache.file = Some(f);
@@ -101,7 +113,10 @@ impl EmbeddingCache {
     fn parse(&self, rec: &[u8]) -> Option<(ImageId, u8)> {
         let body = rec.len() - 4;
         let dim = u32::from_le_bytes(rec[24..28].try_into().ok()?) as usize;
-        if &rec[..4] != MAGIC || dim != self.dim || crc32fast::hash(&rec[..body]).to_le_bytes() != rec[body..] {
+        if &rec[..4] != MAGIC
+            || dim != self.dim
+            || crc32fast::hash(&rec[..body]).to_le_bytes() != rec[body..]
+        {
             return None;
         }
         Some((ImageId(rec[4..20].try_into().ok()?), rec[20]))
@@ -123,7 +138,12 @@ impl EmbeddingCache {
         if self.parse(&rec)? != (*id, variant as u8) {
             return None; // changed on disk since it was scanned
         }
-        Some(rec[HEADER..HEADER + 4 * self.dim].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        Some(
+            rec[HEADER..HEADER + 4 * self.dim]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        )
     }
 
     /// Appends embeddings (`dim` values each) to the cache file.
@@ -132,10 +152,15 @@ impl EmbeddingCache {
             return Ok(());
         }
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create the embedding cache {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the embedding cache {}", dir.display()))?;
         }
-        let mut f = OpenOptions::new().read(true).append(true).create(true).open(&self.path).with_context(|| format!("cannot open the embedding cache {}", self.path.display()))?;
-        f.lock().with_context(|| format!("cannot lock the embedding cache {}", self.path.display()))?;
+        let mut f =
+            OpenOptions::new().read(true).append(true).create(true).open(&self.path).with_context(
+                || format!("cannot open the embedding cache {}", self.path.display()),
+            )?;
+        f.lock()
+            .with_context(|| format!("cannot lock the embedding cache {}", self.path.display()))?;
         // Under the lock: take in what others appended, and cut off a torn
         // tail (a killed writer) so new records stay reachable.
         self.scan(&f, self.valid_len)?;
@@ -158,7 +183,8 @@ impl EmbeddingCache {
             let crc = crc32fast::hash(&buf[start..]);
             buf.extend_from_slice(&crc.to_le_bytes());
         }
-        f.write_all(&buf).with_context(|| format!("cannot write the embedding cache {}", self.path.display()))?;
+        f.write_all(&buf)
+            .with_context(|| format!("cannot write the embedding cache {}", self.path.display()))?;
         self.valid_len += buf.len() as u64;
         self.records.extend(offsets);
         f.unlock()?;
@@ -200,7 +226,8 @@ mod tests {
         let mut c = EmbeddingCache::open(&path, 8).unwrap();
         let ids: Vec<ImageId> = (0..4).map(ImageId::from_index).collect();
         let values: Vec<Vec<f32>> = (0..4).map(|i| emb(i, 8)).collect();
-        let entries: Vec<(ImageId, Variant, &[f32])> = ids.iter().zip(&values).map(|(id, v)| (*id, Variant::Original, v.as_slice())).collect();
+        let entries: Vec<(ImageId, Variant, &[f32])> =
+            ids.iter().zip(&values).map(|(id, v)| (*id, Variant::Original, v.as_slice())).collect();
         c.put(&entries).unwrap();
         let rec = c.record_len() as usize;
         let mut bytes = std::fs::read(&path).unwrap();

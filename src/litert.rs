@@ -27,7 +27,8 @@ const WHEEL_MEMBER: &str = "ai_edge_litert/libLiteRt.so";
 /// SHA-256 of `libLiteRt.so` in the x86-64 Linux wheel of [`LITERT_VERSION`]
 /// (the same for every CPython tag): a different file stops the install.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-const LIBRARY_SHA256: Option<&str> = Some("eec47eb35e2924b3166015887e652a58edc9af823ae38e02bf83bef2548300bb");
+const LIBRARY_SHA256: Option<&str> =
+    Some("eec47eb35e2924b3166015887e652a58edc9af823ae38e02bf83bef2548300bb");
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 const LIBRARY_SHA256: Option<&str> = None;
 
@@ -69,7 +70,8 @@ pub fn install() -> Result<PathBuf> {
     if target.is_file() {
         return Ok(target);
     }
-    let wheel = cache::pip_download(&format!("ai-edge-litert=={LITERT_VERSION}"), "ai_edge_litert-")?;
+    let wheel =
+        cache::pip_download(&format!("ai-edge-litert=={LITERT_VERSION}"), "ai_edge_litert-")?;
     let bytes = cache::read_zip_member(&wheel.path, WHEEL_MEMBER)?;
     if let Some(want) = LIBRARY_SHA256 {
         let got = cache::sha256_hex(&bytes);
@@ -229,13 +231,28 @@ fn start() -> Result<Runtime> {
     let path = library_path()?;
     let api = Api::load(&path)?;
     let options = [
-        EnvOption { tag: ENV_OPTION_AUTO_REGISTER_ACCELERATORS, value: Any { kind: ANY_TYPE_INT, value: HW_ACCELERATOR_CPU as i64 } },
-        EnvOption { tag: ENV_OPTION_MIN_LOGGER_SEVERITY, value: Any { kind: ANY_TYPE_INT, value: LOG_SEVERITY_ERROR } },
+        EnvOption {
+            tag: ENV_OPTION_AUTO_REGISTER_ACCELERATORS,
+            value: Any { kind: ANY_TYPE_INT, value: HW_ACCELERATOR_CPU as i64 },
+        },
+        EnvOption {
+            tag: ENV_OPTION_MIN_LOGGER_SEVERITY,
+            value: Any { kind: ANY_TYPE_INT, value: LOG_SEVERITY_ERROR },
+        },
     ];
     let mut environment: Handle = std::ptr::null_mut();
     // SAFETY: valid option array and out-pointer.
-    check(unsafe { (api.LiteRtCreateEnvironment)(options.len() as c_int, options.as_ptr(), &mut environment) }, "create the LiteRT environment")
-        .with_context(|| format!("LiteRT from {}", path.display()))?;
+    check(
+        unsafe {
+            (api.LiteRtCreateEnvironment)(
+                options.len() as c_int,
+                options.as_ptr(),
+                &mut environment,
+            )
+        },
+        "create the LiteRT environment",
+    )
+    .with_context(|| format!("LiteRT from {}", path.display()))?;
     Ok(Runtime { api, environment })
 }
 
@@ -393,7 +410,8 @@ unsafe impl Send for Model {}
 impl Model {
     /// Opens a `.tflite` file.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
     }
 
@@ -408,10 +426,24 @@ impl Model {
         let mut model: Handle = std::ptr::null_mut();
         // SAFETY: `bytes` outlives the model (both owned by the returned Model).
         check(
-            unsafe { (api.LiteRtCreateModelFromBuffer)(runtime.environment, bytes.ptr as *const c_void, bytes.len, &mut model) },
+            unsafe {
+                (api.LiteRtCreateModelFromBuffer)(
+                    runtime.environment,
+                    bytes.ptr as *const c_void,
+                    bytes.len,
+                    &mut model,
+                )
+            },
             "read the model",
         )?;
-        let mut this = Model { runtime, _bytes: bytes, model, compiled: std::ptr::null_mut(), inputs: Vec::new(), outputs: Vec::new() };
+        let mut this = Model {
+            runtime,
+            _bytes: bytes,
+            model,
+            compiled: std::ptr::null_mut(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
         this.compile()?;
         Ok(this)
     }
@@ -421,34 +453,57 @@ impl Model {
         let mut signatures = 0usize;
         // SAFETY: valid model handle and out-pointers throughout.
         unsafe {
-            check((api.LiteRtGetNumModelSignatures)(self.model, &mut signatures), "count the signatures")?;
+            check(
+                (api.LiteRtGetNumModelSignatures)(self.model, &mut signatures),
+                "count the signatures",
+            )?;
             if signatures == 0 {
                 bail!("the model has no signature");
             }
             let mut signature: Handle = std::ptr::null_mut();
-            check((api.LiteRtGetModelSignature)(self.model, 0, &mut signature), "read the signature")?;
+            check(
+                (api.LiteRtGetModelSignature)(self.model, 0, &mut signature),
+                "read the signature",
+            )?;
             let (mut n_in, mut n_out) = (0usize, 0usize);
             check((api.LiteRtGetNumSignatureInputs)(signature, &mut n_in), "count the inputs")?;
             check((api.LiteRtGetNumSignatureOutputs)(signature, &mut n_out), "count the outputs")?;
 
             let mut options: Handle = std::ptr::null_mut();
             check((api.LiteRtCreateOptions)(&mut options), "create compilation options")?;
-            let set = check((api.LiteRtSetOptionsHardwareAccelerators)(options, HW_ACCELERATOR_CPU), "select the CPU");
+            let set = check(
+                (api.LiteRtSetOptionsHardwareAccelerators)(options, HW_ACCELERATOR_CPU),
+                "select the CPU",
+            );
             let compiled = set.and_then(|_| {
-                check((api.LiteRtCreateCompiledModel)(self.runtime.environment, self.model, options, &mut self.compiled), "compile the model")
+                check(
+                    (api.LiteRtCreateCompiledModel)(
+                        self.runtime.environment,
+                        self.model,
+                        options,
+                        &mut self.compiled,
+                    ),
+                    "compile the model",
+                )
             });
             (api.LiteRtDestroyOptions)(options);
             compiled?;
 
             for i in 0..n_in {
                 let mut tensor: Handle = std::ptr::null_mut();
-                check((api.LiteRtGetSignatureInputTensorByIndex)(signature, i, &mut tensor), "read an input")?;
+                check(
+                    (api.LiteRtGetSignatureInputTensorByIndex)(signature, i, &mut tensor),
+                    "read an input",
+                )?;
                 let port = self.port(tensor).with_context(|| format!("input {i}"))?;
                 self.inputs.push(port);
             }
             for i in 0..n_out {
                 let mut tensor: Handle = std::ptr::null_mut();
-                check((api.LiteRtGetSignatureOutputTensorByIndex)(signature, i, &mut tensor), "read an output")?;
+                check(
+                    (api.LiteRtGetSignatureOutputTensorByIndex)(signature, i, &mut tensor),
+                    "read an output",
+                )?;
                 let port = self.port(tensor).with_context(|| format!("output {i}"))?;
                 self.outputs.push(port);
             }
@@ -461,19 +516,35 @@ impl Model {
         let api = &self.runtime.api;
         let mut name_ptr: *const c_char = std::ptr::null();
         check((api.LiteRtGetTensorName)(tensor, &mut name_ptr), "read a tensor name")?;
-        let name = if name_ptr.is_null() { String::new() } else { CStr::from_ptr(name_ptr).to_string_lossy().into_owned() };
+        let name = if name_ptr.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(name_ptr).to_string_lossy().into_owned()
+        };
         let mut ty: RankedTensorType = std::mem::zeroed();
-        check((api.LiteRtGetRankedTensorType)(tensor, &mut ty), "read the tensor type (is its rank dynamic?)")
-            .with_context(|| format!("tensor {name:?}"))?;
-        let element = ElementType::from_c(ty.element_type)
-            .ok_or_else(|| anyhow!("tensor {name:?} has element type {} (cbr handles float32, uint8 and int8)", ty.element_type))?;
+        check(
+            (api.LiteRtGetRankedTensorType)(tensor, &mut ty),
+            "read the tensor type (is its rank dynamic?)",
+        )
+        .with_context(|| format!("tensor {name:?}"))?;
+        let element = ElementType::from_c(ty.element_type).ok_or_else(|| {
+            anyhow!(
+                "tensor {name:?} has element type {} (cbr handles float32, uint8 and int8)",
+                ty.element_type
+            )
+        })?;
         let rank = (ty.rank_and_flags & 0x7f) as usize;
         let shape: Vec<i64> = ty.dimensions[..rank.min(8)].iter().map(|&d| d as i64).collect();
         if shape.iter().any(|&d| d < 0) {
-            bail!("tensor {name:?} has a dynamic shape {shape:?}; cbr runs fixed-shape TFLite models");
+            bail!(
+                "tensor {name:?} has a dynamic shape {shape:?}; cbr runs fixed-shape TFLite models"
+            );
         }
         let mut q_type: c_int = 0;
-        check((api.LiteRtGetQuantizationTypeId)(tensor, &mut q_type), "read the quantization type")?;
+        check(
+            (api.LiteRtGetQuantizationTypeId)(tensor, &mut q_type),
+            "read the quantization type",
+        )?;
         let quantization = if element != ElementType::F32 {
             if q_type != QUANTIZATION_PER_TENSOR {
                 bail!("tensor {name:?} is {element:?} without per-tensor quantization; cbr cannot interpret its values");
@@ -491,7 +562,13 @@ impl Model {
         let mut memory = AlignedBytes::zeroed(info.len() * element.size());
         let mut buffer: Handle = std::ptr::null_mut();
         check(
-            (api.LiteRtCreateTensorBufferFromHostMemory)(&ty, memory.as_mut().as_mut_ptr() as *mut c_void, memory.len, std::ptr::null(), &mut buffer),
+            (api.LiteRtCreateTensorBufferFromHostMemory)(
+                &ty,
+                memory.as_mut().as_mut_ptr() as *mut c_void,
+                memory.len,
+                std::ptr::null(),
+                &mut buffer,
+            ),
             "create a tensor buffer",
         )
         .with_context(|| format!("tensor {:?}", info.name))?;
@@ -517,7 +594,9 @@ impl Model {
         let mut ptr: *const c_void = std::ptr::null();
         let mut len = 0usize;
         // SAFETY: valid model, key and out-pointers; the buffer is copied before return.
-        let status = unsafe { (self.runtime.api.LiteRtGetModelMetadata)(self.model, key.as_ptr(), &mut ptr, &mut len) };
+        let status = unsafe {
+            (self.runtime.api.LiteRtGetModelMetadata)(self.model, key.as_ptr(), &mut ptr, &mut len)
+        };
         if status != STATUS_OK || ptr.is_null() {
             return None;
         }
@@ -529,21 +608,39 @@ impl Model {
     /// `output` as real values (dequantized if quantized).
     pub fn run(&mut self, input: &[f32], output: usize) -> Result<Vec<f32>> {
         if self.inputs.len() != 1 {
-            bail!("the model has {} inputs; cbr feeds models with one image input", self.inputs.len());
+            bail!(
+                "the model has {} inputs; cbr feeds models with one image input",
+                self.inputs.len()
+            );
         }
         if output >= self.outputs.len() {
             bail!("the model has {} outputs, no output {output}", self.outputs.len());
         }
         let port = &mut self.inputs[0];
         if input.len() != port.info.len() {
-            bail!("input {:?} takes {} values ({:?}), got {}", port.info.name, port.info.len(), port.info.shape, input.len());
+            bail!(
+                "input {:?} takes {} values ({:?}), got {}",
+                port.info.name,
+                port.info.len(),
+                port.info.shape,
+                input.len()
+            );
         }
         write_values(&port.info, port.memory.as_mut(), input);
         let mut ins: Vec<Handle> = self.inputs.iter().map(|p| p.buffer).collect();
         let mut outs: Vec<Handle> = self.outputs.iter().map(|p| p.buffer).collect();
         // SAFETY: buffers were created for this model's signature 0, in order.
         check(
-            unsafe { (self.runtime.api.LiteRtRunCompiledModel)(self.compiled, 0, ins.len(), ins.as_mut_ptr(), outs.len(), outs.as_mut_ptr()) },
+            unsafe {
+                (self.runtime.api.LiteRtRunCompiledModel)(
+                    self.compiled,
+                    0,
+                    ins.len(),
+                    ins.as_mut_ptr(),
+                    outs.len(),
+                    outs.as_mut_ptr(),
+                )
+            },
             "run the model",
         )?;
         let port = &self.outputs[output];
@@ -602,9 +699,15 @@ fn quantize(v: f32, q: Quantization) -> i64 {
 /// Reads a tensor's memory as real values, dequantizing uint8/int8.
 fn read_values(info: &TensorInfo, memory: &[u8]) -> Vec<f32> {
     match (info.element, info.quantization) {
-        (ElementType::F32, _) => memory.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        (ElementType::U8, Some(q)) => memory.iter().map(|&b| ((b as i64 - q.zero_point) as f32) * q.scale).collect(),
-        (ElementType::I8, Some(q)) => memory.iter().map(|&b| ((b as i8 as i64 - q.zero_point) as f32) * q.scale).collect(),
+        (ElementType::F32, _) => {
+            memory.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        (ElementType::U8, Some(q)) => {
+            memory.iter().map(|&b| ((b as i64 - q.zero_point) as f32) * q.scale).collect()
+        }
+        (ElementType::I8, Some(q)) => {
+            memory.iter().map(|&b| ((b as i8 as i64 - q.zero_point) as f32) * q.scale).collect()
+        }
         _ => unreachable!("quantized tensors always have quantization parameters"),
     }
 }

@@ -9,13 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
-use cbr::edit::EditableModel;
-use cbr::shard::Shard;
 use cbr::decode::DecodeLimits;
+use cbr::edit::EditableModel;
 use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
 use cbr::search::IvfParams;
+use cbr::shard::Shard;
 use cbr::sidecar::IndexChoice;
 use cbr::{cache, dataset, litert, onnx, runtime};
 
@@ -385,8 +385,12 @@ fn main() -> ExitCode {
         Command::Embed(a) => cmd_embed(a),
         Command::Classify(a) => cmd_classify(a),
         Command::Add(a) => cmd_add(a),
-        Command::Remove(a) => cmd_edit(&a.model, a.output.as_deref(), |m| m.remove_labels(&a.labels)),
-        Command::Relabel(a) => cmd_edit(&a.model, a.output.as_deref(), |m| m.relabel(&a.from, &a.to)),
+        Command::Remove(a) => {
+            cmd_edit(&a.model, a.output.as_deref(), |m| m.remove_labels(&a.labels))
+        }
+        Command::Relabel(a) => {
+            cmd_edit(&a.model, a.output.as_deref(), |m| m.relabel(&a.from, &a.to))
+        }
         Command::Info(a) => cmd_info(a),
         Command::Models(ModelsCommand::List) => cmd_models_list(),
         Command::Models(ModelsCommand::Pull { name }) => cmd_models_pull(&name),
@@ -413,7 +417,11 @@ fn main() -> ExitCode {
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32)> {
-    let parse = |v: &str| v.trim().parse::<u32>().with_context(|| format!("bad --input-size {s:?}: expected WIDTHxHEIGHT or N"));
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .with_context(|| format!("bad --input-size {s:?}: expected WIDTHxHEIGHT or N"))
+    };
     match s.split_once(['x', 'X']) {
         Some((w, h)) => Ok((parse(w)?, parse(h)?)),
         None => {
@@ -454,30 +462,38 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} embedding [{bar:30}] {pos}/{len} images  {per_sec}  eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} embedding [{bar:30}] {pos}/{len} images  {per_sec}  eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar
 }
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
-    let format = a.format.unwrap_or(if a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
-        FormatArg::Tflite
-    } else {
-        FormatArg::Onnx
-    });
+    let format = a.format.unwrap_or(
+        if a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
+            FormatArg::Tflite
+        } else {
+            FormatArg::Onnx
+        },
+    );
     let tflite_only = a.tflite_block != BlockArg::Float
-        || [&a.name, &a.description, &a.author, &a.model_version, &a.license].iter().any(|f| f.is_some());
+        || [&a.name, &a.description, &a.author, &a.model_version, &a.license]
+            .iter()
+            .any(|f| f.is_some());
     if format == FormatArg::Onnx && tflite_only {
         bail!("--tflite-block, --name, --description, --author, --model-version and --license apply to TFLite output: use -o NAME.tflite or --format tflite");
     }
     // The classifier is written in its embedder's format: pick the embedder to match.
-    let choice = EmbedderChoice { tflite: format == FormatArg::Tflite, ..embedder_choice(&a.embedder)? };
+    let choice =
+        EmbedderChoice { tflite: format == FormatArg::Tflite, ..embedder_choice(&a.embedder)? };
     let mut embedder = models::open_embedder(&choice)?;
     let embedder_is_tflite = matches!(embedder.model, cbr::embedder::EmbedderModel::Tflite { .. });
     if embedder_is_tflite != (format == FormatArg::Tflite) {
-        let (want, has) = if embedder_is_tflite { ("ONNX", "a .tflite") } else { ("TFLite", "an ONNX") };
+        let (want, has) =
+            if embedder_is_tflite { ("ONNX", "a .tflite") } else { ("TFLite", "an ONNX") };
         bail!(
             "a {want} classifier cannot be built on {has} embedder ({}): give an embedder in the same format, \
              a known model name, or --format {}",
@@ -486,7 +502,11 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         );
     }
     let head = if a.original {
-        HeadOptions { threshold: a.threshold, index_dtype: a.index_dtype, ..HeadOptions::original() }
+        HeadOptions {
+            threshold: a.threshold,
+            index_dtype: a.index_dtype,
+            ..HeadOptions::original()
+        }
     } else {
         HeadOptions {
             aggregation: match a.aggregate {
@@ -507,7 +527,9 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         index: match a.index {
             IndexArg::Auto => IndexChoice::Auto,
             IndexArg::Single => IndexChoice::Single,
-            IndexArg::Ivf => IndexChoice::Ivf(IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() }),
+            IndexArg::Ivf => {
+                IndexChoice::Ivf(IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() })
+            }
         },
         tflite: cbr::tflite::TfliteOptions {
             block: match a.tflite_block {
@@ -528,7 +550,8 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         Some(input) => {
             let images = dataset::from_path(input)?;
             let bar = progress_bar(images.len(), a.input_args.quiet);
-            let built = build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
+            let built =
+                build::build(&mut embedder, &images, &opts, &|done| bar.set_position(done as u64))?;
             bar.finish_and_clear();
             built
         }
@@ -536,15 +559,24 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
     };
     built.write(&a.output)?;
     if built.index.is_some() && !a.input_args.quiet {
-        eprintln!("index rows in {} (approximate search, max rule)", cbr::sidecar::index_path(&a.output).display());
+        eprintln!(
+            "index rows in {} (approximate search, max rule)",
+            cbr::sidecar::index_path(&a.output).display()
+        );
     }
     if !a.input_args.quiet {
         for s in &report.skipped {
             eprintln!("skipped {}: {}", s.path.display(), s.reason);
         }
-        let skipped = if report.skipped.is_empty() { String::new() } else { format!(", {} skipped", report.skipped.len()) };
+        let skipped = if report.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", {} skipped", report.skipped.len())
+        };
         if let Some(c) = &report.calibration {
-            if let (Some(acc), Some(t), Some(e0), Some(e1)) = (c.accuracy, c.temperature, c.ece_unfitted, c.ece) {
+            if let (Some(acc), Some(t), Some(e0), Some(e1)) =
+                (c.accuracy, c.temperature, c.ece_unfitted, c.ece)
+            {
                 eprintln!(
                     "calibrated on the index (leave-one-out, {} images): accuracy {:.1}%, temperature {t:.4}, expected calibration error {e0:.3} -> {e1:.3}",
                     c.samples,
@@ -564,8 +596,16 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         let source = match &a.input {
             Some(_) => {
                 let embedded = report.images + report.skipped.len() - report.cached;
-                let cached = if report.cached > 0 { format!(" ({} from the embedding cache)", report.cached) } else { String::new() };
-                format!("embedded {embedded} in {:.1} s ({:.1} images/s){cached}", report.seconds, embedded as f64 / report.seconds.max(1e-9))
+                let cached = if report.cached > 0 {
+                    format!(" ({} from the embedding cache)", report.cached)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "embedded {embedded} in {:.1} s ({:.1} images/s){cached}",
+                    report.seconds,
+                    embedded as f64 / report.seconds.max(1e-9)
+                )
             }
             None => format!("read from embedding shards in {:.1} s", report.seconds),
         };
@@ -586,7 +626,9 @@ fn cmd_embed(a: EmbedArgs) -> Result<()> {
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let opts = build_options(HeadOptions::default(), a.augment, &a.input_args);
     let bar = progress_bar(part.len(), a.input_args.quiet);
-    let embedded = build::embed_images(&mut embedder, part, &opts, &Default::default(), &|d| bar.set_position(d as u64))?;
+    let embedded = build::embed_images(&mut embedder, part, &opts, &Default::default(), &|d| {
+        bar.set_position(d as u64)
+    })?;
     bar.finish_and_clear();
     cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
     if !a.input_args.quiet {
@@ -594,7 +636,14 @@ fn cmd_embed(a: EmbedArgs) -> Result<()> {
             eprintln!("skipped {}: {}", s.path.display(), s.reason);
         }
         let embedded_now = embedded.paths.len() - embedded.cached;
-        let rate = if embedded_now > 0 { format!(", {:.1} ms per embedded image", 1000.0 * embedded.seconds / embedded_now as f64) } else { String::new() };
+        let rate = if embedded_now > 0 {
+            format!(
+                ", {:.1} ms per embedded image",
+                1000.0 * embedded.seconds / embedded_now as f64
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
             "wrote {}: shard {}/{} of {} images: {} embedded ({} from the embedding cache), {} skipped; {:.1} s{rate}",
             a.output.display(),
@@ -623,8 +672,10 @@ fn build_options(head: HeadOptions, augment: bool, a: &InputArgs) -> BuildOption
 
 fn cmd_add(a: AddArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
-    let bytes = std::fs::read(&a.model).with_context(|| format!("cannot read model {}", a.model.display()))?;
-    let mut model = EditableModel::from_bytes(&bytes).with_context(|| format!("model {}", a.model.display()))?;
+    let bytes = std::fs::read(&a.model)
+        .with_context(|| format!("cannot read model {}", a.model.display()))?;
+    let mut model = EditableModel::from_bytes(&bytes)
+        .with_context(|| format!("model {}", a.model.display()))?;
     let opts = build_options(model.options.clone(), a.augment, &a.input_args);
     let bar = progress_bar(images.len(), a.input_args.quiet);
     let report = model.add(&images, &opts, &|done| bar.set_position(done as u64))?;
@@ -648,13 +699,25 @@ fn cmd_add(a: AddArgs) -> Result<()> {
 }
 
 /// Opens a model, edits it with `edit`, and writes it atomically.
-fn cmd_edit(model: &Path, output: Option<&Path>, edit: impl FnOnce(&mut EditableModel) -> Result<cbr::edit::EditReport>) -> Result<()> {
-    let bytes = std::fs::read(model).with_context(|| format!("cannot read model {}", model.display()))?;
-    let mut m = EditableModel::from_bytes(&bytes).with_context(|| format!("model {}", model.display()))?;
+fn cmd_edit(
+    model: &Path,
+    output: Option<&Path>,
+    edit: impl FnOnce(&mut EditableModel) -> Result<cbr::edit::EditReport>,
+) -> Result<()> {
+    let bytes =
+        std::fs::read(model).with_context(|| format!("cannot read model {}", model.display()))?;
+    let mut m =
+        EditableModel::from_bytes(&bytes).with_context(|| format!("model {}", model.display()))?;
     let report = edit(&mut m)?;
     let out = output.unwrap_or(model);
     cache::write_atomic(out, &m.to_bytes()?)?;
-    eprintln!("wrote {}: removed {} index rows; now {} classes, {} index rows", out.display(), report.removed_rows, report.classes, report.rows);
+    eprintln!(
+        "wrote {}: removed {} index rows; now {} classes, {} index rows",
+        out.display(),
+        report.removed_rows,
+        report.classes,
+        report.rows
+    );
     Ok(())
 }
 
@@ -665,8 +728,12 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let bar = progress_bar(images.len(), a.quiet);
-    let embed_opts = BuildOptions { augment: a.augment, cache: !a.no_cache, ..BuildOptions::default() };
-    let embedded = build::embed_images(&mut embedder, &images, &embed_opts, &Default::default(), &|d| bar.set_position(d as u64))?;
+    let embed_opts =
+        BuildOptions { augment: a.augment, cache: !a.no_cache, ..BuildOptions::default() };
+    let embedded =
+        build::embed_images(&mut embedder, &images, &embed_opts, &Default::default(), &|d| {
+            bar.set_position(d as u64)
+        })?;
     bar.finish_and_clear();
     for s in embedded.skipped.iter().filter(|_| !a.quiet) {
         eprintln!("skipped {}: {}", s.path.display(), s.reason);
@@ -674,11 +741,18 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if let Some(dir) = &a.dump {
         eval::dump(&embedded, dir)?;
     }
-    let report = eval::run(&a.input.to_string_lossy(), &embedder.info.name, &embedded, a.augment, &opts, &|k| {
-        if !a.quiet {
-            eprintln!("evaluating {k} shots per class ...");
-        }
-    })?;
+    let report = eval::run(
+        &a.input.to_string_lossy(),
+        &embedder.info.name,
+        &embedded,
+        a.augment,
+        &opts,
+        &|k| {
+            if !a.quiet {
+                eprintln!("evaluating {k} shots per class ...");
+            }
+        },
+    )?;
     if let Some(path) = &a.report {
         cache::write_atomic(path, eval::report::html(&report).as_bytes())?;
     }
@@ -722,10 +796,13 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
                 let line = serde_json::json!({ "path": path.to_string_lossy(), "label": p.label, "unknown": p.label.is_none(), "top": p.top });
                 writeln!(out, "{line}")?;
             } else {
-                let best: Vec<String> = p.top.iter().map(|t| format!("{} ({:.3})", t.label, t.score)).collect();
+                let best: Vec<String> =
+                    p.top.iter().map(|t| format!("{} ({:.3})", t.label, t.score)).collect();
                 match &p.label {
                     Some(_) => writeln!(out, "{}: {}", path.display(), best.join(", "))?,
-                    None => writeln!(out, "{}: unknown (best: {})", path.display(), best.join(", "))?,
+                    None => {
+                        writeln!(out, "{}: unknown (best: {})", path.display(), best.join(", "))?
+                    }
                 }
             }
         }
@@ -739,7 +816,11 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
 
 fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) -> Result<()> {
     if json {
-        writeln!(out, "{}", serde_json::json!({ "path": path.to_string_lossy(), "error": reason }))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "path": path.to_string_lossy(), "error": reason })
+        )?;
     } else {
         eprintln!("{}: {reason}", path.display());
     }
@@ -747,35 +828,61 @@ fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) ->
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {
-    let bytes = std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
-    let no_metadata = || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
+    let bytes =
+        std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let no_metadata =
+        || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
     let (info, operations) = if litert::is_tflite(&bytes) {
         let info = cbr::tflite::read_info(&bytes).with_context(no_metadata)?;
         (info, format!("{} TFLite operators", cbr::tflite::operator_count(&bytes)?))
     } else {
-        let model = onnx::decode(&bytes).with_context(|| format!("{} is neither an ONNX nor a TFLite model", a.model.display()))?;
-        let json = onnx::metadata(&model, cbr::classifier::METADATA_KEY).with_context(no_metadata)?;
+        let model = onnx::decode(&bytes).with_context(|| {
+            format!("{} is neither an ONNX nor a TFLite model", a.model.display())
+        })?;
+        let json =
+            onnx::metadata(&model, cbr::classifier::METADATA_KEY).with_context(no_metadata)?;
         let graph = model.graph.as_ref().expect("decoded models have a graph");
-        (cbr::classifier::ClassifierInfo::from_json(json)?, format!("{} graph operations", graph.node.len()))
+        (
+            cbr::classifier::ClassifierInfo::from_json(json)?,
+            format!("{} graph operations", graph.node.len()),
+        )
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    println!("model:         {} ({:.1} MB, {operations})", a.model.display(), bytes.len() as f64 / 1e6);
+    println!(
+        "model:         {} ({:.1} MB, {operations})",
+        a.model.display(),
+        bytes.len() as f64 / 1e6
+    );
     let p = &info.preprocess;
     println!("built by:      cbr {}", info.cbr_version);
-    println!("embedder:      {} ({}-d, output {:?}, sha256 {})", info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256);
+    println!(
+        "embedder:      {} ({}-d, output {:?}, sha256 {})",
+        info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256
+    );
     println!(
         "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?}",
         p.width, p.height, p.layout, p.channel_order, p.mean, p.std, p.resize
     );
     if let Some(ix) = &info.index {
-        println!("index:         {} rows in {} (approximate search, beside the model)", ix.rows, cbr::sidecar::index_path(&a.model).display());
+        println!(
+            "index:         {} rows in {} (approximate search, beside the model)",
+            ix.rows,
+            cbr::sidecar::index_path(&a.model).display()
+        );
     }
-    println!("aggregation:   {}{}{}", info.aggregation, if info.center { ", centred (CL2N)" } else { "" }, if info.augment { ", mirror-augmented index" } else { "" });
+    println!(
+        "aggregation:   {}{}{}",
+        info.aggregation,
+        if info.center { ", centred (CL2N)" } else { "" },
+        if info.augment { ", mirror-augmented index" } else { "" }
+    );
     match info.temperature {
-        Some(t) => println!("scores:        calibrated probabilities (softmax, temperature {t:.4})"),
+        Some(t) => {
+            println!("scores:        calibrated probabilities (softmax, temperature {t:.4})")
+        }
         None => println!("scores:        raw class similarities (cosine)"),
     }
     if let Some(c) = &info.calibration {
@@ -784,10 +891,21 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         }
     }
     match info.threshold {
-        Some(t) => println!("unknown below: {t:.4}{}", info.calibration.as_ref().and_then(|c| c.target_precision).map(|p| format!(" (chosen for {:.0}% precision)", 100.0 * p)).unwrap_or_default()),
+        Some(t) => println!(
+            "unknown below: {t:.4}{}",
+            info.calibration
+                .as_ref()
+                .and_then(|c| c.target_precision)
+                .map(|p| format!(" (chosen for {:.0}% precision)", 100.0 * p))
+                .unwrap_or_default()
+        ),
         None => println!("unknown below: (no threshold)"),
     }
-    println!("classes:       {} ({} images)", info.labels.len(), info.images_per_label.iter().sum::<usize>());
+    println!(
+        "classes:       {} ({} images)",
+        info.labels.len(),
+        info.images_per_label.iter().sum::<usize>()
+    );
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
         println!("  {label}\t{n}");
     }
@@ -811,7 +929,10 @@ fn cmd_models_list() -> Result<()> {
     for m in models::KNOWN_MODELS {
         let state = if m.is_cached() { "cached" } else { "not pulled" };
         let default = if m.name == models::DEFAULT_MODEL { " (default)" } else { "" };
-        println!("{:<20} {:<11} {}{default}  [{}; pip {}]", m.name, state, m.description, m.license, m.pip_spec);
+        println!(
+            "{:<20} {:<11} {}{default}  [{}; pip {}]",
+            m.name, state, m.description, m.license, m.pip_spec
+        );
     }
     Ok(())
 }

@@ -138,15 +138,18 @@ pub fn pull_tflite(name: &str) -> Result<PathBuf> {
         return Ok(target);
     }
     let onnx = crate::onnx::load(&pull(name)?)?;
-    let bytes = crate::zoo::tflite_twin::embedder_tflite(&onnx).with_context(|| format!("cannot write {} as TFLite", model.name))?;
+    let bytes = crate::zoo::tflite_twin::embedder_tflite(&onnx)
+        .with_context(|| format!("cannot write {} as TFLite", model.name))?;
     cache::write_atomic(&target, &bytes)?;
     Ok(target)
 }
 
 /// Converts the downloaded PyTorch weights to an ONNX embedder.
 pub fn convert(model: &KnownModel, weights: &[u8]) -> Result<crate::onnx::ModelProto> {
-    let state = torch_pth::read_state_dict(weights).with_context(|| format!("cannot read the {} weights", model.name))?;
-    efficientnet::embedder_onnx(&state, model.variant).with_context(|| format!("cannot convert {} to ONNX", model.name))
+    let state = torch_pth::read_state_dict(weights)
+        .with_context(|| format!("cannot read the {} weights", model.name))?;
+    efficientnet::embedder_onnx(&state, model.variant)
+        .with_context(|| format!("cannot convert {} to ONNX", model.name))
 }
 
 /// An embedder as named on the command line: a known model or an `.onnx` path.
@@ -197,26 +200,33 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
         crate::runtime::ensure()?;
     }
     let (path, name, base) = match source {
-        EmbedderSource::Known(m) if choice.tflite => (pull_tflite(m.name)?, m.name.to_string(), Some(m.preprocess())),
+        EmbedderSource::Known(m) if choice.tflite => {
+            (pull_tflite(m.name)?, m.name.to_string(), Some(m.preprocess()))
+        }
         EmbedderSource::Known(m) => (pull(m.name)?, m.name.to_string(), Some(m.preprocess())),
         EmbedderSource::File(p) => {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             (p, name, None)
         }
     };
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read embedder {}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("cannot read embedder {}", path.display()))?;
     if crate::litert::is_tflite(&bytes) {
         crate::litert::ensure()?;
     } else {
         crate::runtime::ensure()?;
     }
-    let declared = embedder::declared_input(&bytes).with_context(|| format!("embedder {}", path.display()))?;
+    let declared =
+        embedder::declared_input(&bytes).with_context(|| format!("embedder {}", path.display()))?;
     let shape = &declared.shape;
     let (width, height) = match (choice.input_size, &base, shape.width, shape.height) {
         (Some(s), _, _, _) => s,
         (None, Some(b), _, _) => (b.width, b.height),
         (None, None, Some(w), Some(h)) => (w as u32, h as u32),
-        _ => bail!("the embedder {} has a variable input size: give --input-size WIDTHxHEIGHT", path.display()),
+        _ => bail!(
+            "the embedder {} has a variable input size: give --input-size WIDTHxHEIGHT",
+            path.display()
+        ),
     };
     // A quantized input is fed raw pixels unless the user says otherwise.
     let raw = declared.raw_pixel_normalisation().map(|(m, s)| ([m; 3], [s; 3]));
@@ -235,10 +245,15 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
         width,
         height,
         layout: shape.layout,
-        channel_order: if choice.bgr { ChannelOrder::Bgr } else { base.as_ref().map(|b| b.channel_order).unwrap_or(ChannelOrder::Rgb) },
+        channel_order: if choice.bgr {
+            ChannelOrder::Bgr
+        } else {
+            base.as_ref().map(|b| b.channel_order).unwrap_or(ChannelOrder::Rgb)
+        },
         mean,
         std,
         resize: choice.resize.or(base.as_ref().map(|b| b.resize)).unwrap_or(ResizeMode::Stretch),
     };
-    Embedder::from_bytes(&bytes, &name, choice.output.as_deref(), preprocess).with_context(|| format!("embedder {}", path.display()))
+    Embedder::from_bytes(&bytes, &name, choice.output.as_deref(), preprocess)
+        .with_context(|| format!("embedder {}", path.display()))
 }

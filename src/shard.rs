@@ -46,7 +46,10 @@ impl std::str::FromStr for Shard {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || anyhow!("bad shard {s:?}: expected I/N with 0 <= I < N, e.g. 0/8");
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count) = (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+        let (index, count) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -64,10 +67,21 @@ impl Shard {
 }
 
 /// Writes `embedded` (made by `embedder` with `preprocess`) as a Parquet shard, atomically.
-pub fn write(path: &Path, embedded: &Embedded, embedder: &EmbedderInfo, preprocess: &Preprocess, shard: Shard) -> Result<()> {
-    let rows_per_image = if embedded.paths.is_empty() { 1 } else { embedded.labels.len() / embedded.paths.len() };
+pub fn write(
+    path: &Path,
+    embedded: &Embedded,
+    embedder: &EmbedderInfo,
+    preprocess: &Preprocess,
+    shard: Shard,
+) -> Result<()> {
+    let rows_per_image =
+        if embedded.paths.is_empty() { 1 } else { embedded.labels.len() / embedded.paths.len() };
     let mirrored = rows_per_image == 2;
-    let list = |name: &str| format!("required group {name} (LIST) {{ repeated group list {{ required float element; }} }}");
+    let list = |name: &str| {
+        format!(
+            "required group {name} (LIST) {{ repeated group list {{ required float element; }} }}"
+        )
+    };
     let schema = format!(
         "message cbr_embeddings {{ required binary path (STRING); required binary label (STRING); required binary image_id (STRING); {} {} }}",
         list("embedding"),
@@ -93,25 +107,34 @@ pub fn write(path: &Path, embedded: &Embedded, embedder: &EmbedderInfo, preproce
         let images = start..(start + ROW_GROUP).min(embedded.paths.len());
         let mut group = writer.next_row_group()?;
         let strings: [Vec<ByteArray>; 3] = [
-            images.clone().map(|i| ByteArray::from(embedded.paths[i].to_string_lossy().as_bytes().to_vec())).collect(),
-            images.clone().map(|i| ByteArray::from(embedded.labels[i * rows_per_image].as_str())).collect(),
+            images
+                .clone()
+                .map(|i| ByteArray::from(embedded.paths[i].to_string_lossy().as_bytes().to_vec()))
+                .collect(),
+            images
+                .clone()
+                .map(|i| ByteArray::from(embedded.labels[i * rows_per_image].as_str()))
+                .collect(),
             images.clone().map(|i| ByteArray::from(embedded.ids[i].to_string().as_str())).collect(),
         ];
         for column in strings {
-            let mut c = group.next_column()?.ok_or_else(|| anyhow!("shard schema: missing column"))?;
+            let mut c =
+                group.next_column()?.ok_or_else(|| anyhow!("shard schema: missing column"))?;
             c.typed::<ByteArrayType>().write_batch(&column, None, None)?;
             c.close()?;
         }
         // A list of exactly `dim` floats per image: repetition level 0 starts a row.
         let def = vec![1i16; images.len() * dim];
-        let rep: Vec<i16> = (0..images.len() * dim).map(|k| if k % dim == 0 { 0 } else { 1 }).collect();
+        let rep: Vec<i16> =
+            (0..images.len() * dim).map(|k| if k % dim == 0 { 0 } else { 1 }).collect();
         for variant in 0..rows_per_image {
             let mut values = Vec::with_capacity(images.len() * dim);
             for i in images.clone() {
                 let row = i * rows_per_image + variant;
                 values.extend_from_slice(&embedded.embeddings[row * dim..(row + 1) * dim]);
             }
-            let mut c = group.next_column()?.ok_or_else(|| anyhow!("shard schema: missing column"))?;
+            let mut c =
+                group.next_column()?.ok_or_else(|| anyhow!("shard schema: missing column"))?;
             c.typed::<FloatType>().write_batch(&values, Some(&def), Some(&rep))?;
             c.close()?;
         }
@@ -129,9 +152,18 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>> {
         let path = Path::new(p);
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if path.is_dir() || name.contains('*') {
-            let (dir, pattern) = if path.is_dir() { (path, "*.parquet".to_string()) } else { (path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")), name) };
+            let (dir, pattern) = if path.is_dir() {
+                (path, "*.parquet".to_string())
+            } else {
+                (
+                    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+                    name,
+                )
+            };
             let before = files.len();
-            for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            for e in
+                std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?
+            {
                 let e = e?;
                 if wildcard_match(&pattern, &e.file_name().to_string_lossy()) {
                     files.push(e.path());
@@ -156,7 +188,10 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
         return pattern == name;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || !name[first.len()..].ends_with(last) || name.len() < first.len() + last.len() {
+    if !name.starts_with(first)
+        || !name[first.len()..].ends_with(last)
+        || name.len() < first.len() + last.len()
+    {
         return false;
     }
     let mut rest = &name[first.len()..name.len() - last.len()];
@@ -180,11 +215,18 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
     for path in paths {
         let what = || format!("embedding shard {}", path.display());
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", what()))?;
-        let reader = SerializedFileReader::new(file).with_context(|| format!("{} is not a Parquet file", path.display()))?;
-        let kv = reader.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
-        let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone()).ok_or_else(|| anyhow!("{} has no {k} metadata: it was not written by `cbr embed`", what()));
+        let reader = SerializedFileReader::new(file)
+            .with_context(|| format!("{} is not a Parquet file", path.display()))?;
+        let kv =
+            reader.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+        let get = |k: &str| {
+            kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone()).ok_or_else(|| {
+                anyhow!("{} has no {k} metadata: it was not written by `cbr embed`", what())
+            })
+        };
         let info: EmbedderInfo = serde_json::from_str(&get(EMBEDDER_KEY)?).with_context(what)?;
-        let preprocess: Preprocess = serde_json::from_str(&get(PREPROCESS_KEY)?).with_context(what)?;
+        let preprocess: Preprocess =
+            serde_json::from_str(&get(PREPROCESS_KEY)?).with_context(what)?;
         match &source {
             None => source = Some((info.clone(), preprocess.clone(), path.clone())),
             Some((i, p, first)) if *i != info || *p != preprocess => {
@@ -213,15 +255,19 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
                 if records != n {
                     bail!("{}: column {c} has {records} rows, expected {n}", what());
                 }
-                strings.push(values.iter().map(|v| String::from_utf8_lossy(v.data()).into_owned()).collect());
+                strings.push(
+                    values.iter().map(|v| String::from_utf8_lossy(v.data()).into_owned()).collect(),
+                );
             }
             let mut embeddings = Vec::new();
             for c in 3..3 + variants {
                 let ColumnReader::FloatColumnReader(mut r) = group.get_column_reader(c)? else {
                     bail!("{}: column {c} is not a float list", what());
                 };
-                let (mut values, mut def, mut rep) = (Vec::with_capacity(n * dim), Vec::new(), Vec::new());
-                let (records, count, _) = r.read_records(n, Some(&mut def), Some(&mut rep), &mut values)?;
+                let (mut values, mut def, mut rep) =
+                    (Vec::with_capacity(n * dim), Vec::new(), Vec::new());
+                let (records, count, _) =
+                    r.read_records(n, Some(&mut def), Some(&mut rep), &mut values)?;
                 if records != n || count != n * dim || values.len() != n * dim {
                     bail!("{}: embeddings are not {n} lists of {dim} floats (the shard's embedder says {dim}-d)", what());
                 }
@@ -231,7 +277,10 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
                 let id = ImageId::parse(&strings[2][i]).with_context(what)?;
                 let label = strings[1][i].clone();
                 if !seen.insert((label.clone(), id)) {
-                    out.skipped.push(crate::build::Skipped { path: PathBuf::from(&strings[0][i]), reason: format!("same content as an image already read (class {label:?})") });
+                    out.skipped.push(crate::build::Skipped {
+                        path: PathBuf::from(&strings[0][i]),
+                        reason: format!("same content as an image already read (class {label:?})"),
+                    });
                     continue;
                 }
                 let image = out.paths.len() as u32;
@@ -255,13 +304,19 @@ mod tests {
 
     #[test]
     fn shards_partition_the_images() {
-        let images: Vec<LabelledImage> = (0..10).map(|i| LabelledImage { label: "a".into(), path: PathBuf::from(format!("{i}.jpg")) }).collect();
+        let images: Vec<LabelledImage> = (0..10)
+            .map(|i| LabelledImage { label: "a".into(), path: PathBuf::from(format!("{i}.jpg")) })
+            .collect();
         let mut all = Vec::new();
         for i in 0..3 {
             all.extend(format!("{i}/3").parse::<Shard>().unwrap().of(&images).iter().cloned());
         }
         assert_eq!(all, images);
-        assert!("3/3".parse::<Shard>().is_err() && "1".parse::<Shard>().is_err() && "0/0".parse::<Shard>().is_err());
+        assert!(
+            "3/3".parse::<Shard>().is_err()
+                && "1".parse::<Shard>().is_err()
+                && "0/0".parse::<Shard>().is_err()
+        );
     }
 
     #[test]
@@ -286,7 +341,13 @@ mod tests {
             ids: vec![ImageId::from_index(7), ImageId::from_index(3)],
             ..Default::default()
         };
-        let info = EmbedderInfo { name: "e".into(), sha256: "0".repeat(64), input: "in".into(), output: "out".into(), dim };
+        let info = EmbedderInfo {
+            name: "e".into(),
+            sha256: "0".repeat(64),
+            input: "in".into(),
+            output: "out".into(),
+            dim,
+        };
         let preprocess = Preprocess {
             width: 2,
             height: 2,
@@ -300,7 +361,10 @@ mod tests {
         write(&path, &embedded, &info, &preprocess, Shard { index: 0, count: 1 }).unwrap();
         let (i, p, back) = read(&[path.clone()]).unwrap();
         assert_eq!((i, p), (info.clone(), preprocess.clone()));
-        assert_eq!((back.embeddings, back.labels, back.images, back.paths, back.ids), (embedded.embeddings, embedded.labels, embedded.images, embedded.paths, embedded.ids));
+        assert_eq!(
+            (back.embeddings, back.labels, back.images, back.paths, back.ids),
+            (embedded.embeddings, embedded.labels, embedded.images, embedded.paths, embedded.ids)
+        );
         // Damaged files are refused with their name.
         std::fs::write(&path, b"PAR1 not really").unwrap();
         let err = format!("{:#}", read(&[path.clone()]).unwrap_err());

@@ -88,7 +88,11 @@ pub fn build_index(head: &RetrievalHead, params: &IvfParams) -> Result<IvfIndex>
 
 /// The embedder alone, with its (flattened) embedding as the one output
 /// `embedding` — the model file that goes with a sidecar index.
-pub fn embedding_model(embedder: &ModelProto, embedding_output: &str, dim: usize) -> Result<ModelProto> {
+pub fn embedding_model(
+    embedder: &ModelProto,
+    embedding_output: &str,
+    dim: usize,
+) -> Result<ModelProto> {
     let mut model = embedder.clone();
     let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the embedder has no graph"))?;
     let batch = crate::head::graph::expose_embedding(graph, embedding_output, &[EMBEDDING])?;
@@ -109,7 +113,13 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Opens the index named by `info` beside the model file `model`.
-    pub fn open(model: &Path, info: &IndexInfo, power: Option<f32>, classes: usize, temperature: Option<f32>) -> Result<Self> {
+    pub fn open(
+        model: &Path,
+        info: &IndexInfo,
+        power: Option<f32>,
+        classes: usize,
+        temperature: Option<f32>,
+    ) -> Result<Self> {
         let path = index_path(model);
         if !path.is_file() {
             bail!(
@@ -130,8 +140,14 @@ impl Sidecar {
                 info.dim
             );
         }
-        if let Some(c) = (0..index.len() as u32).map(|i| index.class_of(i)).find(|&c| c as usize >= classes) {
-            bail!("index {} names class {c}, but model {} has {classes} classes", path.display(), model.display());
+        if let Some(c) =
+            (0..index.len() as u32).map(|i| index.class_of(i)).find(|&c| c as usize >= classes)
+        {
+            bail!(
+                "index {} names class {c}, but model {} has {classes} classes",
+                path.display(),
+                model.display()
+            );
         }
         let nprobe = index.nprobe;
         Ok(Sidecar { index, info: info.clone(), power, classes, temperature, nprobe })
@@ -145,7 +161,10 @@ impl Sidecar {
         if embeddings.len() != n * dim {
             bail!("{EMBEDDING} has {} values, expected {n} x {dim}", embeddings.len());
         }
-        let queries: Vec<f32> = embeddings.chunks_exact(dim).flat_map(|e| project_query(e, self.power, self.info.mean.as_deref())).collect();
+        let queries: Vec<f32> = embeddings
+            .chunks_exact(dim)
+            .flat_map(|e| project_query(e, self.power, self.info.mean.as_deref()))
+            .collect();
         let hits = self.index.search_batch(&queries, DEPTH, self.nprobe);
         Ok(hits
             .into_iter()
@@ -172,7 +191,8 @@ mod tests {
     #[test]
     fn auto_keeps_small_heads_in_the_model_and_ivf_needs_max() {
         let labels: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
-        let max = RetrievalHead::new(&[1.0, 0.0, 0.0, 1.0], 2, &labels, &HeadOptions::original()).unwrap();
+        let max = RetrievalHead::new(&[1.0, 0.0, 0.0, 1.0], 2, &labels, &HeadOptions::original())
+            .unwrap();
         assert_eq!(IndexChoice::Auto.resolve(&max).unwrap(), None);
         assert_eq!(IndexChoice::Single.resolve(&max).unwrap(), None);
         assert!(IndexChoice::Ivf(IvfParams::default()).resolve(&max).unwrap().is_some());

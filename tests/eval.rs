@@ -65,7 +65,8 @@ fn eval_json_report_and_dump_on_cub() {
     let d = &r["detail"];
     let confusion = d["confusion"].as_array().unwrap();
     assert_eq!(confusion.len(), 10);
-    let total: u64 = confusion.iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    let total: u64 =
+        confusion.iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(total, 2 * r["query_images"].as_u64().unwrap(), "every query of both seeds once");
     let per_class = d["per_class"].as_array().unwrap();
     assert_eq!(per_class.len(), 10);
@@ -106,7 +107,8 @@ fn eval_json_report_and_dump_on_cub() {
 fn eval_prints_tables_and_refuses_bad_options() {
     setup();
     let data = dataset("cub200_010");
-    let out = run_ok(&["eval", data.to_str().unwrap(), "--shots", "1,3", "--seeds", "1", "--quiet"]);
+    let out =
+        run_ok(&["eval", data.to_str().unwrap(), "--shots", "1,3", "--seeds", "1", "--quiet"]);
     assert!(out.contains("1 shot per class"), "{out}");
     assert!(out.contains("3 shots per class"), "{out}");
     assert!(out.contains("original") && out.contains("(default)"), "{out}");

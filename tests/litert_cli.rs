@@ -54,11 +54,22 @@ fn tflite_classifiers_from_a_uint8_embedder_and_the_default_one() {
     assert_eq!(info["embedder"]["dim"], 1024);
     assert!(run_ok(&["info", s(&m)]).contains("TFLite operators"));
     let acc = accuracy(&m, &queries);
-    eprintln!("MobileNetV3-Small uint8 TFLite classifier, 5 shots, cub200_010: top-1 {:.1}%", 100.0 * acc);
+    eprintln!(
+        "MobileNetV3-Small uint8 TFLite classifier, 5 shots, cub200_010: top-1 {:.1}%",
+        100.0 * acc
+    );
     assert!(acc > 0.5, "accuracy {acc} (chance is 0.1)");
 
     // An ONNX classifier cannot sit on a TFLite embedder: a clear error.
-    let out = run(&["build", s(&index), "--embedder", s(&embedder), "-o", s(&tmp.path().join("x.onnx")), "--quiet"]);
+    let out = run(&[
+        "build",
+        s(&index),
+        "--embedder",
+        s(&embedder),
+        "-o",
+        s(&tmp.path().join("x.onnx")),
+        "--quiet",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ONNX classifier") && err.contains("--format tflite"), "{err}");
@@ -68,7 +79,10 @@ fn tflite_classifiers_from_a_uint8_embedder_and_the_default_one() {
     run_ok(&["build", s(&index), "--format", "tflite", "-o", s(&d), "--quiet"]);
     assert!(is_tflite(&d));
     let acc = accuracy(&d, &queries);
-    eprintln!("EfficientNet-Lite0 TFLite classifier, 5 shots, cub200_010: top-1 {:.1}%", 100.0 * acc);
+    eprintln!(
+        "EfficientNet-Lite0 TFLite classifier, 5 shots, cub200_010: top-1 {:.1}%",
+        100.0 * acc
+    );
     assert!(acc > 0.6, "accuracy {acc} (chance is 0.1)");
 
     // It scores like the ONNX classifier built from the same images (ONNX Runtime).
@@ -82,8 +96,14 @@ fn tflite_classifiers_from_a_uint8_embedder_and_the_default_one() {
             .lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap();
-                let mut top: Vec<(String, f64)> =
-                    v["top"].as_array().unwrap().iter().map(|t| (t["label"].as_str().unwrap().to_string(), t["score"].as_f64().unwrap())).collect();
+                let mut top: Vec<(String, f64)> = v["top"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        (t["label"].as_str().unwrap().to_string(), t["score"].as_f64().unwrap())
+                    })
+                    .collect();
                 top.sort_by(|a, b| a.0.cmp(&b.0));
                 top
             })

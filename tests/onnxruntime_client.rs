@@ -24,7 +24,10 @@ fn s(p: &Path) -> &str {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients").join("onnxruntime_scores.py")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("clients")
+        .join("onnxruntime_scores.py")
 }
 
 /// Runs `python3 args...`; a missing interpreter or package is a failure that says what to install.
@@ -47,7 +50,10 @@ fn require_python_packages() {
     let out = Command::new("python3").args(["-c", "import onnxruntime, numpy, PIL"]).output();
     match out {
         Ok(o) if o.status.success() => {}
-        Ok(o) => panic!("Python lacks onnxruntime, numpy or PIL ({}): {PIP_HINT}", String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) => panic!(
+            "Python lacks onnxruntime, numpy or PIL ({}): {PIP_HINT}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
         Err(e) => panic!("cannot run python3 ({e}): install Python 3, then {PIP_HINT}"),
     }
 }
@@ -62,11 +68,14 @@ fn cbr_scores(model: &Path, images: &[PathBuf], classes: usize) -> Scores {
     let out = run_ok(&args);
     let mut scores = Scores::new();
     for line in out.lines() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("cbr classify printed a non-JSON line ({e}): {line}"));
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("cbr classify printed a non-JSON line ({e}): {line}"));
         let top = v["top"].as_array().unwrap_or_else(|| panic!("no `top` in {line}"));
         assert_eq!(top.len(), classes, "--top-k {classes} lists every class: {line}");
-        let per: BTreeMap<String, f64> =
-            top.iter().map(|t| (t["label"].as_str().unwrap().to_string(), t["score"].as_f64().unwrap())).collect();
+        let per: BTreeMap<String, f64> = top
+            .iter()
+            .map(|t| (t["label"].as_str().unwrap().to_string(), t["score"].as_f64().unwrap()))
+            .collect();
         scores.insert(v["path"].as_str().unwrap().to_string(), per);
     }
     assert_eq!(scores.len(), images.len(), "cbr classify printed one line per image");
@@ -81,11 +90,20 @@ fn python_scores(model: &Path, images: &[PathBuf]) -> Scores {
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let mut scores = Scores::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("the Python client printed a non-JSON line ({e}): {line}"));
-        let per: BTreeMap<String, f64> =
-            v["scores"].as_object().unwrap().iter().map(|(l, x)| (l.clone(), x.as_f64().unwrap())).collect();
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("the Python client printed a non-JSON line ({e}): {line}"));
+        let per: BTreeMap<String, f64> = v["scores"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(l, x)| (l.clone(), x.as_f64().unwrap()))
+            .collect();
         let top1 = per.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0.clone();
-        assert_eq!(v["top1"].as_str(), Some(top1.as_str()), "the Python client's top1 is its best score: {line}");
+        assert_eq!(
+            v["top1"].as_str(),
+            Some(top1.as_str()),
+            "the Python client's top1 is its best score: {line}"
+        );
         scores.insert(v["path"].as_str().unwrap().to_string(), per);
     }
     assert_eq!(scores.len(), images.len(), "the Python client printed one line per image");
@@ -114,7 +132,11 @@ fn max_diff(cbr: &Scores, py: &Scores, labels: &[String]) -> (f64, String) {
         lc.sort();
         lp.sort();
         assert_eq!(lc, labels.iter().collect::<Vec<_>>(), "cbr scored every label for {path}");
-        assert_eq!(lp, labels.iter().collect::<Vec<_>>(), "the Python client read the same labels from the metadata for {path}");
+        assert_eq!(
+            lp,
+            labels.iter().collect::<Vec<_>>(),
+            "the Python client read the same labels from the metadata for {path}"
+        );
         for l in labels {
             let d = (c[l] - p[l]).abs();
             if d > worst.0 || worst.1.is_empty() {
@@ -134,9 +156,17 @@ fn python_onnxruntime_client_gets_the_same_scores() {
     let model = tmp.path().join("cub4.onnx");
     run_ok(&["build", s(&index), "-o", s(&model), "--quiet"]);
     let info: Value = serde_json::from_str(&run_ok(&["info", "--json", s(&model)])).unwrap();
-    let labels: Vec<String> = info["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    let labels: Vec<String> = info["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(labels.len(), 10, "cub200_010 has 10 classes");
-    let (w, h) = (info["preprocess"]["width"].as_u64().unwrap(), info["preprocess"]["height"].as_u64().unwrap());
+    let (w, h) = (
+        info["preprocess"]["width"].as_u64().unwrap(),
+        info["preprocess"]["height"].as_u64().unwrap(),
+    );
 
     // ~20 query JPEGs: 2 per class.
     let all = images_in(&queries);
@@ -150,7 +180,8 @@ fn python_onnxruntime_client_gets_the_same_scores() {
     // clients then feed bit-identical tensors (no JPEG decode, no resize).
     let png_dir = tmp.path().join("png");
     std::fs::create_dir_all(&png_dir).unwrap();
-    let sources: Vec<&PathBuf> = all.iter().filter(|p| !jpegs.contains(p)).step_by(37).take(6).collect();
+    let sources: Vec<&PathBuf> =
+        all.iter().filter(|p| !jpegs.contains(p)).step_by(37).take(6).collect();
     let make_png = "import sys, os\n\
                     from PIL import Image\n\
                     w, h, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]\n\
@@ -161,7 +192,8 @@ fn python_onnxruntime_client_gets_the_same_scores() {
     let mut args = vec!["-c", make_png, &ws, &hs, s(&png_dir)];
     args.extend(sources.iter().map(|p| s(p)));
     python(&args);
-    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&png_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut pngs: Vec<PathBuf> =
+        std::fs::read_dir(&png_dir).unwrap().map(|e| e.unwrap().path()).collect();
     pngs.sort();
     assert_eq!(pngs.len(), sources.len(), "one PNG per source photo");
 
@@ -171,9 +203,17 @@ fn python_onnxruntime_client_gets_the_same_scores() {
     let py = python_scores(&model, &images);
 
     // Identical input tensors: identical scores, up to float rounding in two ONNX Runtime builds.
-    let png_cbr: Scores = cbr.iter().filter(|(p, _)| p.ends_with(".png")).map(|(p, v)| (p.clone(), v.clone())).collect();
+    let png_cbr: Scores = cbr
+        .iter()
+        .filter(|(p, _)| p.ends_with(".png"))
+        .map(|(p, v)| (p.clone(), v.clone()))
+        .collect();
     let (png_max, png_where) = max_diff(&png_cbr, &py, &labels);
-    println!("PNG inputs ({} images x {} classes): max |cbr - python| = {png_max:.2e} ({png_where})", png_cbr.len(), labels.len());
+    println!(
+        "PNG inputs ({} images x {} classes): max |cbr - python| = {png_max:.2e} ({png_where})",
+        png_cbr.len(),
+        labels.len()
+    );
     assert!(
         png_max <= 1e-4,
         "on lossless PNGs at the input size both clients see identical tensors, so every score must agree within 1e-4; \
@@ -181,7 +221,11 @@ fn python_onnxruntime_client_gets_the_same_scores() {
     );
 
     // JPEGs: decoders differ by a few grey levels; the decision must not.
-    let jpeg_cbr: Scores = cbr.iter().filter(|(p, _)| !p.ends_with(".png")).map(|(p, v)| (p.clone(), v.clone())).collect();
+    let jpeg_cbr: Scores = cbr
+        .iter()
+        .filter(|(p, _)| !p.ends_with(".png"))
+        .map(|(p, v)| (p.clone(), v.clone()))
+        .collect();
     let (jpeg_max, jpeg_where) = max_diff(&jpeg_cbr, &py, &labels);
     let same_top1 = jpeg_cbr.iter().filter(|(p, c)| best(c) == best(&py[*p])).count();
     let agreement = same_top1 as f64 / jpeg_cbr.len() as f64;

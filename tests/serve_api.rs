@@ -13,20 +13,30 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::*;
 
-const CLASSES: &[&str] = &["001.Black_footed_Albatross", "005.Crested_Auklet", "010.Red_winged_Blackbird"];
+const CLASSES: &[&str] =
+    &["001.Black_footed_Albatross", "005.Crested_Auklet", "010.Red_winged_Blackbird"];
 
 fn class_dir(c: &str) -> PathBuf {
     common::dataset("cub200_010").join(c)
 }
 
 /// Creates `model` and uploads the first `n` images of each class; returns the held-out images per class.
-fn populate(addr: std::net::SocketAddr, model: &str, classes: &[&str], n: usize) -> Vec<(String, Vec<PathBuf>)> {
+fn populate(
+    addr: std::net::SocketAddr,
+    model: &str,
+    classes: &[&str],
+    n: usize,
+) -> Vec<(String, Vec<PathBuf>)> {
     let r = post_json(addr, "/api/models", &json!({ "name": model }));
     assert_eq!(r.status, 201, "{}", r.text());
     let mut held = Vec::new();
     for c in classes {
         let (train, rest) = class_images(&class_dir(c), n);
-        let r = post_files(addr, &format!("/api/models/{}/labels/{}/images", enc(model), enc(c)), &read_files(&train));
+        let r = post_files(
+            addr,
+            &format!("/api/models/{}/labels/{}/images", enc(model), enc(c)),
+            &read_files(&train),
+        );
         assert_eq!(r.status, 201, "{}", r.text());
         assert_eq!(r.json()["count"], n);
         held.push((c.to_string(), rest));
@@ -43,7 +53,11 @@ fn build_ok(addr: std::net::SocketAddr, model: &str) -> Value {
 }
 
 fn classify_file(addr: std::net::SocketAddr, model: &str, path: &Path) -> Resp {
-    post_files(addr, &format!("/api/models/{}/classify?k=3", enc(model)), &read_files(&[path.to_path_buf()]))
+    post_files(
+        addr,
+        &format!("/api/models/{}/classify?k=3", enc(model)),
+        &read_files(&[path.to_path_buf()]),
+    )
 }
 
 #[test]
@@ -60,7 +74,8 @@ fn api_build_classify_download_and_edit() {
     let held = populate(a, "birds", CLASSES, 5);
     let m = get(a, "/api/models/birds").json();
     assert_eq!(m["images"], 15, "{m}");
-    let labels: Vec<&str> = m["labels"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let labels: Vec<&str> =
+        m["labels"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
     assert_eq!(labels, CLASSES);
     assert_eq!(m["stale"], true);
     let list = get(a, "/api/models").json();
@@ -68,7 +83,12 @@ fn api_build_classify_download_and_edit() {
 
     // Unbuilt: classify, info and download say so.
     let r = classify_file(a, "birds", &held[0].1[0]);
-    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (409, Some("not_built")), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (409, Some("not_built")),
+        "{}",
+        r.text()
+    );
 
     let b = build_ok(a, "birds");
     assert_eq!(b["built"]["classes"], 3);
@@ -85,7 +105,9 @@ fn api_build_classify_download_and_edit() {
             assert_eq!(r.status, 200, "{}", r.text());
             let v = r.json();
             assert_eq!(v["top"].as_array().unwrap().len(), 3, "{v}");
-            assert!(v["top"][0]["score"].as_f64().unwrap() >= v["top"][1]["score"].as_f64().unwrap());
+            assert!(
+                v["top"][0]["score"].as_f64().unwrap() >= v["top"][1]["score"].as_f64().unwrap()
+            );
             if v["label"] == class.as_str() {
                 right += 1;
             }
@@ -109,7 +131,14 @@ fn api_build_classify_download_and_edit() {
     std::fs::write(&onnx, &r.body).unwrap();
     let c = cbr::classifier::Classifier::open(&onnx).unwrap();
     assert_eq!(c.info.labels, CLASSES);
-    let out = common::run_ok(&["classify", onnx.to_str().unwrap(), held[1].1[0].to_str().unwrap(), "--json", "-k", "1"]);
+    let out = common::run_ok(&[
+        "classify",
+        onnx.to_str().unwrap(),
+        held[1].1[0].to_str().unwrap(),
+        "--json",
+        "-k",
+        "1",
+    ]);
     let cli: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(cli["top"][0]["label"].as_str().unwrap(), api_top);
 
@@ -127,7 +156,11 @@ fn api_build_classify_download_and_edit() {
     assert_eq!(img.status, 200);
     assert_eq!(img.header("content-type"), Some("image/jpeg"));
     // Content-addressed: the same bytes uploaded again are the same image.
-    let again = post_files(a, &format!("/api/models/birds/labels/{}/images", enc(CLASSES[0])), &[("x.jpg".into(), img.body.clone())]);
+    let again = post_files(
+        a,
+        &format!("/api/models/birds/labels/{}/images", enc(CLASSES[0])),
+        &[("x.jpg".into(), img.body.clone())],
+    );
     assert_eq!(again.json()["added"][0], id.as_str());
     assert_eq!(get(a, "/api/models/birds").json()["images"], 15);
     let r = delete(a, &format!("/api/models/birds/labels/{}/images/{id}", enc(CLASSES[0])));
@@ -151,7 +184,8 @@ fn api_build_classify_download_and_edit() {
     // The new version is served (the cached session was replaced).
     let r = classify_file(a, "birds", &held[2].1[0]);
     let v = r.json();
-    let top: Vec<&str> = v["top"].as_array().unwrap().iter().map(|t| t["label"].as_str().unwrap()).collect();
+    let top: Vec<&str> =
+        v["top"].as_array().unwrap().iter().map(|t| t["label"].as_str().unwrap()).collect();
     assert!(!top.contains(&CLASSES[2]), "{top:?}");
 
     // Files on disk: content-addressed names only.
@@ -166,20 +200,31 @@ fn api_build_classify_download_and_edit() {
 }
 
 fn code(r: &Resp) -> String {
-    r.json()["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {}", r.text())).to_string()
+    r.json()["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code: {}", r.text()))
+        .to_string()
 }
 
 #[test]
 fn api_errors_are_json_with_the_right_status() {
     common::setup();
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("models"), &["--max-upload", "300000", "--max-pixels", "20000", "--timeout", "2"]);
+    let server = Server::start(
+        &tmp.path().join("models"),
+        &["--max-upload", "300000", "--max-pixels", "20000", "--timeout", "2"],
+    );
     let a = server.addr;
     let (imgs, _) = class_images(&class_dir(CLASSES[0]), 2);
     let jpeg = std::fs::read(&imgs[0]).unwrap();
 
     // Unknown model / route.
-    for (m, p) in [("GET", "/api/models/nope"), ("POST", "/api/models/nope/classify"), ("GET", "/api/models/nope/model.onnx"), ("POST", "/api/models/nope/build")] {
+    for (m, p) in [
+        ("GET", "/api/models/nope"),
+        ("POST", "/api/models/nope/classify"),
+        ("GET", "/api/models/nope/model.onnx"),
+        ("POST", "/api/models/nope/build"),
+    ] {
         let r = request(a, m, p, None, &[]);
         assert_eq!((r.status, code(&r)), (404, "unknown_model".into()), "{m} {p}");
     }
@@ -197,7 +242,11 @@ fn api_errors_are_json_with_the_right_status() {
     let r = request(a, "POST", "/api/models", Some("application/json"), b"{not json");
     assert_eq!((r.status, code(&r)), (400, "bad_json".into()));
     for bad in ["..", "%2E%2E", "..%2Fx", "%2E%2E%2Fx", ".x", "a%5Cb", "a%00b", "a%2Fb"] {
-        let r = post_files(a, &format!("/api/models/m/labels/{bad}/images"), &[("a.jpg".into(), jpeg.clone())]);
+        let r = post_files(
+            a,
+            &format!("/api/models/m/labels/{bad}/images"),
+            &[("a.jpg".into(), jpeg.clone())],
+        );
         assert_eq!(r.status, 400, "label {bad}: {}", r.text());
         let r = get(a, &format!("/api/models/%2E%2E%2F{bad}"));
         assert!(r.status == 400 || r.status == 404, "{bad}: {}", r.text());
@@ -218,7 +267,11 @@ fn api_errors_are_json_with_the_right_status() {
     image::RgbImage::from_pixel(64, 48, image::Rgb([200, 30, 30]))
         .write_to(&mut std::io::Cursor::new(&mut small), image::ImageFormat::Png)
         .unwrap();
-    let r = post_files(a, "/api/models/m/labels/cat/images", &[("ok.png".into(), small.clone()), ("a.txt".into(), text.clone())]);
+    let r = post_files(
+        a,
+        "/api/models/m/labels/cat/images",
+        &[("ok.png".into(), small.clone()), ("a.txt".into(), text.clone())],
+    );
     assert_eq!(r.status, 415);
     assert_eq!(get(a, "/api/models/m").json()["images"], 0);
     let r = post_files(a, "/api/models/m/labels/cat/images", &[("ok.png".into(), small.clone())]);
@@ -228,7 +281,11 @@ fn api_errors_are_json_with_the_right_status() {
     let r = request(a, "POST", "/api/models/m/classify", Some("text/plain"), &text);
     assert_eq!((r.status, code(&r)), (415, "unsupported_image".into()));
     // Damaged image: 400.
-    let r = post_files(a, "/api/models/m/labels/cat/images", &[("cut.jpg".into(), jpeg[..jpeg.len() / 2].to_vec())]);
+    let r = post_files(
+        a,
+        "/api/models/m/labels/cat/images",
+        &[("cut.jpg".into(), jpeg[..jpeg.len() / 2].to_vec())],
+    );
     assert_eq!((r.status, code(&r)), (400, "corrupt_image".into()), "{}", r.text());
     // Too many pixels (limit 20 000; CUB photos are ~320x220 and up): 413.
     let r = post_files(a, "/api/models/m/labels/cat/images", &[("big.jpg".into(), jpeg.clone())]);
@@ -292,7 +349,11 @@ fn api_models_survive_restart_and_a_kill_during_build() {
     for c in &CLASSES[..2] {
         let (_, rest) = class_images(&class_dir(c), 4);
         for chunk in rest.chunks(20) {
-            let r = post_files(a, &format!("/api/models/keep/labels/{}/images", enc(c)), &read_files(chunk));
+            let r = post_files(
+                a,
+                &format!("/api/models/keep/labels/{}/images", enc(c)),
+                &read_files(chunk),
+            );
             assert_eq!(r.status, 201, "{}", r.text());
         }
     }
@@ -307,7 +368,10 @@ fn api_models_survive_restart_and_a_kill_during_build() {
     loop {
         let b = get(a, "/api/models/keep/build").json();
         if b["state"] == "running" && b["done"].as_u64().unwrap() > 0 {
-            assert!(b["done"].as_u64().unwrap() < images, "the build finished before the kill: {b}");
+            assert!(
+                b["done"].as_u64().unwrap() < images,
+                "the build finished before the kill: {b}"
+            );
             break;
         }
         assert!(b["state"] != "done", "the build finished before the kill: {b}");
@@ -321,7 +385,11 @@ fn api_models_survive_restart_and_a_kill_during_build() {
     let a = server.addr;
     let list = get(a, "/api/models").json();
     assert_eq!(list["models"][0]["name"], "keep");
-    assert_eq!(list["models"][0]["images"].as_u64().unwrap(), images, "uploads acknowledged before the kill were lost");
+    assert_eq!(
+        list["models"][0]["images"].as_u64().unwrap(),
+        images,
+        "uploads acknowledged before the kill were lost"
+    );
     let m = get(a, "/api/models/keep").json();
     assert_eq!(m["build"]["state"], "idle");
     assert_eq!(m["built"]["images"], 8, "{m}");
@@ -345,23 +413,30 @@ fn openapi_documents_exactly_the_routes_served() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.to_ascii_uppercase(), p.clone())))
+        .flat_map(|(p, ops)| {
+            ops.as_object().unwrap().keys().map(move |m| (m.to_ascii_uppercase(), p.clone()))
+        })
         .collect();
-    let table: BTreeSet<(String, String)> = cbr::serve::ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+    let table: BTreeSet<(String, String)> =
+        cbr::serve::ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
     assert_eq!(documented, table, "the OpenAPI document and the route table differ");
 
     // Every documented operation is routed (answers something other than the
     // fallback or 405), and every $ref resolves.
     assert_eq!(post_json(a, "/api/models", &json!({"name": "probe"})).status, 201);
     for (method, path) in &documented {
-        let concrete = path.replace("{model}", "probe").replace("{label}", "x").replace("{image}", "0123456789abcdef.jpg");
+        let concrete = path
+            .replace("{model}", "probe")
+            .replace("{label}", "x")
+            .replace("{image}", "0123456789abcdef.jpg");
         let r = request(a, method, &concrete, None, &[]);
         assert_ne!(r.status, 405, "{method} {path} is documented but not routed");
         if r.status == 404 {
             assert_ne!(code(&r), "no_route", "{method} {path} is documented but not routed");
         }
         let op = &doc["paths"][path][method.to_ascii_lowercase()];
-        let statuses: Vec<u16> = op["responses"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
+        let statuses: Vec<u16> =
+            op["responses"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
         assert!(statuses.contains(&r.status), "{method} {concrete} answered {} which its OpenAPI entry does not list ({statuses:?}): {}", r.status, r.text());
     }
     // Undocumented methods and paths are not served.
@@ -378,6 +453,9 @@ fn openapi_documents_exactly_the_routes_served() {
     assert!(page.contains("/app.js") && page.contains("/app.css"));
     for asset in ["/", "/app.js", "/app.css"] {
         let body = get(a, asset).text();
-        assert!(!body.contains("http://") && !body.contains("https://"), "{asset} refers to another server");
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{asset} refers to another server"
+        );
     }
 }

@@ -23,14 +23,21 @@ const INSTALL: &str = "install them with: apt-get install -y chromium chromium-d
 
 fn find_program(names: &[&str]) -> PathBuf {
     for n in names {
-        for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/lib/chromium"]) {
+        for dir in std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .chain(["/usr/bin", "/usr/lib/chromium"])
+        {
             let p = Path::new(dir).join(n);
             if p.is_file() {
                 return p;
             }
         }
     }
-    panic!("{} not found: the browser test needs Chromium and its WebDriver; {INSTALL}", names.join(" / "));
+    panic!(
+        "{} not found: the browser test needs Chromium and its WebDriver; {INSTALL}",
+        names.join(" / ")
+    );
 }
 
 struct Driver {
@@ -63,7 +70,9 @@ impl Driver {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let start = Instant::now();
         loop {
-            if std::net::TcpStream::connect(addr).is_ok() && get(addr, "/status").json()["value"]["ready"] == true {
+            if std::net::TcpStream::connect(addr).is_ok()
+                && get(addr, "/status").json()["value"]["ready"] == true
+            {
                 break;
             }
             assert!(start.elapsed() < Duration::from_secs(30), "chromedriver did not start");
@@ -83,7 +92,9 @@ impl Driver {
         let v = r.json();
         let session = v["value"]["sessionId"]
             .as_str()
-            .unwrap_or_else(|| panic!("chromedriver could not start Chromium ({}): {v}", chromium.display()))
+            .unwrap_or_else(|| {
+                panic!("chromedriver could not start Chromium ({}): {v}", chromium.display())
+            })
             .to_string();
         let mut child = child;
         let _ = &mut child;
@@ -92,7 +103,11 @@ impl Driver {
 
     fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
         let url = format!("/session/{}{path}", self.session);
-        let r = if method == "GET" { get(self.addr, &url) } else { request(self.addr, method, &url, Some("application/json"), body.to_string().as_bytes()) };
+        let r = if method == "GET" {
+            get(self.addr, &url)
+        } else {
+            request(self.addr, method, &url, Some("application/json"), body.to_string().as_bytes())
+        };
         let v = r.json();
         assert_eq!(r.status, 200, "WebDriver {method} {path}: {v}");
         v["value"].clone()
@@ -131,7 +146,9 @@ impl Driver {
             }
             if start.elapsed() > timeout {
                 let msg = self.js("return [document.querySelector('#message').textContent, document.querySelector('#build-status').textContent, document.querySelector('#build-status').dataset.state, document.querySelector('#build').disabled]");
-                self.screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve_browser_failure.png"));
+                self.screenshot(
+                    &Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve_browser_failure.png"),
+                );
                 panic!("timed out waiting for {what}; page message, build status, state, build disabled: {msg}");
             }
             std::thread::sleep(Duration::from_millis(150));
@@ -177,7 +194,11 @@ fn web_app_builds_and_classifies_in_chromium() {
 
     driver.type_into("#new-model", "birds");
     driver.click("#create-model");
-    driver.wait_for("the model workspace", "return !document.querySelector('#workspace').hidden", Duration::from_secs(20));
+    driver.wait_for(
+        "the model workspace",
+        "return !document.querySelector('#workspace').hidden",
+        Duration::from_secs(20),
+    );
 
     let cub = common::dataset("cub200_010");
     let classes = [("albatross", "001.Black_footed_Albatross"), ("auklet", "005.Crested_Auklet")];
@@ -186,9 +207,16 @@ fn web_app_builds_and_classifies_in_chromium() {
         driver.type_into("#new-class", label);
         driver.click("#add-class");
         let card = format!(".class-card[data-label='{label}']");
-        driver.wait_for("the new class", &format!("return !!document.querySelector(\"{card}\")"), Duration::from_secs(20));
+        driver.wait_for(
+            "the new class",
+            &format!("return !!document.querySelector(\"{card}\")"),
+            Duration::from_secs(20),
+        );
         let (train, rest) = class_images(&cub.join(folder), 5);
-        let paths: Vec<String> = train.iter().map(|p| p.canonicalize().unwrap().to_string_lossy().into_owned()).collect();
+        let paths: Vec<String> = train
+            .iter()
+            .map(|p| p.canonicalize().unwrap().to_string_lossy().into_owned())
+            .collect();
         // WebDriver file upload: the paths, one per line, typed into the class's file input.
         driver.type_into(&format!("{card} input.file-input"), &paths.join("\n"));
         driver.wait_for(
@@ -216,7 +244,11 @@ fn web_app_builds_and_classifies_in_chromium() {
             .iter()
             .take(8)
             .find(|p| {
-                let r = post_files(server.addr, "/api/models/birds/classify", &read_files(&[p.to_path_buf()]));
+                let r = post_files(
+                    server.addr,
+                    "/api/models/birds/classify",
+                    &read_files(&[p.to_path_buf()]),
+                );
                 r.json()["label"] == *label
             })
             .unwrap_or_else(|| panic!("the model gets none of 8 held-out {label} photos right"))
@@ -224,7 +256,11 @@ fn web_app_builds_and_classifies_in_chromium() {
             .unwrap();
         driver.js("document.querySelector('#result-label').textContent = ''");
         driver.type_into("#try-file", &img.to_string_lossy());
-        let shown = driver.wait_for("a classification", "return document.querySelector('#result-label').textContent", Duration::from_secs(60));
+        let shown = driver.wait_for(
+            "a classification",
+            "return document.querySelector('#result-label').textContent",
+            Duration::from_secs(60),
+        );
         assert_eq!(shown, *label, "the page shows {shown} for a held-out {label}");
         let bars = driver.js("return document.querySelectorAll('#bars .bar').length");
         assert_eq!(bars, 2, "one bar per class (top 3 of 2 classes)");
@@ -240,7 +276,11 @@ fn web_app_builds_and_classifies_in_chromium() {
     // Phone-sized: nothing may overflow the viewport horizontally.
     driver.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));
     std::thread::sleep(Duration::from_millis(300));
-    let overflow = driver.js("return document.documentElement.scrollWidth - document.documentElement.clientWidth");
-    assert!(overflow.as_i64().unwrap() <= 0, "the page is wider than a phone screen by {overflow} px");
+    let overflow = driver
+        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth");
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page is wider than a phone screen by {overflow} px"
+    );
     driver.screenshot(&out.join("serve_browser_phone.png"));
 }

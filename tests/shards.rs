@@ -15,14 +15,22 @@ fn shards_merge_into_the_same_model_as_a_direct_build() {
     let dir = tempfile::tempdir().unwrap();
     // 4 classes x 10 images of CUB, as a CSV manifest.
     let root = dataset("cub200_010");
-    let mut classes: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut classes: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     classes.sort();
     let mut csv = String::from("path,label\n");
     for c in classes.iter().take(4) {
         let mut files: Vec<_> = std::fs::read_dir(c).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for f in files.iter().take(10) {
-            csv.push_str(&format!("{},{}\n", f.display(), c.file_name().unwrap().to_string_lossy()));
+            csv.push_str(&format!(
+                "{},{}\n",
+                f.display(),
+                c.file_name().unwrap().to_string_lossy()
+            ));
         }
     }
     let manifest = dir.path().join("images.csv");
@@ -31,14 +39,26 @@ fn shards_merge_into_the_same_model_as_a_direct_build() {
 
     for i in 0..3 {
         let part = parts.join(format!("part-{i}.parquet"));
-        run_ok(&["embed", m, "--shard", &format!("{i}/3"), "-o", part.to_str().unwrap(), "--no-cache", "-q"]);
+        run_ok(&[
+            "embed",
+            m,
+            "--shard",
+            &format!("{i}/3"),
+            "-o",
+            part.to_str().unwrap(),
+            "--no-cache",
+            "-q",
+        ]);
     }
     let merged = dir.path().join("merged.onnx");
     let direct = dir.path().join("direct.onnx");
     let pattern = format!("{}/part-*.parquet", parts.display());
     run_ok(&["build", "--embeddings", &pattern, "-o", merged.to_str().unwrap(), "-q"]);
     run_ok(&["build", m, "-o", direct.to_str().unwrap(), "--no-cache", "-q"]);
-    assert!(std::fs::read(&merged).unwrap() == std::fs::read(&direct).unwrap(), "the merged shards give another model than the direct build");
+    assert!(
+        std::fs::read(&merged).unwrap() == std::fs::read(&direct).unwrap(),
+        "the merged shards give another model than the direct build"
+    );
 
     // pyarrow reads the parts.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/read_shard.py");
@@ -48,7 +68,11 @@ fn shards_merge_into_the_same_model_as_a_direct_build() {
         py.arg(parts.join(format!("part-{i}.parquet")));
     }
     let out = py.output().expect("cannot run python3");
-    assert!(out.status.success(), "pyarrow could not read the shards (scripts/setup.sh installs pyarrow):\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pyarrow could not read the shards (scripts/setup.sh installs pyarrow):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(found["rows"], 40, "{found}");
     assert_eq!(found["dims"], serde_json::json!([1280]), "{found}");
@@ -57,7 +81,17 @@ fn shards_merge_into_the_same_model_as_a_direct_build() {
     assert_eq!(found["embedders"], serde_json::json!(["efficientnet-lite0"]), "{found}");
 
     // Shards from another embedder setting are refused, naming the problem.
-    let out = run(&["build", "--embeddings", &pattern, "-o", merged.to_str().unwrap(), "--mean", "0", "--std", "1"]);
+    let out = run(&[
+        "build",
+        "--embeddings",
+        &pattern,
+        "-o",
+        merged.to_str().unwrap(),
+        "--mean",
+        "0",
+        "--std",
+        "1",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("same --embedder and preprocessing"), "{err}");

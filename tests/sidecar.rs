@@ -22,8 +22,14 @@ fn classify(model: &Path, images: &[std::path::PathBuf]) -> Vec<(Value, Vec<(Str
     run_ok(&args)
         .lines()
         .map(|line| {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            let top = v["top"].as_array().expect("top").iter().map(|t| (t["label"].as_str().unwrap().to_string(), t["score"].as_f64().unwrap())).collect();
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let top = v["top"]
+                .as_array()
+                .expect("top")
+                .iter()
+                .map(|t| (t["label"].as_str().unwrap().to_string(), t["score"].as_f64().unwrap()))
+                .collect();
             (v["label"].clone(), top)
         })
         .collect()
@@ -82,10 +88,28 @@ fn sidecar_models_are_deterministic_and_fail_clearly_when_incomplete() {
     let a = tmp.path().join("a.onnx");
     let b = tmp.path().join("b.onnx");
     for out in [&a, &b] {
-        run_ok(&["build", s(&index), "-o", s(out), "--aggregate", "max", "--index", "ivf", "--quiet"]);
+        run_ok(&[
+            "build",
+            s(&index),
+            "-o",
+            s(out),
+            "--aggregate",
+            "max",
+            "--index",
+            "ivf",
+            "--quiet",
+        ]);
     }
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same images, same model file");
-    assert_eq!(std::fs::read(tmp.path().join("a.ivf")).unwrap(), std::fs::read(tmp.path().join("b.ivf")).unwrap(), "same index file");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same images, same model file"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("a.ivf")).unwrap(),
+        std::fs::read(tmp.path().join("b.ivf")).unwrap(),
+        "same index file"
+    );
 
     let image = images_in(&queries)[0].clone();
     // A renamed pair still works; a model without its index names the missing file.
@@ -105,7 +129,15 @@ fn sidecar_models_are_deterministic_and_fail_clearly_when_incomplete() {
     assert!(!out.status.success() && err.contains("b.ivf") && err.contains("truncated"), "{err}");
 
     // The approximate index serves the max rule only.
-    let out = run(&["build", s(&index), "-o", s(&tmp.path().join("c.onnx")), "--index", "ivf", "--quiet"]);
+    let out = run(&[
+        "build",
+        s(&index),
+        "-o",
+        s(&tmp.path().join("c.onnx")),
+        "--index",
+        "ivf",
+        "--quiet",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--aggregate max"), "{err}");
 }

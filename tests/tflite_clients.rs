@@ -28,7 +28,8 @@ use cbr::tflite::{self, TfliteBlock, TfliteOptions};
 use common::{dataset, images_in, shared, split_folder};
 use serde_json::Value;
 
-const PIP_HINT: &str = "pip install ai-edge-litert==2.3.0 mediapipe==1.2.3 numpy pillow (scripts/setup.sh does)";
+const PIP_HINT: &str =
+    "pip install ai-edge-litert==2.3.0 mediapipe==1.2.3 numpy pillow (scripts/setup.sh does)";
 
 /// Max |LiteRT − cbr| for the int8 block, on raw similarities and on calibrated
 /// probabilities: int8 weights (per-row scale, ~0.4% of a row's largest entry)
@@ -54,10 +55,19 @@ fn python(script: &str, args: &[&str]) -> Vec<Value> {
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 ({e}): {PIP_HINT}"));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{} failed ({}):\n{err}\n(if a package is missing: {PIP_HINT})", script.display(), out.status);
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{err}\n(if a package is missing: {PIP_HINT})",
+        script.display(),
+        out.status
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{} printed a non-JSON line ({e}): {l}", script.display())))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("{} printed a non-JSON line ({e}): {l}", script.display())
+            })
+        })
         .collect()
 }
 
@@ -91,8 +101,12 @@ impl Embedder {
     /// The float32 TFLite twin of the default embedder, EfficientNet-Lite0: (x - 127) / 128.
     fn lite0_float() -> Self {
         common::setup();
-        let path = cbr::models::pull_tflite("efficientnet-lite0").expect("writing the EfficientNet-Lite0 TFLite twin");
-        let preprocess = Preprocess { layout: Layout::Nhwc, ..cbr::models::find("efficientnet-lite0").unwrap().preprocess() };
+        let path = cbr::models::pull_tflite("efficientnet-lite0")
+            .expect("writing the EfficientNet-Lite0 TFLite twin");
+        let preprocess = Preprocess {
+            layout: Layout::Nhwc,
+            ..cbr::models::find("efficientnet-lite0").unwrap().preprocess()
+        };
         Embedder { path, preprocess }
     }
 
@@ -137,31 +151,52 @@ fn embed_split(embedder: &Embedder, queries_per_class: usize, tmp: &Path) -> Dat
     let mut query_images = Vec::new();
     for class in std::fs::read_dir(&queries).unwrap() {
         let class = class.unwrap().path();
-        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> =
+            std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         query_images.extend(files.into_iter().take(queries_per_class));
     }
     query_images.sort();
-    let labels: Vec<String> =
-        index_images.iter().map(|p| p.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string()).collect();
+    let labels: Vec<String> = index_images
+        .iter()
+        .map(|p| p.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
     let mut all = index_images.clone();
     all.extend(query_images.iter().cloned());
     let emb = embedder.embed(&all);
     let dim = emb[0].len();
     let (idx, q) = emb.split_at(index_images.len());
-    Data { labels, index_embeddings: idx.concat(), queries: query_images, query_embeddings: q.to_vec(), dim }
+    Data {
+        labels,
+        index_embeddings: idx.concat(),
+        queries: query_images,
+        query_embeddings: q.to_vec(),
+        dim,
+    }
 }
 
 fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> ClassifierInfo {
-    let info = EmbedderInfo { name: embedder.name(), sha256: cbr::cache::sha256_hex(bytes), input: "input".into(), output: "embedding".into(), dim: head.dim };
+    let info = EmbedderInfo {
+        name: embedder.name(),
+        sha256: cbr::cache::sha256_hex(bytes),
+        input: "input".into(),
+        output: "embedding".into(),
+        dim: head.dim,
+    };
     cbr::build::classifier_info(&info, &embedder.preprocess, head, false)
 }
 
-fn write_classifier(embedder: &Embedder, head: &RetrievalHead, block: TfliteBlock, out: &Path) -> ClassifierInfo {
+fn write_classifier(
+    embedder: &Embedder,
+    head: &RetrievalHead,
+    block: TfliteBlock,
+    out: &Path,
+) -> ClassifierInfo {
     let bytes = std::fs::read(&embedder.path).unwrap();
     let info = info_for(embedder, &bytes, head);
     let opts = TfliteOptions { block, ..Default::default() };
-    let model = tflite::classifier_bytes(&bytes, head, &info, &opts).expect("writing the classifier");
+    let model =
+        tflite::classifier_bytes(&bytes, head, &info, &opts).expect("writing the classifier");
     std::fs::write(out, &model).unwrap();
     assert_eq!(tflite::read_info(&model).expect("cbr reads its own .tflite back"), info);
     info
@@ -218,19 +253,29 @@ fn check_float_block(embedder: Embedder, all_aggregations: bool) {
         let model = tmp.path().join(format!("{}.tflite", name.replace(' ', "_")));
         let info = write_classifier(&embedder, &h, TfliteBlock::Float, &model);
         let (worst, top1) = compare(&model, &h, &data);
-        println!("{embedder_file} {name} float: max |LiteRT - cbr| = {worst:.2e}, same top-1 {top1:.2}");
+        println!(
+            "{embedder_file} {name} float: max |LiteRT - cbr| = {worst:.2e}, same top-1 {top1:.2}"
+        );
         assert!(worst <= 1e-4, "{embedder_file}, {name} head, float block: LiteRT and cbr differ by {worst:.2e} (> 1e-4)");
         assert_eq!(top1, 1.0, "same scores, same top-1");
         // LiteRT's labels are the ones cbr wrote.
         let lines = python("litert_run.py", &[s(&model), s(&data.queries[0])]);
-        let labels: Vec<String> = lines[0]["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+        let labels: Vec<String> = lines[0]["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(labels, info.labels, "labelmap.txt read through the TFLite metadata");
     }
 }
 
 #[test]
 fn litert_float_block_matches_cbr_mobilenet_v3_small_uint8() {
-    check_float_block(Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224), true);
+    check_float_block(
+        Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224),
+        true,
+    );
 }
 
 #[test]
@@ -240,12 +285,18 @@ fn litert_float_block_matches_cbr_efficientnet_lite0_float() {
 
 #[test]
 fn litert_float_block_matches_cbr_mobilenet_v1_uint8() {
-    check_float_block(Embedder::shared_uint8("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite", 224), false);
+    check_float_block(
+        Embedder::shared_uint8("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite", 224),
+        false,
+    );
 }
 
 #[test]
 fn litert_float_block_matches_cbr_mobilenet_v2_uint8() {
-    check_float_block(Embedder::shared_uint8("mobilenet_v2_1.0_224_quant_embedder.tflite", 224), false);
+    check_float_block(
+        Embedder::shared_uint8("mobilenet_v2_1.0_224_quant_embedder.tflite", 224),
+        false,
+    );
 }
 
 #[test]
@@ -259,15 +310,28 @@ fn litert_int8_block_stays_within_tolerance_of_cbr() {
         write_classifier(&embedder, &h, TfliteBlock::Int8, &model);
         let (worst, top1) = compare(&model, &h, &data);
         println!("int8 {name}: max |LiteRT - cbr| = {worst:.3}, same top-1 {top1:.2}");
-        let tol = if h.temperature.is_some() { INT8_PROBABILITY_TOLERANCE } else { INT8_SIMILARITY_TOLERANCE };
-        assert!(worst <= tol, "{name} head, int8 block: LiteRT and cbr differ by {worst:.3} (> {tol})");
-        assert!(top1 >= 0.9, "{name} head, int8 block: same top-1 for only {top1:.2} of the queries");
+        let tol = if h.temperature.is_some() {
+            INT8_PROBABILITY_TOLERANCE
+        } else {
+            INT8_SIMILARITY_TOLERANCE
+        };
+        assert!(
+            worst <= tol,
+            "{name} head, int8 block: LiteRT and cbr differ by {worst:.3} (> {tol})"
+        );
+        assert!(
+            top1 >= 0.9,
+            "{name} head, int8 block: same top-1 for only {top1:.2} of the queries"
+        );
     }
 }
 
 #[test]
 fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1_uint8_embedder() {
-    mediapipe_agrees(Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224));
+    mediapipe_agrees(Embedder::shared_uint8(
+        "mobilenet_v3_small_224_1.0_uint8_embedder.tflite",
+        224,
+    ));
 }
 
 /// A float input: MediaPipe must normalise with our NormalizationOptions.
@@ -294,7 +358,8 @@ fn mediapipe_agrees(embedder: Embedder) {
     args.extend(jpegs.iter().map(|p| s(p)));
     let st = Command::new("python3").args(&args).status().expect("python3");
     assert!(st.success(), "making PNGs failed");
-    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&png_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut pngs: Vec<PathBuf> =
+        std::fs::read_dir(&png_dir).unwrap().map(|e| e.unwrap().path()).collect();
     pngs.sort();
     assert!(pngs.len() >= 40, "{} query PNGs", pngs.len());
 
@@ -305,7 +370,10 @@ fn mediapipe_agrees(embedder: Embedder) {
         // With 5 images per class the calibrated threshold (90% leave-one-out precision)
         // rejects most queries; the median top score makes half of them "unknown",
         // so both of MediaPipe's answers are checked.
-        let mut tops: Vec<f32> = png_embeddings.iter().map(|e| h.scores(e).into_iter().fold(f32::MIN, f32::max)).collect();
+        let mut tops: Vec<f32> = png_embeddings
+            .iter()
+            .map(|e| h.scores(e).into_iter().fold(f32::MIN, f32::max))
+            .collect();
         tops.sort_by(f32::total_cmp);
         h.threshold = Some(tops[tops.len() / 2]);
         let model = tmp.path().join(format!("mp_{block:?}.tflite"));
@@ -329,7 +397,11 @@ fn mediapipe_agrees(embedder: Embedder) {
             if block == TfliteBlock::Float {
                 // Float block: same numbers up to 1e-4, so the same decision except at a tie with the threshold.
                 if (scores[best] - threshold).abs() > 1e-3 {
-                    assert_eq!(mp_top, cbr_top, "{}: MediaPipe {mp_top:?} vs cbr {cbr_top:?} (score {})", line["path"], scores[best]);
+                    assert_eq!(
+                        mp_top, cbr_top,
+                        "{}: MediaPipe {mp_top:?} vs cbr {cbr_top:?} (score {})",
+                        line["path"], scores[best]
+                    );
                 }
                 if let Some(c) = cats.first() {
                     assert!((c["score"].as_f64().unwrap() - scores[best] as f64).abs() < 1e-4);
@@ -339,8 +411,15 @@ fn mediapipe_agrees(embedder: Embedder) {
         }
         let agreement = same as f64 / pngs.len() as f64;
         println!("MediaPipe, {}, {block:?} block: same top-1 (or unknown) as cbr for {same}/{} images, {unknown} unknown", embedder.name(), pngs.len());
-        assert!(unknown > 0 && unknown < pngs.len(), "MediaPipe answered unknown for {unknown} of {} images; the threshold is the median", pngs.len());
-        assert!(agreement >= if block == TfliteBlock::Float { 0.97 } else { 0.85 }, "{block:?}: agreement {agreement:.2}");
+        assert!(
+            unknown > 0 && unknown < pngs.len(),
+            "MediaPipe answered unknown for {unknown} of {} images; the threshold is the median",
+            pngs.len()
+        );
+        assert!(
+            agreement >= if block == TfliteBlock::Float { 0.97 } else { 0.85 },
+            "{block:?}: agreement {agreement:.2}"
+        );
     }
 }
 
@@ -357,9 +436,28 @@ fn cli_builds_an_int8_tflite_with_metadata_flags_that_mediapipe_reads() {
     let (index, queries) = split_folder(&dataset("cub200_010"), 5, tmp.path());
     let model = tmp.path().join("birds.tflite");
     let flags = [
-        "--name", "Birds", "--description", "Ten bird species", "--author", "cbr tests", "--model-version", "7", "--license", "Apache-2.0",
+        "--name",
+        "Birds",
+        "--description",
+        "Ten bird species",
+        "--author",
+        "cbr tests",
+        "--model-version",
+        "7",
+        "--license",
+        "Apache-2.0",
     ];
-    let mut args = vec!["build", s(&index), "--embedder", s(&embedder.path), "-o", s(&model), "--tflite-block", "int8", "--quiet"];
+    let mut args = vec![
+        "build",
+        s(&index),
+        "--embedder",
+        s(&embedder.path),
+        "-o",
+        s(&model),
+        "--tflite-block",
+        "int8",
+        "--quiet",
+    ];
     args.extend(flags);
     common::run_ok(&args);
 
@@ -369,9 +467,13 @@ fn cli_builds_an_int8_tflite_with_metadata_flags_that_mediapipe_reads() {
                       e = [model.Metadata(i) for i in range(model.MetadataLength()) if model.Metadata(i).Name() == b'TFLITE_METADATA'][0]\n\
                       md = m.ModelMetadata.GetRootAs(model.Buffers(e.Buffer()).DataAsNumpy().tobytes(), 0)\n\
                       print('|'.join(x.decode() for x in [md.Name(), md.Description(), md.Author(), md.Version(), md.License(), md.MinParserVersion()]))\n";
-    let out = Command::new("python3").args(["-c", read_about, s(&model)]).output().expect("python3");
+    let out =
+        Command::new("python3").args(["-c", read_about, s(&model)]).output().expect("python3");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Birds|Ten bird species|cbr tests|7|Apache-2.0|1.0.0");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Birds|Ten bird species|cbr tests|7|Apache-2.0|1.0.0"
+    );
 
     let images: Vec<PathBuf> = images_in(&queries).into_iter().step_by(25).collect();
     let mut args = vec![s(&model)];
@@ -384,14 +486,25 @@ fn cli_builds_an_int8_tflite_with_metadata_flags_that_mediapipe_reads() {
     for (line, m) in cbr_out.lines().zip(&mp) {
         let v: Value = serde_json::from_str(line).unwrap();
         let cbr_label = v["label"].as_str().map(str::to_string);
-        let mp_label = m["categories"].as_array().unwrap().first().map(|c| c["label"].as_str().unwrap().to_string());
+        let mp_label = m["categories"]
+            .as_array()
+            .unwrap()
+            .first()
+            .map(|c| c["label"].as_str().unwrap().to_string());
         same += (cbr_label == mp_label) as usize;
     }
     // Different JPEG decoders and resizers (image-rs vs MediaPipe's): allow a few borderline images.
     println!("cbr classify vs MediaPipe on {} JPEGs: same answer for {same}", images.len());
-    assert!(same as f64 >= 0.85 * images.len() as f64, "same answer for only {same}/{}", images.len());
+    assert!(
+        same as f64 >= 0.85 * images.len() as f64,
+        "same answer for only {same}/{}",
+        images.len()
+    );
 
     let onnx = tmp.path().join("birds.onnx");
     let out = run(&["build", s(&index), "-o", s(&onnx), "--tflite-block", "int8", "--quiet"]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("apply to TFLite output"));
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("apply to TFLite output")
+    );
 }

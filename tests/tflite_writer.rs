@@ -32,19 +32,39 @@ fn synthetic(rows: usize, seed: u64) -> Vec<f32> {
 }
 
 fn head(classes: usize, per_class: usize, opts: &HeadOptions) -> RetrievalHead {
-    let labels: Vec<String> = (0..classes * per_class).map(|i| format!("class{:05}", i / per_class)).collect();
+    let labels: Vec<String> =
+        (0..classes * per_class).map(|i| format!("class{:05}", i / per_class)).collect();
     RetrievalHead::new(&synthetic(labels.len(), classes as u64), DIM, &labels, opts).unwrap()
 }
 
 fn info(h: &RetrievalHead) -> ClassifierInfo {
-    let embedder = EmbedderInfo { name: "mobilenet_v1_0.25".into(), sha256: "0".repeat(64), input: "input".into(), output: "embedding".into(), dim: DIM };
-    let preprocess =
-        Preprocess { width: 128, height: 128, layout: Layout::Nhwc, channel_order: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3], resize: ResizeMode::Stretch };
+    let embedder = EmbedderInfo {
+        name: "mobilenet_v1_0.25".into(),
+        sha256: "0".repeat(64),
+        input: "input".into(),
+        output: "embedding".into(),
+        dim: DIM,
+    };
+    let preprocess = Preprocess {
+        width: 128,
+        height: 128,
+        layout: Layout::Nhwc,
+        channel_order: ChannelOrder::Rgb,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        resize: ResizeMode::Stretch,
+    };
     cbr::build::classifier_info(&embedder, &preprocess, h, false)
 }
 
 fn write(h: &RetrievalHead, block: TfliteBlock) -> Vec<u8> {
-    tflite::classifier_bytes(&embedder(), h, &info(h), &TfliteOptions { block, ..Default::default() }).unwrap()
+    tflite::classifier_bytes(
+        &embedder(),
+        h,
+        &info(h),
+        &TfliteOptions { block, ..Default::default() },
+    )
+    .unwrap()
 }
 
 #[test]
@@ -55,11 +75,23 @@ fn embedder_is_copied_losslessly() {
     let (a, b) = (&src.subgraphs.as_ref().unwrap()[0], &out.subgraphs.as_ref().unwrap()[0]);
     let n_tensors = a.tensors.as_ref().unwrap().len();
     let n_ops = a.operators.as_ref().unwrap().len();
-    assert_eq!(&b.tensors.as_ref().unwrap()[..n_tensors], &a.tensors.as_ref().unwrap()[..], "every embedder tensor kept as is");
-    assert_eq!(&b.operators.as_ref().unwrap()[..n_ops], &a.operators.as_ref().unwrap()[..], "every embedder operator kept as is");
+    assert_eq!(
+        &b.tensors.as_ref().unwrap()[..n_tensors],
+        &a.tensors.as_ref().unwrap()[..],
+        "every embedder tensor kept as is"
+    );
+    assert_eq!(
+        &b.operators.as_ref().unwrap()[..n_ops],
+        &a.operators.as_ref().unwrap()[..],
+        "every embedder operator kept as is"
+    );
     assert_eq!(b.inputs, a.inputs);
     let codes = src.operator_codes.as_ref().unwrap();
-    assert_eq!(&out.operator_codes.as_ref().unwrap()[..codes.len()], &codes[..], "opcodes kept in order");
+    assert_eq!(
+        &out.operator_codes.as_ref().unwrap()[..codes.len()],
+        &codes[..],
+        "opcodes kept in order"
+    );
     for (i, buf) in src.buffers.as_ref().unwrap().iter().enumerate() {
         let used_by_metadata = src.metadata.iter().flatten().any(|m| m.buffer as usize == i);
         if !used_by_metadata {
@@ -82,16 +114,34 @@ fn same_inputs_give_byte_identical_files() {
 fn operator_count_does_not_depend_on_the_number_of_classes() {
     let opts = [
         HeadOptions::original(),
-        HeadOptions { aggregation: Aggregation::Centroid, calibrate: false, target_precision: None, ..HeadOptions::default() },
-        HeadOptions { aggregation: Aggregation::Blend, calibrate: false, target_precision: None, ..HeadOptions::default() },
+        HeadOptions {
+            aggregation: Aggregation::Centroid,
+            calibrate: false,
+            target_precision: None,
+            ..HeadOptions::default()
+        },
+        HeadOptions {
+            aggregation: Aggregation::Blend,
+            calibrate: false,
+            target_precision: None,
+            ..HeadOptions::default()
+        },
     ];
     for o in &opts {
         for block in [TfliteBlock::Float, TfliteBlock::Int8] {
             let small = tflite::operator_count(&write(&head(10, 1, o), block)).unwrap();
             let large_bytes = write(&head(10_000, 1, o), block);
             let large = tflite::operator_count(&large_bytes).unwrap();
-            println!("{} {block:?}: {small} operators for 10 classes, {large} for 10,000 ({} bytes)", o.aggregation, large_bytes.len());
-            assert_eq!(small, large, "{} {block:?}: operator count grows with the classes", o.aggregation);
+            println!(
+                "{} {block:?}: {small} operators for 10 classes, {large} for 10,000 ({} bytes)",
+                o.aggregation,
+                large_bytes.len()
+            );
+            assert_eq!(
+                small, large,
+                "{} {block:?}: operator count grows with the classes",
+                o.aggregation
+            );
         }
     }
 }
@@ -104,7 +154,11 @@ fn int8_block_stores_index_rows_in_a_quarter_of_the_space() {
     let rows = 1000 * DIM;
     // Float rows take 4 bytes each, int8 rows 1 byte (+ 4 per row for its scale).
     let saved = float as i64 - int8 as i64;
-    assert!((saved - 3 * rows as i64).abs() < 16 * 1024, "float {float} B, int8 {int8} B: saved {saved}, expected ~{}", 3 * rows);
+    assert!(
+        (saved - 3 * rows as i64).abs() < 16 * 1024,
+        "float {float} B, int8 {int8} B: saved {saved}, expected ~{}",
+        3 * rows
+    );
 }
 
 #[test]
@@ -114,14 +168,32 @@ fn cbr_reads_its_info_back_and_refuses_other_files() {
     assert_eq!(tflite::read_info(&bytes).unwrap(), info(&h));
     let err = tflite::read_info(&embedder()).unwrap_err().to_string();
     assert!(err.contains("not written by cbr"), "{err}");
-    let err = tflite::classifier_bytes(b"GARBAGE-not-a-model", &h, &info(&h), &TfliteOptions::default()).unwrap_err().to_string();
+    let err =
+        tflite::classifier_bytes(b"GARBAGE-not-a-model", &h, &info(&h), &TfliteOptions::default())
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("not a TFLite model"), "{err}");
-    let mut wrong_dim = RetrievalHead::new(&synthetic(2, 1)[..2 * 128], 128, &["a".into(), "b".into()], &HeadOptions::original()).unwrap();
+    let mut wrong_dim = RetrievalHead::new(
+        &synthetic(2, 1)[..2 * 128],
+        128,
+        &["a".into(), "b".into()],
+        &HeadOptions::original(),
+    )
+    .unwrap();
     wrong_dim.labels = vec!["a".into(), "b".into()];
-    let err = tflite::classifier_bytes(&embedder(), &wrong_dim, &info(&wrong_dim), &TfliteOptions::default()).unwrap_err().to_string();
+    let err = tflite::classifier_bytes(
+        &embedder(),
+        &wrong_dim,
+        &info(&wrong_dim),
+        &TfliteOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("256 values per image") && err.contains("128"), "{err}");
     let mut relabelled = info(&h);
     relabelled.labels.reverse();
-    let err = tflite::classifier_bytes(&embedder(), &h, &relabelled, &TfliteOptions::default()).unwrap_err().to_string();
+    let err = tflite::classifier_bytes(&embedder(), &h, &relabelled, &TfliteOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("different labels"), "{err}");
 }

@@ -88,9 +88,19 @@ pub struct Dataset {
 
 impl Dataset {
     /// From rows of `dim` values, each with its label and source image id.
-    pub fn from_rows(embeddings: Vec<f32>, dim: usize, labels: &[String], images: &[u32], paths: Vec<PathBuf>) -> Result<Self> {
+    pub fn from_rows(
+        embeddings: Vec<f32>,
+        dim: usize,
+        labels: &[String],
+        images: &[u32],
+        paths: Vec<PathBuf>,
+    ) -> Result<Self> {
         if dim == 0 || embeddings.len() != labels.len() * dim || images.len() != labels.len() {
-            bail!("{} embedding values do not make {} rows of {dim}", embeddings.len(), labels.len());
+            bail!(
+                "{} embedding values do not make {} rows of {dim}",
+                embeddings.len(),
+                labels.len()
+            );
         }
         let mut classes: Vec<String> = labels.to_vec();
         classes.sort();
@@ -109,7 +119,11 @@ impl Dataset {
         }
         // Images without rows (skipped) keep no rows: drop them from the id space.
         let keep: Vec<usize> = (0..n_images).filter(|&i| !image_rows[i].is_empty()).collect();
-        let paths = if paths.len() == n_images { keep.iter().map(|&i| paths[i].clone()).collect() } else { Vec::new() };
+        let paths = if paths.len() == n_images {
+            keep.iter().map(|&i| paths[i].clone()).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Dataset {
             classes,
             image_class: keep.iter().map(|&i| image_class[i]).collect(),
@@ -150,9 +164,18 @@ pub fn dump(e: &Embedded, dir: &Path) -> Result<()> {
     crate::cache::write_atomic(&dir.join("embeddings.f32"), &bytes)?;
     let lines = |v: Vec<String>| v.into_iter().map(|s| s + "\n").collect::<String>().into_bytes();
     crate::cache::write_atomic(&dir.join("labels.txt"), &lines(e.labels.clone()))?;
-    crate::cache::write_atomic(&dir.join("images.txt"), &lines(e.images.iter().map(|i| i.to_string()).collect()))?;
-    crate::cache::write_atomic(&dir.join("paths.txt"), &lines(e.paths.iter().map(|p| p.to_string_lossy().into_owned()).collect()))?;
-    crate::cache::write_atomic(&dir.join("meta.json"), serde_json::json!({ "dim": e.dim, "rows": e.labels.len() }).to_string().as_bytes())?;
+    crate::cache::write_atomic(
+        &dir.join("images.txt"),
+        &lines(e.images.iter().map(|i| i.to_string()).collect()),
+    )?;
+    crate::cache::write_atomic(
+        &dir.join("paths.txt"),
+        &lines(e.paths.iter().map(|p| p.to_string_lossy().into_owned()).collect()),
+    )?;
+    crate::cache::write_atomic(
+        &dir.join("meta.json"),
+        serde_json::json!({ "dim": e.dim, "rows": e.labels.len() }).to_string().as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -230,14 +253,16 @@ pub fn top_k_accuracy(scores: &[Vec<f32>], truths: &[usize], k: usize) -> f64 {
     if scores.is_empty() {
         return f64::NAN;
     }
-    scores.iter().zip(truths).filter(|(s, &t)| rank_of(s, t) < k).count() as f64 / scores.len() as f64
+    scores.iter().zip(truths).filter(|(s, &t)| rank_of(s, t) < k).count() as f64
+        / scores.len() as f64
 }
 
 /// Two-sided 95% critical value of Student's t with `df` degrees of freedom.
 pub fn t_critical_95(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
-        2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::INFINITY,
@@ -278,7 +303,8 @@ pub fn auroc(positive: &[f32], negative: &[f32]) -> Option<f64> {
     if positive.is_empty() || negative.is_empty() {
         return None;
     }
-    let mut all: Vec<(f32, bool)> = positive.iter().map(|&s| (s, true)).chain(negative.iter().map(|&s| (s, false))).collect();
+    let mut all: Vec<(f32, bool)> =
+        positive.iter().map(|&s| (s, true)).chain(negative.iter().map(|&s| (s, false))).collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Mann-Whitney U with average ranks for ties.
     let mut rank_sum_pos = 0f64;
@@ -372,7 +398,12 @@ pub fn reliability_bins(confidence: &[f32], correct: &[bool], bins: usize) -> Ve
 /// Open-set rates at a threshold (accepted when top score ≥ threshold; no
 /// threshold accepts everything): (accuracy of accepted known queries, share
 /// of known queries accepted, share of unknown queries rejected).
-pub fn open_set_rates(known_top: &[f32], known_correct: &[bool], unknown_top: &[f32], threshold: Option<f32>) -> (f64, f64, f64) {
+pub fn open_set_rates(
+    known_top: &[f32],
+    known_correct: &[bool],
+    unknown_top: &[f32],
+    threshold: Option<f32>,
+) -> (f64, f64, f64) {
     let t = threshold.unwrap_or(f32::NEG_INFINITY);
     let accepted: Vec<bool> = known_top.iter().map(|&s| s >= t).collect();
     let n_acc = accepted.iter().filter(|&&a| a).count();
@@ -406,12 +437,19 @@ pub fn configs() -> Vec<Config> {
         .collect();
     v.push(Config { name: "original".into(), options: HeadOptions::original(), default: false });
     // The compact index dtypes: what storing rows in f16 or int8 costs.
-    for (base, name) in [(d.clone(), "discriminant"), (HeadOptions { aggregation: Aggregation::Max, ..d.clone() }, "max")] {
+    for (base, name) in [
+        (d.clone(), "discriminant"),
+        (HeadOptions { aggregation: Aggregation::Max, ..d.clone() }, "max"),
+    ] {
         for dtype in [IndexDtype::F16, IndexDtype::Int8] {
             if name == "max" && dtype == IndexDtype::F16 {
                 continue;
             }
-            v.push(Config { name: format!("{name} {dtype}"), options: HeadOptions { index_dtype: dtype, ..base.clone() }, default: false });
+            v.push(Config {
+                name: format!("{name} {dtype}"),
+                options: HeadOptions { index_dtype: dtype, ..base.clone() },
+                default: false,
+            });
         }
     }
     v
@@ -548,7 +586,11 @@ fn index_rows(ds: &Dataset, images: &[usize]) -> (Vec<f32>, Vec<String>, Vec<u32
 /// Class similarities of each query image (its photo row) in the dataset's
 /// class order (`-inf` for classes the head does not know).
 fn query_similarities(ds: &Dataset, head: &RetrievalHead, queries: &[usize]) -> Vec<Vec<f32>> {
-    let to_global: Vec<usize> = head.labels.iter().map(|l| ds.classes.binary_search(l).expect("head class is a class")).collect();
+    let to_global: Vec<usize> = head
+        .labels
+        .iter()
+        .map(|l| ds.classes.binary_search(l).expect("head class is a class"))
+        .collect();
     let same = to_global.len() == ds.classes.len();
     queries
         .par_iter()
@@ -649,7 +691,14 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
         }
         if has_default {
             let cfg = cfgs.iter().find(|c| c.default).expect("a default configuration");
-            open.push(open_set_seed(ds, &class_images, shots, seed, opts.unknown_fraction, &cfg.options)?);
+            open.push(open_set_seed(
+                ds,
+                &class_images,
+                shots,
+                seed,
+                opts.unknown_fraction,
+                &cfg.options,
+            )?);
         }
     }
 
@@ -676,8 +725,11 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
             ok.extend(o);
         }
         let class_images_ref = &class_images;
-        let mut pairs: Vec<((usize, usize), u64)> =
-            (0..nc).flat_map(|t| (0..nc).filter(move |&p| p != t).map(move |p| (t, p))).map(|(t, p)| ((t, p), confusion[t][p])).filter(|x| x.1 > 0).collect();
+        let mut pairs: Vec<((usize, usize), u64)> = (0..nc)
+            .flat_map(|t| (0..nc).filter(move |&p| p != t).map(move |p| (t, p)))
+            .map(|(t, p)| ((t, p), confusion[t][p]))
+            .filter(|x| x.1 > 0)
+            .collect();
         pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let confused_pairs = pairs
             .into_iter()
@@ -687,13 +739,22 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
                 predicted: ds.classes[p].clone(),
                 count: n,
                 rate: n as f64 / confusion[t].iter().sum::<u64>().max(1) as f64,
-                examples: examples.get(&(t, p)).map(|v| v.iter().map(|&i| path_string(ds, i)).collect()).unwrap_or_default(),
-                predicted_examples: class_images_ref[p].iter().take(2).map(|&i| path_string(ds, i)).collect(),
+                examples: examples
+                    .get(&(t, p))
+                    .map(|v| v.iter().map(|&i| path_string(ds, i)).collect())
+                    .unwrap_or_default(),
+                predicted_examples: class_images_ref[p]
+                    .iter()
+                    .take(2)
+                    .map(|&i| path_string(ds, i))
+                    .collect(),
             })
             .collect();
         let open_set = open.iter().all(|o| o.is_some()).then(|| {
             let o: Vec<&OpenSeed> = open.iter().map(|o| o.as_ref().expect("checked")).collect();
-            let col = |f: &dyn Fn(&OpenSeed) -> f64| Stat::of(&o.iter().map(|x| f(x)).collect::<Vec<_>>());
+            let col = |f: &dyn Fn(&OpenSeed) -> f64| {
+                Stat::of(&o.iter().map(|x| f(x)).collect::<Vec<_>>())
+            };
             OpenSetResult {
                 unknown_classes: o[0].unknown,
                 known_classes: nc - o[0].unknown,
@@ -747,9 +808,12 @@ fn open_set_seed(
     }
     let is_unknown = |c: usize| unknown.binary_search(&c).is_ok();
     let sp = split(class_images, shots, seed);
-    let index: Vec<usize> = sp.index.iter().copied().filter(|&i| !is_unknown(ds.image_class[i])).collect();
-    let known_q: Vec<usize> = sp.queries.iter().copied().filter(|&i| !is_unknown(ds.image_class[i])).collect();
-    let unknown_q: Vec<usize> = (0..ds.image_class.len()).filter(|&i| is_unknown(ds.image_class[i])).collect();
+    let index: Vec<usize> =
+        sp.index.iter().copied().filter(|&i| !is_unknown(ds.image_class[i])).collect();
+    let known_q: Vec<usize> =
+        sp.queries.iter().copied().filter(|&i| !is_unknown(ds.image_class[i])).collect();
+    let unknown_q: Vec<usize> =
+        (0..ds.image_class.len()).filter(|&i| is_unknown(ds.image_class[i])).collect();
     let (e, l, ids) = index_rows(ds, &index);
     let head = RetrievalHead::with_images(&e, ds.dim, &l, &ids, options)?;
     let top = |qs: &[usize]| -> (Vec<f32>, Vec<bool>) {
@@ -787,7 +851,11 @@ pub fn check_options(opts: &EvalOptions) -> Result<()> {
 }
 
 /// Runs every K of `opts` on the embedded data set.
-pub fn evaluate(ds: &Dataset, opts: &EvalOptions, progress: &dyn Fn(usize)) -> Result<Vec<ShotResult>> {
+pub fn evaluate(
+    ds: &Dataset,
+    opts: &EvalOptions,
+    progress: &dyn Fn(usize),
+) -> Result<Vec<ShotResult>> {
     if ds.classes.len() < 2 {
         bail!("evaluation needs at least two classes");
     }
@@ -803,7 +871,14 @@ pub fn evaluate(ds: &Dataset, opts: &EvalOptions, progress: &dyn Fn(usize)) -> R
 
 /// Evaluates embedded images: [`evaluate`] plus what the report says about
 /// the data. `progress` is called with each K as it starts.
-pub fn run(dataset: &str, embedder: &str, e: &Embedded, augment: bool, opts: &EvalOptions, progress: &dyn Fn(usize)) -> Result<EvalReport> {
+pub fn run(
+    dataset: &str,
+    embedder: &str,
+    e: &Embedded,
+    augment: bool,
+    opts: &EvalOptions,
+    progress: &dyn Fn(usize),
+) -> Result<EvalReport> {
     let ds = Dataset::from_embedded(e)?;
     let start = std::time::Instant::now();
     let results = evaluate(&ds, opts, progress)?;

@@ -34,8 +34,14 @@ fn opt_pct(v: Option<f64>) -> String {
 /// Worst classes by recall (ties: by name).
 fn worst_classes(r: &ShotResult, n: usize) -> Vec<&super::ClassMetrics> {
     let Some(d) = &r.detail else { return Vec::new() };
-    let mut v: Vec<&super::ClassMetrics> = d.per_class.iter().filter(|c| c.recall.is_some()).collect();
-    v.sort_by(|a, b| a.recall.partial_cmp(&b.recall).unwrap_or(std::cmp::Ordering::Equal).then(a.label.cmp(&b.label)));
+    let mut v: Vec<&super::ClassMetrics> =
+        d.per_class.iter().filter(|c| c.recall.is_some()).collect();
+    v.sort_by(|a, b| {
+        a.recall
+            .partial_cmp(&b.recall)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.label.cmp(&b.label))
+    });
     v.truncate(n);
     v
 }
@@ -56,7 +62,14 @@ pub fn text(r: &EvalReport) -> String {
         if r.seeds == 1 { "" } else { "s" }
     );
     for s in &r.results {
-        let _ = writeln!(o, "\n== {} shot{} per class: {} index images, {} queries per seed ==", s.shots, if s.shots == 1 { "" } else { "s" }, s.index_images, s.query_images);
+        let _ = writeln!(
+            o,
+            "\n== {} shot{} per class: {} index images, {} queries per seed ==",
+            s.shots,
+            if s.shots == 1 { "" } else { "s" },
+            s.index_images,
+            s.query_images
+        );
         let _ = writeln!(o, "{:<22} {:>15} {:>15}", "configuration", "top-1 %", "top-5 %");
         for c in &s.configs {
             let name = format!("{}{}", c.name, if c.default { " (default)" } else { "" });
@@ -69,12 +82,27 @@ pub fn text(r: &EvalReport) -> String {
         let _ = writeln!(o, "\ndefault ({}) details, over all seeds:", d.config);
         let _ = writeln!(o, "  worst classes by recall:");
         for c in worst_classes(s, 5) {
-            let _ = writeln!(o, "    {:<32} recall {:>5}%  precision {:>5}%  ({} queries)", c.label, opt_pct(c.recall), opt_pct(c.precision), c.support);
+            let _ = writeln!(
+                o,
+                "    {:<32} recall {:>5}%  precision {:>5}%  ({} queries)",
+                c.label,
+                opt_pct(c.recall),
+                opt_pct(c.precision),
+                c.support
+            );
         }
         if !d.confused_pairs.is_empty() {
             let _ = writeln!(o, "  most confused (true -> predicted):");
             for p in d.confused_pairs.iter().take(5) {
-                let _ = writeln!(o, "    {} -> {}: {} ({:.1}% of {})", p.truth, p.predicted, p.count, 100.0 * p.rate, p.truth);
+                let _ = writeln!(
+                    o,
+                    "    {} -> {}: {} ({:.1}% of {})",
+                    p.truth,
+                    p.predicted,
+                    p.count,
+                    100.0 * p.rate,
+                    p.truth
+                );
             }
         }
         let c = &d.calibration;
@@ -87,12 +115,28 @@ pub fn text(r: &EvalReport) -> String {
         );
         match &d.open_set {
             Some(os) => {
-                let _ = writeln!(o, "  open set ({} known classes, {} held out as unknown):", os.known_classes, os.unknown_classes);
+                let _ = writeln!(
+                    o,
+                    "  open set ({} known classes, {} held out as unknown):",
+                    os.known_classes, os.unknown_classes
+                );
                 let _ = writeln!(o, "    AUROC known vs unknown (top score)   {}", num(&os.auroc));
                 let _ = writeln!(o, "    at the model's threshold ({}):", num(&os.threshold));
-                let _ = writeln!(o, "      accuracy of accepted known queries {} %", pct(&os.known_accuracy_accepted));
-                let _ = writeln!(o, "      known queries accepted             {} %", pct(&os.known_accepted));
-                let _ = writeln!(o, "      unknown queries rejected           {} %", pct(&os.unknown_rejected));
+                let _ = writeln!(
+                    o,
+                    "      accuracy of accepted known queries {} %",
+                    pct(&os.known_accuracy_accepted)
+                );
+                let _ = writeln!(
+                    o,
+                    "      known queries accepted             {} %",
+                    pct(&os.known_accepted)
+                );
+                let _ = writeln!(
+                    o,
+                    "      unknown queries rejected           {} %",
+                    pct(&os.unknown_rejected)
+                );
             }
             None => {
                 let _ = writeln!(o, "  open set: not measured (needs 3 or more classes)");
@@ -120,7 +164,11 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// A JPEG thumbnail (longest side `size`) as a data: URI; none if unreadable.
@@ -128,7 +176,8 @@ pub fn thumbnail_uri(path: &Path, size: u32) -> Option<String> {
     let img = crate::decode::load_rgb(path, &crate::decode::DecodeLimits::default()).ok()?;
     let (w, h) = (img.width().max(1), img.height().max(1));
     let scale = size as f64 / w.max(h) as f64;
-    let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    let (tw, th) =
+        (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
     let small = image::imageops::thumbnail(&img, tw, th);
     let mut buf = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 80).encode_image(&small).ok()?;
@@ -142,8 +191,9 @@ pub fn heatmap_classes(m: &[Vec<u64>], max: usize) -> Vec<usize> {
     if n <= max {
         return (0..n).collect();
     }
-    let mut mass: Vec<(u64, usize)> =
-        (0..n).map(|c| ((0..n).filter(|&j| j != c).map(|j| m[c][j] + m[j][c]).sum::<u64>(), c)).collect();
+    let mut mass: Vec<(u64, usize)> = (0..n)
+        .map(|c| ((0..n).filter(|&j| j != c).map(|j| m[c][j] + m[j][c]).sum::<u64>(), c))
+        .collect();
     mass.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut keep: Vec<usize> = mass[..max].iter().map(|x| x.1).collect();
     keep.sort();
@@ -173,9 +223,19 @@ fn heatmap_svg(labels: &[String], m: &[Vec<u64>], classes: &[usize]) -> String {
     );
     for (i, &c) in classes.iter().enumerate() {
         let y = margin + cell * (i as f64 + 0.7);
-        let _ = write!(o, r#"<text x="{:.1}" y="{y:.1}" text-anchor="end">{}</text>"#, margin - 4.0, esc(&short(&labels[c], 24)));
+        let _ = write!(
+            o,
+            r#"<text x="{:.1}" y="{y:.1}" text-anchor="end">{}</text>"#,
+            margin - 4.0,
+            esc(&short(&labels[c], 24))
+        );
         let x = margin + cell * (i as f64 + 0.7);
-        let _ = write!(o, r#"<text transform="translate({x:.1},{:.1}) rotate(-60)">{}</text>"#, margin - 4.0, esc(&short(&labels[c], 24)));
+        let _ = write!(
+            o,
+            r#"<text transform="translate({x:.1},{:.1}) rotate(-60)">{}</text>"#,
+            margin - 4.0,
+            esc(&short(&labels[c], 24))
+        );
     }
     for (i, &t) in classes.iter().enumerate() {
         let total: u64 = m[t].iter().sum::<u64>().max(1);
@@ -183,7 +243,11 @@ fn heatmap_svg(labels: &[String], m: &[Vec<u64>], classes: &[usize]) -> String {
             let v = m[t][p] as f64 / total as f64;
             // White to dark blue, on a square-root scale so small confusions show.
             let s = v.sqrt();
-            let (r, g, b) = ((255.0 * (1.0 - 0.9 * s)) as u8, (255.0 * (1.0 - 0.7 * s)) as u8, (255.0 * (1.0 - 0.25 * s)) as u8);
+            let (r, g, b) = (
+                (255.0 * (1.0 - 0.9 * s)) as u8,
+                (255.0 * (1.0 - 0.7 * s)) as u8,
+                (255.0 * (1.0 - 0.25 * s)) as u8,
+            );
             let _ = write!(
                 o,
                 r##"<rect x="{:.1}" y="{:.1}" width="{cell:.1}" height="{cell:.1}" fill="rgb({r},{g},{b})" stroke="#eee" stroke-width="0.5"><title>{} → {}: {} ({:.1}%)</title></rect>"##,
@@ -205,9 +269,19 @@ fn reliability_svg(bins: &[super::ReliabilityBin]) -> String {
     let (w, h, l, b) = (360.0, 300.0, 44.0, 40.0);
     let pw = w - l - 10.0;
     let ph = h - b - 10.0;
-    let mut o = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="10" font-family="sans-serif">"#);
-    let _ = write!(o, r##"<rect x="{l}" y="10" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>"##);
-    let _ = write!(o, r##"<line x1="{l}" y1="{}" x2="{}" y2="10" stroke="#999" stroke-dasharray="4 3"/>"##, 10.0 + ph, l + pw);
+    let mut o = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="10" font-family="sans-serif">"#
+    );
+    let _ = write!(
+        o,
+        r##"<rect x="{l}" y="10" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>"##
+    );
+    let _ = write!(
+        o,
+        r##"<line x1="{l}" y1="{}" x2="{}" y2="10" stroke="#999" stroke-dasharray="4 3"/>"##,
+        10.0 + ph,
+        l + pw
+    );
     let total: u64 = bins.iter().map(|x| x.count).sum::<u64>().max(1);
     for bin in bins {
         let x = l + pw * bin.lo;
@@ -229,16 +303,48 @@ fn reliability_svg(bins: &[super::ReliabilityBin]) -> String {
         }
         // Share of queries in the bin, as a grey strip along the bottom.
         let share = bin.count as f64 / total as f64;
-        let _ = write!(o, r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#d08a2e"/>"##, x + 1.0, 10.0 + ph - 30.0 * share, bw - 2.0, 30.0 * share);
-        let _ = write!(o, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="8">{}</text>"#, x + bw / 2.0, h - b + 12.0, bin.count);
+        let _ = write!(
+            o,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#d08a2e"/>"##,
+            x + 1.0,
+            10.0 + ph - 30.0 * share,
+            bw - 2.0,
+            30.0 * share
+        );
+        let _ = write!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="8">{}</text>"#,
+            x + bw / 2.0,
+            h - b + 12.0,
+            bin.count
+        );
     }
     for t in 0..=5 {
         let v = t as f64 / 5.0;
-        let _ = write!(o, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{v:.1}</text>"#, l - 3.0, 10.0 + ph * (1.0 - v) + 3.0);
-        let _ = write!(o, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.1}</text>"#, l + pw * v, h - b + 24.0);
+        let _ = write!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{v:.1}</text>"#,
+            l - 3.0,
+            10.0 + ph * (1.0 - v) + 3.0
+        );
+        let _ = write!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.1}</text>"#,
+            l + pw * v,
+            h - b + 24.0
+        );
     }
-    let _ = write!(o, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">confidence (top score); counts per bin</text>"#, l + pw / 2.0, h - 4.0);
-    let _ = write!(o, r#"<text transform="translate(10,{:.1}) rotate(-90)" text-anchor="middle">accuracy</text></svg>"#, 10.0 + ph / 2.0);
+    let _ = write!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">confidence (top score); counts per bin</text>"#,
+        l + pw / 2.0,
+        h - 4.0
+    );
+    let _ = write!(
+        o,
+        r#"<text transform="translate(10,{:.1}) rotate(-90)" text-anchor="middle">accuracy</text></svg>"#,
+        10.0 + ph / 2.0
+    );
     o
 }
 
@@ -325,23 +431,47 @@ pub fn html(r: &EvalReport) -> String {
         // Worst classes.
         o.push_str("<h4>Worst classes by recall</h4><table><tr><th class=\"l\">class</th><th>recall %</th><th>precision %</th><th>queries</th></tr>");
         for c in worst_classes(s, 10) {
-            let _ = write!(o, "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&c.label), opt_pct(c.recall), opt_pct(c.precision), c.support);
+            let _ = write!(
+                o,
+                "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.label),
+                opt_pct(c.recall),
+                opt_pct(c.precision),
+                c.support
+            );
         }
         o.push_str("</table>");
         // Confused pairs with thumbnails.
         if !d.confused_pairs.is_empty() {
             o.push_str("<h4>Most confused pairs</h4><p class=\"note\">Left: queries of the true class predicted as the other; right: images of the predicted class.</p>");
             for p in d.confused_pairs.iter().take(8) {
-                let _ = write!(o, "<div class=\"pair\"><b>{}</b> → <b>{}</b>: {} queries ({:.1}%)<br>", esc(&p.truth), esc(&p.predicted), p.count, 100.0 * p.rate);
+                let _ = write!(
+                    o,
+                    "<div class=\"pair\"><b>{}</b> → <b>{}</b>: {} queries ({:.1}%)<br>",
+                    esc(&p.truth),
+                    esc(&p.predicted),
+                    p.count,
+                    100.0 * p.rate
+                );
                 for e in p.examples.iter().take(3) {
                     if let Some(uri) = thumbnail_uri(Path::new(e), 96) {
-                        let _ = write!(o, "<img src=\"{uri}\" alt=\"{}\" title=\"{}\">", esc(&p.truth), esc(e));
+                        let _ = write!(
+                            o,
+                            "<img src=\"{uri}\" alt=\"{}\" title=\"{}\">",
+                            esc(&p.truth),
+                            esc(e)
+                        );
                     }
                 }
                 o.push_str("<span class=\"arrow\">→</span>");
                 for e in p.predicted_examples.iter().take(2) {
                     if let Some(uri) = thumbnail_uri(Path::new(e), 96) {
-                        let _ = write!(o, "<img src=\"{uri}\" alt=\"{}\" title=\"{}\">", esc(&p.predicted), esc(e));
+                        let _ = write!(
+                            o,
+                            "<img src=\"{uri}\" alt=\"{}\" title=\"{}\">",
+                            esc(&p.predicted),
+                            esc(e)
+                        );
                     }
                 }
                 o.push_str("</div>");

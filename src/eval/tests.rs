@@ -25,7 +25,9 @@ fn confidence_interval_uses_t_critical_values() {
     assert_eq!(Stat::of(&[0.5]).ci95, None);
     assert!(close(Stat::of(&[0.5, f64::NAN, 0.7]).mean, 0.6));
     assert!(close(t_critical_95(1), 12.706) && close(t_critical_95(30), 2.042));
-    assert!((t_critical_95(60) - 2.000).abs() < 0.002 && (t_critical_95(1000) - 1.962).abs() < 0.002);
+    assert!(
+        (t_critical_95(60) - 2.000).abs() < 0.002 && (t_critical_95(1000) - 1.962).abs() < 0.002
+    );
     // Identical values: no spread.
     assert_eq!(Stat::of(&[0.5, 0.5]).ci95, Some(0.0));
 }
@@ -75,7 +77,8 @@ fn reliability_bins_average_confidence_and_accuracy() {
 
 #[test]
 fn open_set_rates_at_a_threshold() {
-    let (acc, kacc, urej) = open_set_rates(&[0.9, 0.8, 0.4, 0.3], &[true, false, true, true], &[0.85, 0.2], Some(0.5));
+    let (acc, kacc, urej) =
+        open_set_rates(&[0.9, 0.8, 0.4, 0.3], &[true, false, true, true], &[0.85, 0.2], Some(0.5));
     assert!(close(acc, 0.5) && close(kacc, 0.5) && close(urej, 0.5));
     let (acc, kacc, urej) = open_set_rates(&[0.9, 0.4], &[true, false], &[0.2], None);
     assert!(close(acc, 0.5) && close(kacc, 1.0) && close(urej, 0.0));
@@ -167,7 +170,10 @@ fn evaluate_runs_every_configuration_on_synthetic_data() {
     let d5 = r[1].detail.as_ref().unwrap();
     assert!(d5.calibration.temperature.mean.is_finite());
     assert_eq!(d5.calibration.reliability_of, "fitted");
-    assert_eq!(d5.calibration.reliability.iter().map(|b| b.count).sum::<u64>() as usize, 3 * r[1].query_images);
+    assert_eq!(
+        d5.calibration.reliability.iter().map(|b| b.count).sum::<u64>() as usize,
+        3 * r[1].query_images
+    );
 }
 
 #[test]

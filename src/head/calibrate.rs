@@ -53,7 +53,11 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
             firsts.push(i);
         }
     }
-    let cap = if head.aggregation.uses_max() { MAX_LOO_QUERIES.min((LOO_BUDGET / n.max(1)).max(50)) } else { MAX_LOO_QUERIES };
+    let cap = if head.aggregation.uses_max() {
+        MAX_LOO_QUERIES.min((LOO_BUDGET / n.max(1)).max(50))
+    } else {
+        MAX_LOO_QUERIES
+    };
     let queries: Vec<usize> = if firsts.len() > cap {
         (0..cap).map(|k| firsts[k * firsts.len() / cap]).collect() // evenly spaced: deterministic
     } else {
@@ -115,7 +119,14 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
 /// mean exactly, and the shared covariance by a rank-one downdate
 /// (Sherman–Morrison): without that, the covariance would already know the
 /// query's own deviation and the estimate would be far too optimistic.
-fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize, sums: &[f32], sizes: &[usize]) -> Vec<f32> {
+fn discriminant_loo(
+    head: &RetrievalHead,
+    q: &[f32],
+    own: &[usize],
+    truth: usize,
+    sums: &[f32],
+    sizes: &[usize],
+) -> Vec<f32> {
     let dim = head.dim;
     let d = head.discriminant.as_ref().expect("discriminant heads have one");
     let qd: Vec<f64> = q.iter().map(|x| *x as f64).collect();
@@ -129,14 +140,17 @@ fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize
             *a += *x as f64;
         }
     }
-    let class_sum: Vec<f64> = sums[truth * dim..(truth + 1) * dim].iter().map(|x| *x as f64).collect();
+    let class_sum: Vec<f64> =
+        sums[truth * dim..(truth + 1) * dim].iter().map(|x| *x as f64).collect();
     let mean_with: Vec<f64> = class_sum.iter().map(|s| s / nc).collect();
-    let mean_without: Vec<f64> = class_sum.iter().zip(&own_sum).map(|(s, o)| (s - o) / (nc - m)).collect();
+    let mean_without: Vec<f64> =
+        class_sum.iter().zip(&own_sum).map(|(s, o)| (s - o) / (nc - m)).collect();
     // Rank-one downdate Σ' = Σ - α u uᵀ with u the image's deviation. One
     // solve serves both: Σ⁻¹u = Σ⁻¹own/m − w_c and Σ⁻¹μ' = (nc·w_c − Σ⁻¹own)/(nc − m).
     let u: Vec<f64> = own_sum.iter().zip(&mean_with).map(|(o, mu)| o / m - mu).collect();
     let s_own = d.solve(&own_sum);
-    let w_c: Vec<f64> = d.weights[truth * dim..(truth + 1) * dim].iter().map(|x| *x as f64).collect();
+    let w_c: Vec<f64> =
+        d.weights[truth * dim..(truth + 1) * dim].iter().map(|x| *x as f64).collect();
     let z: Vec<f64> = s_own.iter().zip(&w_c).map(|(s, w)| s / m - w).collect();
     // Leaving the image out removes k·m·u uᵀ from the scatter (k = nc/(nc-m):
     // its class mean moves too) and one n from the normaliser; the shrinkage
@@ -153,14 +167,19 @@ fn discriminant_loo(head: &RetrievalHead, q: &[f32], own: &[usize], truth: usize
             continue;
         }
         // μ_k = class mean; z·μ_k needs it: recover from the class sum.
-        let mu: Vec<f64> = sums[k * dim..(k + 1) * dim].iter().map(|x| *x as f64 / sizes[k] as f64).collect();
+        let mu: Vec<f64> =
+            sums[k * dim..(k + 1) * dim].iter().map(|x| *x as f64 / sizes[k] as f64).collect();
         let zm = dot64(&z, &mu);
-        let score = q.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() + *b as f64 + gamma * qz * zm - 0.5 * gamma * zm * zm;
+        let score = q.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+            + *b as f64
+            + gamma * qz * zm
+            - 0.5 * gamma * zm * zm;
         scores.push((k, (rescale * score) as f32));
     }
     let w_own: Vec<f64> = w_c.iter().zip(&s_own).map(|(w, s)| (nc * w - s) / (nc - m)).collect();
     let zm = dot64(&z, &mean_without);
-    let own_score = dot64(&qd, &w_own) + gamma * qz * zm - 0.5 * (dot64(&mean_without, &w_own) + gamma * zm * zm);
+    let own_score = dot64(&qd, &w_own) + gamma * qz * zm
+        - 0.5 * (dot64(&mean_without, &w_own) + gamma * zm * zm);
     let mut out = vec![0f32; head.labels.len()];
     for (k, v) in scores {
         out[k] = v;
@@ -181,7 +200,8 @@ fn argmax(s: &[f32]) -> usize {
 
 /// Mean negative log-likelihood of the true classes under softmax(s / t).
 fn nll(samples: &[Sample], t: f32) -> f64 {
-    samples.iter().map(|s| -(softmax(&s.scores, t)[s.truth].max(1e-12) as f64).ln()).sum::<f64>() / samples.len() as f64
+    samples.iter().map(|s| -(softmax(&s.scores, t)[s.truth].max(1e-12) as f64).ln()).sum::<f64>()
+        / samples.len() as f64
 }
 
 /// The temperature minimising the NLL: golden-section search on log t, over
@@ -191,9 +211,12 @@ pub fn fit_temperature(samples: &[Sample]) -> f32 {
     let spread = {
         let mut total = 0f64;
         for s in samples {
-            let finite: Vec<f64> = s.scores.iter().filter(|v| v.is_finite()).map(|v| *v as f64).collect();
+            let finite: Vec<f64> =
+                s.scores.iter().filter(|v| v.is_finite()).map(|v| *v as f64).collect();
             let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
-            total += (finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / finite.len().max(1) as f64).sqrt();
+            total += (finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
+                / finite.len().max(1) as f64)
+                .sqrt();
         }
         (total / samples.len().max(1) as f64).max(1e-6)
     };
@@ -275,13 +298,16 @@ pub fn calibrate(head: &RetrievalHead, target_precision: Option<f32>) -> Calibra
         };
     }
     let correct: Vec<bool> = samples.iter().map(|s| argmax(&s.scores) == s.truth).collect();
-    let unfitted: Vec<f32> = samples.iter().map(|s| softmax(&s.scores, 1.0).into_iter().fold(0f32, f32::max)).collect();
+    let unfitted: Vec<f32> =
+        samples.iter().map(|s| softmax(&s.scores, 1.0).into_iter().fold(0f32, f32::max)).collect();
     let t = fit_temperature(&samples);
-    let fitted: Vec<f32> = samples.iter().map(|s| softmax(&s.scores, t).into_iter().fold(0f32, f32::max)).collect();
-    let (threshold, coverage) = match target_precision.and_then(|p| threshold_for_precision(&fitted, &correct, p)) {
-        Some((th, cov)) => (Some(th), cov),
-        None => (None, 1.0),
-    };
+    let fitted: Vec<f32> =
+        samples.iter().map(|s| softmax(&s.scores, t).into_iter().fold(0f32, f32::max)).collect();
+    let (threshold, coverage) =
+        match target_precision.and_then(|p| threshold_for_precision(&fitted, &correct, p)) {
+            Some((th, cov)) => (Some(th), cov),
+            None => (None, 1.0),
+        };
     Calibration {
         temperature: Some(t),
         threshold,
@@ -298,7 +324,10 @@ pub fn calibrate(head: &RetrievalHead, target_precision: Option<f32>) -> Calibra
 pub fn calibrate_threshold_only(head: &RetrievalHead, target_precision: f32) -> Calibration {
     let samples = leave_one_out(head);
     let correct: Vec<bool> = samples.iter().map(|s| argmax(&s.scores) == s.truth).collect();
-    let top: Vec<f32> = samples.iter().map(|s| s.scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max)).collect();
+    let top: Vec<f32> = samples
+        .iter()
+        .map(|s| s.scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max))
+        .collect();
     let (threshold, coverage) = match threshold_for_precision(&top, &correct, target_precision) {
         Some((t, c)) => (Some(t), c),
         None => (None, 1.0),
@@ -308,7 +337,11 @@ pub fn calibrate_threshold_only(head: &RetrievalHead, target_precision: f32) -> 
         threshold,
         target_precision: Some(target_precision),
         samples: samples.len(),
-        accuracy: if samples.is_empty() { None } else { Some(correct.iter().filter(|&&c| c).count() as f32 / samples.len() as f32) },
+        accuracy: if samples.is_empty() {
+            None
+        } else {
+            Some(correct.iter().filter(|&&c| c).count() as f32 / samples.len() as f32)
+        },
         ece_unfitted: None,
         ece: None,
         coverage,
@@ -353,7 +386,9 @@ mod tests {
         // Class a: image 0 (two rows: photo + mirror), image 1. Class b: image 2.
         let emb = [1.0, 0.0, 1.0, 0.01, 0.0, 1.0, -1.0, 0.0];
         let labels: Vec<String> = ["a", "a", "a", "b"].iter().map(|s| s.to_string()).collect();
-        let h = RetrievalHead::with_images(&emb, 2, &labels, &[0, 0, 1, 2], &HeadOptions::original()).unwrap();
+        let h =
+            RetrievalHead::with_images(&emb, 2, &labels, &[0, 0, 1, 2], &HeadOptions::original())
+                .unwrap();
         let s = leave_one_out(&h);
         // Image 0 vs the rest: its twin is excluded, so class a's best is image 1 (0,1): cos ~0.
         assert_eq!(s.len(), 2, "class b's only image gives no sample");
@@ -375,7 +410,9 @@ mod tests {
 
     #[test]
     fn fitted_temperature_sharpens_confident_correct_scores() {
-        let samples: Vec<Sample> = (0..50).map(|i| Sample { scores: vec![0.6, 0.3, 0.2], truth: if i < 45 { 0 } else { 1 } }).collect();
+        let samples: Vec<Sample> = (0..50)
+            .map(|i| Sample { scores: vec![0.6, 0.3, 0.2], truth: if i < 45 { 0 } else { 1 } })
+            .collect();
         let t = fit_temperature(&samples);
         let p = softmax(&samples[0].scores, t)[0];
         assert!((p - 0.9).abs() < 0.02, "fitted p(top) = {p} at t = {t}");

@@ -54,7 +54,11 @@ impl Discriminant {
             .step_by(step)
             .map(|i| {
                 let c = row_class[i] as usize;
-                rows[i * dim..(i + 1) * dim].iter().zip(&means[c * dim..(c + 1) * dim]).map(|(x, m)| *x as f64 - m).collect()
+                rows[i * dim..(i + 1) * dim]
+                    .iter()
+                    .zip(&means[c * dim..(c + 1) * dim])
+                    .map(|(x, m)| *x as f64 - m)
+                    .collect()
             })
             .collect();
         let count = centred.len().max(1) as f64;
@@ -128,7 +132,8 @@ pub fn dot64(a: &[f64], b: &[f64]) -> f64 {
 pub fn cholesky(a: &[f64], n: usize) -> Vec<f64> {
     let mut l = vec![0f64; n * n];
     for j in 0..n {
-        let d = (a[j * n + j] - dot64(&l[j * n..j * n + j], &l[j * n..j * n + j])).max(1e-18).sqrt();
+        let d =
+            (a[j * n + j] - dot64(&l[j * n..j * n + j], &l[j * n..j * n + j])).max(1e-18).sqrt();
         l[j * n + j] = d;
         // Column j below the diagonal; rows are independent.
         let (done, rest) = l.split_at_mut((j + 1) * n);
@@ -188,7 +193,12 @@ mod tests {
         let m0 = [0.9, 0.1];
         let w0 = [inv[0] * m0[0] + inv[1] * m0[1], inv[2] * m0[0] + inv[3] * m0[1]];
         let b0 = -0.5 * (m0[0] * w0[0] + m0[1] * w0[1]);
-        assert!((d.weights[0] as f64 - w0[0]).abs() < 1e-3 && (d.weights[1] as f64 - w0[1]).abs() < 1e-3, "{:?} vs {w0:?}", d.weights);
+        assert!(
+            (d.weights[0] as f64 - w0[0]).abs() < 1e-3
+                && (d.weights[1] as f64 - w0[1]).abs() < 1e-3,
+            "{:?} vs {w0:?}",
+            d.weights
+        );
         assert!((d.bias[0] as f64 - b0).abs() < 1e-3, "{} vs {b0}", d.bias[0]);
     }
 
@@ -197,7 +207,11 @@ mod tests {
         let rows = [0.6f32, 0.8, 1.0, 0.0];
         let d = Discriminant::fit(&rows, 2, &[0, 1], 2);
         // Σ = 0.5/2 I: w = 4 m, b = -2 |m|^2 = -2; scores rank like cosines.
-        assert!((d.weights[0] - 2.4).abs() < 1e-5 && (d.weights[1] - 3.2).abs() < 1e-5, "{:?}", d.weights);
+        assert!(
+            (d.weights[0] - 2.4).abs() < 1e-5 && (d.weights[1] - 3.2).abs() < 1e-5,
+            "{:?}",
+            d.weights
+        );
         assert!((d.bias[0] + 2.0).abs() < 1e-5);
     }
 }

@@ -96,7 +96,10 @@ impl fmt::Display for IndexDtype {
 impl std::str::FromStr for IndexDtype {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        IndexDtype::ALL.into_iter().find(|d| d.name() == s).ok_or_else(|| anyhow::anyhow!("unknown index dtype {s:?}: use f32, f16 or int8"))
+        IndexDtype::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown index dtype {s:?}: use f32, f16 or int8"))
     }
 }
 
@@ -116,11 +119,29 @@ pub struct Index {
 
 impl Index {
     /// Rows from raw embeddings (`labels.len()` x `dim`).
-    pub fn from_embeddings(embeddings: &[f32], dim: usize, labels: &[String], images: &[ImageId], power: Option<f32>, dtype: IndexDtype) -> Result<Index> {
+    pub fn from_embeddings(
+        embeddings: &[f32],
+        dim: usize,
+        labels: &[String],
+        images: &[ImageId],
+        power: Option<f32>,
+        dtype: IndexDtype,
+    ) -> Result<Index> {
         if dim == 0 || embeddings.len() != labels.len() * dim || images.len() != labels.len() {
-            bail!("{} embedding values do not make {} rows of {dim}", embeddings.len(), labels.len());
+            bail!(
+                "{} embedding values do not make {} rows of {dim}",
+                embeddings.len(),
+                labels.len()
+            );
         }
-        let mut index = Index { dim, dtype, units: Vec::with_capacity(embeddings.len()), scales: Vec::new(), labels: labels.to_vec(), images: images.to_vec() };
+        let mut index = Index {
+            dim,
+            dtype,
+            units: Vec::with_capacity(embeddings.len()),
+            scales: Vec::new(),
+            labels: labels.to_vec(),
+            images: images.to_vec(),
+        };
         for e in embeddings.chunks_exact(dim) {
             let mut u = e.to_vec();
             if let Some(p) = power {
@@ -150,7 +171,13 @@ impl Index {
     /// Appends the rows of `other` (same dim and dtype).
     pub fn extend(&mut self, other: &Index) -> Result<()> {
         if other.dim != self.dim || other.dtype != self.dtype {
-            bail!("cannot merge indexes: {}-d {} rows into {}-d {} rows", other.dim, other.dtype, self.dim, self.dtype);
+            bail!(
+                "cannot merge indexes: {}-d {} rows into {}-d {} rows",
+                other.dim,
+                other.dtype,
+                self.dim,
+                self.dtype
+            );
         }
         self.units.extend_from_slice(&other.units);
         self.scales.extend_from_slice(&other.scales);
@@ -177,14 +204,18 @@ impl Index {
 
     /// Whether the rows are in canonical order already (see [`Index::sorted`]).
     pub fn is_sorted(&self) -> bool {
-        (1..self.len()).all(|i| (&self.labels[i - 1], &self.images[i - 1]) <= (&self.labels[i], &self.images[i]))
+        (1..self.len()).all(|i| {
+            (&self.labels[i - 1], &self.images[i - 1]) <= (&self.labels[i], &self.images[i])
+        })
     }
 
     /// The rows in canonical order: by label, then image id, then (for rows
     /// of one image, e.g. a photo and its mirror image) their current order.
     pub fn sorted(&self) -> Index {
         let mut order: Vec<usize> = (0..self.len()).collect();
-        order.sort_by(|&a, &b| self.labels[a].cmp(&self.labels[b]).then(self.images[a].cmp(&self.images[b]))); // stable
+        order.sort_by(|&a, &b| {
+            self.labels[a].cmp(&self.labels[b]).then(self.images[a].cmp(&self.images[b]))
+        }); // stable
         let mut out = Index { dim: self.dim, dtype: self.dtype, ..Default::default() };
         for i in order {
             out.units.extend_from_slice(self.row(i));
@@ -201,7 +232,13 @@ impl Index {
     /// the units were made as `q · scale`.
     pub fn int8_values(&self) -> Vec<i8> {
         assert_eq!(self.dtype, IndexDtype::Int8);
-        self.units.chunks_exact(self.dim).zip(&self.scales).flat_map(|(r, &s)| r.iter().map(move |&x| if s > 0.0 { (x / s).round() as i8 } else { 0 })).collect()
+        self.units
+            .chunks_exact(self.dim)
+            .zip(&self.scales)
+            .flat_map(|(r, &s)| {
+                r.iter().map(move |&x| if s > 0.0 { (x / s).round() as i8 } else { 0 })
+            })
+            .collect()
     }
 
     /// The stored form of f16 rows (exact: the units are f16 values).
@@ -224,7 +261,11 @@ fn round_to(dtype: IndexDtype, u: &mut [f32]) -> Option<f32> {
             let max = u.iter().fold(0f32, |m, x| m.max(x.abs()));
             let scale = max / 127.0;
             for x in u.iter_mut() {
-                *x = if scale > 0.0 { (*x / scale).round().clamp(-127.0, 127.0) * scale } else { 0.0 };
+                *x = if scale > 0.0 {
+                    (*x / scale).round().clamp(-127.0, 127.0) * scale
+                } else {
+                    0.0
+                };
             }
             Some(scale)
         }
@@ -250,19 +291,33 @@ mod tests {
         let ids: Vec<ImageId> = (0..4).map(ImageId::from_index).collect();
         for dtype in IndexDtype::ALL {
             let index = Index::from_embeddings(&e, 16, &labels, &ids, Some(0.5), dtype).unwrap();
-            let exact = Index::from_embeddings(&e, 16, &labels, &ids, Some(0.5), IndexDtype::F32).unwrap();
-            let err = index.units.iter().zip(&exact.units).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let exact =
+                Index::from_embeddings(&e, 16, &labels, &ids, Some(0.5), IndexDtype::F32).unwrap();
+            let err = index
+                .units
+                .iter()
+                .zip(&exact.units)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             match dtype {
                 IndexDtype::F32 => assert_eq!(err, 0.0),
                 IndexDtype::F16 => {
                     assert!(err > 0.0 && err < 1e-3, "{err}");
-                    let back: Vec<f32> = index.f16_bits().iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+                    let back: Vec<f32> = index
+                        .f16_bits()
+                        .iter()
+                        .map(|&b| half::f16::from_bits(b).to_f32())
+                        .collect();
                     assert_eq!(back, index.units);
                 }
                 IndexDtype::Int8 => {
                     assert!(err > 0.0 && err < 0.01, "{err}");
                     let q = index.int8_values();
-                    let back: Vec<f32> = q.chunks_exact(16).zip(&index.scales).flat_map(|(r, &s)| r.iter().map(move |&v| v as f32 * s)).collect();
+                    let back: Vec<f32> = q
+                        .chunks_exact(16)
+                        .zip(&index.scales)
+                        .flat_map(|(r, &s)| r.iter().map(move |&v| v as f32 * s))
+                        .collect();
                     assert_eq!(back, index.units);
                     assert!(q.iter().any(|&v| v.abs() == 127));
                 }
@@ -275,11 +330,14 @@ mod tests {
         let labels: Vec<String> = ["b", "a", "b"].iter().map(|s| s.to_string()).collect();
         let ids = [ImageId::from_index(9), ImageId::from_index(5), ImageId::from_index(1)];
         let e = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
-        let one = Index::from_embeddings(&e, 2, &labels, &ids, None, IndexDtype::F32).unwrap().sorted();
+        let one =
+            Index::from_embeddings(&e, 2, &labels, &ids, None, IndexDtype::F32).unwrap().sorted();
         let rev_e = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0];
         let rev_labels: Vec<String> = labels.iter().rev().cloned().collect();
         let rev_ids: Vec<ImageId> = ids.iter().rev().copied().collect();
-        let two = Index::from_embeddings(&rev_e, 2, &rev_labels, &rev_ids, None, IndexDtype::F32).unwrap().sorted();
+        let two = Index::from_embeddings(&rev_e, 2, &rev_labels, &rev_ids, None, IndexDtype::F32)
+            .unwrap()
+            .sorted();
         assert_eq!(one, two);
         assert_eq!(one.labels, vec!["a", "b", "b"]);
         assert_eq!(one.images[1], ImageId::from_index(1));

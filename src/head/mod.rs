@@ -54,7 +54,8 @@ pub enum Aggregation {
 }
 
 impl Aggregation {
-    pub const ALL: [Aggregation; 4] = [Aggregation::Max, Aggregation::Centroid, Aggregation::Blend, Aggregation::Discriminant];
+    pub const ALL: [Aggregation; 4] =
+        [Aggregation::Max, Aggregation::Centroid, Aggregation::Blend, Aggregation::Discriminant];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -83,7 +84,9 @@ impl std::fmt::Display for Aggregation {
 impl std::str::FromStr for Aggregation {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        Aggregation::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| anyhow::anyhow!("unknown aggregation {s:?}: use max, centroid, blend or discriminant"))
+        Aggregation::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            anyhow::anyhow!("unknown aggregation {s:?}: use max, centroid, blend or discriminant")
+        })
     }
 }
 
@@ -111,14 +114,30 @@ pub struct HeadOptions {
 impl Default for HeadOptions {
     /// The defaults chosen by measurement (see README, "Accuracy").
     fn default() -> Self {
-        HeadOptions { aggregation: Aggregation::Discriminant, power: 0.5, center: true, calibrate: true, target_precision: Some(0.9), threshold: None, index_dtype: IndexDtype::F32 }
+        HeadOptions {
+            aggregation: Aggregation::Discriminant,
+            power: 0.5,
+            center: true,
+            calibrate: true,
+            target_precision: Some(0.9),
+            threshold: None,
+            index_dtype: IndexDtype::F32,
+        }
     }
 }
 
 impl HeadOptions {
     /// The original classification-by-retrieval: max cosine, raw scores.
     pub fn original() -> Self {
-        HeadOptions { aggregation: Aggregation::Max, power: 1.0, center: false, calibrate: false, target_precision: None, threshold: None, index_dtype: IndexDtype::F32 }
+        HeadOptions {
+            aggregation: Aggregation::Max,
+            power: 1.0,
+            center: false,
+            calibrate: false,
+            target_precision: None,
+            threshold: None,
+            index_dtype: IndexDtype::F32,
+        }
     }
 }
 
@@ -223,7 +242,10 @@ pub fn project_query(query: &[f32], power: Option<f32>, center: Option<&[f32]>) 
 /// Softmax of `s / temperature`, ignoring `-inf` entries (probability 0).
 pub fn softmax(s: &[f32], temperature: f32) -> Vec<f32> {
     let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = s.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { (((x - m) / temperature) as f64).exp() }).collect();
+    let e: Vec<f64> = s
+        .iter()
+        .map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { (((x - m) / temperature) as f64).exp() })
+        .collect();
     let z: f64 = e.iter().sum();
     e.iter().map(|v| (v / z) as f32).collect()
 }
@@ -231,7 +253,12 @@ pub fn softmax(s: &[f32], temperature: f32) -> Vec<f32> {
 impl RetrievalHead {
     /// Builds a head from raw index embeddings (`labels.len()` rows of `dim`),
     /// each row its own image.
-    pub fn new(embeddings: &[f32], dim: usize, labels: &[String], opts: &HeadOptions) -> Result<Self> {
+    pub fn new(
+        embeddings: &[f32],
+        dim: usize,
+        labels: &[String],
+        opts: &HeadOptions,
+    ) -> Result<Self> {
         let images: Vec<u32> = (0..labels.len() as u32).collect();
         Self::with_images(embeddings, dim, labels, &images, opts)
     }
@@ -239,7 +266,13 @@ impl RetrievalHead {
     /// Like [`RetrievalHead::new`], where `images[i]` says which source image
     /// row `i` came from (rows of one image, e.g. a photo and its mirror
     /// image, are left out together when calibrating).
-    pub fn with_images(embeddings: &[f32], dim: usize, labels: &[String], images: &[u32], opts: &HeadOptions) -> Result<Self> {
+    pub fn with_images(
+        embeddings: &[f32],
+        dim: usize,
+        labels: &[String],
+        images: &[u32],
+        opts: &HeadOptions,
+    ) -> Result<Self> {
         let ids: Vec<ImageId> = images.iter().map(|&i| ImageId::from_index(i)).collect();
         let power = if opts.power != 1.0 { Some(opts.power) } else { None };
         let index = Index::from_embeddings(embeddings, dim, labels, &ids, power, opts.index_dtype)?;
@@ -254,7 +287,11 @@ impl RetrievalHead {
             bail!("no index images: a classifier needs at least one image per class");
         }
         if index.dtype != opts.index_dtype {
-            bail!("the index rows are stored as {} but the options say {}", index.dtype, opts.index_dtype);
+            bail!(
+                "the index rows are stored as {} but the options say {}",
+                index.dtype,
+                opts.index_dtype
+            );
         }
         let index = if index.is_sorted() { index } else { index.sorted() };
         let dim = index.dim;
@@ -263,12 +300,21 @@ impl RetrievalHead {
         let mut row_class = Vec::with_capacity(index.len());
         let mut row_image = Vec::with_capacity(index.len());
         for i in 0..index.len() {
-            if i > 0 && index.labels[i] == index.labels[i - 1] && index.images[i] == index.images[i - 1] {
+            if i > 0
+                && index.labels[i] == index.labels[i - 1]
+                && index.images[i] == index.images[i - 1]
+            {
                 row_image.push(row_image[i - 1]);
             } else {
                 row_image.push(row_image.last().map_or(0, |&n: &u32| n + 1));
             }
-            row_class.push(row_class.last().map_or(0, |&c: &u32| if index.labels[i] == index.labels[i - 1] { c } else { c + 1 }));
+            row_class.push(row_class.last().map_or(0, |&c: &u32| {
+                if index.labels[i] == index.labels[i - 1] {
+                    c
+                } else {
+                    c + 1
+                }
+            }));
         }
         let power = if opts.power != 1.0 { Some(opts.power) } else { None };
         let (rows, inverse_norms, center) = if opts.center {
@@ -323,7 +369,12 @@ impl RetrievalHead {
             }
         }
         if opts.aggregation == Aggregation::Discriminant {
-            head.discriminant = Some(discriminant::Discriminant::fit(head.rows(), dim, &head.row_class, head.labels.len()));
+            head.discriminant = Some(discriminant::Discriminant::fit(
+                head.rows(),
+                dim,
+                &head.row_class,
+                head.labels.len(),
+            ));
         }
         if opts.calibrate && head.labels.len() > 1 {
             let cal = calibrate::calibrate(&head, opts.target_precision);
@@ -403,7 +454,11 @@ impl RetrievalHead {
     pub fn class_similarities(&self, query: &[f32]) -> Vec<f32> {
         let q = self.project(query);
         // Only `max` and `blend` look at every index row.
-        let sims: Vec<f32> = if self.aggregation.uses_max() { self.rows().chunks_exact(self.dim).map(|r| dot(r, &q)).collect() } else { Vec::new() };
+        let sims: Vec<f32> = if self.aggregation.uses_max() {
+            self.rows().chunks_exact(self.dim).map(|r| dot(r, &q)).collect()
+        } else {
+            Vec::new()
+        };
         self.aggregate(&q, &sims)
     }
 
@@ -416,8 +471,11 @@ impl RetrievalHead {
                 max[k as usize] = max[k as usize].max(*v);
             }
         }
-        let cent: Vec<f32> =
-            if self.aggregation.uses_centroid() { self.centroids.chunks_exact(self.dim).map(|r| dot(r, q)).collect() } else { Vec::new() };
+        let cent: Vec<f32> = if self.aggregation.uses_centroid() {
+            self.centroids.chunks_exact(self.dim).map(|r| dot(r, q)).collect()
+        } else {
+            Vec::new()
+        };
         match self.aggregation {
             Aggregation::Max => max,
             Aggregation::Centroid => cent,
@@ -455,11 +513,15 @@ mod tests {
     #[test]
     fn head_sorts_rows_by_class_and_normalises() {
         let emb = [3.0, 4.0, 1.0, 0.0, 0.0, 2.0];
-        let h = RetrievalHead::new(&emb, 2, &labels(&["b", "a", "b"]), &HeadOptions::original()).unwrap();
+        let h = RetrievalHead::new(&emb, 2, &labels(&["b", "a", "b"]), &HeadOptions::original())
+            .unwrap();
         assert_eq!(h.labels, vec!["a", "b"]);
         assert_eq!(h.row_class, vec![0, 1, 1]);
         assert_eq!(h.row_image, vec![0, 1, 2]);
-        assert_eq!(h.index.images, vec![ImageId::from_index(1), ImageId::from_index(0), ImageId::from_index(2)]);
+        assert_eq!(
+            h.index.images,
+            vec![ImageId::from_index(1), ImageId::from_index(0), ImageId::from_index(2)]
+        );
         assert_eq!(h.rows(), vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
         assert_eq!(h.class_sizes(), vec![1, 2]);
         // Query along y: class a's only image is orthogonal, class b has (0,1).
@@ -497,7 +559,10 @@ mod tests {
         let opts = HeadOptions { center: true, ..HeadOptions::original() };
         let h = RetrievalHead::new(&emb, 2, &labels(&["a", "b"]), &opts).unwrap();
         let m = h.center.as_ref().unwrap();
-        assert!((m[0]).abs() < 1e-6 && (m[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{m:?}");
+        assert!(
+            (m[0]).abs() < 1e-6 && (m[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+            "{m:?}"
+        );
         assert!((h.rows()[0] - 1.0).abs() < 1e-6 && h.rows()[1].abs() < 1e-6, "{:?}", h.rows());
         let s = h.scores(&[2.0, 1.9]);
         assert!(s[0] > 0.99 && s[1] < -0.99, "{s:?}");
@@ -513,7 +578,8 @@ mod tests {
 
     #[test]
     fn head_rejects_mismatched_input() {
-        assert!(RetrievalHead::new(&[1.0, 2.0, 3.0], 2, &labels(&["a"]), &HeadOptions::original()).is_err());
+        assert!(RetrievalHead::new(&[1.0, 2.0, 3.0], 2, &labels(&["a"]), &HeadOptions::original())
+            .is_err());
         assert!(RetrievalHead::new(&[], 2, &[], &HeadOptions::original()).is_err());
     }
 }

@@ -22,7 +22,8 @@ pub use proto::{
 
 /// Reads and decodes an `.onnx` file.
 pub fn load(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read model file {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read model file {}", path.display()))?;
     decode(&bytes).with_context(|| format!("{} is not a valid ONNX model", path.display()))
 }
 
@@ -50,7 +51,13 @@ pub fn default_opset(model: &ModelProto) -> Option<i64> {
 }
 
 /// A node `op_type(inputs) -> outputs` with the given attributes.
-pub fn node(op_type: &str, name: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<AttributeProto>) -> NodeProto {
+pub fn node(
+    op_type: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attributes: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         op_type: Some(op_type.to_string()),
         name: Some(name.to_string()),
@@ -103,7 +110,11 @@ pub fn attr_string(name: &str, value: &str) -> AttributeProto {
 
 /// A float32 tensor stored as little-endian `raw_data`.
 pub fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
-    assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "tensor {name}: dims do not match data");
+    assert_eq!(
+        dims.iter().product::<i64>() as usize,
+        data.len(),
+        "tensor {name}: dims do not match data"
+    );
     let mut raw = Vec::with_capacity(data.len() * 4);
     for v in data {
         raw.extend_from_slice(&v.to_le_bytes());
@@ -119,7 +130,11 @@ pub fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
 
 /// An int64 tensor stored as little-endian `raw_data`.
 pub fn tensor_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
-    assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "tensor {name}: dims do not match data");
+    assert_eq!(
+        dims.iter().product::<i64>() as usize,
+        data.len(),
+        "tensor {name}: dims do not match data"
+    );
     let mut raw = Vec::with_capacity(data.len() * 8);
     for v in data {
         raw.extend_from_slice(&v.to_le_bytes());
@@ -135,7 +150,11 @@ pub fn tensor_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
 
 /// A float16 tensor from IEEE half bit patterns, as little-endian `raw_data`.
 pub fn tensor_f16_bits(name: &str, dims: &[i64], bits: &[u16]) -> TensorProto {
-    assert_eq!(dims.iter().product::<i64>() as usize, bits.len(), "tensor {name}: dims do not match data");
+    assert_eq!(
+        dims.iter().product::<i64>() as usize,
+        bits.len(),
+        "tensor {name}: dims do not match data"
+    );
     TensorProto {
         name: Some(name.to_string()),
         dims: dims.to_vec(),
@@ -147,7 +166,11 @@ pub fn tensor_f16_bits(name: &str, dims: &[i64], bits: &[u16]) -> TensorProto {
 
 /// An int8 tensor as `raw_data`.
 pub fn tensor_i8(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
-    assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "tensor {name}: dims do not match data");
+    assert_eq!(
+        dims.iter().product::<i64>() as usize,
+        data.len(),
+        "tensor {name}: dims do not match data"
+    );
     TensorProto {
         name: Some(name.to_string()),
         dims: dims.to_vec(),
@@ -163,10 +186,17 @@ pub fn tensor_values_as_f32(t: &TensorProto) -> Result<Vec<f32>> {
     match t.data_type.and_then(|d| DataType::try_from(d).ok()) {
         Some(DataType::Float) => tensor_f32_values(t),
         Some(DataType::Float16) => match raw {
-            Some(r) if r.len() % 2 == 0 => Ok(r.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            Some(r) if r.len() % 2 == 0 => Ok(r
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect()),
             // float16 values may also sit in int32_data, one per element.
-            None => Ok(t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect()),
-            Some(r) => bail!("tensor {:?}: raw data length {} is not a multiple of 2", t.name, r.len()),
+            None => {
+                Ok(t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect())
+            }
+            Some(r) => {
+                bail!("tensor {:?}: raw data length {} is not a multiple of 2", t.name, r.len())
+            }
         },
         Some(DataType::Int8) => match raw {
             Some(r) => Ok(r.iter().map(|&b| b as i8 as f32).collect()),
@@ -252,12 +282,19 @@ pub fn tensor_type(vi: &ValueInfoProto) -> Option<(i32, Vec<Option<i64>>)> {
 /// Sets (or replaces) a `metadata_props` entry.
 pub fn set_metadata(model: &mut ModelProto, key: &str, value: &str) {
     model.metadata_props.retain(|e| e.key.as_deref() != Some(key));
-    model.metadata_props.push(StringStringEntryProto { key: Some(key.to_string()), value: Some(value.to_string()) });
+    model.metadata_props.push(StringStringEntryProto {
+        key: Some(key.to_string()),
+        value: Some(value.to_string()),
+    });
 }
 
 /// Reads a `metadata_props` entry.
 pub fn metadata<'a>(model: &'a ModelProto, key: &str) -> Option<&'a str> {
-    model.metadata_props.iter().find(|e| e.key.as_deref() == Some(key)).and_then(|e| e.value.as_deref())
+    model
+        .metadata_props
+        .iter()
+        .find(|e| e.key.as_deref() == Some(key))
+        .and_then(|e| e.value.as_deref())
 }
 
 #[cfg(test)]
@@ -269,14 +306,22 @@ mod tests {
         let mut graph = GraphProto { name: Some("g".into()), ..Default::default() };
         graph.node.push(node("Relu", "r", &["x"], &["y"], vec![attr_int("k", 3)]));
         graph.initializer.push(tensor_f32("w", &[2], &[1.0, -2.0]));
-        graph.input.push(value_info("x", DataType::Float, &[Dim::Symbolic("batch".into()), Dim::Fixed(2)]));
-        let mut model = ModelProto { ir_version: Some(8), graph: Some(graph), ..Default::default() };
+        graph.input.push(value_info(
+            "x",
+            DataType::Float,
+            &[Dim::Symbolic("batch".into()), Dim::Fixed(2)],
+        ));
+        let mut model =
+            ModelProto { ir_version: Some(8), graph: Some(graph), ..Default::default() };
         set_metadata(&mut model, "a", "1");
         set_metadata(&mut model, "a", "2");
         let back = decode(&encode(&model)).unwrap();
         assert_eq!(back, model);
         assert_eq!(metadata(&back, "a"), Some("2"));
-        assert_eq!(tensor_f32_values(&back.graph.as_ref().unwrap().initializer[0]).unwrap(), vec![1.0, -2.0]);
+        assert_eq!(
+            tensor_f32_values(&back.graph.as_ref().unwrap().initializer[0]).unwrap(),
+            vec![1.0, -2.0]
+        );
         let (et, dims) = tensor_type(&back.graph.unwrap().input[0]).unwrap();
         assert_eq!(et, DataType::Float as i32);
         assert_eq!(dims, vec![None, Some(2)]);

@@ -90,10 +90,13 @@ pub fn search_rows(rows: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<Hit
     rows.par_chunks(SINGLE_CHUNK * dim)
         .enumerate()
         .map(|(c, part)| scan(c * SINGLE_CHUNK, part))
-        .reduce(|| TopK::new(k), |mut a, b| {
-            a.merge(b);
-            a
-        })
+        .reduce(
+            || TopK::new(k),
+            |mut a, b| {
+                a.merge(b);
+                a
+            },
+        )
         .into_hits()
 }
 
@@ -204,7 +207,8 @@ mod tests {
             let batch_rows: Vec<u32> = got_batch.iter().map(|h| h.row).collect();
             assert_eq!(single, want);
             assert_eq!(batch_rows, want);
-            let exact = crate::head::dot(&rows[want[0] as usize * dim..(want[0] as usize + 1) * dim], q);
+            let exact =
+                crate::head::dot(&rows[want[0] as usize * dim..(want[0] as usize + 1) * dim], q);
             assert!((got_batch[0].score - exact).abs() < 1e-5);
         }
         // A tiny batch takes the per-query path; k larger than n returns all.

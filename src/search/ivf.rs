@@ -79,7 +79,8 @@ impl IvfIndex {
             bail!("{n} rows: at most {} are supported", u32::MAX);
         }
         let lists = if params.lists == 0 { default_lists(n) } else { params.lists }.min(n);
-        let nprobe = if params.nprobe == 0 { (lists / 16).max(16) } else { params.nprobe }.min(lists);
+        let nprobe =
+            if params.nprobe == 0 { (lists / 16).max(16) } else { params.nprobe }.min(lists);
 
         // Training sample: evenly strided rows.
         let sample = (lists * params.train_per_list.max(1)).min(MAX_TRAIN).max(lists).min(n);
@@ -134,8 +135,18 @@ impl IvfIndex {
             next[l as usize] += 1;
         }
         let mut stored = vec![0f32; n * dim];
-        stored.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(dst, &i)| dst.copy_from_slice(&rows[i as usize * dim..(i as usize + 1) * dim]));
-        Ok(IvfIndex { dim, centroids, offsets, ids, classes: classes.to_vec(), rows: stored, nprobe })
+        stored.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(dst, &i)| {
+            dst.copy_from_slice(&rows[i as usize * dim..(i as usize + 1) * dim])
+        });
+        Ok(IvfIndex {
+            dim,
+            centroids,
+            offsets,
+            ids,
+            classes: classes.to_vec(),
+            rows: stored,
+            nprobe,
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -167,7 +178,10 @@ impl IvfIndex {
         let mut top = TopK::new(k);
         let mut scores = Vec::new();
         for cell in cells {
-            let (a, b) = (self.offsets[cell.row as usize] as usize, self.offsets[cell.row as usize + 1] as usize);
+            let (a, b) = (
+                self.offsets[cell.row as usize] as usize,
+                self.offsets[cell.row as usize + 1] as usize,
+            );
             scores.resize(b - a, 0.0);
             kernels::dots(&self.rows[a * self.dim..b * self.dim], self.dim, query, &mut scores);
             let mut floor = top.floor();
@@ -193,7 +207,10 @@ impl IvfIndex {
 
     /// [`IvfIndex::search_exact`] for a batch.
     pub fn search_exact_batch(&self, queries: &[f32], k: usize) -> Vec<Vec<Hit>> {
-        search_rows_batch(&self.rows, self.dim, queries, k).into_iter().map(|h| self.exact_ids(h)).collect()
+        search_rows_batch(&self.rows, self.dim, queries, k)
+            .into_iter()
+            .map(|h| self.exact_ids(h))
+            .collect()
     }
 
     fn exact_ids(&self, hits: Vec<Hit>) -> Vec<Hit> {
@@ -225,9 +242,13 @@ impl IvfIndex {
 
     /// Reads an index written by [`IvfIndex::save`], checking its structure.
     pub fn load(path: &Path) -> Result<Self> {
-        let bad = |what: String| anyhow::anyhow!("{} is not a valid cbr index file: {what}", path.display());
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open index {}", path.display()))?;
-        let len = file.metadata().with_context(|| format!("cannot read index {}", path.display()))?.len();
+        let bad = |what: String| {
+            anyhow::anyhow!("{} is not a valid cbr index file: {what}", path.display())
+        };
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open index {}", path.display()))?;
+        let len =
+            file.metadata().with_context(|| format!("cannot read index {}", path.display()))?.len();
         let mut r = std::io::BufReader::with_capacity(1 << 20, file);
         let mut head = [0u8; 32];
         if len < 32 {
@@ -238,16 +259,25 @@ impl IvfIndex {
             return Err(bad("wrong magic bytes (not written by cbr, or a newer format)".into()));
         }
         let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().expect("4 bytes"));
-        let (dim, lists, n, nprobe) = (u32_at(8) as u64, u32_at(12) as u64, u64::from_le_bytes(head[16..24].try_into().expect("8 bytes")), u32_at(24) as usize);
+        let (dim, lists, n, nprobe) = (
+            u32_at(8) as u64,
+            u32_at(12) as u64,
+            u64::from_le_bytes(head[16..24].try_into().expect("8 bytes")),
+            u32_at(24) as usize,
+        );
         if dim == 0 || lists == 0 || lists > n.max(1) || n > u32::MAX as u64 {
             return Err(bad(format!("impossible header (dim {dim}, {lists} cells, {n} rows)")));
         }
         let want = 32 + 4 * lists * dim + 8 * (lists + 1) + 8 * n + 4 * n * dim;
         if len != want {
-            return Err(bad(format!("{len} bytes, but its header promises {want} (truncated or corrupt)")));
+            return Err(bad(format!(
+                "{len} bytes, but its header promises {want} (truncated or corrupt)"
+            )));
         }
         let (dim, lists, n) = (dim as usize, lists as usize, n as usize);
-        let io = |e: std::io::Error| anyhow::Error::new(e).context(format!("cannot read index {}", path.display()));
+        let io = |e: std::io::Error| {
+            anyhow::Error::new(e).context(format!("cannot read index {}", path.display()))
+        };
         let centroids = read_f32(&mut r, lists * dim).map_err(io)?;
         let mut offsets = vec![0u64; lists + 1];
         let mut b8 = [0u8; 8];
@@ -258,7 +288,8 @@ impl IvfIndex {
         let ids = read_u32(&mut r, n).map_err(io)?;
         let classes = read_u32(&mut r, n).map_err(io)?;
         let rows = read_f32(&mut r, n * dim).map_err(io)?;
-        if offsets[0] != 0 || offsets[lists] != n as u64 || offsets.windows(2).any(|w| w[0] > w[1]) {
+        if offsets[0] != 0 || offsets[lists] != n as u64 || offsets.windows(2).any(|w| w[0] > w[1])
+        {
             return Err(bad("cell offsets are not increasing from 0 to the row count".into()));
         }
         let mut seen = vec![false; n];
@@ -297,7 +328,11 @@ fn pick_distinct(rng: &mut SplitMix, n: usize, count: usize) -> Vec<usize> {
 /// Index of the best centroid for each row.
 fn nearest(centroids: &[f32], dim: usize, rows: &[f32]) -> Vec<u32> {
     // Chunked so the per-query result vectors of a million rows never exist at once.
-    rows.par_chunks(65536 * dim).flat_map_iter(|part| search_rows_batch(centroids, dim, part, 1).into_iter().map(|h| h[0].row)).collect()
+    rows.par_chunks(65536 * dim)
+        .flat_map_iter(|part| {
+            search_rows_batch(centroids, dim, part, 1).into_iter().map(|h| h[0].row)
+        })
+        .collect()
 }
 
 fn write_f32(w: &mut dyn Write, v: &[f32]) -> std::io::Result<()> {
@@ -373,7 +408,10 @@ mod tests {
             assert_eq!(ivf.search_exact(q, 1)[0].row, e[0].row);
             assert_eq!(ivf.class_of(e[0].row), classes[e[0].row as usize]);
         }
-        assert_eq!(ivf.search_exact_batch(&queries[..8 * dim], 3), flat.search_batch(&queries[..8 * dim], 3));
+        assert_eq!(
+            ivf.search_exact_batch(&queries[..8 * dim], 3),
+            flat.search_batch(&queries[..8 * dim], 3)
+        );
     }
 
     #[test]
@@ -396,7 +434,8 @@ mod tests {
     #[test]
     fn corrupt_files_are_rejected_naming_the_file() {
         let (rows, classes, _, dim) = sample();
-        let a = IvfIndex::build(&rows[..500 * dim], dim, &classes[..500], &IvfParams::default()).unwrap();
+        let a = IvfIndex::build(&rows[..500 * dim], dim, &classes[..500], &IvfParams::default())
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shop.ivf");
         a.save(&path).unwrap();

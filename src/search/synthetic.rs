@@ -68,8 +68,11 @@ impl Clusters {
     /// `n` unit vectors (row-major, `n` x `dim`) and their clusters. `set`
     /// picks an independent draw (e.g. 0 = index rows, 1 = queries).
     pub fn sample(&self, n: usize, set: u64) -> (Vec<f32>, Vec<u32>) {
-        let centres: Vec<Vec<f32>> = (0..self.clusters as u32).into_par_iter().map(|c| self.centre(c)).collect();
-        let labels: Vec<u32> = (0..n).map(|i| Clusters { seed: self.seed ^ set.wrapping_mul(0x9e37), ..*self }.cluster_of(i)).collect();
+        let centres: Vec<Vec<f32>> =
+            (0..self.clusters as u32).into_par_iter().map(|c| self.centre(c)).collect();
+        let labels: Vec<u32> = (0..n)
+            .map(|i| Clusters { seed: self.seed ^ set.wrapping_mul(0x9e37), ..*self }.cluster_of(i))
+            .collect();
         let mut rows = vec![0f32; n * self.dim];
         let scale = self.spread / (self.dim as f32).sqrt();
         rows.par_chunks_mut(self.dim).enumerate().for_each(|(i, row)| {

@@ -32,7 +32,10 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
     pub fn busy(code: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
-        ApiError { retry_after: Some(retry_after), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
     }
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
@@ -49,7 +52,9 @@ impl ApiError {
             DecodeError::UnknownFormat | DecodeError::Unsupported { .. } => {
                 Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image", msg)
             }
-            DecodeError::TooManyPixels { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_pixels", msg),
+            DecodeError::TooManyPixels { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_pixels", msg)
+            }
             DecodeError::FileTooLarge { .. } => Self::too_large(msg),
             DecodeError::Empty | DecodeError::Io(_) => Self::bad_request("empty_image", msg),
             DecodeError::Corrupt { .. } => Self::bad_request("corrupt_image", msg),
@@ -62,7 +67,11 @@ impl ApiError {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Self::too_large(format!("upload too large: {}", e.body_text()))
         } else {
-            Self::new(status, "bad_multipart", format!("cannot read the multipart upload: {}", e.body_text()))
+            Self::new(
+                status,
+                "bad_multipart",
+                format!("cannot read the multipart upload: {}", e.body_text()),
+            )
         }
     }
 }

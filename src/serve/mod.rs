@@ -133,7 +133,10 @@ type AppState = Arc<App>;
 pub fn run(cfg: Config) -> Result<()> {
     crate::runtime::ensure()?;
     let store = Store::open(&cfg.models_dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
         let addr = listener.local_addr()?;
@@ -185,7 +188,8 @@ async fn shutdown() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -242,16 +246,28 @@ fn handler_for(id: &str, method: &str) -> MethodRouter<AppState> {
 /// Refuses oversized bodies from their Content-Length up front, and bounds
 /// every request's time.
 async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = len {
         if len > app.cfg.max_upload as u64 {
-            return ApiError::too_large(format!("request body is {len} bytes, above the limit of {} bytes", app.cfg.max_upload))
-                .into_response();
+            return ApiError::too_large(format!(
+                "request body is {len} bytes, above the limit of {} bytes",
+                app.cfg.max_upload
+            ))
+            .into_response();
         }
     }
     match tokio::time::timeout(app.cfg.timeout, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError::busy("timeout", format!("the request took longer than {:?}; try again", app.cfg.timeout), 1).into_response(),
+        Err(_) => ApiError::busy(
+            "timeout",
+            format!("the request took longer than {:?}; try again", app.cfg.timeout),
+            1,
+        )
+        .into_response(),
     }
 }
 
@@ -301,7 +317,10 @@ struct NameBody {
 fn name_body(body: Result<Json<NameBody>, JsonRejection>) -> ApiResult<String> {
     match body {
         Ok(Json(b)) => Ok(b.name),
-        Err(e) => Err(ApiError::bad_request("bad_json", format!("expected a JSON object {{\"name\": ...}}: {}", e.body_text()))),
+        Err(e) => Err(ApiError::bad_request(
+            "bad_json",
+            format!("expected a JSON object {{\"name\": ...}}: {}", e.body_text()),
+        )),
     }
 }
 
@@ -310,7 +329,13 @@ fn job_status(app: &App, name: &str) -> BuildStatus {
     match app.builds.lock().unwrap().get(name) {
         Some(j) => {
             let (state, error) = j.state.lock().unwrap().clone();
-            BuildStatus { state, done: j.done.load(Ordering::Relaxed), total: j.total, error, built }
+            BuildStatus {
+                state,
+                done: j.done.load(Ordering::Relaxed),
+                total: j.total,
+                error,
+                built,
+            }
         }
         None => BuildStatus { state: "idle", done: 0, total: 0, error: None, built },
     }
@@ -350,28 +375,48 @@ async fn list_models(State(app): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "models": models })))
 }
 
-async fn create_model(State(app): State<AppState>, body: Result<Json<NameBody>, JsonRejection>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create_model(
+    State(app): State<AppState>,
+    body: Result<Json<NameBody>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = name_body(body)?;
     model_name(&name)?;
     if !app.store.create(&name)? {
-        return Err(ApiError::conflict("model_exists", format!("a model named {name:?} already exists")));
+        return Err(ApiError::conflict(
+            "model_exists",
+            format!("a model named {name:?} already exists"),
+        ));
     }
     Ok((StatusCode::CREATED, Json(model_json(&app, &name, true)?)))
 }
 
-async fn get_model(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_model(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     existing(&app, &name)?;
     Ok(Json(model_json(&app, &name, true)?))
 }
 
 fn building(app: &App, name: &str) -> bool {
-    app.builds.lock().unwrap().get(name).map(|j| matches!(j.state.lock().unwrap().0, "queued" | "running")).unwrap_or(false)
+    app.builds
+        .lock()
+        .unwrap()
+        .get(name)
+        .map(|j| matches!(j.state.lock().unwrap().0, "queued" | "running"))
+        .unwrap_or(false)
 }
 
-async fn delete_model(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_model(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     existing(&app, &name)?;
     if building(&app, &name) {
-        return Err(ApiError::conflict("build_running", format!("model {name:?} is being built; delete it when the build ends")));
+        return Err(ApiError::conflict(
+            "build_running",
+            format!("model {name:?} is being built; delete it when the build ends"),
+        ));
     }
     app.store.delete(&name)?;
     app.loaded.lock().unwrap().remove(&name);
@@ -390,16 +435,25 @@ async fn add_label(
     let label = name_body(body)?;
     label_name(&label)?;
     if !app.store.add_label(&name, &label)? {
-        return Err(ApiError::conflict("label_exists", format!("model {name:?} already has a label {label:?}")));
+        return Err(ApiError::conflict(
+            "label_exists",
+            format!("model {name:?} already has a label {label:?}"),
+        ));
     }
     Ok((StatusCode::CREATED, Json(json!({ "name": label, "count": 0, "images": [] }))))
 }
 
-async fn delete_label(State(app): State<AppState>, Path((name, label)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn delete_label(
+    State(app): State<AppState>,
+    Path((name, label)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     existing(&app, &name)?;
     label_name(&label)?;
     if !app.store.delete_label(&name, &label)? {
-        return Err(ApiError::not_found("unknown_label", format!("model {name:?} has no label {label:?}")));
+        return Err(ApiError::not_found(
+            "unknown_label",
+            format!("model {name:?} has no label {label:?}"),
+        ));
     }
     Ok(Json(json!({ "deleted": label })))
 }
@@ -407,8 +461,13 @@ async fn delete_label(State(app): State<AppState>, Path((name, label)): Path<(St
 /// Checks that `bytes` decode as an image within the limits; returns the extension to store it under.
 fn check_image(bytes: &[u8], what: &str, limits: &DecodeLimits) -> ApiResult<&'static str> {
     decode::decode_rgb(bytes, limits).map_err(|e| ApiError::from_decode(what, &e))?;
-    store::image_ext(bytes)
-        .ok_or_else(|| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image", format!("{what}: unsupported image format")))
+    store::image_ext(bytes).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_image",
+            format!("{what}: unsupported image format"),
+        )
+    })
 }
 
 async fn add_images(
@@ -418,8 +477,12 @@ async fn add_images(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     existing(&app, &name)?;
     label_name(&label)?;
-    let mut multipart =
-        multipart.map_err(|e| ApiError::bad_request("bad_multipart", format!("expected multipart/form-data with `file` parts: {}", e.body_text())))?;
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::bad_request(
+            "bad_multipart",
+            format!("expected multipart/form-data with `file` parts: {}", e.body_text()),
+        )
+    })?;
     let mut files = Vec::new();
     while let Some(field) = multipart.next_field().await.map_err(ApiError::from_multipart)? {
         let what = field.file_name().or(field.name()).unwrap_or("upload").to_string();
@@ -427,12 +490,18 @@ async fn add_images(
         files.push((what, bytes));
     }
     if files.is_empty() {
-        return Err(ApiError::bad_request("no_files", "the upload has no files: send multipart `file` parts"));
+        return Err(ApiError::bad_request(
+            "no_files",
+            "the upload has no files: send multipart `file` parts",
+        ));
     }
     let app2 = app.clone();
     let added = tokio::task::spawn_blocking(move || -> ApiResult<Vec<String>> {
         // All or nothing: check every file before storing any.
-        let exts = files.iter().map(|(what, b)| check_image(b, what, &app2.limits)).collect::<ApiResult<Vec<_>>>()?;
+        let exts = files
+            .iter()
+            .map(|(what, b)| check_image(b, what, &app2.limits))
+            .collect::<ApiResult<Vec<_>>>()?;
         app2.store.add_label(&name, &label)?;
         let mut ids = Vec::new();
         for ((_, b), ext) in files.iter().zip(exts) {
@@ -451,18 +520,34 @@ fn image_lookup(app: &App, name: &str, label: &str, id: &str) -> ApiResult<PathB
     check_image_id(id).map_err(|m| ApiError::bad_request("invalid_name", m))?;
     let p = app.store.image_path(name, label, id);
     if !p.is_file() {
-        return Err(ApiError::not_found("unknown_image", format!("model {name:?} has no image {id} under {label:?}")));
+        return Err(ApiError::not_found(
+            "unknown_image",
+            format!("model {name:?} has no image {id} under {label:?}"),
+        ));
     }
     Ok(p)
 }
 
-async fn get_image(State(app): State<AppState>, Path((name, label, id)): Path<(String, String, String)>) -> ApiResult<Response> {
+async fn get_image(
+    State(app): State<AppState>,
+    Path((name, label, id)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
     let p = image_lookup(&app, &name, &label, &id)?;
     let bytes = read_file(&p).await?;
-    Ok(([(header::CONTENT_TYPE, store::content_type(&id)), (header::CACHE_CONTROL, "max-age=31536000, immutable")], bytes).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, store::content_type(&id)),
+            (header::CACHE_CONTROL, "max-age=31536000, immutable"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
-async fn delete_image(State(app): State<AppState>, Path((name, label, id)): Path<(String, String, String)>) -> ApiResult<Json<Value>> {
+async fn delete_image(
+    State(app): State<AppState>,
+    Path((name, label, id)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
     let p = image_lookup(&app, &name, &label, &id)?;
     std::fs::remove_file(p)?;
     Ok(Json(json!({ "deleted": id })))
@@ -470,14 +555,20 @@ async fn delete_image(State(app): State<AppState>, Path((name, label, id)): Path
 
 // ---- build ----
 
-async fn start_build(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<(StatusCode, Json<BuildStatus>)> {
+async fn start_build(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<BuildStatus>)> {
     existing(&app, &name)?;
     let labels = app.store.labels(&name)?;
     if labels.is_empty() {
         return Err(ApiError::bad_request("no_images", "add labelled images before building"));
     }
     if let Some(empty) = labels.iter().find(|l| l.count == 0) {
-        return Err(ApiError::bad_request("empty_label", format!("label {:?} has no images: add some or remove the label", empty.name)));
+        return Err(ApiError::bad_request(
+            "empty_label",
+            format!("label {:?} has no images: add some or remove the label", empty.name),
+        ));
     }
     let images = app.store.labelled_images(&name)?;
     let fingerprint = Store::fingerprint(&labels);
@@ -485,10 +576,17 @@ async fn start_build(State(app): State<AppState>, Path(name): Path<String>) -> A
         let mut builds = app.builds.lock().unwrap();
         if let Some(j) = builds.get(&name) {
             if matches!(j.state.lock().unwrap().0, "queued" | "running") {
-                return Err(ApiError::conflict("build_running", format!("model {name:?} is already being built")));
+                return Err(ApiError::conflict(
+                    "build_running",
+                    format!("model {name:?} is already being built"),
+                ));
             }
         }
-        let j = Arc::new(Job { state: Mutex::new(("queued", None)), done: AtomicUsize::new(0), total: images.len() });
+        let j = Arc::new(Job {
+            state: Mutex::new(("queued", None)),
+            done: AtomicUsize::new(0),
+            total: images.len(),
+        });
         builds.insert(name.clone(), j.clone());
         j
     };
@@ -506,7 +604,13 @@ async fn start_build(State(app): State<AppState>, Path(name): Path<String>) -> A
 }
 
 /// The build itself: the library's [`build::build`], then an atomic install.
-fn run_build(app: &App, name: &str, images: &[crate::dataset::LabelledImage], job: &Job, fingerprint: String) -> Result<()> {
+fn run_build(
+    app: &App,
+    name: &str,
+    images: &[crate::dataset::LabelledImage],
+    job: &Job,
+    fingerprint: String,
+) -> Result<()> {
     let mut slot = app.embedder.lock().unwrap_or_else(|p| p.into_inner());
     *job.state.lock().unwrap() = ("running", None);
     if slot.is_none() {
@@ -514,17 +618,23 @@ fn run_build(app: &App, name: &str, images: &[crate::dataset::LabelledImage], jo
     }
     let embedder = slot.as_mut().expect("loaded above");
     let opts = BuildOptions { limits: app.limits.clone(), ..BuildOptions::default() };
-    let (built, report) = build::build(embedder, images, &opts, &|done| job.done.store(done, Ordering::Relaxed))?;
+    let (built, report) =
+        build::build(embedder, images, &opts, &|done| job.done.store(done, Ordering::Relaxed))?;
     let root = app.store.images_dir(name);
     let state = BuiltState {
-        built_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        built_at: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         classes: report.classes,
         images: report.images,
         seconds: report.seconds,
         skipped: report
             .skipped
             .iter()
-            .map(|s| format!("{}: {}", s.path.strip_prefix(&root).unwrap_or(&s.path).display(), s.reason))
+            .map(|s| {
+                format!("{}: {}", s.path.strip_prefix(&root).unwrap_or(&s.path).display(), s.reason)
+            })
             .collect(),
         fingerprint,
     };
@@ -532,7 +642,10 @@ fn run_build(app: &App, name: &str, images: &[crate::dataset::LabelledImage], jo
     Ok(())
 }
 
-async fn get_build(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<BuildStatus>> {
+async fn get_build(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<BuildStatus>> {
     existing(&app, &name)?;
     Ok(Json(job_status(&app, &name)))
 }
@@ -540,8 +653,12 @@ async fn get_build(State(app): State<AppState>, Path(name): Path<String>) -> Api
 // ---- classify ----
 
 fn model_version(app: &App, name: &str) -> ApiResult<(SystemTime, u64)> {
-    let m = std::fs::metadata(app.store.model_path(name))
-        .map_err(|_| ApiError::conflict("not_built", format!("model {name:?} has not been built yet: POST /api/models/{name}/build")))?;
+    let m = std::fs::metadata(app.store.model_path(name)).map_err(|_| {
+        ApiError::conflict(
+            "not_built",
+            format!("model {name:?} has not been built yet: POST /api/models/{name}/build"),
+        )
+    })?;
     Ok((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
@@ -560,11 +677,15 @@ async fn loaded(app: &AppState, name: &str) -> ApiResult<Arc<Loaded>> {
         }
     }
     let path = app.store.model_path(name);
-    let classifier = tokio::task::spawn_blocking(move || Classifier::open(&path)).await.map_err(ApiError::internal)??;
+    let classifier = tokio::task::spawn_blocking(move || Classifier::open(&path))
+        .await
+        .map_err(ApiError::internal)??;
     let preprocess = classifier.info.preprocess.clone();
     let threshold = classifier.threshold();
     let (tx, rx) = crossbeam_channel::bounded::<ClassifyJob>(app.cfg.max_queue.max(1));
-    std::thread::Builder::new().name(format!("cbr-classify-{name}")).spawn(move || classify_worker(classifier, rx))?;
+    std::thread::Builder::new()
+        .name(format!("cbr-classify-{name}"))
+        .spawn(move || classify_worker(classifier, rx))?;
     let l = Arc::new(Loaded { version, preprocess, threshold, tx });
     app.loaded.lock().unwrap().insert(name.to_string(), l.clone());
     Ok(l)
@@ -585,7 +706,8 @@ fn classify_worker(mut classifier: Classifier, rx: crossbeam_channel::Receiver<C
         }
         while !jobs.is_empty() {
             let (k, t) = (jobs[0].k, jobs[0].threshold.map(f32::to_bits));
-            let (group, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.k == k && j.threshold.map(f32::to_bits) == t);
+            let (group, rest): (Vec<_>, Vec<_>) =
+                jobs.into_iter().partition(|j| j.k == k && j.threshold.map(f32::to_bits) == t);
             jobs = rest;
             let mut batch = Vec::with_capacity(group.len() * group[0].tensor.len());
             for j in &group {
@@ -622,9 +744,12 @@ async fn image_body(app: &AppState, req: Request) -> ApiResult<axum::body::Bytes
         .map(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"))
         .unwrap_or(false);
     if is_multipart {
-        let mut m = Multipart::from_request(req, app)
-            .await
-            .map_err(|e| ApiError::bad_request("bad_multipart", format!("cannot read the multipart upload: {}", e.body_text())))?;
+        let mut m = Multipart::from_request(req, app).await.map_err(|e| {
+            ApiError::bad_request(
+                "bad_multipart",
+                format!("cannot read the multipart upload: {}", e.body_text()),
+            )
+        })?;
         while let Some(field) = m.next_field().await.map_err(ApiError::from_multipart)? {
             if field.file_name().is_some() || matches!(field.name(), Some("file") | Some("image")) {
                 return field.bytes().await.map_err(ApiError::from_multipart);
@@ -632,9 +757,12 @@ async fn image_body(app: &AppState, req: Request) -> ApiResult<axum::body::Bytes
         }
         Err(ApiError::bad_request("no_files", "the upload has no file part"))
     } else {
-        axum::body::to_bytes(req.into_body(), app.cfg.max_upload)
-            .await
-            .map_err(|_| ApiError::too_large(format!("request body above the limit of {} bytes", app.cfg.max_upload)))
+        axum::body::to_bytes(req.into_body(), app.cfg.max_upload).await.map_err(|_| {
+            ApiError::too_large(format!(
+                "request body above the limit of {} bytes",
+                app.cfg.max_upload
+            ))
+        })
     }
 }
 
@@ -648,7 +776,14 @@ async fn classify(
     existing(&app, &name)?;
     let k = q.k.unwrap_or(3).clamp(1, 100);
     let _permit = app.classify_slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::busy("busy", format!("{} classify requests are already in flight; try again shortly", app.cfg.max_queue), 1)
+        ApiError::busy(
+            "busy",
+            format!(
+                "{} classify requests are already in flight; try again shortly",
+                app.cfg.max_queue
+            ),
+            1,
+        )
     })?;
     let bytes = image_body(&app, req).await?;
     // Refuse what is plainly not an image before looking at the model.
@@ -661,7 +796,8 @@ async fn classify(
     let model = loaded(&app, &name).await?;
     let (preprocess, limits) = (model.preprocess.clone(), app.limits.clone());
     let tensor = tokio::task::spawn_blocking(move || -> ApiResult<Vec<f32>> {
-        let img = decode::decode_rgb(&bytes, &limits).map_err(|e| ApiError::from_decode("image", &e))?;
+        let img =
+            decode::decode_rgb(&bytes, &limits).map_err(|e| ApiError::from_decode("image", &e))?;
         let mut t = vec![0f32; preprocess.tensor_len()];
         decode::to_tensor(&img, &preprocess, &mut t);
         Ok(t)
@@ -673,7 +809,10 @@ async fn classify(
         .tx
         .try_send(ClassifyJob { tensor, k, threshold: q.threshold, reply })
         .map_err(|_| ApiError::busy("busy", "the model's queue is full; try again shortly", 1))?;
-    let p = answer.await.map_err(|_| ApiError::internal("the model worker stopped"))?.map_err(ApiError::internal)?;
+    let p = answer
+        .await
+        .map_err(|_| ApiError::internal("the model worker stopped"))?
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({
         "label": p.label,
         "unknown": p.label.is_none(),
@@ -697,11 +836,15 @@ async fn built_bytes(app: &App, name: &str) -> ApiResult<Vec<u8>> {
     Ok(read_file(app.store.model_path(name)).await?)
 }
 
-async fn model_info(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn model_info(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let bytes = built_bytes(&app, &name).await?;
     let info = tokio::task::spawn_blocking(move || -> Result<Value> {
         let model = crate::onnx::decode(&bytes)?;
-        let s = crate::onnx::metadata(&model, crate::classifier::METADATA_KEY).context("the model has no cbr metadata")?;
+        let s = crate::onnx::metadata(&model, crate::classifier::METADATA_KEY)
+            .context("the model has no cbr metadata")?;
         let info = crate::classifier::ClassifierInfo::from_json(s)?;
         Ok(serde_json::to_value(info)?)
     })
@@ -718,18 +861,27 @@ fn attachment(bytes: Vec<u8>, file_name: String) -> Response {
     r
 }
 
-async fn download_onnx(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn download_onnx(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let bytes = built_bytes(&app, &name).await?;
     // A server started with a .tflite embedder builds TFLite classifiers.
     let extension = if crate::litert::is_tflite(&bytes) { "tflite" } else { "onnx" };
     Ok(attachment(bytes, format!("{name}.{extension}")))
 }
 
-async fn download_tflite(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn download_tflite(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     existing(&app, &name)?;
     let p = app.store.tflite_path(&name);
     match read_file(&p).await {
         Ok(bytes) => Ok(attachment(bytes, format!("{name}.tflite"))),
-        Err(_) => Err(ApiError::not_found("no_tflite", format!("model {name:?} has no TFLite file: cbr builds ONNX models (GET model.onnx)"))),
+        Err(_) => Err(ApiError::not_found(
+            "no_tflite",
+            format!("model {name:?} has no TFLite file: cbr builds ONNX models (GET model.onnx)"),
+        )),
     }
 }

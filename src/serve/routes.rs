@@ -144,15 +144,24 @@ pub fn openapi() -> Value {
         params.extend(r.query.iter().map(|(n, t, d)| json!({"name": n, "in": "query", "required": false, "description": d, "schema": {"type": t}})));
         let mut responses = Map::new();
         let ok_content = match r.ok.1 {
-            Resp::Json(s) => json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}),
+            Resp::Json(s) => {
+                json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}})
+            }
             Resp::Html => json!({"text/html": {}}),
             Resp::Js => json!({"text/javascript": {}}),
             Resp::Css => json!({"text/css": {}}),
-            Resp::Onnx => json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}),
-            Resp::Tflite => json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}),
+            Resp::Onnx => {
+                json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
+            }
+            Resp::Tflite => {
+                json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
+            }
             Resp::Image => json!({"image/*": {"schema": {"type": "string", "format": "binary"}}}),
         };
-        responses.insert(r.ok.0.to_string(), json!({"description": status_text(r.ok.0), "content": ok_content}));
+        responses.insert(
+            r.ok.0.to_string(),
+            json!({"description": status_text(r.ok.0), "content": ok_content}),
+        );
         for e in r.errors {
             let mut resp = json!({"description": status_text(*e), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
             if *e == 503 {

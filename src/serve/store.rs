@@ -26,14 +26,18 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// A model name: 1-64 ASCII letters, digits, space, `-`, `_`, `.`; not starting
 /// with `.` or space and not ending with space.
 pub fn check_model_name(name: &str) -> Result<(), String> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'));
+    let ok_chars =
+        name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.'));
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(format!("model name must be 1 to {MAX_NAME_CHARS} characters"));
     }
     if !ok_chars {
-        return Err(format!("model name {name:?} may only hold letters, digits, space, '-', '_' and '.'"));
+        return Err(format!(
+            "model name {name:?} may only hold letters, digits, space, '-', '_' and '.'"
+        ));
     }
-    if name.starts_with('.') || name.starts_with(' ') || name.ends_with(' ') || name.contains("..") {
+    if name.starts_with('.') || name.starts_with(' ') || name.ends_with(' ') || name.contains("..")
+    {
         return Err(format!("model name {name:?} may not start with '.' or a space, end with a space, or contain '..'"));
     }
     Ok(())
@@ -50,7 +54,9 @@ pub fn check_label(label: &str) -> Result<(), String> {
         return Err(format!("label {label:?} may not contain '/', '\\' or control characters"));
     }
     if label.starts_with('.') || label.contains("..") || label.trim() != label {
-        return Err(format!("label {label:?} may not start with '.', contain '..', or start or end with a space"));
+        return Err(format!(
+            "label {label:?} may not start with '.', contain '..', or start or end with a space"
+        ));
     }
     Ok(())
 }
@@ -63,7 +69,10 @@ pub const IMAGE_EXTS: &[&str] = &["jpg", "png", "gif", "bmp", "webp", "tif", "pn
 pub fn check_image_id(id: &str) -> Result<(), String> {
     let bad = || format!("{id:?} is not an image id (16 hex digits and an image extension)");
     let (hex, ext) = id.split_once('.').ok_or_else(bad)?;
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) || !IMAGE_EXTS.contains(&ext) {
+    if hex.len() != 16
+        || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        || !IMAGE_EXTS.contains(&ext)
+    {
         return Err(bad());
     }
     Ok(())
@@ -127,7 +136,8 @@ pub struct Store {
 
 impl Store {
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| format!("cannot create the models directory {}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create the models directory {}", root.display()))?;
         Ok(Store { root: root.to_path_buf() })
     }
 
@@ -159,7 +169,9 @@ impl Store {
     /// Model names, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
         let mut v = Vec::new();
-        for e in std::fs::read_dir(&self.root).with_context(|| format!("cannot read {}", self.root.display()))? {
+        for e in std::fs::read_dir(&self.root)
+            .with_context(|| format!("cannot read {}", self.root.display()))?
+        {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             if check_model_name(&name).is_ok() && e.path().join("images").is_dir() {
@@ -175,7 +187,8 @@ impl Store {
         if self.exists(name) {
             return Ok(false);
         }
-        std::fs::create_dir_all(self.images_dir(name)).with_context(|| format!("cannot create model {name}"))?;
+        std::fs::create_dir_all(self.images_dir(name))
+            .with_context(|| format!("cannot create model {name}"))?;
         Ok(true)
     }
 
@@ -252,7 +265,10 @@ impl Store {
         let mut v = Vec::new();
         for l in self.labels(name)? {
             for id in &l.images {
-                v.push(LabelledImage { label: l.name.clone(), path: self.image_path(name, &l.name, id) });
+                v.push(LabelledImage {
+                    label: l.name.clone(),
+                    path: self.image_path(name, &l.name, id),
+                });
             }
         }
         Ok(v)
@@ -278,7 +294,12 @@ impl Store {
     }
 
     /// Installs a newly built model: model.onnx first, then state.json, each atomically.
-    pub fn install_model(&self, name: &str, built: &crate::build::Built, state: &BuiltState) -> Result<()> {
+    pub fn install_model(
+        &self,
+        name: &str,
+        built: &crate::build::Built,
+        state: &BuiltState,
+    ) -> Result<()> {
         built.write(&self.model_path(name))?;
         cache::write_atomic(&self.state_path(name), &serde_json::to_vec_pretty(state)?)?;
         Ok(())
@@ -294,17 +315,25 @@ mod tests {
         for ok in ["birds", "my model 2", "a.b", "A-b_c"] {
             assert!(check_model_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".x", "../x", "a/b", "a\\b", " a", "a ", "a..b", "é", "a\0b", &"x".repeat(65)] {
+        for bad in
+            ["", ".x", "../x", "a/b", "a\\b", " a", "a ", "a..b", "é", "a\0b", &"x".repeat(65)]
+        {
             assert!(check_model_name(bad).is_err(), "{bad:?}");
         }
-        for ok in ["cat", "Black footed Albatross", "001.Black_footed", "chat noir é", "猫", "a(b)+c"] {
+        for ok in
+            ["cat", "Black footed Albatross", "001.Black_footed", "chat noir é", "猫", "a(b)+c"]
+        {
             assert!(check_label(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a\0b", "a\nb", " x", &"x".repeat(65)] {
+        for bad in
+            ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a\0b", "a\nb", " x", &"x".repeat(65)]
+        {
             assert!(check_label(bad).is_err(), "{bad:?}");
         }
         assert!(check_image_id("0123456789abcdef.jpg").is_ok());
-        for bad in ["0123456789abcdef.exe", "../0123456789abcdef.jpg", "0123456789ABCDEF.jpg", "0123.jpg"] {
+        for bad in
+            ["0123456789abcdef.exe", "../0123456789abcdef.jpg", "0123456789ABCDEF.jpg", "0123.jpg"]
+        {
             assert!(check_image_id(bad).is_err(), "{bad}");
         }
     }

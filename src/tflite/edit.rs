@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use flatbuffers::{FlatBufferBuilder, Push, PushAlignment, WIPOffset};
 
 use super::schema::model::{
-    root_as_model_with_opts, BufferT, BuiltinOperator, BuiltinOptionsT, Model, ModelArgs, ModelT, OperatorCodeT, OperatorT,
-    QuantizationParametersT, TensorT, TensorType, MODEL_IDENTIFIER,
+    root_as_model_with_opts, BufferT, BuiltinOperator, BuiltinOptionsT, Model, ModelArgs, ModelT,
+    OperatorCodeT, OperatorT, QuantizationParametersT, TensorT, TensorType, MODEL_IDENTIFIER,
 };
 
 /// An unpacked model being extended, with subgraph 0 as the one edited.
@@ -24,8 +24,13 @@ pub fn unpack(bytes: &[u8]) -> Result<ModelT> {
         bail!("not a TFLite model: the file identifier is not {MODEL_IDENTIFIER:?}");
     }
     // Large models hold a few hundred thousand tables; the default verifier limits are for small messages.
-    let opts = flatbuffers::VerifierOptions { max_tables: 1 << 28, max_apparent_size: 1 << 31, ..Default::default() };
-    let model = root_as_model_with_opts(&opts, bytes).context("the TFLite flatbuffer is malformed")?;
+    let opts = flatbuffers::VerifierOptions {
+        max_tables: 1 << 28,
+        max_apparent_size: 1 << 31,
+        ..Default::default()
+    };
+    let model =
+        root_as_model_with_opts(&opts, bytes).context("the TFLite flatbuffer is malformed")?;
     Ok(model.unpack())
 }
 
@@ -71,7 +76,13 @@ impl ModelEditor {
 
     /// A tensor computed at run time. A `-1` in `shape` is a dimension the
     /// runtime may resize (the batch); the static shape uses 1 there.
-    pub fn activation(&mut self, name: &str, ty: TensorType, shape: &[i32], quant: Option<QuantizationParametersT>) -> i32 {
+    pub fn activation(
+        &mut self,
+        name: &str,
+        ty: TensorType,
+        shape: &[i32],
+        quant: Option<QuantizationParametersT>,
+    ) -> i32 {
         let fixed: Vec<i32> = shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
         let signature = if shape.iter().any(|&d| d < 0) { Some(shape.to_vec()) } else { None };
         let buffer = self.empty_buffer;
@@ -81,50 +92,93 @@ impl ModelEditor {
             type_: ty,
             buffer,
             name: Some(name.to_string()),
-            quantization: quant.map(Box::new) }))
+            quantization: quant.map(Box::new)
+        }))
     }
 
     /// A constant tensor with raw little-endian `data`.
-    pub fn constant(&mut self, name: &str, ty: TensorType, shape: &[i32], data: Vec<u8>, quant: Option<QuantizationParametersT>) -> i32 {
+    pub fn constant(
+        &mut self,
+        name: &str,
+        ty: TensorType,
+        shape: &[i32],
+        data: Vec<u8>,
+        quant: Option<QuantizationParametersT>,
+    ) -> i32 {
         let buffer = self.add_buffer(data);
         self.push_tensor(build!(TensorT {
             shape: Some(shape.to_vec()),
             type_: ty,
             buffer,
             name: Some(name.to_string()),
-            quantization: quant.map(Box::new) }))
+            quantization: quant.map(Box::new)
+        }))
     }
 
     pub fn const_f32(&mut self, name: &str, shape: &[i32], values: &[f32]) -> i32 {
-        self.constant(name, TensorType::FLOAT32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect(), None)
+        self.constant(
+            name,
+            TensorType::FLOAT32,
+            shape,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            None,
+        )
     }
 
     pub fn const_i32(&mut self, name: &str, shape: &[i32], values: &[i32]) -> i32 {
-        self.constant(name, TensorType::INT32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect(), None)
+        self.constant(
+            name,
+            TensorType::INT32,
+            shape,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            None,
+        )
     }
 
     /// The index of the operator code for `op` at `version`, added if missing.
     fn opcode(&mut self, op: BuiltinOperator, version: i32) -> u32 {
         let codes = self.model.operator_codes.get_or_insert_with(Vec::new);
-        let code_of = |c: &OperatorCodeT| if c.builtin_code.0 != 0 { c.builtin_code } else { BuiltinOperator(c.deprecated_builtin_code as i32) };
-        if let Some(i) = codes.iter().position(|c| c.custom_code.is_none() && code_of(c) == op && c.version == version) {
+        let code_of = |c: &OperatorCodeT| {
+            if c.builtin_code.0 != 0 {
+                c.builtin_code
+            } else {
+                BuiltinOperator(c.deprecated_builtin_code as i32)
+            }
+        };
+        if let Some(i) = codes
+            .iter()
+            .position(|c| c.custom_code.is_none() && code_of(c) == op && c.version == version)
+        {
             return i as u32;
         }
         // Readers older than schema v3a only look at `deprecated_builtin_code`;
         // codes past 127 are marked there as PLACEHOLDER_FOR_GREATER_OP_CODES.
         let deprecated = op.0.min(BuiltinOperator::PLACEHOLDER_FOR_GREATER_OP_CODES.0) as i8;
-        codes.push(build!(OperatorCodeT { builtin_code: op, deprecated_builtin_code: deprecated, version, custom_code: None }));
+        codes.push(build!(OperatorCodeT {
+            builtin_code: op,
+            deprecated_builtin_code: deprecated,
+            version,
+            custom_code: None
+        }));
         (codes.len() - 1) as u32
     }
 
     /// Appends an operator (`-1` in `inputs` is an omitted optional input).
-    pub fn op(&mut self, op: BuiltinOperator, version: i32, inputs: &[i32], outputs: &[i32], options: BuiltinOptionsT) {
+    pub fn op(
+        &mut self,
+        op: BuiltinOperator,
+        version: i32,
+        inputs: &[i32],
+        outputs: &[i32],
+        options: BuiltinOptionsT,
+    ) {
         let opcode_index = self.opcode(op, version);
         self.subgraph().operators.get_or_insert_with(Vec::new).push(build!(OperatorT {
             opcode_index,
             inputs: Some(inputs.to_vec()),
             outputs: Some(outputs.to_vec()),
-            builtin_options: options }));
+            builtin_options: options
+        }));
     }
 
     pub fn set_outputs(&mut self, outputs: &[i32]) {
@@ -152,7 +206,13 @@ impl Push for AlignedByte {
 
 /// Serialises a model, placing every buffer's data 16-byte aligned.
 pub fn pack(model: &ModelT) -> Vec<u8> {
-    let size_hint = model.buffers.iter().flatten().map(|b| b.data.as_ref().map_or(0, |d| d.len() + 16)).sum::<usize>() + (1 << 20);
+    let size_hint = model
+        .buffers
+        .iter()
+        .flatten()
+        .map(|b| b.data.as_ref().map_or(0, |d| d.len() + 16))
+        .sum::<usize>()
+        + (1 << 20);
     let mut fbb = FlatBufferBuilder::with_capacity(size_hint);
     // Buffers first: their data dominates the file, and the rest refers to them by index only.
     let buffers = model.buffers.as_ref().map(|bs| {
@@ -179,10 +239,16 @@ pub fn pack(model: &ModelT) -> Vec<u8> {
     fbb.finished_data().to_vec()
 }
 
-type BuffersOffset<'a> = WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<super::schema::model::Buffer<'a>>>>;
+type BuffersOffset<'a> = WIPOffset<
+    flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<super::schema::model::Buffer<'a>>>,
+>;
 
 /// Everything of `ModelT::pack` except the buffers (packed by [`pack`]).
-fn pack_rest<'a>(fbb: &mut FlatBufferBuilder<'a>, m: &ModelT, buffers: Option<BuffersOffset<'a>>) -> WIPOffset<Model<'a>> {
+fn pack_rest<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    m: &ModelT,
+    buffers: Option<BuffersOffset<'a>>,
+) -> WIPOffset<Model<'a>> {
     macro_rules! tables {
         ($field:expr) => {
             $field.as_ref().map(|x| {
@@ -234,7 +300,11 @@ mod tests {
         let bytes = pack(&ed.model);
         let back = unpack(&bytes).unwrap();
         assert_eq!(back, ed.model, "unpack(pack(m)) == m");
-        assert_eq!(back.operator_codes.as_ref().unwrap().len(), 1, "one opcode entry per (op, version)");
+        assert_eq!(
+            back.operator_codes.as_ref().unwrap().len(),
+            1,
+            "one opcode entry per (op, version)"
+        );
         let m = super::super::schema::model::root_as_model(&bytes).unwrap();
         for buf in m.buffers().unwrap().iter() {
             if let Some(d) = buf.data() {

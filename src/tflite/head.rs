@@ -17,8 +17,9 @@ use anyhow::{bail, Result};
 
 use super::edit::ModelEditor;
 use super::schema::model::{
-    BuiltinOperator as Op, BuiltinOptionsT as Opt, FullyConnectedOptionsT, GatherOptionsT, L2NormOptionsT, MulOptionsT,
-    QuantizationParametersT, ReducerOptionsT, ReshapeOptionsT, SoftmaxOptionsT, SubOptionsT, AddOptionsT, TensorType,
+    AddOptionsT, BuiltinOperator as Op, BuiltinOptionsT as Opt, FullyConnectedOptionsT,
+    GatherOptionsT, L2NormOptionsT, MulOptionsT, QuantizationParametersT, ReducerOptionsT,
+    ReshapeOptionsT, SoftmaxOptionsT, SubOptionsT, TensorType,
 };
 use crate::head::{plan_max, Aggregation, MaxLevel, RetrievalHead, SCORES};
 
@@ -48,7 +49,12 @@ impl std::str::FromStr for TfliteBlock {
 pub const QUERY_SCALE: f32 = 1.0 / 128.0;
 
 /// Appends `head` after tensor `embedding` of subgraph 0; returns the index of `scores`.
-pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block: TfliteBlock) -> Result<i32> {
+pub fn append(
+    ed: &mut ModelEditor,
+    embedding: i32,
+    head: &RetrievalHead,
+    block: TfliteBlock,
+) -> Result<i32> {
     let emb = ed.tensors()[embedding as usize].clone();
     let shape = emb.shape.clone().unwrap_or_default();
     if shape.is_empty() {
@@ -61,7 +67,11 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
     }
     let d = head.dim as i32;
     // The batch is resizable when the embedder's is, or when it is 1 (as in most TFLite files).
-    let b = if batch == 1 || emb.shape_signature.as_ref().is_some_and(|s| s.first() == Some(&-1)) { -1 } else { batch };
+    let b = if batch == 1 || emb.shape_signature.as_ref().is_some_and(|s| s.first() == Some(&-1)) {
+        -1
+    } else {
+        batch
+    };
 
     let mut x = embedding;
     match emb.type_ {
@@ -69,7 +79,13 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
         TensorType::UINT8 | TensorType::INT8 => {
             let y = ed.activation("cbr/embedding_dequantized", TensorType::FLOAT32, &shape, None);
             // DEQUANTIZE v1 takes uint8, v2 int8.
-            ed.op(Op::DEQUANTIZE, if emb.type_ == TensorType::INT8 { 2 } else { 1 }, &[x], &[y], Opt::NONE);
+            ed.op(
+                Op::DEQUANTIZE,
+                if emb.type_ == TensorType::INT8 { 2 } else { 1 },
+                &[x],
+                &[y],
+                Opt::NONE,
+            );
             x = y;
         }
         t => bail!("the embedding output is {t:?}; cbr reads float32, uint8 or int8 embeddings"),
@@ -78,11 +94,21 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
         let new_shape = [b, d];
         let s = ed.const_i32("cbr/embedding_shape", &[2], &new_shape);
         let y = ed.activation("cbr/embedding", TensorType::FLOAT32, &new_shape, None);
-        ed.op(Op::RESHAPE, 1, &[x, s], &[y], Opt::ReshapeOptions(Box::new(build!(ReshapeOptionsT { new_shape: Some(new_shape.to_vec()) }))));
+        ed.op(
+            Op::RESHAPE,
+            1,
+            &[x, s],
+            &[y],
+            Opt::ReshapeOptions(Box::new(build!(ReshapeOptionsT {
+                new_shape: Some(new_shape.to_vec())
+            }))),
+        );
         x = y;
     }
     let row = [b, d];
-    let float = |ed: &mut ModelEditor, name: &str, shape: &[i32]| ed.activation(name, TensorType::FLOAT32, shape, None);
+    let float = |ed: &mut ModelEditor, name: &str, shape: &[i32]| {
+        ed.activation(name, TensorType::FLOAT32, shape, None)
+    };
     if let Some(p) = head.power {
         // sign(x) * |x|^p, as in the ONNX head.
         let abs = float(ed, "cbr/embedding_abs", &row);
@@ -102,7 +128,13 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
     }
     let l2 = |ed: &mut ModelEditor, x: i32, name: &str| {
         let y = ed.activation(name, TensorType::FLOAT32, &row, None);
-        ed.op(Op::L2_NORMALIZATION, 1, &[x], &[y], Opt::L2NormOptions(Box::new(L2NormOptionsT::default())));
+        ed.op(
+            Op::L2_NORMALIZATION,
+            1,
+            &[x],
+            &[y],
+            Opt::L2NormOptions(Box::new(L2NormOptionsT::default())),
+        );
         y
     };
     let mut query = l2(ed, x, "cbr/embedding_l2");
@@ -115,7 +147,12 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
     let query_q = match block {
         TfliteBlock::Float => None,
         TfliteBlock::Int8 => {
-            let q = ed.activation("cbr/query_int8", TensorType::INT8, &row, Some(per_tensor(QUERY_SCALE, 0)));
+            let q = ed.activation(
+                "cbr/query_int8",
+                TensorType::INT8,
+                &row,
+                Some(per_tensor(QUERY_SCALE, 0)),
+            );
             // QUANTIZE v2 produces int8.
             ed.op(Op::QUANTIZE, 2, &[query], &[q], Opt::NONE);
             Some(q)
@@ -123,7 +160,11 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
     };
     let classes = head.labels.len() as i32;
     let n = head.len() as i32;
-    let layer = |ed: &mut ModelEditor, name: &str, weights: &[f32], bias: Option<&[f32]>, outputs: i32| match query_q {
+    let layer = |ed: &mut ModelEditor,
+                 name: &str,
+                 weights: &[f32],
+                 bias: Option<&[f32]>,
+                 outputs: i32| match query_q {
         None => similarity_float(ed, name, query, weights, bias, [b, outputs], d),
         Some(q) => similarity_int8(ed, name, q, head.rows(), weights, bias, [b, outputs], d),
     };
@@ -149,10 +190,22 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
         match (class_max, class_centroid) {
             (Some(m), Some(c)) => {
                 let sum = float(ed, "cbr/blend_sum", &[b, classes]);
-                ed.op(Op::ADD, 1, &[m, c], &[sum], Opt::AddOptions(Box::new(AddOptionsT::default())));
+                ed.op(
+                    Op::ADD,
+                    1,
+                    &[m, c],
+                    &[sum],
+                    Opt::AddOptions(Box::new(AddOptionsT::default())),
+                );
                 let half = ed.const_f32("cbr/half", &[], &[0.5]);
                 let y = float(ed, "cbr/class_similarities", &[b, classes]);
-                ed.op(Op::MUL, 1, &[sum, half], &[y], Opt::MulOptions(Box::new(MulOptionsT::default())));
+                ed.op(
+                    Op::MUL,
+                    1,
+                    &[sum, half],
+                    &[y],
+                    Opt::MulOptions(Box::new(MulOptionsT::default())),
+                );
                 y
             }
             (Some(x), None) | (None, Some(x)) => x,
@@ -163,7 +216,13 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
         Some(t) => {
             let y = float(ed, SCORES, &[b, classes]);
             // softmax(x / τ) = softmax with β = 1/τ.
-            ed.op(Op::SOFTMAX, 1, &[class_sims], &[y], Opt::SoftmaxOptions(Box::new(build!(SoftmaxOptionsT { beta: 1.0 / t }))));
+            ed.op(
+                Op::SOFTMAX,
+                1,
+                &[class_sims],
+                &[y],
+                Opt::SoftmaxOptions(Box::new(build!(SoftmaxOptionsT { beta: 1.0 / t }))),
+            );
             y
         }
         None => {
@@ -175,7 +234,8 @@ pub fn append(ed: &mut ModelEditor, embedding: i32, head: &RetrievalHead, block:
 }
 
 fn rename(ed: &mut ModelEditor, tensor: i32, name: &str) {
-    ed.model.subgraphs.as_mut().unwrap()[0].tensors.as_mut().unwrap()[tensor as usize].name = Some(name.to_string());
+    ed.model.subgraphs.as_mut().unwrap()[0].tensors.as_mut().unwrap()[tensor as usize].name =
+        Some(name.to_string());
 }
 
 pub(crate) fn per_tensor(scale: f32, zero_point: i64) -> QuantizationParametersT {
@@ -187,7 +247,15 @@ fn fc_options() -> Opt {
 }
 
 /// `query · weightsᵀ (+ bias)` in float32.
-fn similarity_float(ed: &mut ModelEditor, name: &str, query: i32, weights: &[f32], bias: Option<&[f32]>, out: [i32; 2], d: i32) -> i32 {
+fn similarity_float(
+    ed: &mut ModelEditor,
+    name: &str,
+    query: i32,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+    out: [i32; 2],
+    d: i32,
+) -> i32 {
     let w = ed.const_f32(&format!("{name}_weights"), &[out[1], d], weights);
     let bias = bias.map_or(-1, |bv| ed.const_f32(&format!("{name}_bias"), &[out[1]], bv));
     let y = ed.activation(name, TensorType::FLOAT32, &out, None);
@@ -235,22 +303,57 @@ pub fn output_range(rows: &[f32], weights: &[f32], bias: Option<&[f32]>, d: usiz
 /// bias at scale `QUERY_SCALE * weight scale`, int8 output over
 /// [`output_range`], then DEQUANTIZE to float for the aggregation.
 #[allow(clippy::too_many_arguments)]
-fn similarity_int8(ed: &mut ModelEditor, name: &str, query_q: i32, rows: &[f32], weights: &[f32], bias: Option<&[f32]>, out: [i32; 2], d: i32) -> i32 {
+fn similarity_int8(
+    ed: &mut ModelEditor,
+    name: &str,
+    query_q: i32,
+    rows: &[f32],
+    weights: &[f32],
+    bias: Option<&[f32]>,
+    out: [i32; 2],
+    d: i32,
+) -> i32 {
     let du = d as usize;
     let (wq, scales) = quantize_rows(weights, du);
     let zeros = vec![0i64; scales.len()];
-    let wquant = build!(QuantizationParametersT { scale: Some(scales.clone()), zero_point: Some(zeros.clone()), quantized_dimension: 0 });
-    let w = ed.constant(&format!("{name}_weights_int8"), TensorType::INT8, &[out[1], d], wq.iter().map(|&v| v as u8).collect(), Some(wquant));
+    let wquant = build!(QuantizationParametersT {
+        scale: Some(scales.clone()),
+        zero_point: Some(zeros.clone()),
+        quantized_dimension: 0
+    });
+    let w = ed.constant(
+        &format!("{name}_weights_int8"),
+        TensorType::INT8,
+        &[out[1], d],
+        wq.iter().map(|&v| v as u8).collect(),
+        Some(wquant),
+    );
     let bias_t = bias.map_or(-1, |bv| {
-        let q: Vec<i32> = bv.iter().zip(&scales).map(|(v, s)| (v / (QUERY_SCALE * s)).round() as i32).collect();
+        let q: Vec<i32> =
+            bv.iter().zip(&scales).map(|(v, s)| (v / (QUERY_SCALE * s)).round() as i32).collect();
         let bscales: Vec<f32> = scales.iter().map(|s| QUERY_SCALE * s).collect();
-        let bquant = build!(QuantizationParametersT { scale: Some(bscales), zero_point: Some(zeros.clone()), quantized_dimension: 0 });
-        ed.constant(&format!("{name}_bias_int32"), TensorType::INT32, &[out[1]], q.iter().flat_map(|v| v.to_le_bytes()).collect(), Some(bquant))
+        let bquant = build!(QuantizationParametersT {
+            scale: Some(bscales),
+            zero_point: Some(zeros.clone()),
+            quantized_dimension: 0
+        });
+        ed.constant(
+            &format!("{name}_bias_int32"),
+            TensorType::INT32,
+            &[out[1]],
+            q.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Some(bquant),
+        )
     });
     let (lo, hi) = output_range(rows, weights, bias, du);
     let scale = (hi - lo) / 255.0;
     let zero = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i64;
-    let yq = ed.activation(&format!("{name}_int8"), TensorType::INT8, &out, Some(per_tensor(scale, zero)));
+    let yq = ed.activation(
+        &format!("{name}_int8"),
+        TensorType::INT8,
+        &out,
+        Some(per_tensor(scale, zero)),
+    );
     // FULLY_CONNECTED v4 is int8; per-channel weights are accepted by the same kernel in current runtimes.
     ed.op(Op::FULLY_CONNECTED, 4, &[query_q, w, bias_t], &[yq], fc_options());
     let y = ed.activation(name, TensorType::FLOAT32, &out, None);
@@ -266,17 +369,36 @@ fn max_level(ed: &mut ModelEditor, level: &MaxLevel, input: i32, i: usize, b: i3
     if let Some(index) = &level.index {
         let idx: Vec<i32> = index.iter().map(|&v| v as i32).collect();
         let it = ed.const_i32(&format!("cbr/max{i}_index"), &[idx.len() as i32], &idx);
-        let y = ed.activation(&format!("cbr/max{i}_gathered"), TensorType::FLOAT32, &[b, g * w], None);
-        ed.op(Op::GATHER, 1, &[x, it], &[y], Opt::GatherOptions(Box::new(build!(GatherOptionsT { axis: 1, batch_dims: 0 }))));
+        let y =
+            ed.activation(&format!("cbr/max{i}_gathered"), TensorType::FLOAT32, &[b, g * w], None);
+        ed.op(
+            Op::GATHER,
+            1,
+            &[x, it],
+            &[y],
+            Opt::GatherOptions(Box::new(build!(GatherOptionsT { axis: 1, batch_dims: 0 }))),
+        );
         x = y;
     }
     let shape = [b, g, w];
     let s = ed.const_i32(&format!("cbr/max{i}_shape"), &[3], &shape);
     let blocks = ed.activation(&format!("cbr/max{i}_blocks"), TensorType::FLOAT32, &shape, None);
-    ed.op(Op::RESHAPE, 1, &[x, s], &[blocks], Opt::ReshapeOptions(Box::new(build!(ReshapeOptionsT { new_shape: Some(shape.to_vec()) }))));
+    ed.op(
+        Op::RESHAPE,
+        1,
+        &[x, s],
+        &[blocks],
+        Opt::ReshapeOptions(Box::new(build!(ReshapeOptionsT { new_shape: Some(shape.to_vec()) }))),
+    );
     let axes = ed.const_i32(&format!("cbr/max{i}_axes"), &[1], &[2]);
     let y = ed.activation(&format!("cbr/max{i}"), TensorType::FLOAT32, &[b, g], None);
-    ed.op(Op::REDUCE_MAX, 1, &[blocks, axes], &[y], Opt::ReducerOptions(Box::new(build!(ReducerOptionsT { keep_dims: false }))));
+    ed.op(
+        Op::REDUCE_MAX,
+        1,
+        &[blocks, axes],
+        &[y],
+        Opt::ReducerOptions(Box::new(build!(ReducerOptionsT { keep_dims: false }))),
+    );
     y
 }
 

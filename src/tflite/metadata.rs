@@ -11,9 +11,10 @@ use anyhow::Result;
 use flatbuffers::FlatBufferBuilder;
 
 use super::schema::metadata::{
-    finish_model_metadata_buffer, AssociatedFileT, AssociatedFileType, ColorSpaceType, ContentPropertiesT, ContentT,
-    ImagePropertiesT, ModelMetadataT, NormalizationOptionsT, ProcessUnitOptionsT, ProcessUnitT,
-    ScoreThresholdingOptionsT, StatsT, SubGraphMetadataT, TensorMetadataT,
+    finish_model_metadata_buffer, AssociatedFileT, AssociatedFileType, ColorSpaceType,
+    ContentPropertiesT, ContentT, ImagePropertiesT, ModelMetadataT, NormalizationOptionsT,
+    ProcessUnitOptionsT, ProcessUnitT, ScoreThresholdingOptionsT, StatsT, SubGraphMetadataT,
+    TensorMetadataT,
 };
 use crate::classifier::ClassifierInfo;
 use crate::preprocess::ChannelOrder;
@@ -60,22 +61,32 @@ pub fn model_metadata(info: &ClassifierInfo, about: &About, input: InputKind) ->
     });
     let (stats_min, stats_max): (Vec<f32>, Vec<f32>) = match input {
         // The input tensor's value range after normalisation, per channel.
-        InputKind::Float => (0..3).map(|c| ((0.0 - p.mean[c]) / p.std[c], (255.0 - p.mean[c]) / p.std[c])).unzip(),
+        InputKind::Float => {
+            (0..3).map(|c| ((0.0 - p.mean[c]) / p.std[c], (255.0 - p.mean[c]) / p.std[c])).unzip()
+        }
         InputKind::Uint8 => (vec![0.0], vec![255.0]),
     };
     let image = build!(TensorMetadataT {
         name: Some("image".into()),
-        description: Some(format!("{}x{} RGB image, whole image resized to the input size", p.width, p.height)),
+        description: Some(format!(
+            "{}x{} RGB image, whole image resized to the input size",
+            p.width, p.height
+        )),
         content: Some(Box::new(build!(ContentT {
-            content_properties: ContentPropertiesT::ImageProperties(Box::new(build!(ImagePropertiesT {
-                color_space: if p.channel_order == ChannelOrder::Rgb { ColorSpaceType::RGB } else { ColorSpaceType::UNKNOWN }
-            })))
+            content_properties: ContentPropertiesT::ImageProperties(Box::new(build!(
+                ImagePropertiesT {
+                    color_space: if p.channel_order == ChannelOrder::Rgb {
+                        ColorSpaceType::RGB
+                    } else {
+                        ColorSpaceType::UNKNOWN
+                    }
+                }
+            )))
         }))),
         process_units: Some(vec![build!(ProcessUnitT {
-            options: ProcessUnitOptionsT::NormalizationOptions(Box::new(build!(NormalizationOptionsT {
-                mean: Some(p.mean.to_vec()),
-                std_: Some(p.std.to_vec())
-            })))
+            options: ProcessUnitOptionsT::NormalizationOptions(Box::new(build!(
+                NormalizationOptionsT { mean: Some(p.mean.to_vec()), std_: Some(p.std.to_vec()) }
+            )))
         })]),
         stats: Some(Box::new(build!(StatsT { min: Some(stats_min), max: Some(stats_max) })))
     });
@@ -92,10 +103,15 @@ pub fn model_metadata(info: &ClassifierInfo, about: &About, input: InputKind) ->
         }))),
         process_units: info.threshold.map(|t| {
             vec![build!(ProcessUnitT {
-                options: ProcessUnitOptionsT::ScoreThresholdingOptions(Box::new(build!(ScoreThresholdingOptionsT { global_score_threshold: t })))
+                options: ProcessUnitOptionsT::ScoreThresholdingOptions(Box::new(build!(
+                    ScoreThresholdingOptionsT { global_score_threshold: t }
+                )))
             })]
         }),
-        stats: Some(Box::new(build!(StatsT { min: Some(vec![score_min]), max: Some(vec![score_max]) }))),
+        stats: Some(Box::new(build!(StatsT {
+            min: Some(vec![score_min]),
+            max: Some(vec![score_max])
+        }))),
         associated_files: Some(vec![build!(AssociatedFileT {
             name: Some(LABEL_FILE.into()),
             description: Some("Class labels, one per line, in the order of the scores.".into()),

@@ -55,12 +55,18 @@ pub struct TfliteOptions {
 /// Metadata entries of the embedder that would be wrong for the classifier:
 /// its own Model Metadata, an older cbr entry, and the minimum runtime version
 /// the converter computed for the embedder's ops alone.
-const REPLACED_METADATA: [&str; 3] = [metadata::TFLITE_METADATA, METADATA_KEY, "min_runtime_version"];
+const REPLACED_METADATA: [&str; 3] =
+    [metadata::TFLITE_METADATA, METADATA_KEY, "min_runtime_version"];
 
 /// A complete classifier `.tflite`: `embedder_tflite` (whose output, or the
 /// output named `info.embedder.output`, is the embedding) followed by `head`,
 /// with metadata from `info` and `opts`.
-pub fn classifier_bytes(embedder_tflite: &[u8], head: &RetrievalHead, info: &ClassifierInfo, opts: &TfliteOptions) -> Result<Vec<u8>> {
+pub fn classifier_bytes(
+    embedder_tflite: &[u8],
+    head: &RetrievalHead,
+    info: &ClassifierInfo,
+    opts: &TfliteOptions,
+) -> Result<Vec<u8>> {
     if info.labels != head.labels {
         bail!("the classifier info lists different labels from the head");
     }
@@ -98,7 +104,10 @@ pub fn classifier_bytes(embedder_tflite: &[u8], head: &RetrievalHead, info: &Cla
     let scores = head::append(&mut ed, embedding, head, opts.block)?;
     ed.set_outputs(&[scores]);
     for sig in ed.model.signature_defs.iter_mut().flatten().filter(|s| s.subgraph_index == 0) {
-        sig.outputs = Some(vec![build!(TensorMapT { name: Some(SCORES.into()), tensor_index: scores as u32 })]);
+        sig.outputs = Some(vec![build!(TensorMapT {
+            name: Some(SCORES.into()),
+            tensor_index: scores as u32
+        })]);
     }
 
     // Replace metadata that described the embedder; empty their buffers so they take no space.
@@ -130,7 +139,11 @@ pub fn classifier_bytes(embedder_tflite: &[u8], head: &RetrievalHead, info: &Cla
 /// The [`ClassifierInfo`] of a `.tflite` written by [`classifier_bytes`].
 pub fn read_info(bytes: &[u8]) -> Result<ClassifierInfo> {
     let model = schema::model::root_as_model_with_opts(
-        &flatbuffers::VerifierOptions { max_tables: 1 << 28, max_apparent_size: 1 << 31, ..Default::default() },
+        &flatbuffers::VerifierOptions {
+            max_tables: 1 << 28,
+            max_apparent_size: 1 << 31,
+            ..Default::default()
+        },
         bytes,
     )
     .context("not a TFLite model")?;

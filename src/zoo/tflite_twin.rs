@@ -21,11 +21,13 @@ use crate::tflite::schema::model as tfl;
 /// ONNX output, `[1, channels]`. Deterministic: same graph, same bytes.
 pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
     let graph = model.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
-    let inits: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name(), t)).collect();
+    let inits: HashMap<&str, &TensorProto> =
+        graph.initializer.iter().map(|t| (t.name(), t)).collect();
     ensure!(graph.input.len() == 1 && graph.output.len() == 1, "expected one input and one output");
     let input = graph.input[0].name().to_string();
     let output = graph.output[0].name().to_string();
-    let (_, dims) = onnx::tensor_type(&graph.input[0]).ok_or_else(|| anyhow!("input {input} is not a tensor"))?;
+    let (_, dims) = onnx::tensor_type(&graph.input[0])
+        .ok_or_else(|| anyhow!("input {input} is not a tensor"))?;
     let (size, channels) = match dims[..] {
         [_, Some(c), Some(h), Some(w)] if h == w => (h as usize, c as usize),
         _ => bail!("input {input} has shape {dims:?}, expected [batch, C, S, S]"),
@@ -34,10 +36,17 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
     let mut w = Writer::default();
     let x = w.tensor(&input, &[1, size, size, channels], None);
     // ONNX value name -> (TFLite tensor, NHWC shape).
-    let mut values: HashMap<String, (i32, [usize; 4])> = HashMap::from([(input.clone(), (x, [1, size, size, channels]))]);
+    let mut values: HashMap<String, (i32, [usize; 4])> =
+        HashMap::from([(input.clone(), (x, [1, size, size, channels]))]);
     let uses = use_counts(&graph.node);
-    let value = |values: &HashMap<String, (i32, [usize; 4])>, name: &str, node: &NodeProto| -> Result<(i32, [usize; 4])> {
-        values.get(name).copied().ok_or_else(|| anyhow!("node {}: input {name} is not computed before it", node.name()))
+    let value = |values: &HashMap<String, (i32, [usize; 4])>,
+                 name: &str,
+                 node: &NodeProto|
+     -> Result<(i32, [usize; 4])> {
+        values
+            .get(name)
+            .copied()
+            .ok_or_else(|| anyhow!("node {}: input {name} is not computed before it", node.name()))
     };
 
     let nodes = &graph.node;
@@ -50,13 +59,16 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
                 let (x, shape) = value(&values, &n.input[0], n)?;
                 // A Clip(0, 6) right after, on this conv's only use, fuses as RELU6.
                 let relu6 = nodes.get(i + 1).filter(|c| {
-                    c.op_type() == "Clip" && c.input.first() == n.output.first() && uses.get(n.output[0].as_str()) == Some(&1)
+                    c.op_type() == "Clip"
+                        && c.input.first() == n.output.first()
+                        && uses.get(n.output[0].as_str()) == Some(&1)
                 });
                 if let Some(c) = relu6 {
                     check_relu6(c, &inits).with_context(ctx)?;
                 }
                 let out_name = relu6.map_or(&n.output[0], |c| &c.output[0]).clone();
-                let (t, out_shape) = w.conv(n, x, shape, &inits, &out_name, relu6.is_some()).with_context(ctx)?;
+                let (t, out_shape) =
+                    w.conv(n, x, shape, &inits, &out_name, relu6.is_some()).with_context(ctx)?;
                 values.insert(out_name, (t, out_shape));
                 i += if relu6.is_some() { 2 } else { 1 };
                 continue;
@@ -66,28 +78,51 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
                 let (b, sb) = value(&values, &n.input[1], n)?;
                 ensure!(sa == sb, "{}: adds shapes {sa:?} and {sb:?}", ctx());
                 let out = w.tensor(&n.output[0], &sa, None);
-                w.op(tfl::BuiltinOperator::ADD, vec![a, b], out, tfl::BuiltinOptionsT::AddOptions(Box::default()));
+                w.op(
+                    tfl::BuiltinOperator::ADD,
+                    vec![a, b],
+                    out,
+                    tfl::BuiltinOptionsT::AddOptions(Box::default()),
+                );
                 values.insert(n.output[0].clone(), (out, sa));
             }
             "GlobalAveragePool" => {
-                let flatten = nodes.get(i + 1).filter(|f| f.op_type() == "Flatten" && f.input.first() == n.output.first());
-                let f = flatten.ok_or_else(|| anyhow!("{}: only GlobalAveragePool followed by Flatten is supported", ctx()))?;
+                let flatten = nodes
+                    .get(i + 1)
+                    .filter(|f| f.op_type() == "Flatten" && f.input.first() == n.output.first());
+                let f = flatten.ok_or_else(|| {
+                    anyhow!("{}: only GlobalAveragePool followed by Flatten is supported", ctx())
+                })?;
                 let (x, s) = value(&values, &n.input[0], n)?;
                 let axes = w.constant_i32(&format!("{}.axes", n.name()), &[2], &[1, 2]);
                 let out = w.tensor(&f.output[0], &[1, s[3]], None);
                 let mut keep = Box::<tfl::ReducerOptionsT>::default();
                 keep.keep_dims = false;
-                w.op(tfl::BuiltinOperator::MEAN, vec![x, axes], out, tfl::BuiltinOptionsT::ReducerOptions(keep));
+                w.op(
+                    tfl::BuiltinOperator::MEAN,
+                    vec![x, axes],
+                    out,
+                    tfl::BuiltinOptionsT::ReducerOptions(keep),
+                );
                 values.insert(f.output[0].clone(), (out, [1, 1, 1, s[3]]));
                 i += 2;
                 continue;
             }
-            other => bail!("node {} is {other}, which the TFLite twin writer does not translate", n.name()),
+            other => bail!(
+                "node {} is {other}, which the TFLite twin writer does not translate",
+                n.name()
+            ),
         }
         i += 1;
     }
-    let (out, _) = *values.get(&output).ok_or_else(|| anyhow!("the graph never computes its output {output}"))?;
-    Ok(w.finish(x, out, &format!("{} (TFLite twin written by cbr {})", graph.name(), env!("CARGO_PKG_VERSION"))))
+    let (out, _) = *values
+        .get(&output)
+        .ok_or_else(|| anyhow!("the graph never computes its output {output}"))?;
+    Ok(w.finish(
+        x,
+        out,
+        &format!("{} (TFLite twin written by cbr {})", graph.name(), env!("CARGO_PKG_VERSION")),
+    ))
 }
 
 fn use_counts(nodes: &[NodeProto]) -> HashMap<&str, usize> {
@@ -103,7 +138,9 @@ fn use_counts(nodes: &[NodeProto]) -> HashMap<&str, usize> {
 fn check_relu6(clip: &NodeProto, inits: &HashMap<&str, &TensorProto>) -> Result<()> {
     let bound = |k: usize| -> Result<f32> {
         let name = clip.input.get(k).ok_or_else(|| anyhow!("Clip without bound {k}"))?;
-        let t = inits.get(name.as_str()).ok_or_else(|| anyhow!("Clip bound {name} is not a constant"))?;
+        let t = inits
+            .get(name.as_str())
+            .ok_or_else(|| anyhow!("Clip bound {name} is not a constant"))?;
         let v = onnx::tensor_f32_values(t)?;
         v.first().copied().ok_or_else(|| anyhow!("Clip bound {name} is empty"))
     };
@@ -132,7 +169,12 @@ struct Writer {
 
 impl Writer {
     /// A tensor; `data` (little-endian bytes) makes it a constant.
-    fn tensor(&mut self, name: &str, shape: &[usize], data: Option<(tfl::TensorType, Vec<u8>)>) -> i32 {
+    fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        data: Option<(tfl::TensorType, Vec<u8>)>,
+    ) -> i32 {
         if self.buffers.is_empty() {
             self.buffers.push(tfl::BufferT::default());
         }
@@ -165,7 +207,13 @@ impl Writer {
         self.tensor(name, shape, Some((tfl::TensorType::INT32, bytes)))
     }
 
-    fn op(&mut self, code: tfl::BuiltinOperator, inputs: Vec<i32>, output: i32, options: tfl::BuiltinOptionsT) {
+    fn op(
+        &mut self,
+        code: tfl::BuiltinOperator,
+        inputs: Vec<i32>,
+        output: i32,
+        options: tfl::BuiltinOptionsT,
+    ) {
         let index = match self.codes.iter().position(|&c| c == code) {
             Some(i) => i,
             None => {
@@ -205,7 +253,10 @@ impl Writer {
         let strides = attr_ints(n, "strides");
         let stride = *strides.first().unwrap_or(&1) as usize;
         ensure!(strides.iter().all(|&s| s as usize == stride), "unequal strides {strides:?}");
-        ensure!(attr_ints(n, "dilations").iter().all(|&v| v == 1), "dilated convolutions are not supported");
+        ensure!(
+            attr_ints(n, "dilations").iter().all(|&v| v == 1),
+            "dilated convolutions are not supported"
+        );
         let [_, h, wd, c] = shape;
         ensure!(h == wd, "non-square input {shape:?}");
         // Only TensorFlow SAME padding (extra pixel at the end) maps to TFLite.
@@ -213,12 +264,22 @@ impl Writer {
         let total = ((out_size - 1) * stride + k).saturating_sub(h) as i64;
         let same = [total / 2, total / 2, total - total / 2, total - total / 2];
         let pads = attr_ints(n, "pads");
-        ensure!(pads.is_empty() && total == 0 || pads[..] == same, "pads {pads:?} are not TensorFlow SAME padding {same:?}");
-        let act = if relu6 { tfl::ActivationFunctionType::RELU6 } else { tfl::ActivationFunctionType::NONE };
+        ensure!(
+            pads.is_empty() && total == 0 || pads[..] == same,
+            "pads {pads:?} are not TensorFlow SAME padding {same:?}"
+        );
+        let act = if relu6 {
+            tfl::ActivationFunctionType::RELU6
+        } else {
+            tfl::ActivationFunctionType::NONE
+        };
         let out_shape = [1, out_size, out_size, out_c];
         let name = n.name();
         let (code, filter, options) = if group == 1 {
-            ensure!(in_per_group == c, "weight expects {in_per_group} input channels, the input has {c}");
+            ensure!(
+                in_per_group == c,
+                "weight expects {in_per_group} input channels, the input has {c}"
+            );
             // ONNX [out, in, kh, kw] -> TFLite OHWI [out, kh, kw, in].
             let mut f = vec![0f32; wv.len()];
             for o in 0..out_c {
@@ -240,7 +301,10 @@ impl Writer {
             o.dilation_h_factor = 1;
             (tfl::BuiltinOperator::CONV_2D, t, tfl::BuiltinOptionsT::Conv2DOptions(Box::new(o)))
         } else {
-            ensure!(group == c && out_c == c && in_per_group == 1, "grouped conv (group {group}) that is not depthwise");
+            ensure!(
+                group == c && out_c == c && in_per_group == 1,
+                "grouped conv (group {group}) that is not depthwise"
+            );
             // ONNX [C, 1, kh, kw] -> TFLite [1, kh, kw, C].
             let mut f = vec![0f32; wv.len()];
             for o in 0..c {
@@ -259,7 +323,11 @@ impl Writer {
             o.fused_activation_function = act;
             o.dilation_w_factor = 1;
             o.dilation_h_factor = 1;
-            (tfl::BuiltinOperator::DEPTHWISE_CONV_2D, t, tfl::BuiltinOptionsT::DepthwiseConv2DOptions(Box::new(o)))
+            (
+                tfl::BuiltinOperator::DEPTHWISE_CONV_2D,
+                t,
+                tfl::BuiltinOptionsT::DepthwiseConv2DOptions(Box::new(o)),
+            )
         };
         let b = self.constant_f32(&format!("{name}.bias"), &[out_c], &bias);
         let out = self.tensor(out_name, &out_shape, None);
@@ -301,13 +369,21 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::{attr_int, attr_ints, node, tensor_f32, value_info, DataType, Dim, GraphProto};
+    use crate::onnx::{
+        attr_int, attr_ints, node, tensor_f32, value_info, DataType, Dim, GraphProto,
+    };
 
     /// input [b, 2, 4, 4] -> Conv 3x3/2 (3 out) -> Clip(0, 6) -> GlobalAveragePool -> Flatten.
     fn graph(pads: &[i64], extra: Option<NodeProto>) -> ModelProto {
         let w: Vec<f32> = (0..3 * 2 * 3 * 3).map(|v| v as f32).collect();
         let mut nodes = vec![
-            node("Conv", "c", &["x", "w", "b"], &["c"], vec![attr_int("group", 1), attr_ints("pads", pads), attr_ints("strides", &[2, 2])]),
+            node(
+                "Conv",
+                "c",
+                &["x", "w", "b"],
+                &["c"],
+                vec![attr_int("group", 1), attr_ints("pads", pads), attr_ints("strides", &[2, 2])],
+            ),
             node("Clip", "r", &["c", "lo", "hi"], &["r"], vec![]),
             node("GlobalAveragePool", "p", &["r"], &["p"], vec![]),
             node("Flatten", "e", &["p"], &["e"], vec![attr_int("axis", 1)]),
@@ -322,8 +398,16 @@ mod tests {
                 tensor_f32("lo", &[], &[0.0]),
                 tensor_f32("hi", &[], &[6.0]),
             ],
-            input: vec![value_info("x", DataType::Float, &[Dim::Symbolic("b".into()), Dim::Fixed(2), Dim::Fixed(4), Dim::Fixed(4)])],
-            output: vec![value_info("e", DataType::Float, &[Dim::Symbolic("b".into()), Dim::Fixed(3)])],
+            input: vec![value_info(
+                "x",
+                DataType::Float,
+                &[Dim::Symbolic("b".into()), Dim::Fixed(2), Dim::Fixed(4), Dim::Fixed(4)],
+            )],
+            output: vec![value_info(
+                "e",
+                DataType::Float,
+                &[Dim::Symbolic("b".into()), Dim::Fixed(3)],
+            )],
             ..Default::default()
         };
         ModelProto { graph: Some(graph), ..Default::default() }
@@ -340,24 +424,38 @@ mod tests {
         assert_eq!(ops.len(), 2);
         let conv = ops.get(0);
         let opts = conv.builtin_options_as_conv_2_doptions().unwrap();
-        assert_eq!((opts.stride_h(), opts.padding(), opts.fused_activation_function()), (2, tfl::Padding::SAME, tfl::ActivationFunctionType::RELU6));
+        assert_eq!(
+            (opts.stride_h(), opts.padding(), opts.fused_activation_function()),
+            (2, tfl::Padding::SAME, tfl::ActivationFunctionType::RELU6)
+        );
         let filter = tensors.get(conv.inputs().unwrap().get(1) as usize);
         assert_eq!(filter.shape().unwrap().iter().collect::<Vec<_>>(), [3, 3, 3, 2]);
         let data = model.buffers().unwrap().get(filter.buffer() as usize).data().unwrap();
-        let f: Vec<f32> = data.bytes().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let f: Vec<f32> = data
+            .bytes()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         // OHWI[o=1, y=2, x=0, i=1] = OIHW[o=1, i=1, y=2, x=0] = ((1*2+1)*3+2)*3 = 33.
         assert_eq!(f[((3 + 2) * 3) * 2 + 1], 33.0);
         let input = tensors.get(sub.inputs().unwrap().get(0) as usize);
         assert_eq!(input.shape().unwrap().iter().collect::<Vec<_>>(), [1, 4, 4, 2]);
         let output = tensors.get(sub.outputs().unwrap().get(0) as usize);
-        assert_eq!((output.name(), output.shape().unwrap().iter().collect::<Vec<_>>()), (Some("e"), vec![1, 3]));
+        assert_eq!(
+            (output.name(), output.shape().unwrap().iter().collect::<Vec<_>>()),
+            (Some("e"), vec![1, 3])
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_translate() {
         let err = embedder_tflite(&graph(&[1, 1, 1, 1], None)).unwrap_err();
         assert!(format!("{err:#}").contains("not TensorFlow SAME padding"), "{err:#}");
-        let err = embedder_tflite(&graph(&[0, 0, 1, 1], Some(node("Sigmoid", "s", &["e"], &["s"], vec![])))).unwrap_err();
+        let err = embedder_tflite(&graph(
+            &[0, 0, 1, 1],
+            Some(node("Sigmoid", "s", &["e"], &["s"], vec![])),
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("node s is Sigmoid"), "{err}");
     }
 }

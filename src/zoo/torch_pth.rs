@@ -54,28 +54,36 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         matches!(magic, Value::Int(m) if m == MAGIC),
         "not a legacy PyTorch checkpoint: the file does not start with torch's magic number"
     );
-    let protocol = next_pickle(bytes, &mut pos, &mut storages).context("reading the protocol version")?;
+    let protocol =
+        next_pickle(bytes, &mut pos, &mut storages).context("reading the protocol version")?;
     ensure!(
         matches!(protocol, Value::Int(p) if p == PROTOCOL_VERSION as u128),
         "unsupported torch.save protocol version {protocol:?} (expected {PROTOCOL_VERSION})"
     );
     let sys_info = next_pickle(bytes, &mut pos, &mut storages).context("reading sys_info")?;
     if let Value::Dict(entries) = &sys_info {
-        let big_endian = entries
-            .iter()
-            .any(|(k, v)| matches!((k, v), (Value::Str(k), Value::Bool(false)) if k == "little_endian"));
+        let big_endian = entries.iter().any(
+            |(k, v)| matches!((k, v), (Value::Str(k), Value::Bool(false)) if k == "little_endian"),
+        );
         ensure!(!big_endian, "the checkpoint was written on a big-endian machine; not supported");
     }
-    let state = next_pickle(bytes, &mut pos, &mut storages).context("reading the state dict pickle")?;
-    let keys = next_pickle(bytes, &mut pos, &mut storages).context("reading the storage key list")?;
+    let state =
+        next_pickle(bytes, &mut pos, &mut storages).context("reading the state dict pickle")?;
+    let keys =
+        next_pickle(bytes, &mut pos, &mut storages).context("reading the storage key list")?;
 
     // The raw storages follow, in the order of the key list.
-    let Value::List(keys) = keys else { bail!("expected a list of storage keys after the state dict, got {keys:?}") };
+    let Value::List(keys) = keys else {
+        bail!("expected a list of storage keys after the state dict, got {keys:?}")
+    };
     let mut raw: HashMap<String, &[u8]> = HashMap::new();
     for key in keys {
         let Value::Str(key) = key else { bail!("storage key {key:?} is not a string") };
-        let info = storages.get(&key).ok_or_else(|| anyhow!("storage {key} is listed but no tensor uses it"))?;
-        let count = read_u64(bytes, pos).with_context(|| format!("storage {key}: truncated element count"))?;
+        let info = storages
+            .get(&key)
+            .ok_or_else(|| anyhow!("storage {key} is listed but no tensor uses it"))?;
+        let count = read_u64(bytes, pos)
+            .with_context(|| format!("storage {key}: truncated element count"))?;
         ensure!(
             count == info.numel,
             "storage {key}: the file holds {count} elements but the pickle declared {}",
@@ -86,28 +94,34 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
             .and_then(|c| c.checked_mul(info.elem_size))
             .ok_or_else(|| anyhow!("storage {key}: element count {count} is too large"))?;
         let start = pos + 8;
-        let data = bytes
-            .get(start..start.saturating_add(len))
-            .ok_or_else(|| anyhow!("storage {key}: file truncated ({len} bytes expected at offset {start})"))?;
+        let data = bytes.get(start..start.saturating_add(len)).ok_or_else(|| {
+            anyhow!("storage {key}: file truncated ({len} bytes expected at offset {start})")
+        })?;
         raw.insert(key, data);
         pos = start + len;
     }
 
-    let Value::Dict(entries) = state else { bail!("the checkpoint does not hold a state dict (an OrderedDict), got {state:?}") };
+    let Value::Dict(entries) = state else {
+        bail!("the checkpoint does not hold a state dict (an OrderedDict), got {state:?}")
+    };
     let mut out = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         let Value::Str(name) = name else { bail!("state dict key {name:?} is not a string") };
-        let Value::Tensor(t) = value else { bail!("state dict entry {name} is not a tensor: {value:?}") };
-        let info = storages.get(&t.storage).ok_or_else(|| anyhow!("tensor {name}: unknown storage {}", t.storage))?;
+        let Value::Tensor(t) = value else {
+            bail!("state dict entry {name} is not a tensor: {value:?}")
+        };
+        let info = storages
+            .get(&t.storage)
+            .ok_or_else(|| anyhow!("tensor {name}: unknown storage {}", t.storage))?;
         if info.type_name != "FloatStorage" {
             if name.ends_with(".num_batches_tracked") {
                 continue;
             }
             bail!("tensor {name} is stored as torch.{}; only float32 (torch.FloatStorage) is supported", info.type_name);
         }
-        let bytes = raw
-            .get(&t.storage)
-            .ok_or_else(|| anyhow!("tensor {name}: its storage {} is missing from the key list", t.storage))?;
+        let bytes = raw.get(&t.storage).ok_or_else(|| {
+            anyhow!("tensor {name}: its storage {} is missing from the key list", t.storage)
+        })?;
         let tensor = gather(bytes, &t).with_context(|| format!("tensor {name}"))?;
         out.push((name, tensor));
     }
@@ -133,7 +147,11 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<Tensor> {
     let mut data = Vec::with_capacity(count);
     if count > 0 {
         // Largest storage index the view touches; checking it once bounds every element.
-        let last = t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?));
+        let last = t
+            .size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?));
         ensure!(
             last.is_some_and(|last| last < numel),
             "the view (offset {}, size {:?}, stride {:?}) reaches past its storage of {numel} elements",
@@ -198,8 +216,19 @@ enum Value {
 
 /// Runs the pickle VM on the pickle starting at `*pos`, leaving `*pos` just
 /// after its STOP. Storages met in persistent ids are recorded in `storages`.
-fn next_pickle(bytes: &[u8], pos: &mut usize, storages: &mut HashMap<String, StorageInfo>) -> Result<Value> {
-    let mut vm = Vm { bytes, pos: *pos, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), storages };
+fn next_pickle(
+    bytes: &[u8],
+    pos: &mut usize,
+    storages: &mut HashMap<String, StorageInfo>,
+) -> Result<Value> {
+    let mut vm = Vm {
+        bytes,
+        pos: *pos,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        storages,
+    };
     let value = vm.run()?;
     *pos = vm.pos;
     Ok(value)
@@ -223,7 +252,9 @@ impl Vm<'_, '_> {
         loop {
             let at = self.pos;
             let op = self.take(1)?[0];
-            self.step(op).with_context(|| format!("pickle opcode 0x{op:02x} ({:?}) at byte {at}", op as char))?;
+            self.step(op).with_context(|| {
+                format!("pickle opcode 0x{op:02x} ({:?}) at byte {at}", op as char)
+            })?;
             if op == b'.' {
                 return self.pop();
             }
@@ -235,7 +266,10 @@ impl Vm<'_, '_> {
             0x80 => {
                 // PROTO: only protocols 2 and below use exactly the opcodes below.
                 let proto = self.take(1)?[0];
-                ensure!(proto <= 2, "pickle protocol {proto} is not supported (torch.save legacy files use 2)");
+                ensure!(
+                    proto <= 2,
+                    "pickle protocol {proto} is not supported (torch.save legacy files use 2)"
+                );
             }
             b'.' => {} // STOP: handled by run()
             b'c' => {
@@ -316,7 +350,10 @@ impl Vm<'_, '_> {
                 let n = self.take(1)?[0] as usize;
                 let b = self.take(n)?;
                 ensure!(n <= 16, "integer of {n} bytes is too large");
-                ensure!(b.last().is_none_or(|&last| last & 0x80 == 0), "negative integer (not expected in a state dict)");
+                ensure!(
+                    b.last().is_none_or(|&last| last & 0x80 == 0),
+                    "negative integer (not expected in a state dict)"
+                );
                 let v = b.iter().rev().fold(0u128, |acc, &x| (acc << 8) | x as u128);
                 self.stack.push(Value::Int(v));
             }
@@ -365,7 +402,9 @@ impl Vm<'_, '_> {
                 let storage = self.persistent_load(pid)?;
                 self.stack.push(storage);
             }
-            _ => bail!("unsupported pickle opcode; this reader only handles torch.save legacy state dicts"),
+            _ => bail!(
+                "unsupported pickle opcode; this reader only handles torch.save legacy state dicts"
+            ),
         }
         Ok(())
     }
@@ -380,9 +419,9 @@ impl Vm<'_, '_> {
         };
         ensure!(kind == "storage", "persistent id of kind {kind:?}; only 'storage' is supported");
         ensure!(*view == Value::None, "storage {key} is a view of another storage; not supported");
-        let type_name = type_name
-            .strip_prefix("torch.")
-            .ok_or_else(|| anyhow!("storage {key} has type {type_name}, which is not a torch storage"))?;
+        let type_name = type_name.strip_prefix("torch.").ok_or_else(|| {
+            anyhow!("storage {key} has type {type_name}, which is not a torch storage")
+        })?;
         let elem_size = match type_name {
             "DoubleStorage" | "LongStorage" => 8,
             "FloatStorage" | "IntStorage" => 4,
@@ -390,14 +429,19 @@ impl Vm<'_, '_> {
             "ByteStorage" | "CharStorage" | "BoolStorage" => 1,
             _ => bail!("storage {key} has unknown type torch.{type_name}"),
         };
-        let numel = u64::try_from(*numel).map_err(|_| anyhow!("storage {key}: element count {numel} is too large"))?;
-        self.storages.insert(key.clone(), StorageInfo { type_name: type_name.to_string(), elem_size, numel });
+        let numel = u64::try_from(*numel)
+            .map_err(|_| anyhow!("storage {key}: element count {numel} is too large"))?;
+        self.storages.insert(
+            key.clone(),
+            StorageInfo { type_name: type_name.to_string(), elem_size, numel },
+        );
         Ok(Value::Storage(key.clone()))
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| anyhow!("file truncated inside a pickle (at byte {})", self.pos))?;
+        let end =
+            end.ok_or_else(|| anyhow!("file truncated inside a pickle (at byte {})", self.pos))?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -414,7 +458,10 @@ impl Vm<'_, '_> {
     /// A newline-terminated text argument (GLOBAL's module and name).
     fn line(&mut self) -> Result<String> {
         let rest = &self.bytes[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or_else(|| anyhow!("file truncated inside a GLOBAL argument"))?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| anyhow!("file truncated inside a GLOBAL argument"))?;
         let s = self.utf8(n)?;
         self.pos += 1;
         Ok(s)
@@ -459,7 +506,9 @@ impl Vm<'_, '_> {
 
 /// REDUCE: calls one of the few callables a state dict needs.
 fn reduce(callable: Value, args: Value) -> Result<Value> {
-    let Value::Global(name) = &callable else { bail!("REDUCE on {callable:?}, which is not a global") };
+    let Value::Global(name) = &callable else {
+        bail!("REDUCE on {callable:?}, which is not a global")
+    };
     let Value::Tuple(args) = args else { bail!("REDUCE arguments for {name} are not a tuple") };
     match name.as_str() {
         "collections.OrderedDict" => {
@@ -539,7 +588,14 @@ mod tests {
 
     /// One `name: _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())` entry,
     /// the storage given as (type, key, numel).
-    fn entry(p: Pickle, name: &str, (ty, key, numel): (&str, &str, u8), offset: u8, size: &[u8], stride: &[u8]) -> Pickle {
+    fn entry(
+        p: Pickle,
+        name: &str,
+        (ty, key, numel): (&str, &str, u8),
+        offset: u8,
+        size: &[u8],
+        stride: &[u8],
+    ) -> Pickle {
         p.str(name)
             .op(b"ctorch._utils\n_rebuild_tensor_v2\n")
             .op(b"((")
@@ -572,7 +628,10 @@ mod tests {
             out.extend(n.to_le_bytes());
             out.extend(elems);
         };
-        storage(6, [0.0f32, 3.0, 1.0, 4.0, 2.0, 5.0].iter().flat_map(|v| v.to_le_bytes()).collect());
+        storage(
+            6,
+            [0.0f32, 3.0, 1.0, 4.0, 2.0, 5.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        );
         storage(1, 7u64.to_le_bytes().to_vec());
         storage(3, [9.0f32, 10.0, 11.0].iter().flat_map(|v| v.to_le_bytes()).collect());
         out

@@ -76,8 +76,13 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -88,10 +93,20 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request with `Connection: close`.
-pub fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Resp {
+    let mut s =
+        TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(ct) = content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -106,7 +121,9 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<
     loop {
         if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let len = head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()));
+            let len = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok())
+            });
             let chunked = head.contains("transfer-encoding: chunked");
             let done = match len {
                 Some(n) => raw.len() >= end + 4 + n,
@@ -122,7 +139,9 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<
             Ok(n) => raw.extend_from_slice(&buf[..n]),
         }
     }
-    parse_response(&raw).unwrap_or_else(|| panic!("{method} {path}: malformed response: {:?}", String::from_utf8_lossy(&raw)))
+    parse_response(&raw).unwrap_or_else(|| {
+        panic!("{method} {path}: malformed response: {:?}", String::from_utf8_lossy(&raw))
+    })
 }
 
 fn parse_response(raw: &[u8]) -> Option<Resp> {
@@ -130,13 +149,23 @@ fn parse_response(raw: &[u8]) -> Option<Resp> {
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let mut lines = head.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
     let mut body = raw[end + 4..].to_vec();
-    if let Some(n) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok()) {
+    if let Some(n) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
         body.truncate(n);
     }
-    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         body = dechunk(&body)?;
     }
     Some(Resp { status, headers, body })
@@ -146,7 +175,11 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&b[..nl]).ok()?.split(';').next()?.trim(),
+            16,
+        )
+        .ok()?;
         b = &b[nl + 2..];
         if size == 0 {
             return Some(out);
@@ -191,7 +224,10 @@ pub fn post_files(addr: SocketAddr, path: &str, files: &[(String, Vec<u8>)]) -> 
 
 /// Files read from paths, named by their file names.
 pub fn read_files(paths: &[std::path::PathBuf]) -> Vec<(String, Vec<u8>)> {
-    paths.iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(p).unwrap())).collect()
+    paths
+        .iter()
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(p).unwrap()))
+        .collect()
 }
 
 /// Percent-encodes a path segment.
@@ -225,7 +261,11 @@ pub fn wait_build(addr: SocketAddr, model: &str, timeout: Duration) -> Value {
 
 /// The first `n` image files of a class folder (sorted), and the rest.
 pub fn class_images(dir: &Path, n: usize) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
-    let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
     v.sort();
     let rest = v.split_off(n.min(v.len()));
     (v, rest)

@@ -83,11 +83,13 @@ pub fn dataset(name: &str) -> PathBuf {
 pub fn split_folder(src: &Path, k: usize, out: &Path) -> (PathBuf, PathBuf) {
     let index = out.join("index");
     let queries = out.join("queries");
-    let mut classes: Vec<_> = std::fs::read_dir(src).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut classes: Vec<_> =
+        std::fs::read_dir(src).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     classes.sort();
     for class in classes {
         let name = class.file_name().unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> =
+            std::fs::read_dir(&class).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for (i, f) in files.iter().enumerate() {
             let dir = if i < k { index.join(name) } else { queries.join(name) };
