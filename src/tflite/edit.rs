@@ -196,6 +196,7 @@ struct AlignedByte(u8);
 
 impl Push for AlignedByte {
     type Output = u8;
+    // SAFETY: writes only `dst[0]`, the one byte `size()` (1, from `Output = u8`) reserves.
     unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
         dst[0] = self.0;
     }
