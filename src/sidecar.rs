@@ -31,7 +31,7 @@ pub const AUTO_ROWS_BYTES: usize = 1536 << 20;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum IndexChoice {
     /// In the ONNX file (exact search), unless that cannot hold them and the
-    /// aggregation is `max`, then [`IndexChoice::Ivf`].
+    /// aggregation is `max`: then as `ivf`.
     #[default]
     Auto,
     /// Always in the ONNX file.
