@@ -112,6 +112,26 @@ struct ServeArgs {
     /// (a .tflite embedder gives TFLite classifiers).
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     embedder: String,
+    /// Longest time to receive a classify request's image, in seconds: 408 after it.
+    #[arg(long, default_value_t = 10.0)]
+    read_timeout: f64,
+    /// Models kept loaded for classification at most; the least recently used is unloaded first.
+    #[arg(long, default_value_t = cbr::serve::Config::default().max_loaded)]
+    max_loaded: usize,
+    /// Memory the loaded models may take, in MB (each measured when it loads).
+    #[arg(long, default_value_t = cbr::serve::Config::default().max_loaded_bytes >> 20)]
+    max_loaded_mb: u64,
+    /// Accept requests for this host name too (besides IP addresses and localhost, which
+    /// cannot be DNS-rebound); repeat for several; `*` accepts any (behind a proxy that checks Host).
+    #[arg(long, value_name = "NAME")]
+    allow_host: Vec<String>,
+    /// Let pages from this origin (e.g. https://app.example) send state-changing requests.
+    #[arg(long, value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
+    /// Require this access token (default: $CBR_TOKEN; a random one, printed at start, when
+    /// --addr is not loopback).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -379,6 +399,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    runtime::disable_telemetry();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => cmd_build(a),
@@ -404,6 +425,12 @@ fn main() -> ExitCode {
             max_queue: a.max_queue,
             timeout: std::time::Duration::from_secs_f64(a.timeout.max(0.001)),
             embedder: EmbedderChoice { embedder: a.embedder, ..EmbedderChoice::default() },
+            read_timeout: std::time::Duration::from_secs_f64(a.read_timeout.max(0.001)),
+            max_loaded: a.max_loaded,
+            max_loaded_bytes: a.max_loaded_mb << 20,
+            allow_hosts: a.allow_host,
+            allow_origins: a.allow_origin,
+            token: a.token,
         }),
         Command::Eval(a) => cmd_eval(a),
     };
@@ -564,10 +591,10 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
             cbr::sidecar::index_path(&a.output).display()
         );
     }
+    for line in cbr::printable::skip_report(&report.skipped, a.input_args.quiet) {
+        eprintln!("{line}");
+    }
     if !a.input_args.quiet {
-        for s in &report.skipped {
-            eprintln!("skipped {}: {}", s.path.display(), s.reason);
-        }
         let skipped = if report.skipped.is_empty() {
             String::new()
         } else {
@@ -595,7 +622,8 @@ fn cmd_build(a: BuildArgs) -> Result<()> {
         }
         let source = match &a.input {
             Some(_) => {
-                let embedded = report.images + report.skipped.len() - report.cached;
+                // Skipped files were read but never reached the embedder.
+                let embedded = report.images - report.cached;
                 let cached = if report.cached > 0 {
                     format!(" ({} from the embedding cache)", report.cached)
                 } else {
@@ -631,10 +659,10 @@ fn cmd_embed(a: EmbedArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
+    for line in cbr::printable::skip_report(&embedded.skipped, a.input_args.quiet) {
+        eprintln!("{line}");
+    }
     if !a.input_args.quiet {
-        for s in &embedded.skipped {
-            eprintln!("skipped {}: {}", s.path.display(), s.reason);
-        }
         let embedded_now = embedded.paths.len() - embedded.cached;
         let rate = if embedded_now > 0 {
             format!(
@@ -672,20 +700,17 @@ fn build_options(head: HeadOptions, augment: bool, a: &InputArgs) -> BuildOption
 
 fn cmd_add(a: AddArgs) -> Result<()> {
     let images = dataset::from_path(&a.input)?;
-    let bytes = std::fs::read(&a.model)
-        .with_context(|| format!("cannot read model {}", a.model.display()))?;
-    let mut model = EditableModel::from_bytes(&bytes)
-        .with_context(|| format!("model {}", a.model.display()))?;
-    let opts = build_options(model.options.clone(), a.augment, &a.input_args);
     let bar = progress_bar(images.len(), a.input_args.quiet);
-    let report = model.add(&images, &opts, &|done| bar.set_position(done as u64))?;
+    let report = cbr::edit::edit_file(&a.model, a.output.as_deref(), |model| {
+        let opts = build_options(model.options.clone(), a.augment, &a.input_args);
+        model.add(&images, &opts, &|done| bar.set_position(done as u64))
+    })?;
     bar.finish_and_clear();
     let out = a.output.as_deref().unwrap_or(&a.model);
-    cache::write_atomic(out, &model.to_bytes()?)?;
+    for line in cbr::printable::skip_report(&report.skipped, a.input_args.quiet) {
+        eprintln!("{line}");
+    }
     if !a.input_args.quiet {
-        for s in &report.skipped {
-            eprintln!("skipped {}: {}", s.path.display(), s.reason);
-        }
         eprintln!(
             "wrote {}: added {} images ({} from the embedding cache); now {} classes, {} index rows",
             out.display(),
@@ -704,13 +729,8 @@ fn cmd_edit(
     output: Option<&Path>,
     edit: impl FnOnce(&mut EditableModel) -> Result<cbr::edit::EditReport>,
 ) -> Result<()> {
-    let bytes =
-        std::fs::read(model).with_context(|| format!("cannot read model {}", model.display()))?;
-    let mut m =
-        EditableModel::from_bytes(&bytes).with_context(|| format!("model {}", model.display()))?;
-    let report = edit(&mut m)?;
+    let report = cbr::edit::edit_file(model, output, edit)?;
     let out = output.unwrap_or(model);
-    cache::write_atomic(out, &m.to_bytes()?)?;
     eprintln!(
         "wrote {}: removed {} index rows; now {} classes, {} index rows",
         out.display(),
@@ -735,8 +755,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             bar.set_position(d as u64)
         })?;
     bar.finish_and_clear();
-    for s in embedded.skipped.iter().filter(|_| !a.quiet) {
-        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    for line in cbr::printable::skip_report(&embedded.skipped, a.quiet) {
+        eprintln!("{line}");
     }
     if let Some(dir) = &a.dump {
         eval::dump(&embedded, dir)?;
@@ -796,13 +816,15 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
                 let line = serde_json::json!({ "path": path.to_string_lossy(), "label": p.label, "unknown": p.label.is_none(), "top": p.top });
                 writeln!(out, "{line}")?;
             } else {
-                let best: Vec<String> =
-                    p.top.iter().map(|t| format!("{} ({:.3})", t.label, t.score)).collect();
+                let best: Vec<String> = p
+                    .top
+                    .iter()
+                    .map(|t| format!("{} ({:.3})", cbr::printable::printable(&t.label), t.score))
+                    .collect();
+                let path = cbr::printable::path(path);
                 match &p.label {
-                    Some(_) => writeln!(out, "{}: {}", path.display(), best.join(", "))?,
-                    None => {
-                        writeln!(out, "{}: unknown (best: {})", path.display(), best.join(", "))?
-                    }
+                    Some(_) => writeln!(out, "{path}: {}", best.join(", "))?,
+                    None => writeln!(out, "{path}: unknown (best: {})", best.join(", "))?,
                 }
             }
         }
@@ -822,7 +844,7 @@ fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) ->
             serde_json::json!({ "path": path.to_string_lossy(), "error": reason })
         )?;
     } else {
-        eprintln!("{}: {reason}", path.display());
+        eprintln!("{}: {}", cbr::printable::path(path), cbr::printable::printable(reason));
     }
     Ok(())
 }
@@ -853,14 +875,17 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     }
     println!(
         "model:         {} ({:.1} MB, {operations})",
-        a.model.display(),
+        cbr::printable::path(&a.model),
         bytes.len() as f64 / 1e6
     );
     let p = &info.preprocess;
-    println!("built by:      cbr {}", info.cbr_version);
+    println!("built by:      cbr {}", cbr::printable::printable(&info.cbr_version));
     println!(
         "embedder:      {} ({}-d, output {:?}, sha256 {})",
-        info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256
+        cbr::printable::printable(&info.embedder.name),
+        info.embedder.dim,
+        info.embedder.output,
+        cbr::printable::printable(&info.embedder.sha256)
     );
     println!(
         "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?}",
@@ -907,7 +932,7 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         info.images_per_label.iter().sum::<usize>()
     );
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
-        println!("  {label}\t{n}");
+        println!("  {}\t{n}", cbr::printable::printable(label));
     }
     Ok(())
 }

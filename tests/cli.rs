@@ -730,3 +730,82 @@ fn onnx_embedder_given_by_path() {
     assert!(err.contains(s(&embedder)), "the error should name the embedder file:\n{err}");
     assert!(!model2.exists(), "the refused build must not write a model");
 }
+
+/// Issue 12, item 9: labels and file names are printed escaped (a newline in
+/// a file name cannot forge a report line, ANSI escapes do not reach the
+/// terminal); "embedded N" leaves out skipped files; `-q` keeps a one-line
+/// skip count; ONNX Runtime writes nothing under $HOME outside cbr's cache,
+/// and LiteRT prints no INFO line.
+#[test]
+fn reports_are_escaped_and_the_runtimes_stay_quiet_and_in_the_cache() {
+    setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let classes = copy_cub(&data, 2, 3);
+    let evil_class = "evil\u{1b}[31mred";
+    fs::rename(data.join(&classes[1]), data.join(evil_class)).unwrap();
+    fs::write(data.join(&classes[0]).join("x\nskipped forged.jpg"), b"not an image").unwrap();
+    // A home of its own: whatever the runtimes write there is visible.
+    let home = tmp.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let cache = cbr::cache::dir().unwrap();
+    let in_home = |args: &[&str]| -> Output {
+        common::cbr()
+            .args(args)
+            .env("HOME", &home)
+            .env("CBR_CACHE_DIR", &cache)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("ORT_DISABLE_TELEMETRY")
+            .env_remove("CI")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("TF_BUILD")
+            .output()
+            .unwrap()
+    };
+    let model = tmp.path().join("m.onnx");
+    let out = in_home(&["build", s(&data), "-o", s(&model), "--no-cache"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains('\u{1b}'), "an escape reached the terminal:\n{err}");
+    let skip_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("skipped")).collect();
+    assert_eq!(skip_lines.len(), 1, "one bad file, one line:\n{err}");
+    assert!(skip_lines[0].contains("x\\nskipped forged.jpg"), "{}", skip_lines[0]);
+    assert!(
+        err.contains("embedded 6 in"),
+        "6 images embedded, the skipped file is not one:\n{err}"
+    );
+
+    let out = in_home(&["build", s(&data), "-o", s(&model), "--no-cache", "-q"]);
+    assert!(out.status.success());
+    assert_eq!(
+        stderr(&out).lines().collect::<Vec<_>>(),
+        ["skipped 1 unreadable image (run without -q to list them)"]
+    );
+
+    let out = in_home(&["info", s(&model)]);
+    let text = stdout(&out);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("evil\\u{1b}[31mred"), "{text}");
+    let query = data.join(&classes[0]).join("q\nfake: line.jpg");
+    fs::copy(files_of(&data.join(evil_class))[0].clone(), &query).unwrap();
+    let out = in_home(&["classify", s(&model), s(&query)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert!(!stdout(&out).contains('\u{1b}'));
+    assert!(
+        !home.join(".cache").join("Microsoft").exists(),
+        "ONNX Runtime wrote into {}",
+        home.join(".cache/Microsoft").display()
+    );
+
+    // LiteRT: no "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    let embedder = shared().join("models/mobilenet_v1_0.25_128_quant_embedder.tflite");
+    let tfl = tmp.path().join("m.tflite");
+    let out = in_home(&["build", s(&data), "--embedder", s(&embedder), "-o", s(&tfl), "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = in_home(&["classify", s(&tfl), s(&query)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("XNNPACK"), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "classify prints nothing on stderr");
+    assert!(!home.join(".cache").join("Microsoft").exists());
+}

@@ -297,3 +297,77 @@ fn killed_build_leaves_no_model_and_its_work_is_reused() {
     ]));
     same_file(&reference, &model);
 }
+
+/// The class names of a model, from `cbr info --json`.
+fn labels_of(model: &Path) -> Vec<String> {
+    let info: serde_json::Value =
+        serde_json::from_str(&run_ok(&["info", model.to_str().unwrap(), "--json"])).unwrap();
+    info["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect()
+}
+
+/// Issue 12, item 1: two `cbr add` on one model at once both land (the
+/// second waits for the first's lock and starts from its result).
+#[test]
+fn concurrent_adds_on_one_model_both_land() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = cub(4, 3);
+    let base = manifest(dir.path(), "base.csv", &rows[..6]);
+    let add_a = manifest(dir.path(), "a.csv", &rows[6..9]);
+    let add_b = manifest(dir.path(), "b.csv", &rows[9..12]);
+    let model = dir.path().join("m.onnx");
+    build(&base, &model, &["--no-cache"]);
+    for round in 0..2 {
+        let spawn = |csv: &Path| {
+            cbr()
+                .args(["add", model.to_str().unwrap(), csv.to_str().unwrap(), "-q", "--no-cache"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(&add_a), spawn(&add_b));
+        for child in [a, b] {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let labels = labels_of(&model);
+        assert_eq!(labels.len(), 4, "round {round}: an acknowledged add was lost: {labels:?}");
+    }
+    // The result is the model a fresh build over all the images gives.
+    let all = manifest(dir.path(), "all.csv", &rows);
+    let fresh = dir.path().join("fresh.onnx");
+    build(&all, &fresh, &["--no-cache"]);
+    same_file(&model, &fresh);
+}
+
+/// Issue 12, item 7: a write killed between creating its temporary file and
+/// the rename leaves `.cbr-tmp-*`; the next write in that folder removes it.
+#[test]
+fn a_killed_writes_temporary_file_is_removed_by_the_next_write() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = cub(2, 2);
+    let model = dir.path().join("m.onnx");
+    build(&manifest(dir.path(), "m.csv", &rows), &model, &["--no-cache"]);
+    let temps = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".cbr-tmp-"))
+            .collect()
+    };
+    assert!(temps().is_empty());
+    // strace kills the process at its rename, as a crash or kill -9 would.
+    let out = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "inject=rename,renameat,renameat2:signal=KILL"])
+        .arg(env!("CARGO_BIN_EXE_cbr"))
+        .args(["relabel", model.to_str().unwrap(), &rows[0].1, "renamed", "-o"])
+        .arg(dir.path().join("out.onnx"))
+        .output()
+        .expect("this test needs strace (apt-get install strace)");
+    assert!(!out.status.success(), "the write was not interrupted");
+    assert_eq!(temps().len(), 1, "the killed write should have left its temporary file");
+    run_ok(&["relabel", model.to_str().unwrap(), &rows[0].1, "renamed"]);
+    assert!(temps().is_empty(), "left behind: {:?}", temps());
+    assert_eq!(labels_of(&model), [rows[1].1.clone(), "renamed".into()]);
+}
