@@ -763,14 +763,16 @@ async fn loaded(app: &AppState, name: &str) -> ApiResult<Arc<Loaded>> {
     }
     let path = app.store.model_path(name);
     // The cost of a model for the LRU: the memory its session takes, measured
-    // across loading and one warm-up run (ONNX Runtime allocates its buffers
-    // on the first run); at least the file's size. Loads are serialised, so
-    // the measurement sees one model at a time.
+    // across loading and a warm-up run of the largest batch the worker sends
+    // (ONNX Runtime's arena grows to the largest batch it has run); at least
+    // the file's size. Loads are serialised, so the measurement sees one
+    // model at a time.
     let (classifier, cost) = tokio::task::spawn_blocking(move || -> Result<(Classifier, u64)> {
         let before = lru::resident_bytes();
         let mut c = Classifier::open(&path)?;
-        let zeros = vec![0f32; c.info.preprocess.tensor_len()];
-        c.predict(&zeros, 1, 1, None)?;
+        let n = c.max_batch.max(1);
+        let zeros = vec![0f32; n * c.info.preprocess.tensor_len()];
+        c.predict(&zeros, n, 1, None)?;
         let grown = lru::resident_bytes().saturating_sub(before);
         Ok((c, grown.max(version.1)))
     })
