@@ -24,7 +24,7 @@ use super::schema::model::{
 use crate::head::{plan_max, Aggregation, MaxLevel, RetrievalHead, SCORES};
 
 /// How the similarity layers of the head are computed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TfliteBlock {
     /// float32 weights and arithmetic: the same scores as cbr's ONNX head.
     #[default]
