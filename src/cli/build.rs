@@ -87,7 +87,10 @@ pub struct BuildArgs {
     ivf_nprobe: usize,
     /// The original classification-by-retrieval: --aggregate max --power 1 --center false
     /// --calibrate false, no threshold.
-    #[arg(long, conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"]
+    )]
     original: bool,
     /// How index rows are stored in the model: f32 (exact), f16 (half the
     /// size) or int8 (a quarter; one scale per row).

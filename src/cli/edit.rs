@@ -62,7 +62,8 @@ pub fn add(a: AddArgs) -> Result<()> {
     if !a.input_args.quiet {
         print_skipped(&report.skipped);
         eprintln!(
-            "wrote {}: added {} images ({} from the embedding cache); now {} classes, {} index rows",
+            "wrote {}: added {} images ({} from the embedding cache); \
+             now {} classes, {} index rows",
             out.display(),
             report.added,
             report.cached,
