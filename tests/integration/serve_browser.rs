@@ -1,15 +1,14 @@
 //! The web app in a real browser: headless Chromium (Debian's `chromium`)
 //! driven through WebDriver (`chromedriver` from `chromium-driver`), against
-//! the real `cbr serve`. Creates a model with two classes from real CUB photos
+//! the real `cbr serve`. Creates a model with two classes of real colour photos
 //! through the page's file inputs, builds it, classifies a held-out photo and
 //! checks the label shown on the page. Screenshots: target/serve_browser.png
 //! (desktop) and target/serve_browser_phone.png (phone-sized window).
 //!
 //! Never skipped: without Chromium the test fails and says how to install it.
 
-mod common;
-#[path = "browser/support.rs"]
-mod support;
+use crate::common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -200,8 +199,8 @@ fn web_app_builds_and_classifies_in_chromium() {
         Duration::from_secs(20),
     );
 
-    let cub = common::dataset("cub200_010");
-    let classes = [("albatross", "001.Black_footed_Albatross"), ("auklet", "005.Crested_Auklet")];
+    let photos = crate::fixtures::scenes();
+    let classes = [("cat", "cat"), ("rocket", "rocket")];
     let mut held = Vec::new();
     for (label, folder) in classes {
         driver.type_into("#new-class", label);
@@ -212,7 +211,7 @@ fn web_app_builds_and_classifies_in_chromium() {
             &format!("return !!document.querySelector(\"{card}\")"),
             Duration::from_secs(20),
         );
-        let (train, rest) = class_images(&cub.join(folder), 5);
+        let (train, rest) = class_images(&photos.join(folder), 5);
         let paths: Vec<String> = train
             .iter()
             .map(|p| p.canonicalize().unwrap().to_string_lossy().into_owned())

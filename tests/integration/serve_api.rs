@@ -1,10 +1,9 @@
-//! `cbr serve` end to end: the real binary on loopback, real CUB images,
+//! `cbr serve` end to end: the real binary on loopback, real colour photos,
 //! every endpoint, the error contract, persistence across restarts and a kill
 //! during a build, and the OpenAPI document against the router.
 
-mod common;
-#[path = "browser/support.rs"]
-mod support;
+use crate::common;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,11 +12,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::*;
 
-const CLASSES: &[&str] =
-    &["001.Black_footed_Albatross", "005.Crested_Auklet", "010.Red_winged_Blackbird"];
+/// Classes of `fixtures::scenes()`, in sorted order.
+const CLASSES: &[&str] = &["cat", "coffee", "rocket"];
 
 fn class_dir(c: &str) -> PathBuf {
-    common::dataset("cub200_010").join(c)
+    crate::fixtures::scenes().join(c)
 }
 
 /// Creates `model` and uploads the first `n` images of each class; returns the held-out images per class.
