@@ -8,6 +8,9 @@ virtual environment (Pillow, numpy, scikit-image); the output is not in git.
 OUT_DIR/
   fashion-mnist/<label>/<n>.png   Fashion-MNIST test images (Debian package dataset-fashion-mnist),
                                   PER_CLASS per class: real 28x28 grey photos of clothing, 10 classes
+  fashion-mnist-jpeg/<label>/<n>.jpg  the same photos (JPEG_PER_CLASS per class) as JPEG files, for
+                                  the server tests (uploads, thumbnails) that want JPEGs of a set
+                                  as hard as real use (leave-one-out accuracy below 100%)
   photos/<name>.<png|jpg>         scikit-image's colour sample photographs, as shipped (skimage/data)
   scenes/<name>/<nn>.jpg          a labelled colour set: CROPS crops of each sample photograph
                                   (random position and scale, 160-320 px, JPEG); class = photograph
@@ -30,11 +33,12 @@ import numpy as np
 import skimage
 from PIL import Image
 
-VERSION = "cbr-fixtures 1\n"
+VERSION = "cbr-fixtures 2\n"
 FASHION = "/usr/share/datasets/fashion-mnist"
 FASHION_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                   "sneaker", "bag", "ankle-boot"]
 PER_CLASS = 50
+JPEG_PER_CLASS = 60
 # scikit-image's colour photographs (the others are grey, synthetic or microscopy masks).
 # The two motorcycle photos are the same scene from two cameras: one class.
 SCENES = {
@@ -54,7 +58,7 @@ def skimage_data(name: str) -> str:
     return os.path.join(os.path.dirname(skimage.__file__), "data", name)
 
 
-def fashion_mnist(out: str) -> None:
+def fashion_mnist(out: str, per_class: int, ext: str) -> None:
     with gzip.open(os.path.join(FASHION, "t10k-images-idx3-ubyte.gz")) as f:
         _, n, rows, cols = struct.unpack(">IIII", f.read(16))
         pixels = np.frombuffer(f.read(n * rows * cols), dtype=np.uint8).reshape(n, rows, cols)
@@ -64,11 +68,11 @@ def fashion_mnist(out: str) -> None:
     written = [0] * len(FASHION_LABELS)
     for i in range(n):
         c = labels[i]
-        if written[c] >= PER_CLASS:
+        if written[c] >= per_class:
             continue
         d = os.path.join(out, FASHION_LABELS[c])
         os.makedirs(d, exist_ok=True)
-        Image.fromarray(pixels[i], "L").save(os.path.join(d, f"{i:05d}.png"))
+        Image.fromarray(pixels[i], "L").save(os.path.join(d, f"{i:05d}.{ext}"), quality=95)
         written[c] += 1
 
 
@@ -133,7 +137,8 @@ def main(out: str) -> None:
         return
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    fashion_mnist(os.path.join(tmp, "fashion-mnist"))
+    fashion_mnist(os.path.join(tmp, "fashion-mnist"), PER_CLASS, "png")
+    fashion_mnist(os.path.join(tmp, "fashion-mnist-jpeg"), JPEG_PER_CLASS, "jpg")
     photos(os.path.join(tmp, "photos"))
     scenes(os.path.join(tmp, "scenes"))
     formats(os.path.join(tmp, "formats"))

@@ -222,10 +222,11 @@ fn accuracy_five_shot_on_fashion_mnist() {
     let (correct, n) = five_shot(&fixtures::fashion_mnist(), 450);
     let accuracy = correct as f64 / n as f64;
     println!("5-shot top-1 accuracy on Fashion-MNIST: {accuracy:.3} ({correct}/{n})");
-    assert!(accuracy >= FASHION_MIN, "5-shot top-1 accuracy on Fashion-MNIST is {accuracy:.3} ({correct}/{n}), expected >= {FASHION_MIN} (measured FASHION_MEASURED; chance is 0.1)");
+    assert!(accuracy >= FASHION_MIN, "5-shot top-1 accuracy on Fashion-MNIST is {accuracy:.3} ({correct}/{n}), expected >= {FASHION_MIN} (measured 0.727; chance is 0.1)");
 }
 
-const FASHION_MIN: f64 = 0.0;
+/// 5-shot top-1 on the 450 Fashion-MNIST queries, default head: measured 0.727 (327/450).
+const FASHION_MIN: f64 = 0.65;
 
 #[test]
 fn builds_are_deterministic_and_info_describes_the_model() {

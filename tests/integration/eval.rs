@@ -75,6 +75,7 @@ pub fn eval_json_report_and_dump(
     }
     let original = configs.iter().find(|c| c["name"] == "original").unwrap();
     let t1 = original["top1"]["mean"].as_f64().unwrap();
+    println!("eval on {}: original (max) top-1 {t1:.3}", data.display());
     assert!(
         (original_range.0..=original_range.1).contains(&t1),
         "original (max) top-1 {t1}: reference {reference}"
