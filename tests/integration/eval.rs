@@ -23,8 +23,8 @@ fn references(html: &str) -> Vec<String> {
 
 #[test]
 fn eval_json_report_and_dump_on_fashion_mnist() {
-    // 10 classes x 50 images; `original` (max) top-1 measured ORIG_MEASURED over 2 seeds.
-    eval_json_report_and_dump(&fixtures::fashion_mnist(), 500, (0.0, 1.0), "ORIG_MEASURED");
+    // 10 classes x 50 images; `original` (max) top-1 measured 0.699 over these 2 seeds.
+    eval_json_report_and_dump(&fixtures::fashion_mnist(), 500, (0.62, 0.78), "0.699 over 2 seeds");
 }
 
 /// `cbr eval --shots 5 --seeds 2` on a 10-class set of `images` images: the JSON

@@ -44,11 +44,12 @@ fn tflite_classifier_from_the_default_embedder() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
     let (index, queries) = split_folder(&fixtures::fashion_mnist(), 5, tmp.path());
-    // Measured LITE_TFLITE_MEASURED top-1 on these 450 queries.
+    // Measured 0.727 top-1 (threshold 0) on these 450 queries, as the ONNX classifier.
     default_embedder_tflite(&index, &queries, "Fashion-MNIST", LITE_TFLITE_MIN);
 }
 
-const LITE_TFLITE_MIN: f64 = 0.0;
+/// 5-shot top-1 of the TFLite classifier on Fashion-MNIST: measured 0.727.
+const LITE_TFLITE_MIN: f64 = 0.65;
 
 /// The default embedder with `--format tflite` (its TFLite twin), 5 shots from
 /// `index`: accuracy on `queries` above `min_accuracy`, and the same scores as the

@@ -215,8 +215,9 @@ fn api_errors_are_json_with_the_right_status() {
         &["--max-upload", "300000", "--max-pixels", "20000", "--timeout", "2"],
     );
     let a = server.addr;
-    let (imgs, _) = class_images(&class_dir(CLASSES[0]), 2);
-    let jpeg = std::fs::read(&imgs[0]).unwrap();
+    // A real JPEG photograph above the pixel limit: scikit-image's rocket (427x640, 112 kB).
+    let rocket = crate::fixtures::photos().into_iter().find(|p| p.ends_with("rocket.jpg"));
+    let jpeg = std::fs::read(rocket.expect("rocket.jpg among the fixture photos")).unwrap();
 
     // Unknown model / route.
     for (m, p) in [
@@ -287,7 +288,7 @@ fn api_errors_are_json_with_the_right_status() {
         &[("cut.jpg".into(), jpeg[..jpeg.len() / 2].to_vec())],
     );
     assert_eq!((r.status, code(&r)), (400, "corrupt_image".into()), "{}", r.text());
-    // Too many pixels (limit 20 000; CUB photos are ~320x220 and up): 413.
+    // Too many pixels (limit 20 000; the rocket has 273 280): 413.
     let r = post_files(a, "/api/models/m/labels/cat/images", &[("big.jpg".into(), jpeg.clone())]);
     assert_eq!((r.status, code(&r)), (413, "too_many_pixels".into()), "{}", r.text());
     // Upload above --max-upload: 413 (from Content-Length, and also for a streamed body).
