@@ -63,7 +63,7 @@ impl fmt::Display for ImageId {
 }
 
 /// How index rows are stored in the model file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IndexDtype {
     /// 4 bytes per value: exact.

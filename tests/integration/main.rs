@@ -14,6 +14,7 @@ mod efficientnet_convert;
 mod efficientnet_tflite;
 mod eval;
 mod extended;
+mod golden;
 mod head_graph;
 mod litert_cli;
 mod onnxruntime_client;
