@@ -118,9 +118,21 @@ pub struct Downloaded {
     _dir: tempfile::TempDir,
 }
 
-/// The Python used for `pip download`: `$CBR_PYTHON`, else `python3`.
+/// The Python used for `pip download`: `$CBR_PYTHON`, else the active virtual
+/// environment's (`$VIRTUAL_ENV`), else `python3`. `pip download` installs
+/// nothing, so Debian's externally-managed system Python serves too, when it
+/// has pip (package python3-pip).
 fn python() -> String {
-    std::env::var("CBR_PYTHON").unwrap_or_else(|_| "python3".to_string())
+    if let Ok(py) = std::env::var("CBR_PYTHON") {
+        return py;
+    }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        let py = Path::new(&venv).join("bin").join("python");
+        if py.is_file() {
+            return py.to_string_lossy().into_owned();
+        }
+    }
+    "python3".to_string()
 }
 
 /// Runs `python3 -m pip download --no-deps --only-binary=:all: <spec>` and
@@ -142,11 +154,14 @@ pub fn pip_download(spec: &str, file_prefix: &str) -> Result<Downloaded> {
             )
         })?;
     if !out.status.success() {
-        bail!(
-            "`{py} -m pip download {spec}` failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hint = if err.contains("No module named pip") {
+            "\n(this Python has no pip: install it (Debian: apt-get install python3-pip), or set \
+             CBR_PYTHON to a Python that has it, e.g. a virtual environment's bin/python)"
+        } else {
+            ""
+        };
+        bail!("`{py} -m pip download {spec}` failed ({}):\n{}{hint}", out.status, err.trim());
     }
     let norm = |s: &str| s.to_ascii_lowercase().replace(['-', '.'], "_");
     let want = norm(file_prefix);
