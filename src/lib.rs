@@ -1,4 +1,6 @@
 //! cbr: classification-by-retrieval.
+// Every `unsafe` says why it is sound (checked by clippy in CI).
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 pub mod build;
 pub mod cache;
 pub mod classifier;
@@ -16,6 +18,7 @@ pub mod onnx;
 pub mod preprocess;
 pub mod printable;
 pub mod quiet_stderr;
+pub mod rng;
 pub mod runtime;
 pub mod search;
 pub mod serve;
