@@ -29,11 +29,13 @@ pub async fn rewrite(req: Request, next: Next) -> Response {
     };
     let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
     let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED if allow.is_empty() => (
+            "method_not_allowed",
+            "this endpoint does not accept that method; see /openapi.json".to_string(),
+        ),
         StatusCode::METHOD_NOT_ALLOWED => (
             "method_not_allowed",
-            format!(
-                "this endpoint does not accept that method (allowed: {allow}); see /openapi.json"
-            ),
+            format!("this endpoint accepts only {allow}; see /openapi.json"),
         ),
         StatusCode::BAD_REQUEST if text.starts_with("Failed to deserialize query string") => {
             ("bad_query", text)
