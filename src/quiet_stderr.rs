@@ -20,16 +20,17 @@ pub fn without_info_lines<T>(f: impl FnOnce() -> T) -> T {
     // One redirection at a time: fd 2 is process-wide.
     static REDIRECTING: Mutex<()> = Mutex::new(());
     let _one = REDIRECTING.lock().unwrap_or_else(|p| p.into_inner());
-    let mut fds = [0 as libc::c_int; 2];
+    let mut fds: [libc::c_int; 2] = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return f();
     }
     let (read_end, write_end) = (fds[0], fds[1]);
-    // SAFETY: fcntl/dup2/close on descriptors this function owns or on fd 2,
-    // which is restored from `saved` before returning.
+    // SAFETY: duplicates fd 2 (restored from this copy before returning).
     let saved = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
-    if saved < 0 || unsafe { libc::dup2(write_end, 2) } < 0 {
+    // SAFETY: points fd 2 at the pipe; `saved` holds the original.
+    let redirected = saved >= 0 && unsafe { libc::dup2(write_end, 2) } >= 0;
+    if !redirected {
         // SAFETY: closing descriptors created above.
         unsafe {
             libc::close(read_end);

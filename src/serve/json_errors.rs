@@ -33,10 +33,9 @@ pub async fn rewrite(req: Request, next: Next) -> Response {
             "method_not_allowed",
             "this endpoint does not accept that method; see /openapi.json".to_string(),
         ),
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            format!("this endpoint accepts only {allow}; see /openapi.json"),
-        ),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", format!("this endpoint accepts only {allow}; see /openapi.json"))
+        }
         StatusCode::BAD_REQUEST if text.starts_with("Failed to deserialize query string") => {
             ("bad_query", text)
         }
