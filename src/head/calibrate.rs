@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::interpret::Evaluation;
 use super::rules::{self, CENTROIDS, DISCRIMINANT};
-use super::{discriminant, dot, l2_normalize, softmax, RetrievalHead};
+use super::{discriminant, l2_normalize, softmax, RetrievalHead};
+use crate::kernels::dot;
 
 /// Leave-one-out queries are capped so calibration stays fast on big indexes:
 /// at most this many, and at most `LOO_BUDGET / rows` when matching every row.

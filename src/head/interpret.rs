@@ -9,7 +9,8 @@
 //! similarities (leave-one-out's exclusions).
 
 use super::plan::{HeadPlan, Op, ValueId};
-use super::{dot, l2_normalize, power_transform, softmax};
+use super::{l2_normalize, power_transform, softmax};
+use crate::kernels::dot;
 
 /// The values of one query's evaluation, computed on demand.
 pub struct Evaluation<'p, 'a> {
@@ -137,4 +138,34 @@ impl<'p, 'a> Evaluation<'p, 'a> {
 /// Value `output` of `plan` for the raw embedding `embedding`.
 pub fn evaluate(plan: &HeadPlan, embedding: &[f32], output: ValueId) -> Vec<f32> {
     Evaluation::new(plan, embedding).value(output).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::{HeadOptions, RetrievalHead};
+
+    #[test]
+    fn excluded_rows_match_nothing_and_set_values_are_not_recomputed() {
+        // Class a: (1,0); class b: (0,1) and (0.6,0.8).
+        let labels: Vec<String> = ["a", "b", "b"].iter().map(|s| s.to_string()).collect();
+        let head = RetrievalHead::new(
+            &[1.0, 0.0, 0.0, 1.0, 0.6, 0.8],
+            2,
+            &labels,
+            &HeadOptions::original(),
+        )
+        .unwrap();
+        let plan = head.plan();
+        assert_eq!(evaluate(&plan, &[0.0, 2.0], plan.scores), vec![0.0, 1.0]);
+        // Without b's (0,1) row, b's best is (0.6,0.8); without a's only row, a is -inf.
+        let excluded = [0, 1];
+        let mut e = Evaluation::new(&plan, &[0.0, 2.0]).excluding_rows(&excluded);
+        let s = e.value(plan.scores);
+        assert!(s[0] == f32::NEG_INFINITY && (s[1] - 0.8).abs() < 1e-6, "{s:?}");
+        // A set query is used as it is (not normalised again).
+        let mut e = Evaluation::empty(&plan);
+        e.set(plan.query, vec![0.0, 2.0]);
+        assert_eq!(e.value(plan.class_similarities), &[0.0, 2.0]);
+    }
 }

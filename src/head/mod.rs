@@ -209,26 +209,6 @@ pub fn power_transform(v: &mut [f32], p: f32) {
     }
 }
 
-/// Dot product with eight independent partial sums, which the compiler turns
-/// into SIMD (a single running sum cannot be reordered, so it stays scalar).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut tail = 0f32;
-    for i in chunks * 8..n {
-        tail += a[i] * b[i];
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Softmax of `s / temperature`, ignoring `-inf` entries (probability 0).
 pub fn softmax(s: &[f32], temperature: f32) -> Vec<f32> {
     let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

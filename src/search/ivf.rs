@@ -19,7 +19,8 @@ use rayon::prelude::*;
 
 use super::flat::{search_rows, search_rows_batch};
 use super::synthetic::SplitMix;
-use super::{kernels, Hit, TopK};
+use super::{Hit, TopK};
+use crate::kernels;
 
 const MAGIC: &[u8; 8] = b"CBR-IVF1";
 

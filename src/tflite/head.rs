@@ -319,7 +319,7 @@ pub fn output_range(rows: &[f32], weights: &[f32], bias: Option<&[f32]>, d: usiz
     let (mut lo, mut hi) = (0f32, 0f32);
     for r in rows.chunks_exact(d).step_by(step) {
         for (k, w) in weights.chunks_exact(d).enumerate() {
-            let v = crate::head::dot(r, w) + bias.map_or(0.0, |b| b[k]);
+            let v = crate::kernels::dot(r, w) + bias.map_or(0.0, |b| b[k]);
             lo = lo.min(v);
             hi = hi.max(v);
         }
