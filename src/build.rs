@@ -6,7 +6,7 @@
 //! reported, skipped and counted (unless `strict`).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -18,9 +18,10 @@ use crate::decode::{self, DecodeLimits};
 use crate::embedder::{Embedder, EmbedderInfo, EmbedderModel};
 use crate::embedding_cache::{EmbeddingCache, Variant};
 use crate::head::{HeadOptions, ImageId, Index, RetrievalHead};
+use crate::models::EmbedderChoice;
 use crate::onnx;
 use crate::preprocess::Preprocess;
-use crate::search::IvfIndex;
+use crate::search::{IvfIndex, IvfParams};
 use crate::sidecar::{self, IndexChoice, IndexInfo};
 
 /// Choices for a build.
@@ -38,6 +39,8 @@ pub struct BuildOptions {
     pub tflite: crate::tflite::TfliteOptions,
     /// Index rows in the model, or in a sidecar approximate index.
     pub index: IndexChoice,
+    /// The sidecar index's parameters, when there is one.
+    pub ivf: IvfParams,
 }
 
 impl Default for BuildOptions {
@@ -50,8 +53,70 @@ impl Default for BuildOptions {
             cache: true,
             tflite: crate::tflite::TfliteOptions::default(),
             index: IndexChoice::Auto,
+            ivf: IvfParams::default(),
         }
     }
+}
+
+/// The file format of a classifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelFormat {
+    Onnx,
+    Tflite,
+}
+
+impl ModelFormat {
+    /// The format an output path asks for: `.tflite` (any case) is TFLite, anything else ONNX.
+    pub fn from_output_path(path: &Path) -> ModelFormat {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
+            ModelFormat::Tflite
+        } else {
+            ModelFormat::Onnx
+        }
+    }
+
+    /// The format of the classifiers `embedder` gives: its own.
+    pub fn of_embedder(embedder: &Embedder) -> ModelFormat {
+        match embedder.model {
+            EmbedderModel::Onnx { .. } => ModelFormat::Onnx,
+            EmbedderModel::Tflite { .. } => ModelFormat::Tflite,
+        }
+    }
+}
+
+/// Refuses TFLite-only choices (block arithmetic, Model Metadata) for another format.
+pub fn check_format_options(
+    format: ModelFormat,
+    tflite: &crate::tflite::TfliteOptions,
+) -> Result<()> {
+    if format != ModelFormat::Tflite && *tflite != crate::tflite::TfliteOptions::default() {
+        bail!(
+            "--tflite-block, --name, --description, --author, --model-version and --license apply \
+             to TFLite output: use -o NAME.tflite or --format tflite"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the embedder for a classifier in `format`: a classifier is written in its embedder's
+/// format, so a known model is opened as its TFLite twin for TFLite, and an embedder file in the
+/// other format is refused.
+pub fn open_embedder_for(choice: &EmbedderChoice, format: ModelFormat) -> Result<Embedder> {
+    let choice = EmbedderChoice { tflite: format == ModelFormat::Tflite, ..choice.clone() };
+    let embedder = crate::models::open_embedder(&choice)?;
+    let has = ModelFormat::of_embedder(&embedder);
+    if has != format {
+        let (want, has_name, flag) = match has {
+            ModelFormat::Tflite => ("ONNX", "a .tflite", "tflite"),
+            ModelFormat::Onnx => ("TFLite", "an ONNX", "onnx"),
+        };
+        bail!(
+            "a {want} classifier cannot be built on {has_name} embedder ({}): give an embedder in \
+             the same format, a known model name, or --format {flag}",
+            embedder.info.name,
+        );
+    }
+    Ok(embedder)
 }
 
 /// A built model: the model file's bytes and, for big indexes, the sidecar
@@ -540,7 +605,7 @@ pub fn build_from_embedded(
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
     let head = RetrievalHead::from_index(embedded.index(&opts.head)?, &opts.head)?;
-    let index = match opts.index.resolve(&head)? {
+    let index = match opts.index.resolve(&head, &opts.ivf)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
     };

@@ -1,4 +1,6 @@
 //! cbr: classification-by-retrieval.
+// Every `unsafe` says why it is sound (checked by clippy in CI).
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 pub mod build;
 pub mod cache;
 pub mod classifier;
@@ -14,6 +16,7 @@ pub mod litert;
 pub mod models;
 pub mod onnx;
 pub mod preprocess;
+pub mod rng;
 pub mod runtime;
 pub mod search;
 pub mod serve;

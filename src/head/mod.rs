@@ -46,7 +46,7 @@ pub const SIMILARITIES: &str = "similarities";
 pub const EMBEDDING: &str = "embedding";
 
 /// How instance similarities become one similarity per class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aggregation {
     /// The best cosine similarity among the class's images (the original rule).

@@ -285,7 +285,7 @@ impl Store {
                 h.update([0]);
             }
         }
-        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+        cache::hex(&h.finalize()[..8])
     }
 
     pub fn built_state(&self, name: &str) -> Option<BuiltState> {

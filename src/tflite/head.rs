@@ -26,7 +26,7 @@ use crate::head::plan::{Centring, HeadPlan, Op};
 use crate::head::{Index, MaxLevel, RetrievalHead, SCORES};
 
 /// How the similarity layers of the head are computed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TfliteBlock {
     /// float32 weights and arithmetic: the same scores as cbr's ONNX head.
     #[default]

@@ -3,12 +3,13 @@
 //! and the embedding cache never changes a model, even after a killed build
 //! or a damaged cache file.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{cbr, dataset, private_cache, run_ok, setup};
+use crate::fixtures;
+use common::{cbr, private_cache, run_ok, setup};
 
 /// A CSV manifest of `(path, label)` rows.
 fn manifest(dir: &Path, name: &str, rows: &[(PathBuf, String)]) -> PathBuf {
@@ -21,9 +22,9 @@ fn manifest(dir: &Path, name: &str, rows: &[(PathBuf, String)]) -> PathBuf {
     path
 }
 
-/// The first `per_class` images of the first `classes` CUB classes.
-fn cub(classes: usize, per_class: usize) -> Vec<(PathBuf, String)> {
-    let root = dataset("cub200_010");
+/// The first `per_class` images of the first `classes` classes of the colour photo set.
+fn scene_rows(classes: usize, per_class: usize) -> Vec<(PathBuf, String)> {
+    let root = fixtures::scenes();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -63,7 +64,7 @@ fn same_file(a: &Path, b: &Path) {
 fn add_equals_a_fresh_build() {
     setup();
     let dir = tempfile::tempdir().unwrap();
-    let all = cub(4, 6);
+    let all = scene_rows(4, 6);
     // The model starts with 3 classes of 4 images; the addition brings 2 more
     // images to each of them and a whole new class.
     let (first, rest): (Vec<_>, Vec<_>) =
@@ -99,7 +100,7 @@ fn add_equals_a_fresh_build() {
 fn remove_and_relabel_equal_fresh_builds() {
     setup();
     let dir = tempfile::tempdir().unwrap();
-    let all = cub(4, 5);
+    let all = scene_rows(4, 5);
     let model = dir.path().join("m.onnx");
     build(&manifest(dir.path(), "all.csv", &all), &model, &[]);
     let labels: Vec<String> = {
@@ -192,7 +193,7 @@ fn cache_embeds_only_changed_images_and_survives_damage() {
     let cache = private_cache(dir.path());
     // A folder copy we can change.
     let mut rows = Vec::new();
-    for (i, (p, l)) in cub(3, 8).into_iter().enumerate() {
+    for (i, (p, l)) in scene_rows(3, 8).into_iter().enumerate() {
         let copy = dir.path().join("photos").join(&l).join(format!("{i:02}.jpg"));
         std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
         std::fs::copy(&p, &copy).unwrap();
@@ -213,7 +214,7 @@ fn cache_embeds_only_changed_images_and_survives_damage() {
     let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
     assert!(!err.contains("embedding cache"), "a cold cache serves nothing: {err}");
     // Two images change content: only they are embedded again.
-    let other = cub(4, 2);
+    let other = scene_rows(4, 2);
     std::fs::copy(&other[6].0, &rows[0].0).unwrap();
     std::fs::copy(&other[7].0, &rows[9].0).unwrap();
     let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
@@ -244,7 +245,7 @@ fn killed_build_leaves_no_model_and_its_work_is_reused() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let cache = private_cache(dir.path());
-    let photos = dataset("cub200_010");
+    let photos = fixtures::scenes();
     let model = dir.path().join("m.onnx");
     let mut child = cbr_in(&cache)
         .args(["build", photos.to_str().unwrap(), "-o", model.to_str().unwrap()])
