@@ -11,6 +11,7 @@ pub mod embedder;
 pub mod embedding_cache;
 pub mod eval;
 pub mod head;
+pub mod kernels;
 pub mod litert;
 pub mod lock;
 pub mod models;

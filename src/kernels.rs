@@ -1,6 +1,7 @@
-//! The inner loops of search: f32 dot products, with an AVX2+FMA version
-//! chosen at run time (the release build targets baseline x86-64, whose
-//! SSE2 code is about half as fast and has no fused multiply-add).
+//! The one f32 dot-product kernel, for the head and search alike: an
+//! AVX2+FMA version chosen at run time (the release build targets baseline
+//! x86-64, whose SSE2 code is about half as fast and has no fused
+//! multiply-add), and a portable one.
 
 /// Dot product of two equal-length slices.
 #[inline]
@@ -13,7 +14,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             return unsafe { x86::dot_avx2(a, b) };
         }
     }
-    crate::head::dot(a, b)
+    dot_portable(a, b)
 }
 
 /// Dot products of `query` with each `dim`-long row of `rows`, into `out`.
@@ -30,8 +31,28 @@ pub fn dots(rows: &[f32], dim: usize, query: &[f32], out: &mut [f32]) {
         }
     }
     for (o, r) in out.iter_mut().zip(rows.chunks_exact(dim)) {
-        *o = crate::head::dot(r, query);
+        *o = dot_portable(r, query);
     }
+}
+
+/// Dot product with eight independent partial sums, which the compiler turns
+/// into SIMD (a single running sum cannot be reordered, so it stays scalar).
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for i in 0..chunks {
+        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut tail = 0f32;
+    for i in chunks * 8..n {
+        tail += a[i] * b[i];
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -51,6 +72,8 @@ mod x86 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY (every load below): indices stay below `n`, the length of
+        // both slices' common prefix.
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -93,8 +116,9 @@ mod tests {
             let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            let got = dot(&a, &b) as f64;
-            assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "n={n}: {got} vs {want}");
+            for got in [dot(&a, &b) as f64, dot_portable(&a, &b) as f64] {
+                assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "n={n}: {got} vs {want}");
+            }
             let mut out = vec![0f32; 1];
             if n > 0 {
                 dots(&a, n, &b, &mut out);
