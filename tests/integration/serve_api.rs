@@ -629,7 +629,7 @@ fn api_stalled_uploads_lru_and_delete_during_upload() {
     assert_eq!(get(a, "/api/health").json()["loaded_models"], 1);
 
     // A model deleted while an upload is on its way stays deleted.
-    let (ct, body) = multipart(&read_files(&[query.clone()]));
+    let (ct, body) = multipart(&read_files(std::slice::from_ref(query)));
     let mut s = send_head(
         a,
         "POST",
