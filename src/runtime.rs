@@ -61,7 +61,22 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
         .map_err(|e| anyhow!("{e}"))
 }
 
+/// Keeps ONNX Runtime from writing outside cbr's cache: the PyPI builds start
+/// Microsoft's telemetry when the environment is created, which writes a
+/// device id and an event queue to `$XDG_CACHE_HOME/Microsoft/DeveloperTools`
+/// (`~/.cache/...`) and tries to upload events. `ORT_DISABLE_TELEMETRY=1`,
+/// set before the library loads, stops it (disabling it through the API
+/// comes too late, after the environment exists). A value the user set is
+/// kept. `main` calls this first, while the process has one thread.
+pub fn disable_telemetry() {
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+    }
+}
+
 fn load(path: &Path) -> Result<ort::environment::Environment> {
+    // For library users that did not call it at start (no-op when set).
+    disable_telemetry();
     let builder = ort::init_from(path)
         .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
     builder

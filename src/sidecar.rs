@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::head::{project_query, softmax, Aggregation, IndexDtype, RetrievalHead, EMBEDDING};
+use crate::head::interpret::Evaluation;
+use crate::head::plan::{HeadPlan, Op};
+use crate::head::{Aggregation, IndexDtype, RetrievalHead, EMBEDDING};
 use crate::onnx::{value_info, DataType, Dim, ModelProto};
 use crate::search::{IvfIndex, IvfParams};
 
@@ -154,6 +156,21 @@ impl Sidecar {
         Ok(Sidecar { index, info: info.clone(), power, classes, temperature, nprobe })
     }
 
+    /// The head of a sidecar model: the query transform, then class
+    /// similarities supplied by the search (the max over the retrieved rows
+    /// of each class), then the softmax.
+    fn plan(&self) -> HeadPlan<'_> {
+        let mut p = HeadPlan::new(self.info.dim, self.classes);
+        p.push_query(self.power, self.info.mean.as_deref());
+        let retrieved = p.push(Op::Supplied { len: self.classes }, &[]);
+        p.class_similarities = retrieved;
+        p.scores = match self.temperature {
+            Some(t) => p.push(Op::Softmax { temperature: t }, &[retrieved]),
+            None => retrieved,
+        };
+        p
+    }
+
     /// Class scores for raw embeddings (`n` x dim), as the single-file model's
     /// `scores` output with the max rule would give them for the classes
     /// among the best [`DEPTH`] rows.
@@ -162,9 +179,10 @@ impl Sidecar {
         if embeddings.len() != n * dim {
             bail!("{EMBEDDING} has {} values, expected {n} x {dim}", embeddings.len());
         }
+        let plan = self.plan();
         let queries: Vec<f32> = embeddings
             .chunks_exact(dim)
-            .flat_map(|e| project_query(e, self.power, self.info.mean.as_deref()))
+            .flat_map(|e| Evaluation::new(&plan, e).value(plan.query).to_vec())
             .collect();
         let hits = self.index.search_batch(&queries, DEPTH, self.nprobe);
         Ok(hits
@@ -175,10 +193,9 @@ impl Sidecar {
                     let c = self.index.class_of(h.row) as usize;
                     s[c] = s[c].max(h.score);
                 }
-                match self.temperature {
-                    Some(t) => softmax(&s, t),
-                    None => s,
-                }
+                let mut e = Evaluation::empty(&plan);
+                e.set(plan.class_similarities, s);
+                e.value(plan.scores).to_vec()
             })
             .collect())
     }

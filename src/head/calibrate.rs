@@ -6,7 +6,10 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{discriminant, dot, l2_normalize, softmax, Aggregation, RetrievalHead};
+use super::interpret::Evaluation;
+use super::rules::{self, CENTROIDS, DISCRIMINANT};
+use super::{discriminant, l2_normalize, softmax, RetrievalHead};
+use crate::kernels::dot;
 
 /// Leave-one-out queries are capped so calibration stays fast on big indexes:
 /// at most this many, and at most `LOO_BUDGET / rows` when matching every row.
@@ -65,6 +68,9 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
     };
     let sums = head.class_sums();
     let sizes = head.class_sizes();
+    let plan = rules::plan(head);
+    let centroids = plan.linear(CENTROIDS);
+    let discriminant = plan.linear(DISCRIMINANT);
     queries
         .par_iter()
         .filter_map(|&i| {
@@ -76,21 +82,14 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
             if own.len() >= sizes[truth] {
                 return None; // its class has no other image: nothing to recognise it by
             }
-            let c = head.labels.len();
-            let max = if head.aggregation.uses_max() {
-                let mut m = vec![f32::NEG_INFINITY; c];
-                for j in 0..n {
-                    if head.row_image[j] != image {
-                        let k = head.row_class[j] as usize;
-                        m[k] = m[k].max(dot(&head.rows()[j * dim..(j + 1) * dim], q));
-                    }
-                }
-                m
-            } else {
-                Vec::new()
-            };
-            let cent = if head.aggregation.uses_centroid() {
-                let mut s: Vec<f32> = head.centroids.chunks_exact(dim).map(|r| dot(r, q)).collect();
+            // The head's own plan, from the query (an index row is a query
+            // already projected) with the query's image left out: its rows
+            // match nothing, and what was computed from them is corrected.
+            let mut e = Evaluation::empty(&plan).excluding_rows(&own);
+            e.set(plan.query, q.to_vec());
+            if let Some(c) = centroids {
+                // Its class centroid without its rows.
+                let mut s = e.value(c).to_vec();
                 let mut own_class = sums[truth * dim..(truth + 1) * dim].to_vec();
                 for &j in &own {
                     for (a, x) in own_class.iter_mut().zip(&head.rows()[j * dim..(j + 1) * dim]) {
@@ -99,16 +98,12 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
                 }
                 l2_normalize(&mut own_class);
                 s[truth] = dot(&own_class, q);
-                s
-            } else {
-                Vec::new()
-            };
-            let scores = match head.aggregation {
-                Aggregation::Max => max,
-                Aggregation::Centroid => cent,
-                Aggregation::Blend => max.iter().zip(&cent).map(|(a, b)| 0.5 * (a + b)).collect(),
-                Aggregation::Discriminant => discriminant_loo(head, q, &own, truth, &sums, &sizes),
-            };
+                e.set(c, s);
+            }
+            if let Some(d) = discriminant {
+                e.set(d, discriminant_loo(head, q, &own, truth, &sums, &sizes));
+            }
+            let scores = e.value(plan.class_similarities).to_vec();
             Some(Sample { scores, truth })
         })
         .collect()
@@ -351,7 +346,7 @@ pub fn calibrate_threshold_only(head: &RetrievalHead, target_precision: f32) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::HeadOptions;
+    use crate::head::{Aggregation, HeadOptions};
 
     #[test]
     fn threshold_keeps_target_precision_with_most_coverage() {

@@ -110,7 +110,7 @@ impl Discriminant {
     }
 }
 
-/// Dot product with independent partial sums (vectorises; see `head::dot`).
+/// Dot product with independent partial sums (vectorises; see `crate::kernels::dot`).
 pub fn dot64(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
     let mut acc = [0f64; 4];

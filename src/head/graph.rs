@@ -1,17 +1,19 @@
-//! The retrieval head as ONNX operations appended to an embedder graph.
+//! The ONNX lowering of a [`HeadPlan`]: the retrieval head as ONNX operations
+//! appended to an embedder graph (and read back: the stored index, the
+//! embedder under a head).
 //!
-//! The operation count is independent of the number of classes. `max` takes,
-//! per class, the best-matching image: gather the similarities into a
-//! `[B, classes, width]` block padded with repeats of a class's own images (a
-//! repeat cannot change a maximum), then ReduceMax. When class sizes are very
-//! uneven one wide block would waste memory, so big classes are split into
-//! chunks first and the max is taken in a few levels; the number of levels
-//! grows with log(largest class / mean class), never with the number of classes.
+//! The stored index is the unit rows themselves (what `cbr add` reads back),
+//! in the chosen dtype; a centring head computes `q·rᵢ = (q·uᵢ − q·m)·kᵢ` from
+//! them rather than storing the centred rows a second time.
+
+use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
 
+use super::plan::{HeadPlan, MaxLevel, Op};
 use super::{
-    ImageId, Index, IndexDtype, RetrievalHead, CLASS_SIMILARITIES, EMBEDDING, SCORES, SIMILARITIES,
+    rules, ImageId, Index, IndexDtype, RetrievalHead, CLASS_SIMILARITIES, EMBEDDING, SCORES,
+    SIMILARITIES,
 };
 
 /// Initializer names of the stored index (read back by [`read_index`]).
@@ -29,103 +31,260 @@ impl RetrievalHead {
     /// of the embedder is kept; the graph outputs become `scores`,
     /// `class_similarities`, `similarities` and `embedding`.
     pub fn append_to(&self, embedder: &ModelProto, embedding_output: &str) -> Result<ModelProto> {
-        let opset = onnx::default_opset(embedder)
-            .ok_or_else(|| anyhow!("the embedder imports no default-domain opset"))?;
-        if opset < 11 {
-            bail!("the embedder uses ONNX opset {opset}; cbr needs opset 11 or newer (re-export the model with a newer opset)");
-        }
-        let mut model = embedder.clone();
-        let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the embedder has no graph"))?;
-        let batch_dim = expose_embedding(
-            graph,
-            embedding_output,
-            &[SCORES, CLASS_SIMILARITIES, SIMILARITIES, EMBEDDING],
-        )?;
+        let mut model = lower(&rules::plan(self), embedder, embedding_output)?;
+        let ids: String = self.index.images.iter().map(|id| id.to_string()).collect();
+        onnx::set_metadata(&mut model, INDEX_IMAGES_KEY, &ids);
+        Ok(model)
+    }
+}
 
-        let n = self.len() as i64;
-        let d = self.dim as i64;
-        let classes = self.labels.len() as i64;
-        let l2 = |graph: &mut GraphProto, name: &str, input: &str, output: &str| {
-            graph.node.push(node(
-                "LpNormalization",
-                name,
-                &[input],
-                &[output],
-                vec![attr_int("axis", -1), attr_int("p", 2)],
-            ));
+/// Appends `plan` to an embedder graph whose embedding output is
+/// `embedding_output`, as ONNX nodes; the outputs are the plan's `scores`,
+/// `class_similarities`, `similarities` and `embedding`. Every node and
+/// initializer added is named `cbr/…` (so [`embedder_of`] can take them off).
+pub fn lower(plan: &HeadPlan, embedder: &ModelProto, embedding_output: &str) -> Result<ModelProto> {
+    let opset = onnx::default_opset(embedder)
+        .ok_or_else(|| anyhow!("the embedder imports no default-domain opset"))?;
+    if opset < 11 {
+        bail!("the embedder uses ONNX opset {opset}; cbr needs opset 11 or newer (re-export the model with a newer opset)");
+    }
+    let similarities = plan
+        .similarities
+        .ok_or_else(|| anyhow!("an ONNX head needs index rows to match (this plan has none)"))?;
+    let mut model = embedder.clone();
+    let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the embedder has no graph"))?;
+    let batch_dim = expose_embedding(
+        graph,
+        embedding_output,
+        &[SCORES, CLASS_SIMILARITIES, SIMILARITIES, EMBEDDING],
+    )?;
+    // Each exposed value is named after its output; a value exposed twice
+    // (scores without a softmax are the class similarities) gets an Identity.
+    let exposed = [
+        (SIMILARITIES, similarities),
+        (CLASS_SIMILARITIES, plan.class_similarities),
+        (SCORES, plan.scores),
+    ];
+    let mut low = Lowering { graph, opset, dim: plan.dim as i64, used: HashMap::new() };
+    let mut names: Vec<String> = vec![String::new(); plan.steps.len()];
+    names[plan.embedding] = EMBEDDING.to_string();
+    for (i, step) in plan.steps.iter().enumerate() {
+        if i == plan.embedding {
+            continue;
+        }
+        let base = match &step.op {
+            Op::Embedding | Op::Supplied { .. } => {
+                bail!("step {i} ({:?}) has no ONNX form: the plan must compute it", step.op)
+            }
+            _ if i == plan.query => "cbr/query".to_string(),
+            Op::Power { .. } => "cbr/power".to_string(),
+            Op::L2Normalize => "cbr/l2_normalize".to_string(),
+            Op::Subtract { .. } => "cbr/centered".to_string(),
+            Op::Similarity { .. } => "cbr/similarity".to_string(),
+            Op::ClassMax { .. } => "cbr/max".to_string(),
+            Op::Linear { name, .. } => format!("cbr/{name}"),
+            Op::Average => "cbr/average".to_string(),
+            Op::Softmax { .. } => "cbr/softmax".to_string(),
         };
-        let mut raw = EMBEDDING.to_string();
-        if let Some(p) = self.power {
-            // sign(x) * |x|^p
-            graph.node.push(node(
-                "Abs",
-                "cbr/power_abs",
-                &[EMBEDDING],
-                &["cbr/embedding_abs"],
-                vec![],
-            ));
-            if p == 0.5 {
-                graph.node.push(node(
-                    "Sqrt",
-                    "cbr/power",
-                    &["cbr/embedding_abs"],
-                    &["cbr/embedding_pow"],
-                    vec![],
-                ));
-            } else {
-                graph.initializer.push(tensor_f32("cbr/power_exponent", &[], &[p]));
-                graph.node.push(node(
-                    "Pow",
-                    "cbr/power",
-                    &["cbr/embedding_abs", "cbr/power_exponent"],
-                    &["cbr/embedding_pow"],
-                    vec![],
+        let base = low.fresh(&base);
+        let out =
+            exposed.iter().find(|(_, v)| *v == i).map_or(base.clone(), |(n, _)| n.to_string());
+        let inputs: Vec<&str> = step.inputs.iter().map(|&j| names[j].as_str()).collect();
+        low.emit(&step.op, &inputs, &base, &out)?;
+        names[i] = out;
+    }
+    for (name, v) in exposed {
+        if names[v] != name {
+            let node_name = format!("cbr/{name}");
+            low.graph.node.push(node("Identity", &node_name, &[&names[v]], &[name], vec![]));
+        }
+    }
+    let (n, d, classes) =
+        (plan.steps[similarities].len as i64, plan.dim as i64, plan.classes as i64);
+    let graph = low.graph;
+    graph.output.clear();
+    graph.output.push(value_info(
+        SCORES,
+        DataType::Float,
+        &[batch_dim.clone(), Dim::Fixed(classes)],
+    ));
+    graph.output.push(value_info(
+        CLASS_SIMILARITIES,
+        DataType::Float,
+        &[batch_dim.clone(), Dim::Fixed(classes)],
+    ));
+    graph.output.push(value_info(
+        SIMILARITIES,
+        DataType::Float,
+        &[batch_dim.clone(), Dim::Fixed(n)],
+    ));
+    graph.output.push(value_info(EMBEDDING, DataType::Float, &[batch_dim, Dim::Fixed(d)]));
+    Ok(model)
+}
+
+/// The state of one ONNX lowering: the graph being extended and the names used.
+struct Lowering<'g> {
+    graph: &'g mut GraphProto,
+    opset: i64,
+    dim: i64,
+    used: HashMap<String, usize>,
+}
+
+impl Lowering<'_> {
+    /// `base`, or `base_2`, `base_3`, … when a step of the same kind came first.
+    fn fresh(&mut self, base: &str) -> String {
+        let n = self.used.entry(base.to_string()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            base.to_string()
+        } else {
+            format!("{base}_{n}")
+        }
+    }
+
+    fn constant(&mut self, name: &str, dims: &[i64], values: &[f32]) -> String {
+        self.graph.initializer.push(tensor_f32(name, dims, values));
+        name.to_string()
+    }
+
+    fn op(&mut self, op: &str, name: &str, inputs: &[&str], output: &str) {
+        self.graph.node.push(node(op, name, inputs, &[output], vec![]));
+    }
+
+    /// Emits `op` reading `inputs` and writing tensor `out`; every other
+    /// node and initializer is named from `base` (a fresh `cbr/…` name).
+    fn emit(&mut self, op: &Op, inputs: &[&str], base: &str, out: &str) -> Result<()> {
+        let x = inputs.first().copied().unwrap_or_default();
+        match op {
+            Op::Embedding | Op::Supplied { .. } => unreachable!("rejected by `lower`"),
+            Op::Power { exponent } => {
+                // sign(x) * |x|^p
+                let (abs, pow, sign) =
+                    (format!("{base}_abs"), format!("{base}_pow"), format!("{base}_sign"));
+                self.op("Abs", &abs, &[x], &abs);
+                if *exponent == 0.5 {
+                    self.op("Sqrt", &pow, &[&abs], &pow);
+                } else {
+                    let e = self.constant(&format!("{base}_exponent"), &[], &[*exponent]);
+                    self.op("Pow", &pow, &[&abs, &e], &pow);
+                }
+                self.op("Sign", &sign, &[x], &sign);
+                self.op("Mul", base, &[&pow, &sign], out);
+            }
+            Op::L2Normalize => self.graph.node.push(node(
+                "LpNormalization",
+                base,
+                &[x],
+                &[out],
+                vec![attr_int("axis", -1), attr_int("p", 2)],
+            )),
+            Op::Subtract { vector } => {
+                let m = self.constant(&format!("{base}_mean"), &[vector.len() as i64], vector);
+                self.op("Sub", base, &[x, &m], out);
+            }
+            Op::Similarity { index, centring } => {
+                let units = self.index_units(index);
+                match centring {
+                    Some(c) => {
+                        // Row i is (u_i − m)·k_i, so q·row_i = (q·u_i − q·m)·k_i: the
+                        // stored units are used as they are, at the cost of two
+                        // [B, N] element-wise operations.
+                        let (qu, qm, centred) = (
+                            format!("{base}_units"),
+                            format!("{base}_query_dot_mean"),
+                            format!("{base}_centered"),
+                        );
+                        self.graph.node.push(node(
+                            "Gemm",
+                            &qu,
+                            &[x, &units],
+                            &[&qu],
+                            vec![attr_int("transB", 1)],
+                        ));
+                        let column = format!("{base}_mean_column");
+                        self.constant(&column, &[c.mean.len() as i64, 1], c.mean);
+                        self.op("MatMul", &qm, &[x, &column], &qm);
+                        self.op("Sub", &centred, &[&qu, &qm], &centred);
+                        let k = self.constant(
+                            INDEX_INVERSE_NORMS,
+                            &[c.inverse_norms.len() as i64],
+                            c.inverse_norms,
+                        );
+                        self.op("Mul", base, &[&centred, &k], out);
+                    }
+                    None => self.graph.node.push(node(
+                        "Gemm",
+                        base,
+                        &[x, &units],
+                        &[out],
+                        vec![attr_int("transB", 1)],
+                    )),
+                }
+            }
+            Op::ClassMax { levels } => {
+                let mut input = x.to_string();
+                for (i, level) in levels.iter().enumerate() {
+                    let output =
+                        if i + 1 == levels.len() { out.to_string() } else { format!("{base}{i}") };
+                    emit_max_level(
+                        self.graph,
+                        level,
+                        &input,
+                        &output,
+                        &format!("{base}{i}"),
+                        self.opset,
+                    );
+                    input = output;
+                }
+            }
+            Op::Linear { weights, bias, .. } => {
+                let d = self.dim;
+                let rows = weights.len() as i64 / d;
+                let w = self.constant(&format!("{base}_weights"), &[rows, d], weights);
+                let mut ins = vec![x, w.as_str()];
+                let b;
+                if let Some(bias) = bias {
+                    b = self.constant(&format!("{base}_bias"), &[rows], bias);
+                    ins.push(&b);
+                }
+                self.graph.node.push(node("Gemm", base, &ins, &[out], vec![attr_int("transB", 1)]));
+            }
+            Op::Average => {
+                let (sum, half) = (format!("{base}_sum"), format!("{base}_half"));
+                self.op("Add", &sum, inputs, &sum);
+                self.constant(&half, &[], &[0.5]);
+                self.op("Mul", base, &[&sum, &half], out);
+            }
+            Op::Softmax { temperature } => {
+                let (t, logits) = (format!("{base}_inverse_temperature"), format!("{base}_logits"));
+                self.constant(&t, &[], &[1.0 / temperature]);
+                self.op("Mul", &logits, &[x, &t], &logits);
+                // Over the class axis; [B, C] is 2-D, so axis 1 means the same in every opset.
+                self.graph.node.push(node(
+                    "Softmax",
+                    base,
+                    &[&logits],
+                    &[out],
+                    vec![attr_int("axis", 1)],
                 ));
             }
-            graph.node.push(node(
-                "Sign",
-                "cbr/power_sign",
-                &[EMBEDDING],
-                &["cbr/embedding_sign"],
-                vec![],
-            ));
-            graph.node.push(node(
-                "Mul",
-                "cbr/power_signed",
-                &["cbr/embedding_pow", "cbr/embedding_sign"],
-                &["cbr/embedding_power"],
-                vec![],
-            ));
-            raw = "cbr/embedding_power".to_string();
         }
-        l2(graph, "cbr/l2_normalize", &raw, "cbr/embedding_l2");
-        let mut query = "cbr/embedding_l2".to_string();
-        if let Some(mean) = &self.center {
-            graph.initializer.push(tensor_f32("cbr/index_mean", &[d], mean));
-            graph.node.push(node(
-                "Sub",
-                "cbr/center",
-                &[&query, "cbr/index_mean"],
-                &["cbr/embedding_centered"],
-                vec![],
-            ));
-            l2(graph, "cbr/l2_normalize_centered", "cbr/embedding_centered", "cbr/query");
-            query = "cbr/query".to_string();
-        }
-        // The index is stored as its unit rows (what `cbr add` needs back), in
-        // the chosen dtype; ONNX Runtime folds the widening Cast at load time.
-        let units = match self.index.dtype {
-            IndexDtype::F32 => {
-                graph.initializer.push(tensor_f32(INDEX_UNITS, &[n, d], &self.index.units));
-                INDEX_UNITS.to_string()
-            }
+        Ok(())
+    }
+
+    /// The stored index (its unit rows in their dtype) and the float tensor
+    /// the similarity reads; ONNX Runtime folds the widening at load time.
+    fn index_units(&mut self, index: &Index) -> String {
+        let (n, d) = (index.len() as i64, index.dim as i64);
+        match index.dtype {
+            IndexDtype::F32 => self.constant(INDEX_UNITS, &[n, d], &index.units),
             IndexDtype::F16 => {
-                graph.initializer.push(onnx::tensor_f16_bits(
+                self.graph.initializer.push(onnx::tensor_f16_bits(
                     INDEX_UNITS,
                     &[n, d],
-                    &self.index.f16_bits(),
+                    &index.f16_bits(),
                 ));
-                graph.node.push(node(
+                self.graph.node.push(node(
                     "Cast",
                     "cbr/index_f32",
                     &[INDEX_UNITS],
@@ -135,193 +294,23 @@ impl RetrievalHead {
                 "cbr/index_f32".to_string()
             }
             IndexDtype::Int8 => {
-                graph.initializer.push(onnx::tensor_i8(
+                self.graph.initializer.push(onnx::tensor_i8(
                     INDEX_UNITS,
                     &[n, d],
-                    &self.index.int8_values(),
+                    &index.int8_values(),
                 ));
-                graph.initializer.push(tensor_f32(INDEX_SCALES, &[n, 1], &self.index.scales));
-                graph.node.push(node(
+                self.constant(INDEX_SCALES, &[n, 1], &index.scales);
+                self.graph.node.push(node(
                     "Cast",
                     "cbr/index_cast",
                     &[INDEX_UNITS],
                     &["cbr/index_cast"],
                     vec![attr_int("to", DataType::Float as i64)],
                 ));
-                graph.node.push(node(
-                    "Mul",
-                    "cbr/index_f32",
-                    &["cbr/index_cast", INDEX_SCALES],
-                    &["cbr/index_f32"],
-                    vec![],
-                ));
+                self.op("Mul", "cbr/index_f32", &["cbr/index_cast", INDEX_SCALES], "cbr/index_f32");
                 "cbr/index_f32".to_string()
             }
-        };
-        if let Some(mean) = &self.center {
-            // Row i is (u_i − m)·k_i, so q·row_i = (q·u_i − q·m)·k_i: the
-            // stored units are used as they are, at the cost of two [B, N]
-            // element-wise operations.
-            graph.node.push(node(
-                "Gemm",
-                "cbr/unit_similarity",
-                &[&query, &units],
-                &["cbr/unit_similarity"],
-                vec![attr_int("transB", 1)],
-            ));
-            graph.initializer.push(tensor_f32("cbr/index_mean_column", &[d, 1], mean));
-            graph.node.push(node(
-                "MatMul",
-                "cbr/query_dot_mean",
-                &[&query, "cbr/index_mean_column"],
-                &["cbr/query_dot_mean"],
-                vec![],
-            ));
-            graph.node.push(node(
-                "Sub",
-                "cbr/unit_similarity_centered",
-                &["cbr/unit_similarity", "cbr/query_dot_mean"],
-                &["cbr/unit_similarity_centered"],
-                vec![],
-            ));
-            graph.initializer.push(tensor_f32(INDEX_INVERSE_NORMS, &[n], &self.inverse_norms));
-            graph.node.push(node(
-                "Mul",
-                "cbr/similarity",
-                &["cbr/unit_similarity_centered", INDEX_INVERSE_NORMS],
-                &[SIMILARITIES],
-                vec![],
-            ));
-        } else {
-            graph.node.push(node(
-                "Gemm",
-                "cbr/similarity",
-                &[&query, &units],
-                &[SIMILARITIES],
-                vec![attr_int("transB", 1)],
-            ));
         }
-
-        let class_max = if self.aggregation.uses_max() {
-            let levels = plan_max(self.groups());
-            let mut input = SIMILARITIES.to_string();
-            for (i, level) in levels.iter().enumerate() {
-                let output = format!("cbr/max{i}");
-                emit_max_level(graph, level, &input, &output, i, opset);
-                input = output;
-            }
-            Some(input)
-        } else {
-            None
-        };
-        let class_centroid = if self.aggregation.uses_centroid() {
-            graph.initializer.push(tensor_f32(
-                "cbr/class_centroids",
-                &[classes, d],
-                &self.centroids,
-            ));
-            graph.node.push(node(
-                "Gemm",
-                "cbr/centroid_similarity",
-                &[&query, "cbr/class_centroids"],
-                &["cbr/centroid"],
-                vec![attr_int("transB", 1)],
-            ));
-            Some("cbr/centroid".to_string())
-        } else {
-            None
-        };
-        if let Some(disc) = &self.discriminant {
-            graph.initializer.push(tensor_f32(
-                "cbr/discriminant_weights",
-                &[classes, d],
-                &disc.weights,
-            ));
-            graph.initializer.push(tensor_f32("cbr/discriminant_bias", &[classes], &disc.bias));
-            graph.node.push(node(
-                "Gemm",
-                "cbr/discriminant",
-                &[&query, "cbr/discriminant_weights", "cbr/discriminant_bias"],
-                &[CLASS_SIMILARITIES],
-                vec![attr_int("transB", 1)],
-            ));
-        } else {
-            match (class_max, class_centroid) {
-                (Some(m), Some(c)) => {
-                    graph.node.push(node(
-                        "Add",
-                        "cbr/blend_add",
-                        &[&m, &c],
-                        &["cbr/blend_sum"],
-                        vec![],
-                    ));
-                    graph.initializer.push(tensor_f32("cbr/half", &[], &[0.5]));
-                    graph.node.push(node(
-                        "Mul",
-                        "cbr/blend",
-                        &["cbr/blend_sum", "cbr/half"],
-                        &[CLASS_SIMILARITIES],
-                        vec![],
-                    ));
-                }
-                (Some(x), None) | (None, Some(x)) => graph.node.push(node(
-                    "Identity",
-                    "cbr/class_similarities",
-                    &[&x],
-                    &[CLASS_SIMILARITIES],
-                    vec![],
-                )),
-                (None, None) => unreachable!("max, centroid and blend use max or centroid"),
-            }
-        }
-        match self.temperature {
-            Some(t) => {
-                graph.initializer.push(tensor_f32("cbr/inverse_temperature", &[], &[1.0 / t]));
-                graph.node.push(node(
-                    "Mul",
-                    "cbr/scale",
-                    &[CLASS_SIMILARITIES, "cbr/inverse_temperature"],
-                    &["cbr/logits"],
-                    vec![],
-                ));
-                // Softmax over the class axis; [B, C] is 2-D, so axis 1 means the same in every opset.
-                graph.node.push(node(
-                    "Softmax",
-                    "cbr/softmax",
-                    &["cbr/logits"],
-                    &[SCORES],
-                    vec![attr_int("axis", 1)],
-                ));
-            }
-            None => graph.node.push(node(
-                "Identity",
-                "cbr/scores",
-                &[CLASS_SIMILARITIES],
-                &[SCORES],
-                vec![],
-            )),
-        }
-
-        let ids: String = self.index.images.iter().map(|id| id.to_string()).collect();
-        graph.output.clear();
-        graph.output.push(value_info(
-            SCORES,
-            DataType::Float,
-            &[batch_dim.clone(), Dim::Fixed(classes)],
-        ));
-        graph.output.push(value_info(
-            CLASS_SIMILARITIES,
-            DataType::Float,
-            &[batch_dim.clone(), Dim::Fixed(classes)],
-        ));
-        graph.output.push(value_info(
-            SIMILARITIES,
-            DataType::Float,
-            &[batch_dim.clone(), Dim::Fixed(n)],
-        ));
-        graph.output.push(value_info(EMBEDDING, DataType::Float, &[batch_dim, Dim::Fixed(d)]));
-        onnx::set_metadata(&mut model, INDEX_IMAGES_KEY, &ids);
-        Ok(model)
     }
 }
 
@@ -442,9 +431,10 @@ pub fn read_index(
 /// Appending a head to it gives the same bytes as appending to the original.
 pub fn embedder_of(model: &ModelProto, embedding_output: &str) -> Result<ModelProto> {
     let mut model = model.clone();
-    model.metadata_props.retain(|e| {
-        !matches!(e.key.as_deref(), Some(crate::classifier::METADATA_KEY) | Some(INDEX_IMAGES_KEY))
-    });
+    // What `cbr build` adds: the classifier's metadata (key `cbr`) and `cbr.*` keys.
+    model
+        .metadata_props
+        .retain(|e| !e.key.as_deref().is_some_and(|k| k == "cbr" || k.starts_with("cbr.")));
     let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the model has no graph"))?;
     let ours = |name: &Option<String>| name.as_deref().is_some_and(|n| n.starts_with("cbr/"));
     let flattened = graph.node.iter().any(|n| n.name.as_deref() == Some("cbr/flatten"));
@@ -471,107 +461,47 @@ pub fn embedder_of(model: &ModelProto, embedding_output: &str) -> Result<ModelPr
     Ok(model)
 }
 
-/// One level of a max aggregation: `groups` outputs, each the max over
-/// `width` inputs picked by `index` (row-major `[groups, width]`), or a plain
-/// reshape when `index` is `None` (inputs already laid out in order).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MaxLevel {
-    pub groups: usize,
-    pub width: usize,
-    pub index: Option<Vec<i64>>,
-}
-
-/// Plans a max over groups of inputs (each group non-empty) as a few padded
-/// gather + reduce levels, each at most about twice the number of inputs.
-pub fn plan_max(mut groups: Vec<Vec<u32>>) -> Vec<MaxLevel> {
-    let inputs: usize = groups.iter().map(|g| g.len()).sum();
-    let budget = 2 * inputs;
-    let mut levels = Vec::new();
-    loop {
-        let total: usize = groups.iter().map(|g| g.len()).sum();
-        let widest = groups.iter().map(|g| g.len()).max().unwrap_or(1);
-        if widest <= 2 || widest * groups.len() <= budget {
-            levels.push(padded_level(&groups, widest, total));
-            return levels;
-        }
-        // Split groups into chunks of the widest size that keeps this level
-        // within budget; the next level takes the max over each group's chunks.
-        let padded = |w: usize| groups.iter().map(|g| g.len().div_ceil(w) * w).sum::<usize>();
-        let mut width = 2;
-        let mut w = widest;
-        while w > 2 {
-            if padded(w) <= budget {
-                width = w;
-                break;
-            }
-            w = w * 4 / 5;
-        }
-        let mut chunks = Vec::new();
-        let mut next = Vec::with_capacity(groups.len());
-        for g in &groups {
-            let mut ids = Vec::new();
-            for c in g.chunks(width) {
-                ids.push(chunks.len() as u32);
-                chunks.push(c.to_vec());
-            }
-            next.push(ids);
-        }
-        levels.push(padded_level(&chunks, width, total));
-        groups = next;
-    }
-}
-
-fn padded_level(groups: &[Vec<u32>], width: usize, total: usize) -> MaxLevel {
-    let mut index = Vec::with_capacity(groups.len() * width);
-    for g in groups {
-        for k in 0..width {
-            // Pad with the group's own first member: a repeat cannot change a max.
-            index.push(*g.get(k).unwrap_or(&g[0]) as i64);
-        }
-    }
-    let identity = index.len() == total && index.iter().enumerate().all(|(i, &v)| i as i64 == v);
-    MaxLevel { groups: groups.len(), width, index: if identity { None } else { Some(index) } }
-}
-
+/// One level of a max aggregation as Gather (unless the level is a plain
+/// reshape), Reshape to `[B, groups, width]` and ReduceMax over the last axis.
 fn emit_max_level(
     graph: &mut GraphProto,
     level: &MaxLevel,
     input: &str,
     output: &str,
-    i: usize,
+    prefix: &str,
     opset: i64,
 ) {
     let mut x = input.to_string();
     if let Some(index) = &level.index {
-        let idx = format!("cbr/max{i}_index");
+        let idx = format!("{prefix}_index");
         graph.initializer.push(tensor_i64(&idx, &[index.len() as i64], index));
-        let gathered = format!("cbr/max{i}_gathered");
+        let gathered = format!("{prefix}_gathered");
         graph.node.push(node(
             "Gather",
-            &format!("cbr/max{i}_gather"),
+            &format!("{prefix}_gather"),
             &[&x, &idx],
             &[&gathered],
             vec![attr_int("axis", 1)],
         ));
         x = gathered;
     }
-    let shape = format!("cbr/max{i}_shape");
+    let shape = format!("{prefix}_shape");
     // 0 keeps the batch dimension as it is.
     graph.initializer.push(tensor_i64(&shape, &[3], &[0, level.groups as i64, level.width as i64]));
-    let blocks = format!("cbr/max{i}_blocks");
+    let blocks = format!("{prefix}_blocks");
     graph.node.push(node(
         "Reshape",
-        &format!("cbr/max{i}_reshape"),
+        &format!("{prefix}_reshape"),
         &[&x, &shape],
         &[&blocks],
         vec![],
     ));
     if opset >= 18 {
-        let axes = format!("cbr/max{i}_axes");
+        let axes = format!("{prefix}_axes");
         graph.initializer.push(tensor_i64(&axes, &[1], &[2]));
         graph.node.push(node(
             "ReduceMax",
-            &format!("cbr/max{i}_reduce"),
+            &format!("{prefix}_reduce"),
             &[&blocks, &axes],
             &[output],
             vec![attr_int("keepdims", 0)],
@@ -579,66 +509,10 @@ fn emit_max_level(
     } else {
         graph.node.push(node(
             "ReduceMax",
-            &format!("cbr/max{i}_reduce"),
+            &format!("{prefix}_reduce"),
             &[&blocks],
             &[output],
             vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)],
         ));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn eval_levels(levels: &[MaxLevel], input: &[f32]) -> Vec<f32> {
-        let mut x = input.to_vec();
-        for l in levels {
-            let picked: Vec<f32> = match &l.index {
-                Some(ix) => ix.iter().map(|&i| x[i as usize]).collect(),
-                None => x.clone(),
-            };
-            assert_eq!(picked.len(), l.groups * l.width);
-            x = picked
-                .chunks(l.width)
-                .map(|c| c.iter().cloned().fold(f32::NEG_INFINITY, f32::max))
-                .collect();
-        }
-        x
-    }
-
-    #[test]
-    fn plan_max_equal_groups_is_a_plain_reshape() {
-        let groups: Vec<Vec<u32>> = (0..4).map(|c| (c * 3..c * 3 + 3).collect()).collect();
-        let levels = plan_max(groups);
-        assert_eq!(levels, vec![MaxLevel { groups: 4, width: 3, index: None }]);
-    }
-
-    #[test]
-    fn plan_max_skewed_groups_matches_direct_max_with_bounded_padding() {
-        // One class of 1000 images among 200 classes of 2: a single padded
-        // level would be 201 x 1000; the plan must stay small and exact.
-        let mut groups = vec![(0..1000).collect::<Vec<u32>>()];
-        let mut next = 1000;
-        for _ in 0..200 {
-            groups.push(vec![next, next + 1]);
-            next += 2;
-        }
-        let input: Vec<f32> = (0..next).map(|i| ((i * 7919) % 1013) as f32).collect();
-        let levels = plan_max(groups.clone());
-        assert!(levels.len() >= 2 && levels.len() <= 4, "{} levels", levels.len());
-        for l in &levels {
-            assert!(
-                l.groups * l.width <= 2 * next as usize,
-                "level too big: {} x {}",
-                l.groups,
-                l.width
-            );
-        }
-        let expect: Vec<f32> = groups
-            .iter()
-            .map(|g| g.iter().map(|&i| input[i as usize]).fold(f32::NEG_INFINITY, f32::max))
-            .collect();
-        assert_eq!(eval_levels(&levels, &input), expect);
     }
 }

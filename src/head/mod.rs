@@ -18,19 +18,26 @@
 //!   threshold on the top score, also chosen by leave-one-out for a target
 //!   precision, answers "unknown".
 //!
-//! [`RetrievalHead::scores`] computes all of this directly in Rust; the
-//! exported graph ([`graph`]) computes the same, as tests check.
+//! A head is described once, as data: [`rules::plan`] turns it into a
+//! [`plan::HeadPlan`] (the ordered steps with their weights), which
+//! [`interpret`] computes in Rust ([`RetrievalHead::scores`], evaluation,
+//! calibration), [`graph`] lowers to ONNX nodes and `crate::tflite::head` to
+//! TFLite operators. A new aggregation rule is its own code plus its plan
+//! (in [`rules`]); see [`plan`].
 
 pub mod calibrate;
 pub mod discriminant;
 pub mod graph;
 pub mod index;
+pub mod interpret;
+pub mod plan;
+pub mod rules;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-pub use graph::{plan_max, MaxLevel};
 pub use index::{ImageId, Index, IndexDtype};
+pub use plan::{plan_max, HeadPlan, MaxLevel};
 
 /// Names of the graph outputs of every cbr model.
 pub const SCORES: &str = "scores";
@@ -200,43 +207,6 @@ pub fn power_transform(v: &mut [f32], p: f32) {
             *x = 0.0;
         }
     }
-}
-
-/// Dot product with eight independent partial sums, which the compiler turns
-/// into SIMD (a single running sum cannot be reordered, so it stays scalar).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut tail = 0f32;
-    for i in chunks * 8..n {
-        tail += a[i] * b[i];
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// A raw query embedding as a head with these parameters sees it: power
-/// transform, L2, and with `center` minus the index mean and L2 again.
-pub fn project_query(query: &[f32], power: Option<f32>, center: Option<&[f32]>) -> Vec<f32> {
-    let mut q = query.to_vec();
-    if let Some(p) = power {
-        power_transform(&mut q, p);
-    }
-    l2_normalize(&mut q);
-    if let Some(mean) = center {
-        for (x, m) in q.iter_mut().zip(mean) {
-            *x -= m;
-        }
-        l2_normalize(&mut q);
-    }
-    q
 }
 
 /// Softmax of `s / temperature`, ignoring `-inf` entries (probability 0).
@@ -439,66 +409,52 @@ impl RetrievalHead {
         s
     }
 
+    /// What the similarity step needs of the centring (`None` without it).
+    pub fn centring(&self) -> Option<plan::Centring<'_>> {
+        self.center.as_deref().map(|mean| plan::Centring {
+            mean,
+            inverse_norms: &self.inverse_norms,
+            rows: &self.centred_rows,
+        })
+    }
+
+    /// The head as data (see [`plan`]): what the model file computes.
+    pub fn plan(&self) -> HeadPlan<'_> {
+        rules::plan(self)
+    }
+
     /// A raw query embedding as the head sees it: normalised, centred, normalised.
     pub fn project(&self, query: &[f32]) -> Vec<f32> {
-        project_query(query, self.power, self.center.as_deref())
+        let plan = self.plan();
+        interpret::evaluate(&plan, query, plan.query)
     }
 
     /// Cosine similarity of a raw query embedding to every index row.
     pub fn similarities(&self, query: &[f32]) -> Vec<f32> {
-        let q = self.project(query);
-        self.rows().chunks_exact(self.dim).map(|r| dot(r, &q)).collect()
+        let plan = self.plan();
+        let similarities = plan.similarities.expect("a head's plan matches its index rows");
+        interpret::evaluate(&plan, query, similarities)
     }
 
     /// One similarity per class for a raw query embedding (before softmax).
     pub fn class_similarities(&self, query: &[f32]) -> Vec<f32> {
-        let q = self.project(query);
-        // Only `max` and `blend` look at every index row.
-        let sims: Vec<f32> = if self.aggregation.uses_max() {
-            self.rows().chunks_exact(self.dim).map(|r| dot(r, &q)).collect()
-        } else {
-            Vec::new()
-        };
-        self.aggregate(&q, &sims)
-    }
-
-    /// Aggregates instance similarities `sims` of the projected query `q`.
-    fn aggregate(&self, q: &[f32], sims: &[f32]) -> Vec<f32> {
-        let c = self.labels.len();
-        let mut max = vec![f32::NEG_INFINITY; c];
-        if self.aggregation.uses_max() {
-            for (v, &k) in sims.iter().zip(&self.row_class) {
-                max[k as usize] = max[k as usize].max(*v);
-            }
-        }
-        let cent: Vec<f32> = if self.aggregation.uses_centroid() {
-            self.centroids.chunks_exact(self.dim).map(|r| dot(r, q)).collect()
-        } else {
-            Vec::new()
-        };
-        match self.aggregation {
-            Aggregation::Max => max,
-            Aggregation::Centroid => cent,
-            Aggregation::Blend => max.iter().zip(&cent).map(|(a, b)| 0.5 * (a + b)).collect(),
-            Aggregation::Discriminant => {
-                let d = self.discriminant.as_ref().expect("discriminant heads have one");
-                d.weights.chunks_exact(self.dim).zip(&d.bias).map(|(w, b)| dot(w, q) + b).collect()
-            }
-        }
+        let plan = self.plan();
+        interpret::evaluate(&plan, query, plan.class_similarities)
     }
 
     /// Class scores for a raw query embedding: probabilities when calibrated,
     /// else class similarities. The exported graph computes the same thing.
     pub fn scores(&self, query: &[f32]) -> Vec<f32> {
-        self.calibrated(self.class_similarities(query))
+        let plan = self.plan();
+        interpret::evaluate(&plan, query, plan.scores)
     }
 
     /// Class similarities as `scores`: softmax(· / τ) when calibrated.
     pub fn calibrated(&self, class_similarities: Vec<f32>) -> Vec<f32> {
-        match self.temperature {
-            Some(t) => softmax(&class_similarities, t),
-            None => class_similarities,
-        }
+        let plan = self.plan();
+        let mut e = interpret::Evaluation::empty(&plan);
+        e.set(plan.class_similarities, class_similarities);
+        e.value(plan.scores).to_vec()
     }
 }
 

@@ -269,16 +269,17 @@ impl Model {
                 (api.LiteRtSetOptionsHardwareAccelerators)(options, HW_ACCELERATOR_CPU),
                 "select the CPU",
             );
+            let (environment, model, out) =
+                (self.runtime.environment, self.model, &mut self.compiled);
             let compiled = set.and_then(|_| {
-                check(
-                    (api.LiteRtCreateCompiledModel)(
-                        self.runtime.environment,
-                        self.model,
-                        options,
-                        &mut self.compiled,
-                    ),
-                    "compile the model",
-                )
+                // Compiling prints "INFO: Created TensorFlow Lite XNNPACK
+                // delegate for CPU." every time; LiteRT has no API to silence it.
+                crate::quiet_stderr::without_info_lines(|| {
+                    check(
+                        (api.LiteRtCreateCompiledModel)(environment, model, options, out),
+                        "compile the model",
+                    )
+                })
             });
             (api.LiteRtDestroyOptions)(options);
             compiled?;

@@ -9,7 +9,8 @@
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-use super::{kernels, Hit, TopK};
+use super::{Hit, TopK};
+use crate::kernels;
 
 /// Queries of one batch tile (the rows are read once per tile).
 const QUERY_TILE: usize = 256;
@@ -208,7 +209,7 @@ mod tests {
             assert_eq!(single, want);
             assert_eq!(batch_rows, want);
             let exact =
-                crate::head::dot(&rows[want[0] as usize * dim..(want[0] as usize + 1) * dim], q);
+                kernels::dot(&rows[want[0] as usize * dim..(want[0] as usize + 1) * dim], q);
             assert!((got_batch[0].score - exact).abs() < 1e-5);
         }
         // A tiny batch takes the per-query path; k larger than n returns all.

@@ -18,7 +18,8 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use super::flat::{search_rows, search_rows_batch};
-use super::{kernels, Hit, TopK};
+use super::{Hit, TopK};
+use crate::kernels;
 use crate::rng::SplitMix64;
 
 const MAGIC: &[u8; 8] = b"CBR-IVF1";

@@ -4,7 +4,6 @@
 
 pub mod flat;
 pub mod ivf;
-pub mod kernels;
 pub mod synthetic;
 
 pub use flat::FlatIndex;

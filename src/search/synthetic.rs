@@ -80,7 +80,7 @@ mod tests {
         let (mut same, mut ns, mut other, mut no) = (0f32, 0, 0f32, 0);
         for i in 0..50 {
             for j in i + 1..50 {
-                let d = crate::head::dot(&a[i * 64..(i + 1) * 64], &a[j * 64..(j + 1) * 64]);
+                let d = crate::kernels::dot(&a[i * 64..(i + 1) * 64], &a[j * 64..(j + 1) * 64]);
                 if la[i] == la[j] {
                     same += d;
                     ns += 1;

@@ -1,27 +1,29 @@
-//! The retrieval head as TFLite operators appended to an embedder's subgraph:
-//! the same computation as the ONNX head (`crate::head::graph`) and
-//! [`RetrievalHead::scores`], op for op, so the numbers agree.
+//! The TFLite lowering of a [`HeadPlan`]: the retrieval head as TFLite
+//! operators appended to an embedder's subgraph. It computes the plan's
+//! `scores` (the one output of a TFLite classifier), step for step as the
+//! ONNX lowering and the Rust interpreter do, so the numbers agree.
 //!
 //! ```text
 //! embedding ─ [DEQUANTIZE] ─ [RESHAPE to [B, D]] ─ [ABS, SQRT|POW, SIGN, MUL] ─ L2_NORMALIZATION
 //!   ─ [SUB mean, L2_NORMALIZATION] ─ similarity layer(s) ─ aggregation ─ [SOFTMAX β = 1/τ] ─▶ scores [B, C]
 //! ```
 //!
-//! A similarity layer is a FULLY_CONNECTED against the index rows (max,
-//! blend), the class centroids (centroid, blend) or the discriminant (weights
-//! and bias). With [`TfliteBlock::Int8`] each one runs in int8 as the original
-//! CBR does: QUANTIZE the normalised query (scale 1/128) → int8
-//! FULLY_CONNECTED → DEQUANTIZE.
+//! A similarity layer ([`Op::Similarity`], [`Op::Linear`]) is a
+//! FULLY_CONNECTED. A TFLite classifier keeps no editable index, so a
+//! centring head matches the centred rows directly (one layer, and int8
+//! quantizes them better than the raw units). With [`TfliteBlock::Int8`]
+//! each layer runs in int8 as the original CBR does: QUANTIZE the normalised
+//! query (scale 1/128) → int8 FULLY_CONNECTED → DEQUANTIZE.
 
 use anyhow::{bail, Result};
 
 use super::edit::ModelEditor;
 use super::schema::model::{
-    AddOptionsT, BuiltinOperator as Op, BuiltinOptionsT as Opt, FullyConnectedOptionsT,
-    GatherOptionsT, L2NormOptionsT, MulOptionsT, QuantizationParametersT, ReducerOptionsT,
-    ReshapeOptionsT, SoftmaxOptionsT, SubOptionsT, TensorType,
+    BuiltinOperator as Op_, BuiltinOptionsT as Opt, GatherOptionsT, QuantizationParametersT,
+    ReducerOptionsT, ReshapeOptionsT, SoftmaxOptionsT, TensorType,
 };
-use crate::head::{plan_max, Aggregation, MaxLevel, RetrievalHead, SCORES};
+use crate::head::plan::{Centring, HeadPlan, Op};
+use crate::head::{Index, MaxLevel, RetrievalHead, SCORES};
 
 /// How the similarity layers of the head are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +57,20 @@ pub fn append(
     head: &RetrievalHead,
     block: TfliteBlock,
 ) -> Result<i32> {
+    lower(ed, embedding, &head.plan(), block)
+}
+
+/// Appends the steps of `plan` that its `scores` need after tensor
+/// `embedding` of subgraph 0; returns the index of the `scores` tensor.
+pub fn lower(
+    ed: &mut ModelEditor,
+    embedding: i32,
+    plan: &HeadPlan,
+    block: TfliteBlock,
+) -> Result<i32> {
+    if plan.scores == plan.embedding {
+        bail!("the plan's scores are its input: there is no head to append");
+    }
     let emb = ed.tensors()[embedding as usize].clone();
     let shape = emb.shape.clone().unwrap_or_default();
     if shape.is_empty() {
@@ -62,10 +78,10 @@ pub fn append(
     }
     let batch = shape[0];
     let dim: i64 = shape[1..].iter().map(|&d| d as i64).product();
-    if dim != head.dim as i64 {
-        bail!("the embedder's output {:?} has shape {shape:?}: {dim} values per image, but the index embeddings have {}", emb.name.unwrap_or_default(), head.dim);
+    if dim != plan.dim as i64 {
+        bail!("the embedder's output {:?} has shape {shape:?}: {dim} values per image, but the index embeddings have {}", emb.name.unwrap_or_default(), plan.dim);
     }
-    let d = head.dim as i32;
+    let d = plan.dim as i32;
     // The batch is resizable when the embedder's is, or when it is 1 (as in most TFLite files).
     let b = if batch == 1 || emb.shape_signature.as_ref().is_some_and(|s| s.first() == Some(&-1)) {
         -1
@@ -80,7 +96,7 @@ pub fn append(
             let y = ed.activation("cbr/embedding_dequantized", TensorType::FLOAT32, &shape, None);
             // DEQUANTIZE v1 takes uint8, v2 int8.
             ed.op(
-                Op::DEQUANTIZE,
+                Op_::DEQUANTIZE,
                 if emb.type_ == TensorType::INT8 { 2 } else { 1 },
                 &[x],
                 &[y],
@@ -95,7 +111,7 @@ pub fn append(
         let s = ed.const_i32("cbr/embedding_shape", &[2], &new_shape);
         let y = ed.activation("cbr/embedding", TensorType::FLOAT32, &new_shape, None);
         ed.op(
-            Op::RESHAPE,
+            Op_::RESHAPE,
             1,
             &[x, s],
             &[y],
@@ -105,131 +121,151 @@ pub fn append(
         );
         x = y;
     }
-    let row = [b, d];
-    let float = |ed: &mut ModelEditor, name: &str, shape: &[i32]| {
-        ed.activation(name, TensorType::FLOAT32, shape, None)
-    };
-    if let Some(p) = head.power {
-        // sign(x) * |x|^p, as in the ONNX head.
-        let abs = float(ed, "cbr/embedding_abs", &row);
-        ed.op(Op::ABS, 1, &[x], &[abs], Opt::NONE);
-        let pow = float(ed, "cbr/embedding_pow", &row);
-        if p == 0.5 {
-            ed.op(Op::SQRT, 1, &[abs], &[pow], Opt::NONE);
-        } else {
-            let e = ed.const_f32("cbr/power_exponent", &[], &[p]);
-            ed.op(Op::POW, 1, &[abs, e], &[pow], Opt::NONE);
+    // The index rows as the query meets them: int8 layers size their output
+    // range on them (they are what queries look like).
+    let sample_queries = plan.steps.iter().find_map(|s| match &s.op {
+        Op::Similarity { index, centring } => Some(similarity_rows(index, centring)),
+        _ => None,
+    });
+    let live = plan.live(&[plan.scores]);
+    let mut tensors = vec![-1i32; plan.steps.len()];
+    tensors[plan.embedding] = x;
+    // Quantized copies of layer inputs, made once each.
+    let mut quantized: Vec<Option<i32>> = vec![None; plan.steps.len()];
+    let mut used = std::collections::HashMap::<String, usize>::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        if i == plan.embedding || !live[i] {
+            continue;
         }
-        let sign = float(ed, "cbr/embedding_sign", &row);
-        ed.op(Op::SIGN, 1, &[x], &[sign], Opt::NONE);
-        let y = float(ed, "cbr/embedding_power", &row);
-        ed.op(Op::MUL, 1, &[pow, sign], &[y], Opt::MulOptions(Box::default()));
-        x = y;
-    }
-    let l2 = |ed: &mut ModelEditor, x: i32, name: &str| {
-        let y = ed.activation(name, TensorType::FLOAT32, &row, None);
-        ed.op(
-            Op::L2_NORMALIZATION,
-            1,
-            &[x],
-            &[y],
-            Opt::L2NormOptions(Box::<L2NormOptionsT>::default()),
-        );
-        y
-    };
-    let mut query = l2(ed, x, "cbr/embedding_l2");
-    if let Some(mean) = &head.center {
-        let m = ed.const_f32("cbr/index_mean", &[d], mean);
-        let c = float(ed, "cbr/embedding_centered", &row);
-        ed.op(Op::SUB, 1, &[query, m], &[c], Opt::SubOptions(Box::<SubOptionsT>::default()));
-        query = l2(ed, c, "cbr/query");
-    }
-    let query_q = match block {
-        TfliteBlock::Float => None,
-        TfliteBlock::Int8 => {
-            let q = ed.activation(
-                "cbr/query_int8",
-                TensorType::INT8,
-                &row,
-                Some(per_tensor(QUERY_SCALE, 0)),
-            );
-            // QUANTIZE v2 produces int8.
-            ed.op(Op::QUANTIZE, 2, &[query], &[q], Opt::NONE);
-            Some(q)
-        }
-    };
-    let classes = head.labels.len() as i32;
-    let n = head.len() as i32;
-    let layer = |ed: &mut ModelEditor,
-                 name: &str,
-                 weights: &[f32],
-                 bias: Option<&[f32]>,
-                 outputs: i32| match query_q {
-        None => similarity_float(ed, name, query, weights, bias, [b, outputs], d),
-        Some(q) => similarity_int8(ed, name, q, head.rows(), weights, bias, [b, outputs], d),
-    };
-
-    let class_max = if matches!(head.aggregation, Aggregation::Max | Aggregation::Blend) {
-        let sims = layer(ed, "cbr/similarities", head.rows(), None, n);
-        let mut input = sims;
-        for (i, level) in plan_max(head.groups()).iter().enumerate() {
-            input = max_level(ed, level, input, i, b);
-        }
-        Some(input)
-    } else {
-        None
-    };
-    let class_centroid = if matches!(head.aggregation, Aggregation::Centroid | Aggregation::Blend) {
-        Some(layer(ed, "cbr/centroid", &head.centroids, None, classes))
-    } else {
-        None
-    };
-    let class_sims = if let Some(disc) = &head.discriminant {
-        layer(ed, "cbr/class_similarities", &disc.weights, Some(&disc.bias), classes)
-    } else {
-        match (class_max, class_centroid) {
-            (Some(m), Some(c)) => {
-                let sum = float(ed, "cbr/blend_sum", &[b, classes]);
-                ed.op(Op::ADD, 1, &[m, c], &[sum], Opt::AddOptions(Box::<AddOptionsT>::default()));
-                let half = ed.const_f32("cbr/half", &[], &[0.5]);
-                let y = float(ed, "cbr/class_similarities", &[b, classes]);
+        let base = match &step.op {
+            Op::Embedding | Op::Supplied { .. } => {
+                bail!("step {i} ({:?}) has no TFLite form: the plan must compute it", step.op)
+            }
+            _ if i == plan.query => "cbr/query".to_string(),
+            Op::Power { .. } => "cbr/embedding_power".to_string(),
+            Op::L2Normalize => "cbr/embedding_l2".to_string(),
+            Op::Subtract { .. } => "cbr/embedding_centered".to_string(),
+            Op::Similarity { .. } => "cbr/similarities".to_string(),
+            Op::ClassMax { .. } => "cbr/max".to_string(),
+            Op::Linear { name, .. } => format!("cbr/{name}"),
+            Op::Average => "cbr/average".to_string(),
+            Op::Softmax { .. } => "cbr/softmax".to_string(),
+        };
+        // A second step of a kind gets `_2`, and so on.
+        let n = used.entry(base.clone()).or_insert(0);
+        *n += 1;
+        let base = if *n == 1 { base } else { format!("{base}_{n}") };
+        let name = if i == plan.scores { SCORES.to_string() } else { base.clone() };
+        let shape = [b, step.len as i32];
+        let x = tensors[step.inputs[0]];
+        let float = |ed: &mut ModelEditor, name: &str| {
+            ed.activation(name, TensorType::FLOAT32, &shape, None)
+        };
+        let y = match &step.op {
+            Op::Embedding | Op::Supplied { .. } => unreachable!("rejected above"),
+            Op::Power { exponent } => {
+                // sign(x) * |x|^p, as in the ONNX head.
+                let abs = float(ed, &format!("{base}_abs"));
+                ed.op(Op_::ABS, 1, &[x], &[abs], Opt::NONE);
+                let pow = float(ed, &format!("{base}_pow"));
+                if *exponent == 0.5 {
+                    ed.op(Op_::SQRT, 1, &[abs], &[pow], Opt::NONE);
+                } else {
+                    let e = ed.const_f32(&format!("{base}_exponent"), &[], &[*exponent]);
+                    ed.op(Op_::POW, 1, &[abs, e], &[pow], Opt::NONE);
+                }
+                let sign = float(ed, &format!("{base}_sign"));
+                ed.op(Op_::SIGN, 1, &[x], &[sign], Opt::NONE);
+                let y = float(ed, &name);
+                ed.op(Op_::MUL, 1, &[pow, sign], &[y], Opt::MulOptions(Box::default()));
+                y
+            }
+            Op::L2Normalize => {
+                let y = float(ed, &name);
+                ed.op(Op_::L2_NORMALIZATION, 1, &[x], &[y], Opt::L2NormOptions(Box::default()));
+                y
+            }
+            Op::Subtract { vector } => {
+                let m = ed.const_f32(&format!("{base}_mean"), &[vector.len() as i32], vector);
+                let y = float(ed, &name);
+                ed.op(Op_::SUB, 1, &[x, m], &[y], Opt::SubOptions(Box::default()));
+                y
+            }
+            Op::Similarity { .. } | Op::Linear { .. } => {
+                let (weights, bias) = match &step.op {
+                    Op::Similarity { index, centring } => (similarity_rows(index, centring), None),
+                    Op::Linear { weights, bias, .. } => (*weights, *bias),
+                    _ => unreachable!("matched above"),
+                };
+                match block {
+                    TfliteBlock::Float => similarity_float(ed, &name, x, weights, bias, shape, d),
+                    TfliteBlock::Int8 => {
+                        let input = step.inputs[0];
+                        let q = match quantized[input] {
+                            Some(q) => q,
+                            None => {
+                                let q = ed.activation(
+                                    &format!(
+                                        "{}_int8",
+                                        ed.tensors()[x as usize].name.clone().unwrap_or_default()
+                                    ),
+                                    TensorType::INT8,
+                                    &[b, d],
+                                    Some(per_tensor(QUERY_SCALE, 0)),
+                                );
+                                // QUANTIZE v2 produces int8.
+                                ed.op(Op_::QUANTIZE, 2, &[x], &[q], Opt::NONE);
+                                quantized[input] = Some(q);
+                                q
+                            }
+                        };
+                        let rows = sample_queries.unwrap_or(weights);
+                        similarity_int8(ed, &name, q, rows, weights, bias, shape, d)
+                    }
+                }
+            }
+            Op::ClassMax { levels } => {
+                let mut input = x;
+                for (l, level) in levels.iter().enumerate() {
+                    let prefix = format!("{base}{l}");
+                    let out = if l + 1 == levels.len() { name.clone() } else { prefix.clone() };
+                    input = max_level(ed, level, input, &prefix, &out, b);
+                }
+                input
+            }
+            Op::Average => {
+                let sum = float(ed, &format!("{base}_sum"));
+                let inputs = [tensors[step.inputs[0]], tensors[step.inputs[1]]];
+                ed.op(Op_::ADD, 1, &inputs, &[sum], Opt::AddOptions(Box::default()));
+                let half = ed.const_f32(&format!("{base}_half"), &[], &[0.5]);
+                let y = float(ed, &name);
+                ed.op(Op_::MUL, 1, &[sum, half], &[y], Opt::MulOptions(Box::default()));
+                y
+            }
+            Op::Softmax { temperature } => {
+                let y = float(ed, &name);
+                // softmax(x / τ) = softmax with β = 1/τ.
                 ed.op(
-                    Op::MUL,
+                    Op_::SOFTMAX,
                     1,
-                    &[sum, half],
+                    &[x],
                     &[y],
-                    Opt::MulOptions(Box::<MulOptionsT>::default()),
+                    Opt::SoftmaxOptions(Box::new(build!(SoftmaxOptionsT {
+                        beta: 1.0 / temperature
+                    }))),
                 );
                 y
             }
-            (Some(x), None) | (None, Some(x)) => x,
-            (None, None) => unreachable!("max, centroid and blend use max or centroid"),
-        }
-    };
-    let scores = match head.temperature {
-        Some(t) => {
-            let y = float(ed, SCORES, &[b, classes]);
-            // softmax(x / τ) = softmax with β = 1/τ.
-            ed.op(
-                Op::SOFTMAX,
-                1,
-                &[class_sims],
-                &[y],
-                Opt::SoftmaxOptions(Box::new(build!(SoftmaxOptionsT { beta: 1.0 / t }))),
-            );
-            y
-        }
-        None => {
-            rename(ed, class_sims, SCORES);
-            class_sims
-        }
-    };
-    Ok(scores)
+        };
+        tensors[i] = y;
+    }
+    Ok(tensors[plan.scores])
 }
 
-fn rename(ed: &mut ModelEditor, tensor: i32, name: &str) {
-    ed.model.subgraphs.as_mut().unwrap()[0].tensors.as_mut().unwrap()[tensor as usize].name =
-        Some(name.to_string());
+/// The rows a similarity layer matches: a TFLite file keeps no editable
+/// index, so a centring head's layer holds the centred rows themselves.
+fn similarity_rows<'a>(index: &'a Index, centring: &Option<Centring<'a>>) -> &'a [f32] {
+    centring.as_ref().map_or(&index.units[..], |c| c.rows)
 }
 
 pub(crate) fn per_tensor(scale: f32, zero_point: i64) -> QuantizationParametersT {
@@ -237,7 +273,7 @@ pub(crate) fn per_tensor(scale: f32, zero_point: i64) -> QuantizationParametersT
 }
 
 fn fc_options() -> Opt {
-    Opt::FullyConnectedOptions(Box::<FullyConnectedOptionsT>::default())
+    Opt::FullyConnectedOptions(Box::default())
 }
 
 /// `query · weightsᵀ (+ bias)` in float32.
@@ -253,7 +289,7 @@ fn similarity_float(
     let w = ed.const_f32(&format!("{name}_weights"), &[out[1], d], weights);
     let bias = bias.map_or(-1, |bv| ed.const_f32(&format!("{name}_bias"), &[out[1]], bv));
     let y = ed.activation(name, TensorType::FLOAT32, &out, None);
-    ed.op(Op::FULLY_CONNECTED, 1, &[query, w, bias], &[y], fc_options());
+    ed.op(Op_::FULLY_CONNECTED, 1, &[query, w, bias], &[y], fc_options());
     y
 }
 
@@ -283,7 +319,7 @@ pub fn output_range(rows: &[f32], weights: &[f32], bias: Option<&[f32]>, d: usiz
     let (mut lo, mut hi) = (0f32, 0f32);
     for r in rows.chunks_exact(d).step_by(step) {
         for (k, w) in weights.chunks_exact(d).enumerate() {
-            let v = crate::head::dot(r, w) + bias.map_or(0.0, |b| b[k]);
+            let v = crate::kernels::dot(r, w) + bias.map_or(0.0, |b| b[k]);
             lo = lo.min(v);
             hi = hi.max(v);
         }
@@ -349,24 +385,32 @@ fn similarity_int8(
         Some(per_tensor(scale, zero)),
     );
     // FULLY_CONNECTED v4 is int8; per-channel weights are accepted by the same kernel in current runtimes.
-    ed.op(Op::FULLY_CONNECTED, 4, &[query_q, w, bias_t], &[yq], fc_options());
+    ed.op(Op_::FULLY_CONNECTED, 4, &[query_q, w, bias_t], &[yq], fc_options());
     let y = ed.activation(name, TensorType::FLOAT32, &out, None);
-    ed.op(Op::DEQUANTIZE, 2, &[yq], &[y], Opt::NONE);
+    ed.op(Op_::DEQUANTIZE, 2, &[yq], &[y], Opt::NONE);
     y
 }
 
 /// One level of the max aggregation: GATHER (unless the level is a plain
-/// reshape) → RESHAPE to [B, groups, width] → REDUCE_MAX over the last axis.
-fn max_level(ed: &mut ModelEditor, level: &MaxLevel, input: i32, i: usize, b: i32) -> i32 {
+/// reshape) → RESHAPE to [B, groups, width] → REDUCE_MAX over the last axis
+/// into tensor `output`; other tensors are named from `prefix`.
+fn max_level(
+    ed: &mut ModelEditor,
+    level: &MaxLevel,
+    input: i32,
+    prefix: &str,
+    output: &str,
+    b: i32,
+) -> i32 {
     let mut x = input;
     let (g, w) = (level.groups as i32, level.width as i32);
     if let Some(index) = &level.index {
         let idx: Vec<i32> = index.iter().map(|&v| v as i32).collect();
-        let it = ed.const_i32(&format!("cbr/max{i}_index"), &[idx.len() as i32], &idx);
+        let it = ed.const_i32(&format!("{prefix}_index"), &[idx.len() as i32], &idx);
         let y =
-            ed.activation(&format!("cbr/max{i}_gathered"), TensorType::FLOAT32, &[b, g * w], None);
+            ed.activation(&format!("{prefix}_gathered"), TensorType::FLOAT32, &[b, g * w], None);
         ed.op(
-            Op::GATHER,
+            Op_::GATHER,
             1,
             &[x, it],
             &[y],
@@ -375,19 +419,19 @@ fn max_level(ed: &mut ModelEditor, level: &MaxLevel, input: i32, i: usize, b: i3
         x = y;
     }
     let shape = [b, g, w];
-    let s = ed.const_i32(&format!("cbr/max{i}_shape"), &[3], &shape);
-    let blocks = ed.activation(&format!("cbr/max{i}_blocks"), TensorType::FLOAT32, &shape, None);
+    let s = ed.const_i32(&format!("{prefix}_shape"), &[3], &shape);
+    let blocks = ed.activation(&format!("{prefix}_blocks"), TensorType::FLOAT32, &shape, None);
     ed.op(
-        Op::RESHAPE,
+        Op_::RESHAPE,
         1,
         &[x, s],
         &[blocks],
         Opt::ReshapeOptions(Box::new(build!(ReshapeOptionsT { new_shape: Some(shape.to_vec()) }))),
     );
-    let axes = ed.const_i32(&format!("cbr/max{i}_axes"), &[1], &[2]);
-    let y = ed.activation(&format!("cbr/max{i}"), TensorType::FLOAT32, &[b, g], None);
+    let axes = ed.const_i32(&format!("{prefix}_axes"), &[1], &[2]);
+    let y = ed.activation(output, TensorType::FLOAT32, &[b, g], None);
     ed.op(
-        Op::REDUCE_MAX,
+        Op_::REDUCE_MAX,
         1,
         &[blocks, axes],
         &[y],

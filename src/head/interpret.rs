@@ -1,0 +1,171 @@
+//! The one Rust interpreter of a [`HeadPlan`]: what `RetrievalHead::scores`,
+//! evaluation, calibration (leave-one-out) and sidecar models compute, and
+//! what the ONNX and TFLite lowerings are tested against.
+//!
+//! It evaluates one query at a time and only the steps the asked value
+//! needs. A caller may set a value instead of computing it (leave-one-out
+//! sets the query and its corrected class scores; a sidecar model sets the
+//! class similarities its search found) and may leave index rows out of the
+//! similarities (leave-one-out's exclusions).
+
+use super::plan::{HeadPlan, Op, ValueId};
+use super::{l2_normalize, power_transform, softmax};
+use crate::kernels::dot;
+
+/// The values of one query's evaluation, computed on demand.
+pub struct Evaluation<'p, 'a> {
+    plan: &'p HeadPlan<'a>,
+    values: Vec<Option<Vec<f32>>>,
+    /// Index rows whose similarity is `-inf` (they match nothing).
+    excluded_rows: &'p [usize],
+}
+
+impl<'p, 'a> Evaluation<'p, 'a> {
+    /// An evaluation of `plan` for the raw embedding `embedding`.
+    pub fn new(plan: &'p HeadPlan<'a>, embedding: &[f32]) -> Self {
+        let mut e = Self::empty(plan);
+        e.set(plan.embedding, embedding.to_vec());
+        e
+    }
+
+    /// An evaluation with no value set yet: set the values to start from.
+    pub fn empty(plan: &'p HeadPlan<'a>) -> Self {
+        Evaluation { plan, values: vec![None; plan.steps.len()], excluded_rows: &[] }
+    }
+
+    /// Leaves index rows `rows` out of every similarity (as if absent from the index).
+    pub fn excluding_rows(mut self, rows: &'p [usize]) -> Self {
+        self.excluded_rows = rows;
+        self
+    }
+
+    /// Sets value `v` instead of computing it.
+    pub fn set(&mut self, v: ValueId, value: Vec<f32>) {
+        debug_assert_eq!(value.len(), self.plan.steps[v].len, "value {v} has the wrong length");
+        self.values[v] = Some(value);
+    }
+
+    /// Value `v`, computing it and what it needs (once).
+    pub fn value(&mut self, v: ValueId) -> &[f32] {
+        // Which steps are needed: walk back from `v`, stopping at known values.
+        let mut needed = vec![false; v + 1];
+        needed[v] = true;
+        for i in (0..=v).rev() {
+            if needed[i] && self.values[i].is_none() {
+                for &j in &self.plan.steps[i].inputs {
+                    needed[j] = true;
+                }
+            }
+        }
+        for (i, needed) in needed.into_iter().enumerate() {
+            if needed && self.values[i].is_none() {
+                let x = self.compute(i);
+                self.values[i] = Some(x);
+            }
+        }
+        self.values[v].as_deref().expect("computed above")
+    }
+
+    fn input(&self, step: ValueId, k: usize) -> &[f32] {
+        let v = self.plan.steps[step].inputs[k];
+        self.values[v].as_deref().expect("inputs are computed first")
+    }
+
+    fn compute(&self, i: ValueId) -> Vec<f32> {
+        let dim = self.plan.dim;
+        match &self.plan.steps[i].op {
+            Op::Embedding | Op::Supplied { .. } => {
+                panic!("value {i} ({:?}) is an input: set it first", self.plan.steps[i].op)
+            }
+            Op::Power { exponent } => {
+                let mut x = self.input(i, 0).to_vec();
+                power_transform(&mut x, *exponent);
+                x
+            }
+            Op::L2Normalize => {
+                let mut x = self.input(i, 0).to_vec();
+                l2_normalize(&mut x);
+                x
+            }
+            Op::Subtract { vector } => {
+                self.input(i, 0).iter().zip(vector.iter()).map(|(x, m)| x - m).collect()
+            }
+            Op::Similarity { index, centring } => {
+                let q = self.input(i, 0);
+                // The centred rows, computed once, rather than (q·u − q·m)·k:
+                // the same up to the last bits, and one dot product per row.
+                let rows = centring.as_ref().map_or(&index.units[..], |c| c.rows);
+                let mut s: Vec<f32> = rows.chunks_exact(dim).map(|r| dot(r, q)).collect();
+                for &r in self.excluded_rows {
+                    s[r] = f32::NEG_INFINITY;
+                }
+                s
+            }
+            Op::ClassMax { levels } => {
+                let mut x = self.input(i, 0).to_vec();
+                for l in levels {
+                    let pick = |k: usize| match &l.index {
+                        Some(ix) => x[ix[k] as usize],
+                        None => x[k],
+                    };
+                    x = (0..l.groups)
+                        .map(|g| {
+                            (g * l.width..(g + 1) * l.width)
+                                .map(pick)
+                                .fold(f32::NEG_INFINITY, f32::max)
+                        })
+                        .collect();
+                }
+                x
+            }
+            Op::Linear { weights, bias, .. } => {
+                let q = self.input(i, 0);
+                match bias {
+                    Some(b) => {
+                        weights.chunks_exact(dim).zip(*b).map(|(w, b)| dot(w, q) + b).collect()
+                    }
+                    None => weights.chunks_exact(dim).map(|w| dot(w, q)).collect(),
+                }
+            }
+            Op::Average => {
+                self.input(i, 0).iter().zip(self.input(i, 1)).map(|(a, b)| 0.5 * (a + b)).collect()
+            }
+            Op::Softmax { temperature } => softmax(self.input(i, 0), *temperature),
+        }
+    }
+}
+
+/// Value `output` of `plan` for the raw embedding `embedding`.
+pub fn evaluate(plan: &HeadPlan, embedding: &[f32], output: ValueId) -> Vec<f32> {
+    Evaluation::new(plan, embedding).value(output).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::{HeadOptions, RetrievalHead};
+
+    #[test]
+    fn excluded_rows_match_nothing_and_set_values_are_not_recomputed() {
+        // Class a: (1,0); class b: (0,1) and (0.6,0.8).
+        let labels: Vec<String> = ["a", "b", "b"].iter().map(|s| s.to_string()).collect();
+        let head = RetrievalHead::new(
+            &[1.0, 0.0, 0.0, 1.0, 0.6, 0.8],
+            2,
+            &labels,
+            &HeadOptions::original(),
+        )
+        .unwrap();
+        let plan = head.plan();
+        assert_eq!(evaluate(&plan, &[0.0, 2.0], plan.scores), vec![0.0, 1.0]);
+        // Without b's (0,1) row, b's best is (0.6,0.8); without a's only row, a is -inf.
+        let excluded = [0, 1];
+        let mut e = Evaluation::new(&plan, &[0.0, 2.0]).excluding_rows(&excluded);
+        let s = e.value(plan.scores);
+        assert!(s[0] == f32::NEG_INFINITY && (s[1] - 0.8).abs() < 1e-6, "{s:?}");
+        // A set query is used as it is (not normalised again).
+        let mut e = Evaluation::empty(&plan);
+        e.set(plan.query, vec![0.0, 2.0]);
+        assert_eq!(e.value(plan.class_similarities), &[0.0, 2.0]);
+    }
+}
