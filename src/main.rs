@@ -11,13 +11,14 @@ use cbr::build::{self, BuildOptions};
 use cbr::classifier::Classifier;
 use cbr::decode::DecodeLimits;
 use cbr::edit::EditableModel;
+use cbr::format::{self, ModelFormat};
 use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::models::{self, EmbedderChoice};
 use cbr::preprocess::ResizeMode;
 use cbr::search::IvfParams;
 use cbr::shard::Shard;
 use cbr::sidecar::IndexChoice;
-use cbr::{cache, dataset, litert, onnx, runtime};
+use cbr::{cache, dataset, litert, pipeline, runtime};
 
 /// Classification-by-retrieval: build an image classifier from a few labelled
 /// pictures per class, with no training, as one ONNX model file.
@@ -472,35 +473,25 @@ fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 }
 
 fn cmd_build(a: BuildArgs) -> Result<()> {
-    let format = a.format.unwrap_or(
-        if a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite")) {
-            FormatArg::Tflite
-        } else {
-            FormatArg::Onnx
-        },
+    let format = ModelFormat::for_output(
+        &a.output,
+        a.format.map(|f| match f {
+            FormatArg::Onnx => ModelFormat::Onnx,
+            FormatArg::Tflite => ModelFormat::Tflite,
+        }),
     );
     let tflite_only = a.tflite_block != BlockArg::Float
         || [&a.name, &a.description, &a.author, &a.model_version, &a.license]
             .iter()
             .any(|f| f.is_some());
-    if format == FormatArg::Onnx && tflite_only {
+    if format == ModelFormat::Onnx && tflite_only {
         bail!("--tflite-block, --name, --description, --author, --model-version and --license apply to TFLite output: use -o NAME.tflite or --format tflite");
     }
     // The classifier is written in its embedder's format: pick the embedder to match.
     let choice =
-        EmbedderChoice { tflite: format == FormatArg::Tflite, ..embedder_choice(&a.embedder)? };
+        EmbedderChoice { tflite: format == ModelFormat::Tflite, ..embedder_choice(&a.embedder)? };
     let mut embedder = models::open_embedder(&choice)?;
-    let embedder_is_tflite = matches!(embedder.model, cbr::embedder::EmbedderModel::Tflite { .. });
-    if embedder_is_tflite != (format == FormatArg::Tflite) {
-        let (want, has) =
-            if embedder_is_tflite { ("ONNX", "a .tflite") } else { ("TFLite", "an ONNX") };
-        bail!(
-            "a {want} classifier cannot be built on {has} embedder ({}): give an embedder in the same format, \
-             a known model name, or --format {}",
-            embedder.info.name,
-            if embedder_is_tflite { "tflite" } else { "onnx" }
-        );
-    }
+    format.check_embedder(&embedder.model, &embedder.info.name)?;
     let head = if a.original {
         HeadOptions {
             threshold: a.threshold,
@@ -626,9 +617,13 @@ fn cmd_embed(a: EmbedArgs) -> Result<()> {
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let opts = build_options(HeadOptions::default(), a.augment, &a.input_args);
     let bar = progress_bar(part.len(), a.input_args.quiet);
-    let embedded = build::embed_images(&mut embedder, part, &opts, &Default::default(), &|d| {
-        bar.set_position(d as u64)
-    })?;
+    let embedded = pipeline::embed_images(
+        &mut embedder,
+        part,
+        &opts.embedding(),
+        &Default::default(),
+        &|d| bar.set_position(d as u64),
+    )?;
     bar.finish_and_clear();
     cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
     if !a.input_args.quiet {
@@ -729,9 +724,9 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let mut embedder = models::open_embedder(&embedder_choice(&a.embedder)?)?;
     let bar = progress_bar(images.len(), a.quiet);
     let embed_opts =
-        BuildOptions { augment: a.augment, cache: !a.no_cache, ..BuildOptions::default() };
+        pipeline::EmbedOptions { augment: a.augment, cache: !a.no_cache, ..Default::default() };
     let embedded =
-        build::embed_images(&mut embedder, &images, &embed_opts, &Default::default(), &|d| {
+        pipeline::embed_images(&mut embedder, &images, &embed_opts, &Default::default(), &|d| {
             bar.set_position(d as u64)
         })?;
     bar.finish_and_clear();
@@ -772,7 +767,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
     let mut out = stdout.lock();
     let mut failures = 0;
     // Decoding runs one chunk ahead of scoring, as in `build`.
-    build::decode_ahead(&a.images, &preprocess, &limits, |range, decoded| {
+    pipeline::decode_ahead(&a.images, &preprocess, &limits, |range, decoded| {
         let mut batch = Vec::new();
         let mut ok = Vec::new();
         for (path, d) in a.images[range].iter().zip(decoded) {
@@ -828,24 +823,11 @@ fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) ->
 }
 
 fn cmd_info(a: InfoArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
-    let no_metadata =
-        || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
-    let (info, operations) = if litert::is_tflite(&bytes) {
-        let info = cbr::tflite::read_info(&bytes).with_context(no_metadata)?;
-        (info, format!("{} TFLite operators", cbr::tflite::operator_count(&bytes)?))
-    } else {
-        let model = onnx::decode(&bytes).with_context(|| {
-            format!("{} is neither an ONNX nor a TFLite model", a.model.display())
-        })?;
-        let json =
-            onnx::metadata(&model, cbr::classifier::METADATA_KEY).with_context(no_metadata)?;
-        let graph = model.graph.as_ref().expect("decoded models have a graph");
-        (
-            cbr::classifier::ClassifierInfo::from_json(json)?,
-            format!("{} graph operations", graph.node.len()),
-        )
+    let (bytes, file) = format::read_file(&a.model)?;
+    let info = file.info;
+    let operations = match file.format {
+        ModelFormat::Onnx => format!("{} graph operations", file.operations),
+        ModelFormat::Tflite => format!("{} TFLite operators", file.operations),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

@@ -22,8 +22,8 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::build::Embedded;
 use crate::head::{calibrate, softmax, Aggregation, HeadOptions, IndexDtype, RetrievalHead};
+use crate::pipeline::Embedded;
 
 // ---------------------------------------------------------------- randomness
 

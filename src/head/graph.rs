@@ -443,7 +443,7 @@ pub fn read_index(
 pub fn embedder_of(model: &ModelProto, embedding_output: &str) -> Result<ModelProto> {
     let mut model = model.clone();
     model.metadata_props.retain(|e| {
-        !matches!(e.key.as_deref(), Some(crate::classifier::METADATA_KEY) | Some(INDEX_IMAGES_KEY))
+        !matches!(e.key.as_deref(), Some(crate::meta::METADATA_KEY) | Some(INDEX_IMAGES_KEY))
     });
     let graph = model.graph.as_mut().ok_or_else(|| anyhow!("the model has no graph"))?;
     let ours = |name: &Option<String>| name.as_deref().is_some_and(|n| n.starts_with("cbr/"));

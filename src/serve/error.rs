@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::decode::DecodeError;
+use crate::error::{kind_of, ErrorKind};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -88,8 +89,19 @@ impl IntoResponse for ApiError {
 }
 
 impl From<anyhow::Error> for ApiError {
+    /// A library error, answered by its [`ErrorKind`]: the user's mistakes
+    /// are 4xx, everything else a 500.
     fn from(e: anyhow::Error) -> Self {
-        ApiError::internal(format!("{e:#}"))
+        let message = format!("{e:#}");
+        let (status, code) = match kind_of(&e) {
+            ErrorKind::BadInput => (StatusCode::BAD_REQUEST, "bad_input"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ErrorKind::Unsupported => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, message)
     }
 }
 

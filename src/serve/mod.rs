@@ -42,6 +42,7 @@ use crate::build::{self, BuildOptions};
 use crate::classifier::{Classifier, Prediction};
 use crate::decode::{self, DecodeLimits};
 use crate::embedder::Embedder;
+use crate::format::ModelFormat;
 use crate::models::{self, EmbedderChoice};
 use crate::preprocess::Preprocess;
 
@@ -842,46 +843,49 @@ async fn model_info(
 ) -> ApiResult<Json<Value>> {
     let bytes = built_bytes(&app, &name).await?;
     let info = tokio::task::spawn_blocking(move || -> Result<Value> {
-        let model = crate::onnx::decode(&bytes)?;
-        let s = crate::onnx::metadata(&model, crate::classifier::METADATA_KEY)
-            .context("the model has no cbr metadata")?;
-        let info = crate::classifier::ClassifierInfo::from_json(s)?;
-        Ok(serde_json::to_value(info)?)
+        Ok(serde_json::to_value(crate::format::read(&bytes)?.info)?)
     })
     .await
     .map_err(ApiError::internal)??;
     Ok(Json(info))
 }
 
-fn attachment(bytes: Vec<u8>, file_name: String) -> Response {
-    let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+/// The built model as a download, if it is in the `want`ed format.
+async fn download(app: &App, name: &str, want: ModelFormat) -> ApiResult<Response> {
+    let bytes = built_bytes(app, name).await?;
+    let format = ModelFormat::sniff(&bytes);
+    if format != want {
+        let code = match want {
+            ModelFormat::Onnx => "no_onnx",
+            ModelFormat::Tflite => "no_tflite",
+        };
+        return Err(ApiError::not_found(
+            code,
+            format!(
+                "model {name:?} is built as {} (the server's embedder is in that format): GET {}",
+                format.title(),
+                format.stored_name()
+            ),
+        ));
+    }
+    let mut r = ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
+    let file_name = format.download_name(name);
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
-    r
+    Ok(r)
 }
 
 async fn download_onnx(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let bytes = built_bytes(&app, &name).await?;
-    // A server started with a .tflite embedder builds TFLite classifiers.
-    let extension = if crate::litert::is_tflite(&bytes) { "tflite" } else { "onnx" };
-    Ok(attachment(bytes, format!("{name}.{extension}")))
+    download(&app, &name, ModelFormat::Onnx).await
 }
 
 async fn download_tflite(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    existing(&app, &name)?;
-    let p = app.store.tflite_path(&name);
-    match read_file(&p).await {
-        Ok(bytes) => Ok(attachment(bytes, format!("{name}.tflite"))),
-        Err(_) => Err(ApiError::not_found(
-            "no_tflite",
-            format!("model {name:?} has no TFLite file: cbr builds ONNX models (GET model.onnx)"),
-        )),
-    }
+    download(&app, &name, ModelFormat::Tflite).await
 }
