@@ -103,7 +103,7 @@ fn read_words<T>(path: &Path, convert: impl Fn([u8; 4]) -> T) -> Result<Vec<T>> 
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f.metadata()?.len() as usize;
-    if len % 4 != 0 {
+    if !len.is_multiple_of(4) {
         bail!("{} is not whole 4-byte words", path.display());
     }
     let mut out = Vec::with_capacity(len / 4);

@@ -12,10 +12,11 @@ use crate::dataset::LabelledImage;
 use crate::decode::DecodeLimits;
 use crate::embedder::Embedder;
 use crate::error::Error;
-use crate::format::{self, EmbedderGraph, RowsIn, WriteOptions};
+use crate::format::{self, EmbedderGraph, ModelFormat, RowsIn, WriteOptions};
 use crate::head::{HeadOptions, RetrievalHead};
+use crate::models::EmbedderChoice;
 use crate::pipeline::{check_classes, embed_images, EmbedOptions, Embedded, Skipped};
-use crate::search::IvfIndex;
+use crate::search::{IvfIndex, IvfParams};
 use crate::sidecar::{self, IndexChoice};
 
 pub use crate::format::classifier_info;
@@ -35,6 +36,8 @@ pub struct BuildOptions {
     pub tflite: crate::tflite::TfliteOptions,
     /// Index rows in the model, or in a sidecar approximate index.
     pub index: IndexChoice,
+    /// The sidecar index's parameters, when there is one.
+    pub ivf: IvfParams,
 }
 
 impl BuildOptions {
@@ -59,8 +62,34 @@ impl Default for BuildOptions {
             cache: true,
             tflite: crate::tflite::TfliteOptions::default(),
             index: IndexChoice::Auto,
+            ivf: IvfParams::default(),
         }
     }
+}
+
+/// Refuses TFLite-only choices (block arithmetic, Model Metadata) for another format.
+pub fn check_format_options(
+    format: ModelFormat,
+    tflite: &crate::tflite::TfliteOptions,
+) -> Result<()> {
+    if format != ModelFormat::Tflite && *tflite != crate::tflite::TfliteOptions::default() {
+        return Err(Error::bad_input(
+            "--tflite-block, --name, --description, --author, --model-version and --license apply \
+             to TFLite output: use -o NAME.tflite or --format tflite",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Opens the embedder for a classifier in `format`: a classifier is written in its embedder's
+/// format, so a known model is opened as its TFLite twin for TFLite, and an embedder file in the
+/// other format is refused.
+pub fn open_embedder_for(choice: &EmbedderChoice, format: ModelFormat) -> Result<Embedder> {
+    let choice = EmbedderChoice { tflite: format == ModelFormat::Tflite, ..choice.clone() };
+    let embedder = crate::models::open_embedder(&choice)?;
+    format.check_embedder(&embedder.model, &embedder.info.name)?;
+    Ok(embedder)
 }
 
 /// A built model: the model file's bytes and, for big indexes, the sidecar
@@ -191,7 +220,7 @@ pub fn build_from_embedded(
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
     let head = RetrievalHead::from_index(embedded.index(&opts.head)?, &opts.head)?;
-    let index = match opts.index.resolve(&head)? {
+    let index = match opts.index.resolve(&head, &opts.ivf)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
     };

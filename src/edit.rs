@@ -40,6 +40,18 @@ pub struct EditReport {
 }
 
 impl EditableModel {
+    /// Opens the model file at `path` (errors name the file).
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+    }
+
+    /// Writes the model file for the current index to `path`, atomically.
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
+        crate::cache::write_atomic(path, &self.to_bytes()?)
+    }
+
     /// Reads a model written by `cbr build` (format 2 or newer).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if ModelFormat::sniff(bytes) == ModelFormat::Tflite {

@@ -26,6 +26,8 @@ pub struct InputShape {
 }
 
 /// The network behind an embedder, in one of the two formats cbr runs.
+// A process holds one or two embedders: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum EmbedderModel {
     Onnx {
         session: Session,

@@ -117,7 +117,7 @@ pub struct Calibration {
 }
 
 /// How instance similarities become one similarity per class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aggregation {
     /// The best cosine similarity among the class's images (the original rule).
@@ -171,7 +171,7 @@ impl std::str::FromStr for Aggregation {
 }
 
 /// How index rows are stored in the model file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IndexDtype {
     /// 4 bytes per value: exact.

@@ -23,7 +23,7 @@ pub enum ChannelOrder {
 }
 
 /// How the decoded image is brought to the input size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResizeMode {
     /// Resize the whole image to exactly width x height (aspect ratio not kept),

@@ -359,7 +359,7 @@ mod tests {
         };
         let path = dir.path().join("p.parquet");
         write(&path, &embedded, &info, &preprocess, Shard { index: 0, count: 1 }).unwrap();
-        let (i, p, back) = read(&[path.clone()]).unwrap();
+        let (i, p, back) = read(std::slice::from_ref(&path)).unwrap();
         assert_eq!((i, p), (info.clone(), preprocess.clone()));
         assert_eq!(
             (back.embeddings, back.labels, back.images, back.paths, back.ids),
@@ -367,7 +367,7 @@ mod tests {
         );
         // Damaged files are refused with their name.
         std::fs::write(&path, b"PAR1 not really").unwrap();
-        let err = format!("{:#}", read(&[path.clone()]).unwrap_err());
+        let err = format!("{:#}", read(std::slice::from_ref(&path)).unwrap_err());
         assert!(err.contains("p.parquet"), "{err}");
     }
 }

@@ -27,28 +27,29 @@ pub const DEPTH: usize = 100;
 pub const AUTO_ROWS_BYTES: usize = 1536 << 20;
 
 /// Where the index rows go.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum IndexChoice {
     /// In the ONNX file (exact search), unless that cannot hold them and the
-    /// aggregation is `max`, then [`IndexChoice::Ivf`] with default parameters.
+    /// aggregation is `max`, then [`IndexChoice::Ivf`].
+    #[default]
     Auto,
     /// Always in the ONNX file.
     Single,
     /// In an approximate index file beside the model (max rule only).
-    Ivf(IvfParams),
+    Ivf,
 }
 
 pub use crate::meta::IndexInfo;
 
 impl IndexChoice {
-    /// The index to build for `head`, if any.
-    pub fn resolve(&self, head: &RetrievalHead) -> Result<Option<IvfParams>> {
+    /// The index to build for `head`, if any, with `params` when it is one.
+    pub fn resolve(self, head: &RetrievalHead, params: &IvfParams) -> Result<Option<IvfParams>> {
         match self {
             IndexChoice::Single => Ok(None),
-            IndexChoice::Ivf(p) if head.aggregation == Aggregation::Max => Ok(Some(p.clone())),
-            IndexChoice::Ivf(_) => bail!("an approximate index (--index ivf) serves the max rule only: add --aggregate max (this head uses {})", head.aggregation),
+            IndexChoice::Ivf if head.aggregation == Aggregation::Max => Ok(Some(params.clone())),
+            IndexChoice::Ivf => bail!("an approximate index (--index ivf) serves the max rule only: add --aggregate max (this head uses {})", head.aggregation),
             IndexChoice::Auto if head.rows().len() * value_bytes(head.options.index_dtype) > AUTO_ROWS_BYTES && head.aggregation == Aggregation::Max => {
-                Ok(Some(IvfParams::default()))
+                Ok(Some(params.clone()))
             }
             IndexChoice::Auto => Ok(None),
         }
@@ -183,12 +184,13 @@ mod tests {
         let labels: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
         let max = RetrievalHead::new(&[1.0, 0.0, 0.0, 1.0], 2, &labels, &HeadOptions::original())
             .unwrap();
-        assert_eq!(IndexChoice::Auto.resolve(&max).unwrap(), None);
-        assert_eq!(IndexChoice::Single.resolve(&max).unwrap(), None);
-        assert!(IndexChoice::Ivf(IvfParams::default()).resolve(&max).unwrap().is_some());
+        let params = IvfParams { nprobe: 7, ..IvfParams::default() };
+        assert_eq!(IndexChoice::Auto.resolve(&max, &params).unwrap(), None);
+        assert_eq!(IndexChoice::Single.resolve(&max, &params).unwrap(), None);
+        assert_eq!(IndexChoice::Ivf.resolve(&max, &params).unwrap(), Some(params.clone()));
         let opts = HeadOptions { aggregation: Aggregation::Centroid, ..HeadOptions::original() };
         let centroid = RetrievalHead::new(&[1.0, 0.0, 0.0, 1.0], 2, &labels, &opts).unwrap();
-        let e = IndexChoice::Ivf(IvfParams::default()).resolve(&centroid).unwrap_err().to_string();
+        let e = IndexChoice::Ivf.resolve(&centroid, &params).unwrap_err().to_string();
         assert!(e.contains("--aggregate max"), "{e}");
         assert_eq!(index_path(Path::new("/m/shop.onnx")), Path::new("/m/shop.ivf"));
     }

@@ -100,7 +100,7 @@ fn eval_json_report_and_dump_on_cub() {
     assert_eq!(rows, images.lines().count());
     assert_eq!(rows, 543);
     let bytes = std::fs::metadata(dump.join("embeddings.f32")).unwrap().len() as usize;
-    assert!(bytes > 0 && bytes % (4 * rows) == 0);
+    assert!(bytes > 0 && bytes.is_multiple_of(4 * rows));
 }
 
 #[test]

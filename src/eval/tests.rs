@@ -142,8 +142,8 @@ fn evaluate_runs_every_configuration_on_synthetic_data() {
     let (mut e, mut labels, mut images) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..60u32 {
         let c = (i % 3) as usize;
-        for k in 0..3 {
-            e.push(centres[c][k] + 0.3 * ((rng.next_u64() % 1000) as f32 / 1000.0 - 0.5));
+        for x in centres[c] {
+            e.push(x + 0.3 * ((rng.next_u64() % 1000) as f32 / 1000.0 - 0.5));
         }
         labels.push(["a", "b", "c"][c].to_string());
         images.push(i);

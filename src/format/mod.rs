@@ -28,7 +28,7 @@ use crate::preprocess::Preprocess;
 use onnx::write_onnx;
 
 /// A model file format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFormat {
     Onnx,
@@ -58,7 +58,12 @@ impl ModelFormat {
     /// The format to write `path` in: `explicit` if given, else from the
     /// extension (`.tflite`), else ONNX.
     pub fn for_output(path: &Path, explicit: Option<ModelFormat>) -> ModelFormat {
-        explicit.or_else(|| ModelFormat::from_path(path)).unwrap_or(ModelFormat::Onnx)
+        explicit.unwrap_or_else(|| ModelFormat::from_output_path(path))
+    }
+
+    /// The format an output path asks for: `.tflite` (any case) is TFLite, anything else ONNX.
+    pub fn from_output_path(path: &Path) -> ModelFormat {
+        ModelFormat::from_path(path).unwrap_or(ModelFormat::Onnx)
     }
 
     /// The format a classifier built on this embedder is written in: its own.

@@ -30,7 +30,7 @@ pub struct FlatIndex {
 
 impl FlatIndex {
     pub fn new(rows: Vec<f32>, dim: usize) -> Result<Self> {
-        if dim == 0 || rows.len() % dim != 0 {
+        if dim == 0 || !rows.len().is_multiple_of(dim) {
             bail!("{} values do not make rows of {dim}", rows.len());
         }
         if rows.len() / dim > u32::MAX as usize {

@@ -24,7 +24,7 @@ use super::schema::model::{
 use crate::head::{plan_max, Aggregation, MaxLevel, RetrievalHead, SCORES};
 
 /// How the similarity layers of the head are computed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TfliteBlock {
     /// float32 weights and arithmetic: the same scores as cbr's ONNX head.
     #[default]
@@ -133,7 +133,7 @@ pub fn append(
             1,
             &[x],
             &[y],
-            Opt::L2NormOptions(Box::new(L2NormOptionsT::default())),
+            Opt::L2NormOptions(Box::<L2NormOptionsT>::default()),
         );
         y
     };
@@ -141,7 +141,7 @@ pub fn append(
     if let Some(mean) = &head.center {
         let m = ed.const_f32("cbr/index_mean", &[d], mean);
         let c = float(ed, "cbr/embedding_centered", &row);
-        ed.op(Op::SUB, 1, &[query, m], &[c], Opt::SubOptions(Box::new(SubOptionsT::default())));
+        ed.op(Op::SUB, 1, &[query, m], &[c], Opt::SubOptions(Box::<SubOptionsT>::default()));
         query = l2(ed, c, "cbr/query");
     }
     let query_q = match block {
@@ -190,13 +190,7 @@ pub fn append(
         match (class_max, class_centroid) {
             (Some(m), Some(c)) => {
                 let sum = float(ed, "cbr/blend_sum", &[b, classes]);
-                ed.op(
-                    Op::ADD,
-                    1,
-                    &[m, c],
-                    &[sum],
-                    Opt::AddOptions(Box::new(AddOptionsT::default())),
-                );
+                ed.op(Op::ADD, 1, &[m, c], &[sum], Opt::AddOptions(Box::<AddOptionsT>::default()));
                 let half = ed.const_f32("cbr/half", &[], &[0.5]);
                 let y = float(ed, "cbr/class_similarities", &[b, classes]);
                 ed.op(
@@ -204,7 +198,7 @@ pub fn append(
                     1,
                     &[sum, half],
                     &[y],
-                    Opt::MulOptions(Box::new(MulOptionsT::default())),
+                    Opt::MulOptions(Box::<MulOptionsT>::default()),
                 );
                 y
             }
@@ -243,7 +237,7 @@ pub(crate) fn per_tensor(scale: f32, zero_point: i64) -> QuantizationParametersT
 }
 
 fn fc_options() -> Opt {
-    Opt::FullyConnectedOptions(Box::new(FullyConnectedOptionsT::default()))
+    Opt::FullyConnectedOptions(Box::<FullyConnectedOptionsT>::default())
 }
 
 /// `query · weightsᵀ (+ bias)` in float32.

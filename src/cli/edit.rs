@@ -1,0 +1,102 @@
+//! `cbr add`, `cbr remove`, `cbr relabel`: open a model, edit it, write it back atomically.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+use cbr::edit::{EditReport, EditableModel};
+
+use super::output::{print_skipped, progress_bar};
+use super::InputArgs;
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// A model built by `cbr build` (rewritten in place unless -o is given).
+    model: PathBuf,
+    /// Images to add: a folder <root>/<label>/<images> or a CSV manifest (path,label); new
+    /// labels become new classes.
+    input: PathBuf,
+    /// Write the result here instead of over the model.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Also index mirror images (must match how the model was built).
+    #[arg(long)]
+    augment: bool,
+    #[command(flatten)]
+    input_args: InputArgs,
+}
+
+#[derive(Args)]
+pub struct RemoveArgs {
+    /// A model built by `cbr build` (rewritten in place unless -o is given).
+    model: PathBuf,
+    /// A class to remove (repeat for several).
+    #[arg(long = "label", required = true, value_name = "LABEL")]
+    labels: Vec<String>,
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RelabelArgs {
+    /// A model built by `cbr build` (rewritten in place unless -o is given).
+    model: PathBuf,
+    /// The class to rename.
+    from: String,
+    /// Its new name; an existing class of that name absorbs it.
+    to: String,
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+pub fn add(a: AddArgs) -> Result<()> {
+    let images = cbr::dataset::from_path(&a.input)?;
+    let mut model = EditableModel::open(&a.model)?;
+    let opts = a.input_args.build_options(model.options.clone(), a.augment);
+    let bar = progress_bar(images.len(), a.input_args.quiet);
+    let report = model.add(&images, &opts, &|done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let out = a.output.as_deref().unwrap_or(&a.model);
+    model.write(out)?;
+    if !a.input_args.quiet {
+        print_skipped(&report.skipped);
+        eprintln!(
+            "wrote {}: added {} images ({} from the embedding cache); now {} classes, {} index rows",
+            out.display(),
+            report.added,
+            report.cached,
+            report.classes,
+            report.rows
+        );
+    }
+    Ok(())
+}
+
+pub fn remove(a: RemoveArgs) -> Result<()> {
+    edit(&a.model, a.output.as_deref(), |m| m.remove_labels(&a.labels))
+}
+
+pub fn relabel(a: RelabelArgs) -> Result<()> {
+    edit(&a.model, a.output.as_deref(), |m| m.relabel(&a.from, &a.to))
+}
+
+/// Opens a model, edits it with `change`, writes it (over the model unless `output`).
+fn edit(
+    model: &Path,
+    output: Option<&Path>,
+    change: impl FnOnce(&mut EditableModel) -> Result<EditReport>,
+) -> Result<()> {
+    let mut m = EditableModel::open(model)?;
+    let report = change(&mut m)?;
+    let out = output.unwrap_or(model);
+    m.write(out)?;
+    eprintln!(
+        "wrote {}: removed {} index rows; now {} classes, {} index rows",
+        out.display(),
+        report.removed_rows,
+        report.classes,
+        report.rows
+    );
+    Ok(())
+}

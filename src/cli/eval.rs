@@ -1,0 +1,86 @@
+//! `cbr eval`: accuracy of a labelled image set over random index/query splits, as tables, JSON
+//! or an HTML report.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use cbr::eval;
+use cbr::pipeline::EmbedOptions;
+
+use super::output::{print_skipped, progress_bar};
+use super::EmbedderArgs;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A folder with one sub-folder of images per label, or a CSV file with columns path,label.
+    input: PathBuf,
+    /// Index images per class; several (e.g. 1,5,10) share one embedding pass.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "K[,K...]")]
+    shots: Vec<usize>,
+    /// Random splits (seeds 0..N) averaged, with 95% intervals.
+    #[arg(long, default_value_t = 5)]
+    seeds: usize,
+    /// Also index a mirror image of every index image (queries stay photos only).
+    #[arg(long)]
+    augment: bool,
+    /// Print one JSON document with everything instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML report here.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+    /// Write the embeddings (embeddings.f32, labels.txt, images.txt, paths.txt) here, for
+    /// bench/logreg_reference.py.
+    #[arg(long, value_name = "DIR")]
+    dump: Option<PathBuf>,
+    /// Neither use nor fill the embedding cache.
+    #[arg(long)]
+    no_cache: bool,
+    #[command(flatten)]
+    embedder: EmbedderArgs,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let opts = eval::EvalOptions { shots: a.shots, seeds: a.seeds, ..Default::default() };
+    eval::check_options(&opts)?;
+    let images = cbr::dataset::from_path(&a.input)?;
+    let mut embedder = cbr::models::open_embedder(&a.embedder.choice()?)?;
+    let bar = progress_bar(images.len(), a.quiet);
+    let embed_opts = EmbedOptions { augment: a.augment, cache: !a.no_cache, ..Default::default() };
+    let progress = |done: usize| bar.set_position(done as u64);
+    let embedded = cbr::pipeline::embed_images(
+        &mut embedder,
+        &images,
+        &embed_opts,
+        &Default::default(),
+        &progress,
+    )?;
+    bar.finish_and_clear();
+    if !a.quiet {
+        print_skipped(&embedded.skipped);
+    }
+    if let Some(dir) = &a.dump {
+        eval::dump(&embedded, dir)?;
+    }
+    let source = a.input.to_string_lossy();
+    let announce = |k: usize| {
+        if !a.quiet {
+            eprintln!("evaluating {k} shots per class ...");
+        }
+    };
+    let report = eval::run(&source, &embedder.info.name, &embedded, a.augment, &opts, &announce)?;
+    if let Some(path) = &a.report {
+        cbr::cache::write_atomic(path, eval::report::html(&report).as_bytes())?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", eval::report::text(&report));
+    }
+    Ok(())
+}

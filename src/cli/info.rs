@@ -1,0 +1,96 @@
+//! `cbr info`: what a model file says about itself, as text or JSON.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use cbr::format::ModelFormat;
+use cbr::meta::ClassifierInfo;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    model: PathBuf,
+    /// Print the metadata as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let (bytes, file) = cbr::format::read_file(&a.model)?;
+    let info = file.info;
+    let operations = match file.format {
+        ModelFormat::Onnx => format!("{} graph operations", file.operations),
+        ModelFormat::Tflite => format!("{} TFLite operators", file.operations),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let size_mb = bytes.len() as f64 / 1e6;
+    println!("model:         {} ({size_mb:.1} MB, {operations})", a.model.display());
+    print_info(&info, &a.model);
+    Ok(())
+}
+
+/// The metadata of the model at `path`, one aspect per line.
+fn print_info(info: &ClassifierInfo, path: &std::path::Path) {
+    let p = &info.preprocess;
+    println!("built by:      cbr {}", info.cbr_version);
+    println!(
+        "embedder:      {} ({}-d, output {:?}, sha256 {})",
+        info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256
+    );
+    println!(
+        "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?}",
+        p.width, p.height, p.layout, p.channel_order, p.mean, p.std, p.resize
+    );
+    if let Some(ix) = &info.index {
+        println!(
+            "index:         {} rows in {} (approximate search, beside the model)",
+            ix.rows,
+            cbr::sidecar::index_path(path).display()
+        );
+    }
+    println!(
+        "aggregation:   {}{}{}",
+        info.aggregation,
+        if info.center { ", centred (CL2N)" } else { "" },
+        if info.augment { ", mirror-augmented index" } else { "" }
+    );
+    match info.temperature {
+        Some(t) => {
+            println!("scores:        calibrated probabilities (softmax, temperature {t:.4})")
+        }
+        None => println!("scores:        raw class similarities (cosine)"),
+    }
+    if let Some(c) = &info.calibration {
+        if let (Some(acc), Some(e0), Some(e1)) = (c.accuracy, c.ece_unfitted, c.ece) {
+            println!(
+                "leave-one-out: {} images, accuracy {:.1}%, expected calibration error {e1:.3} \
+                 (unfitted {e0:.3})",
+                c.samples,
+                100.0 * acc
+            );
+        }
+    }
+    match info.threshold {
+        Some(t) => println!(
+            "unknown below: {t:.4}{}",
+            info.calibration
+                .as_ref()
+                .and_then(|c| c.target_precision)
+                .map(|p| format!(" (chosen for {:.0}% precision)", 100.0 * p))
+                .unwrap_or_default()
+        ),
+        None => println!("unknown below: (no threshold)"),
+    }
+    println!(
+        "classes:       {} ({} images)",
+        info.labels.len(),
+        info.images_per_label.iter().sum::<usize>()
+    );
+    for (label, n) in info.labels.iter().zip(&info.images_per_label) {
+        println!("  {label}\t{n}");
+    }
+}

@@ -1,0 +1,69 @@
+//! How the commands show progress and results on a terminal: the progress bar, skipped images,
+//! one line per classified image (text or JSON).
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Result;
+
+use cbr::classifier::Prediction;
+use cbr::pipeline::Skipped;
+
+/// A progress bar over `total` images on stderr; hidden when quiet or stderr is not a terminal.
+pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} embedding [{bar:30}] {pos}/{len} images  {per_sec}  eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// One stderr line per image that was skipped, with its reason.
+pub fn print_skipped(skipped: &[Skipped]) {
+    for s in skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+}
+
+/// One line for a classified image: `path: label (score), ...` or a JSON object.
+pub fn print_prediction(
+    out: &mut impl Write,
+    path: &Path,
+    p: &Prediction,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let line = serde_json::json!({
+            "path": path.to_string_lossy(),
+            "label": p.label,
+            "unknown": p.label.is_none(),
+            "top": p.top,
+        });
+        writeln!(out, "{line}")?;
+        return Ok(());
+    }
+    let best: Vec<String> = p.top.iter().map(|t| format!("{} ({:.3})", t.label, t.score)).collect();
+    match &p.label {
+        Some(_) => writeln!(out, "{}: {}", path.display(), best.join(", "))?,
+        None => writeln!(out, "{}: unknown (best: {})", path.display(), best.join(", "))?,
+    }
+    Ok(())
+}
+
+/// An image that could not be classified: a JSON line on stdout, or a line on stderr.
+pub fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) -> Result<()> {
+    if json {
+        let line = serde_json::json!({ "path": path.to_string_lossy(), "error": reason });
+        writeln!(out, "{line}")?;
+    } else {
+        eprintln!("{}: {reason}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! `cbr runtime install|path`: ONNX Runtime and LiteRT, the libraries cbr loads at run time.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use cbr::{litert, runtime};
+
+#[derive(Subcommand)]
+pub enum RuntimeCommand {
+    /// Fetch ONNX Runtime and LiteRT (the TFLite runtime) from PyPI (pip download) into cbr's
+    /// cache.
+    Install,
+    /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load.
+    Path,
+}
+
+/// Installs (or locates) both runtimes: ONNX Runtime first, then LiteRT.
+pub fn run(command: RuntimeCommand) -> Result<()> {
+    let install = matches!(command, RuntimeCommand::Install);
+    let ort = if install { runtime::install()? } else { runtime::library_path()? };
+    println!("{}", ort.display());
+    match if install { litert::install() } else { litert::library_path() } {
+        Ok(p) => println!("{}", p.display()),
+        // Only .tflite models need LiteRT: say so, without failing.
+        Err(e) if !install => eprintln!("{e:#}"),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
