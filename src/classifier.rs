@@ -14,7 +14,7 @@ use crate::sidecar::Sidecar;
 pub use crate::meta::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
 
 /// One class and its score.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Scored {
     pub label: String,
     pub score: f32,

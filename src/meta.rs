@@ -30,7 +30,7 @@ pub const MAX_INPUT_SIDE: u32 = 8192;
 pub const MAX_EMBEDDING_DIM: usize = 1 << 20;
 
 /// What a cbr model says about itself.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClassifierInfo {
     /// [`FORMAT_VERSION`] of the writer.
     pub format: u32,
@@ -71,7 +71,7 @@ pub struct ClassifierInfo {
 }
 
 /// What identifies an embedder; recorded in every model built with it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbedderInfo {
     /// A model-list name such as `efficientnet-lite0`, or the file name.
     pub name: String,
@@ -86,7 +86,7 @@ pub struct EmbedderInfo {
 }
 
 /// What the model's metadata says about its sidecar index.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IndexInfo {
     /// Index rows and their length, checked against the file.
     pub rows: usize,
@@ -97,7 +97,7 @@ pub struct IndexInfo {
 }
 
 /// The outcome of calibration, kept in the model's metadata.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Calibration {
     /// Fitted softmax temperature, if fitted.
     pub temperature: Option<f32>,
@@ -117,7 +117,9 @@ pub struct Calibration {
 }
 
 /// How instance similarities become one similarity per class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aggregation {
     /// The best cosine similarity among the class's images (the original rule).
@@ -171,7 +173,18 @@ impl std::str::FromStr for Aggregation {
 }
 
 /// How index rows are stored in the model file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum IndexDtype {
     /// 4 bytes per value: exact.
@@ -213,7 +226,7 @@ impl std::str::FromStr for IndexDtype {
 
 /// The choices that shape a head (kept in the model, so an edited model is
 /// rebuilt with the same choices).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeadOptions {
     pub aggregation: Aggregation,
     /// Power transform `sign(x)·|x|^p` of the raw embedding before anything

@@ -14,6 +14,7 @@
 //!   on every request (503 + Retry-After).
 //! - Errors are JSON (`{"error": {"code", "message"}}`) with meaningful statuses.
 
+pub mod api;
 pub mod error;
 pub mod routes;
 pub mod store;
@@ -34,8 +35,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::build::{self, BuildOptions};
@@ -46,6 +47,7 @@ use crate::format::ModelFormat;
 use crate::models::{self, EmbedderChoice};
 use crate::preprocess::Preprocess;
 
+use api::{Added, BuildState, BuildStatus, Classification, Deleted, Health, Label, ModelList};
 use error::{ApiError, ApiResult};
 pub use routes::{openapi, ROUTES};
 use store::{check_image_id, check_label, check_model_name, BuiltState, Store};
@@ -83,18 +85,9 @@ impl Default for Config {
 
 /// Progress of one build.
 struct Job {
-    state: Mutex<(&'static str, Option<String>)>,
+    state: Mutex<(BuildState, Option<String>)>,
     done: AtomicUsize,
     total: usize,
-}
-
-#[derive(Serialize)]
-struct BuildStatus {
-    state: &'static str,
-    done: usize,
-    total: usize,
-    error: Option<String>,
-    built: Option<BuiltState>,
 }
 
 /// One classify request handed to a model's worker thread.
@@ -129,6 +122,25 @@ pub struct App {
 
 type AppState = Arc<App>;
 
+impl App {
+    /// The server's state for `cfg`, over the opened models directory.
+    fn new(cfg: Config, store: Store) -> App {
+        App {
+            limits: DecodeLimits {
+                max_pixels: cfg.max_pixels,
+                max_file_bytes: cfg.max_upload as u64,
+            },
+            classify_slots: Arc::new(Semaphore::new(cfg.max_queue)),
+            store,
+            embedder: Arc::new(Mutex::new(None)),
+            builds: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            cfg,
+        }
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM. Prints
 /// `cbr serve: listening on http://ADDR` on stdout once it accepts connections.
 pub fn run(cfg: Config) -> Result<()> {
@@ -141,16 +153,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
         let addr = listener.local_addr()?;
-        let app = Arc::new(App {
-            limits: DecodeLimits { max_pixels: cfg.max_pixels, max_file_bytes: cfg.max_upload as u64 },
-            classify_slots: Arc::new(Semaphore::new(cfg.max_queue)),
-            store,
-            embedder: Arc::new(Mutex::new(None)),
-            builds: Mutex::new(HashMap::new()),
-            loaded: Mutex::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
-            cfg,
-        });
+        let app = Arc::new(App::new(cfg, store));
         // Load the embedder in the background so the first build starts sooner.
         {
             let (slot, choice) = (app.embedder.clone(), app.cfg.embedder.clone());
@@ -280,15 +283,15 @@ async fn openapi_json() -> Json<Value> {
     Json(openapi())
 }
 
-async fn health(State(app): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "ok": true,
-        "version": env!("CARGO_PKG_VERSION"),
-        "max_upload": app.cfg.max_upload,
-        "max_pixels": app.cfg.max_pixels,
-        "max_queue": app.cfg.max_queue,
-        "timeout_secs": app.cfg.timeout.as_secs_f64(),
-    }))
+async fn health(State(app): State<AppState>) -> Json<Health> {
+    Json(Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        max_upload: app.cfg.max_upload,
+        max_pixels: app.cfg.max_pixels,
+        max_queue: app.cfg.max_queue,
+        timeout_secs: app.cfg.timeout.as_secs_f64(),
+    })
 }
 
 // ---- names and lookups ----
@@ -338,11 +341,11 @@ fn job_status(app: &App, name: &str) -> BuildStatus {
                 built,
             }
         }
-        None => BuildStatus { state: "idle", done: 0, total: 0, error: None, built },
+        None => BuildStatus { state: BuildState::Idle, done: 0, total: 0, error: None, built },
     }
 }
 
-fn model_json(app: &App, name: &str, with_images: bool) -> ApiResult<Value> {
+fn model_json(app: &App, name: &str, with_images: bool) -> ApiResult<api::Model> {
     let labels = app.store.labels(name)?;
     let images: usize = labels.iter().map(|l| l.count).sum();
     let build = job_status(app, name);
@@ -351,35 +354,31 @@ fn model_json(app: &App, name: &str, with_images: bool) -> ApiResult<Value> {
         None => true,
     };
     let model_bytes = std::fs::metadata(app.store.model_path(name)).ok().map(|m| m.len());
-    let labels: Vec<Value> = labels
-        .into_iter()
-        .map(|l| if with_images { json!(l) } else { json!({"name": l.name, "count": l.count}) })
-        .collect();
-    Ok(json!({
-        "name": name,
-        "labels": labels,
-        "images": images,
-        "built": build.built,
-        "model_bytes": model_bytes,
-        "stale": stale,
-        "build": build,
-    }))
+    Ok(api::Model {
+        name: name.to_string(),
+        labels: labels.into_iter().map(|l| Label::of(l, with_images)).collect(),
+        images,
+        built: build.built.clone(),
+        model_bytes,
+        stale,
+        build,
+    })
 }
 
 // ---- models ----
 
-async fn list_models(State(app): State<AppState>) -> ApiResult<Json<Value>> {
+async fn list_models(State(app): State<AppState>) -> ApiResult<Json<ModelList>> {
     let mut models = Vec::new();
     for name in app.store.list()? {
         models.push(model_json(&app, &name, false)?);
     }
-    Ok(Json(json!({ "models": models })))
+    Ok(Json(ModelList { models }))
 }
 
 async fn create_model(
     State(app): State<AppState>,
     body: Result<Json<NameBody>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<api::Model>)> {
     let name = name_body(body)?;
     model_name(&name)?;
     if !app.store.create(&name)? {
@@ -394,7 +393,7 @@ async fn create_model(
 async fn get_model(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Model>> {
     existing(&app, &name)?;
     Ok(Json(model_json(&app, &name, true)?))
 }
@@ -404,14 +403,14 @@ fn building(app: &App, name: &str) -> bool {
         .lock()
         .unwrap()
         .get(name)
-        .map(|j| matches!(j.state.lock().unwrap().0, "queued" | "running"))
+        .map(|j| j.state.lock().unwrap().0.active())
         .unwrap_or(false)
 }
 
 async fn delete_model(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     existing(&app, &name)?;
     if building(&app, &name) {
         return Err(ApiError::conflict(
@@ -422,7 +421,7 @@ async fn delete_model(
     app.store.delete(&name)?;
     app.loaded.lock().unwrap().remove(&name);
     app.builds.lock().unwrap().remove(&name);
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(Deleted { deleted: name }))
 }
 
 // ---- labels and images ----
@@ -431,7 +430,7 @@ async fn add_label(
     State(app): State<AppState>,
     Path(name): Path<String>,
     body: Result<Json<NameBody>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Label>)> {
     existing(&app, &name)?;
     let label = name_body(body)?;
     label_name(&label)?;
@@ -441,13 +440,13 @@ async fn add_label(
             format!("model {name:?} already has a label {label:?}"),
         ));
     }
-    Ok((StatusCode::CREATED, Json(json!({ "name": label, "count": 0, "images": [] }))))
+    Ok((StatusCode::CREATED, Json(Label { name: label, count: 0, images: Some(Vec::new()) })))
 }
 
 async fn delete_label(
     State(app): State<AppState>,
     Path((name, label)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     existing(&app, &name)?;
     label_name(&label)?;
     if !app.store.delete_label(&name, &label)? {
@@ -456,7 +455,7 @@ async fn delete_label(
             format!("model {name:?} has no label {label:?}"),
         ));
     }
-    Ok(Json(json!({ "deleted": label })))
+    Ok(Json(Deleted { deleted: label }))
 }
 
 /// Checks that `bytes` decode as an image within the limits; returns the extension to store it under.
@@ -475,7 +474,7 @@ async fn add_images(
     State(app): State<AppState>,
     Path((name, label)): Path<(String, String)>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Added>)> {
     existing(&app, &name)?;
     label_name(&label)?;
     let mut multipart = multipart.map_err(|e| {
@@ -512,7 +511,7 @@ async fn add_images(
     })
     .await
     .map_err(ApiError::internal)??;
-    Ok((StatusCode::CREATED, Json(json!({ "added": added, "count": added.len() }))))
+    Ok((StatusCode::CREATED, Json(Added { count: added.len(), added })))
 }
 
 fn image_lookup(app: &App, name: &str, label: &str, id: &str) -> ApiResult<PathBuf> {
@@ -548,10 +547,10 @@ async fn get_image(
 async fn delete_image(
     State(app): State<AppState>,
     Path((name, label, id)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     let p = image_lookup(&app, &name, &label, &id)?;
     std::fs::remove_file(p)?;
-    Ok(Json(json!({ "deleted": id })))
+    Ok(Json(Deleted { deleted: id }))
 }
 
 // ---- build ----
@@ -576,7 +575,7 @@ async fn start_build(
     let job = {
         let mut builds = app.builds.lock().unwrap();
         if let Some(j) = builds.get(&name) {
-            if matches!(j.state.lock().unwrap().0, "queued" | "running") {
+            if j.state.lock().unwrap().0.active() {
                 return Err(ApiError::conflict(
                     "build_running",
                     format!("model {name:?} is already being built"),
@@ -584,7 +583,7 @@ async fn start_build(
             }
         }
         let j = Arc::new(Job {
-            state: Mutex::new(("queued", None)),
+            state: Mutex::new((BuildState::Queued, None)),
             done: AtomicUsize::new(0),
             total: images.len(),
         });
@@ -597,8 +596,8 @@ async fn start_build(
         let result = run_build(&app2, &name2, &images, &job2, fingerprint);
         let mut s = job2.state.lock().unwrap();
         *s = match result {
-            Ok(()) => ("done", None),
-            Err(e) => ("failed", Some(format!("{e:#}"))),
+            Ok(()) => (BuildState::Done, None),
+            Err(e) => (BuildState::Failed, Some(format!("{e:#}"))),
         };
     });
     Ok((StatusCode::ACCEPTED, Json(job_status(&app, &name))))
@@ -613,7 +612,7 @@ fn run_build(
     fingerprint: String,
 ) -> Result<()> {
     let mut slot = app.embedder.lock().unwrap_or_else(|p| p.into_inner());
-    *job.state.lock().unwrap() = ("running", None);
+    *job.state.lock().unwrap() = (BuildState::Running, None);
     if slot.is_none() {
         *slot = Some(models::open_embedder(&app.cfg.embedder)?);
     }
@@ -772,7 +771,7 @@ async fn classify(
     Path(name): Path<String>,
     Query(q): Query<ClassifyQuery>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Classification>> {
     let start = Instant::now();
     existing(&app, &name)?;
     let k = q.k.unwrap_or(3).clamp(1, 100);
@@ -814,13 +813,13 @@ async fn classify(
         .await
         .map_err(|_| ApiError::internal("the model worker stopped"))?
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "label": p.label,
-        "unknown": p.label.is_none(),
-        "top": p.top,
-        "threshold": q.threshold.or(model.threshold),
-        "ms": start.elapsed().as_secs_f64() * 1e3,
-    })))
+    Ok(Json(Classification {
+        unknown: p.label.is_none(),
+        label: p.label,
+        top: p.top,
+        threshold: q.threshold.or(model.threshold),
+        ms: start.elapsed().as_secs_f64() * 1e3,
+    }))
 }
 
 /// Reads a file on the blocking pool.
@@ -840,10 +839,10 @@ async fn built_bytes(app: &App, name: &str) -> ApiResult<Vec<u8>> {
 async fn model_info(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<crate::meta::ClassifierInfo>> {
     let bytes = built_bytes(&app, &name).await?;
-    let info = tokio::task::spawn_blocking(move || -> Result<Value> {
-        Ok(serde_json::to_value(crate::format::read(&bytes)?.info)?)
+    let info = tokio::task::spawn_blocking(move || -> Result<crate::meta::ClassifierInfo> {
+        Ok(crate::format::read(&bytes)?.info)
     })
     .await
     .map_err(ApiError::internal)??;
@@ -889,3 +888,6 @@ async fn download_tflite(
 ) -> ApiResult<Response> {
     download(&app, &name, ModelFormat::Tflite).await
 }
+
+#[cfg(test)]
+mod tests;

@@ -107,7 +107,7 @@ pub fn content_type(id: &str) -> &'static str {
 }
 
 /// What the last successful build recorded.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BuiltState {
     /// Seconds since the Unix epoch when model.onnx was written.
     pub built_at: u64,
