@@ -18,6 +18,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
+# The Python of the repository's virtual environment (scripts/setup.sh makes it), or $CBR_PYTHON.
+PY=${CBR_PYTHON:-$REPO/.venv/bin/python}
 DATASETS=${DATASETS:-$REPO/../shared/datasets}
 REPS=${REPS:-3}
 TINY_CLASSES=${TINY_CLASSES:-40}
@@ -36,8 +38,8 @@ for d in cub200_010 tiny_imagenet_val; do
     [ -d "$DATASETS/$d" ] || die "$DATASETS/$d is missing; refusing to run."
 done
 [ -x /usr/bin/time ] || die "/usr/bin/time (GNU time) is needed for peak RSS: apt-get install -y time"
-python3 -c 'import onnxruntime, numpy, PIL' 2>/dev/null ||
-    die "python3 with onnxruntime, numpy and pillow is needed for the reference (pip install onnxruntime numpy pillow)"
+"$PY" -c 'import onnxruntime, numpy, PIL' 2>/dev/null ||
+    die "$PY with onnxruntime, numpy and pillow is needed for the reference (scripts/setup.sh makes .venv/ with them)"
 
 if [ ! -x "$REPO/target/release/cbr" ]; then
     echo "target/release/cbr missing: building it (cargo build --release)" >&2
@@ -113,9 +115,9 @@ for ds in cub200_010 tiny_imagenet_val; do
     # Interleave tools inside each repetition so load changes hit all of them alike.
     for rep in $(seq 1 "$REPS"); do
         run_timed "$name" "$n" "cbr build" "$rep" -- env $CBR_ENV "$CBR" build "$root" -o "$WORK/$ds.onnx"
-        run_timed "$name" "$n" "python (plain)" "$rep" -- python3 "$HERE/reference_build.py" "$root" --model "$MODEL" -o "$WORK/$ds.npz"
+        run_timed "$name" "$n" "python (plain)" "$rep" -- "$PY" "$HERE/reference_build.py" "$root" --model "$MODEL" -o "$WORK/$ds.npz"
         if [ "$WORKERS" -gt 0 ]; then
-            run_timed "$name" "$n" "python (--workers $WORKERS)" "$rep" -- python3 "$HERE/reference_build.py" "$root" --model "$MODEL" -o "$WORK/$ds.w.npz" --workers "$WORKERS"
+            run_timed "$name" "$n" "python (--workers $WORKERS)" "$rep" -- "$PY" "$HERE/reference_build.py" "$root" --model "$MODEL" -o "$WORK/$ds.w.npz" --workers "$WORKERS"
         fi
     done
 done
@@ -133,7 +135,7 @@ time_runs() {
     if command -v hyperfine >/dev/null; then
         hyperfine -N --warmup 2 --runs "$runs" --export-json "$WORK/hf.json" -- "$(printf '%q ' "$@")" >/dev/null 2>&1 ||
             hyperfine --warmup 2 --runs "$runs" --export-json "$WORK/hf.json" -- "$(printf '%q ' "$@")" >/dev/null
-        python3 -c 'import json,sys; [print(t) for t in json.load(open(sys.argv[1]))["results"][0]["times"]]' "$WORK/hf.json" |
+        "$PY" -c 'import json,sys; [print(t) for t in json.load(open(sys.argv[1]))["results"][0]["times"]]' "$WORK/hf.json" |
             sed "s/^/$name\t/" >>"$CLS_TSV"
     else
         "$@" >/dev/null; "$@" >/dev/null   # warm-up (page cache, ORT library)
@@ -154,7 +156,7 @@ CLS_RSS=$(cat "$WORK/cls.rss")
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg); runs started on a busy machine: $NOT_IDLE"
 
 # --- report ------------------------------------------------------------------
-python3 - "$RESULTS" "$CLS_TSV" "$CLS_RSS" "$LOAD_START" "$LOAD_END" "$REPS" "$CBR_ENV" <<'EOF'
+"$PY" - "$RESULTS" "$CLS_TSV" "$CLS_RSS" "$LOAD_START" "$LOAD_END" "$REPS" "$CBR_ENV" <<'EOF'
 import sys, statistics as st, collections, platform, datetime, os
 res, cls, cls_rss, l0, l1, reps, cbr_env = sys.argv[1:]
 rows = collections.OrderedDict()

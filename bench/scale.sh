@@ -6,14 +6,16 @@
 #   bench/scale.sh           # N = 10k, 100k, 1M  (~20-30 min, ~12 GB peak memory)
 #   bench/scale.sh --quick   # N = 10k, 100k      (~2 min)
 #
-# Needs FAISS (bench only): pip install -r bench/requirements-scale.txt
+# Needs FAISS (bench only), in the repository's virtual environment (scripts/setup.sh):
+#   .venv/bin/python -m pip install -r bench/requirements-scale.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=${CBR_PYTHON:-$PWD/.venv/bin/python}
 
 quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
 
-python3 -c "import faiss" 2>/dev/null || { echo "FAISS is missing: pip install -r bench/requirements-scale.txt" >&2; exit 1; }
+"$PY" -c "import faiss" 2>/dev/null || { echo "FAISS is missing: $PY -m pip install -r bench/requirements-scale.txt" >&2; exit 1; }
 cargo build --release --locked --example scale >&2
 bin=target/release/examples/scale
 
@@ -29,8 +31,8 @@ run_size() {
     local dir="$work/$n"
     echo "== N = $n" >&2
     "$bin" gen --dir "$dir" --n "$n" --clusters "$clusters" --queries "$batch" >>"$out"
-    python3 bench/scale_faiss.py --dir "$dir" --singles "$singles" --batch "$batch" >>"$out"
-    OMP_NUM_THREADS=1 python3 bench/scale_faiss.py --dir "$dir" --singles "$singles" --batch "$batch" >>"$out"
+    "$PY" bench/scale_faiss.py --dir "$dir" --singles "$singles" --batch "$batch" >>"$out"
+    OMP_NUM_THREADS=1 "$PY" bench/scale_faiss.py --dir "$dir" --singles "$singles" --batch "$batch" >>"$out"
     "$bin" search --dir "$dir" --singles "$singles" --batch "$batch" $ivf >>"$out"
     "$bin" onnx --dir "$dir" --classes "$classes" --singles "$singles" --batch "$batch" >>"$out"
     rm -rf "$dir"
@@ -41,4 +43,4 @@ run_size 100000 1000 30 1000 1000,100000 0,32
 if [[ $quick == 0 ]]; then
     run_size 1000000 10000 10 500 1000,100000 125,0
 fi
-python3 bench/scale_table.py "$out"
+"$PY" bench/scale_table.py "$out"

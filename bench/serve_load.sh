@@ -10,11 +10,13 @@
 #
 # Knobs: CLIENTS=16 DURATION=60 CEILING_SECS=20 CBR=<repo>/target/release/cbr
 #        DATASETS=<repo>/../shared/datasets CBR_CACHE_DIR (as for cbr)
-# Needs: wrk (apt-get install -y wrk), curl, python3 with onnxruntime, numpy, Pillow.
+# Needs: wrk (apt-get install -y wrk), curl, and .venv/ from scripts/setup.sh (onnxruntime, numpy, Pillow).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
+# The Python of the repository's virtual environment (scripts/setup.sh makes it), or $CBR_PYTHON.
+PY=${CBR_PYTHON:-$REPO/.venv/bin/python}
 CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-60}
 CEILING_SECS=${CEILING_SECS:-20}
@@ -25,7 +27,7 @@ CUB=$DATASETS/cub200_010
 die() { echo "serve_load.sh: error: $*" >&2; exit 2; }
 command -v wrk >/dev/null || die "wrk is missing: apt-get install -y wrk"
 command -v curl >/dev/null || die "curl is missing: apt-get install -y curl"
-python3 -c "import onnxruntime, numpy, PIL" 2>/dev/null || die "python3 needs onnxruntime, numpy and Pillow (scripts/setup.sh installs them)"
+"$PY" -c "import onnxruntime, numpy, PIL" 2>/dev/null || die "$PY needs onnxruntime, numpy and Pillow (scripts/setup.sh installs them)"
 [ -x "$CBR" ] || (cd "$REPO" && cargo build --release -q) || die "cannot build cbr"
 [ -d "$CUB" ] || die "$CUB is missing"
 
@@ -86,7 +88,7 @@ val() { echo "$RESULT" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 ERRORS_AFTER=$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$URL/api/models/load/classify" -H 'Content-Type: image/jpeg' --data-binary @"$IMAGE")
 
 # --- ceiling: ONNX Runtime directly from Python, same model, same image -------
-CEILING=$(python3 - "$WORK/model.onnx" "$IMAGE" "$CEILING_SECS" <<'EOF'
+CEILING=$("$PY" - "$WORK/model.onnx" "$IMAGE" "$CEILING_SECS" <<'EOF'
 import json, sys, time
 import numpy as np, onnxruntime as ort
 from PIL import Image

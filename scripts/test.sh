@@ -1,12 +1,42 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (unit, integration and end-to-end tests on real
-# images; the end-to-end tests use ../shared/datasets). Does the set-up first.
+# Runs the test suite, after the set-up (scripts/setup.sh). Two tiers:
+# - default: unit tests and the integration tests (tests/integration) on data from package
+#   registries (the fixtures the set-up makes); passes on a fresh clone with nothing beside it;
+# - extended (tests/integration/extended): CUB birds and the models in ../shared (or
+#   $CBR_SHARED); run when ../shared/datasets exists. CBR_EXTENDED=1 (set by .ci/run) requires
+#   it: without the data those tests fail instead of being left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+source scripts/env.sh
+shared=${CBR_SHARED:-../shared}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+
+status=0
+echo "test: default tier (cargo test --release --all-targets) ..."
 # --all-targets: the library, binary and integration tests (there are no doc tests).
-cargo test --release --locked --all-targets 2>&1 | tee "$log"
-# One total over all test binaries, as the closing line.
+cargo test --release --locked --all-targets 2>&1 | tee "$log" || status=1
+
+if [ -d "$shared/datasets" ] || [ "${CBR_EXTENDED:-}" = 1 ]; then
+  [ -d "$shared" ] && shared=$(cd "$shared" && pwd)
+  echo "test: extended tier on $shared (the ignored tests under extended::) ..."
+  ext_log=$(mktemp)
+  CBR_SHARED=$shared cargo test --release --locked --test integration -- --ignored extended:: \
+    2>&1 | tee "$ext_log" || status=1
+  cat "$ext_log" >>"$log"
+  ran=$(awk '/^test result:/ { p += $4 + $6 } END { print p + 0 }' "$ext_log")
+  rm -f "$ext_log"
+  if [ "$ran" = 0 ]; then
+    echo "extended tier: FAILED: no extended test ran"
+    status=1
+  else
+    echo "extended tier: run on $shared ($ran tests)"
+  fi
+else
+  echo "extended tier: not run (no $shared/datasets; CBR_EXTENDED=1 requires it)"
+fi
+# One total over all test binaries and both tiers, as the closing line. Ignored tests (the
+# extended tier when it is not run) are neither passed nor failed.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit $status

@@ -51,7 +51,8 @@ pub fn from_folder(root: &Path) -> Result<Vec<LabelledImage>> {
         if fs::metadata(&entry).map(|m| m.is_dir()).unwrap_or(false) {
             let Some(label) = name.to_str() else {
                 bail!(
-                    "class folder name {} is not valid UTF-8: rename the folder (its name is the label)",
+                    "class folder name {} is not valid UTF-8: rename the folder \
+                     (its name is the label)",
                     entry.display()
                 );
             };
@@ -347,7 +348,8 @@ mod tests {
         fs::write(
             &manifest,
             format!(
-                "\u{feff}id,label,path\n1,dog,imgs/b.jpg\n2, cat ,imgs/a.jpg\n\n3,dog,imgs/b.jpg\n4,cat,{}\n5,dog,imgs/a.jpg\n",
+                "\u{feff}id,label,path\n1,dog,imgs/b.jpg\n2, cat ,imgs/a.jpg\n\n\
+                 3,dog,imgs/b.jpg\n4,cat,{}\n5,dog,imgs/a.jpg\n",
                 abs.display()
             ),
         )

@@ -205,3 +205,27 @@ impl EditableModel {
         Ok(EditReport { removed_rows: before - self.index.len(), ..self.report() })
     }
 }
+
+/// Edits the model file `model` with `edit` and writes the result atomically
+/// to `output` (default: in place), holding the written file's lock
+/// ([`crate::lock::ModelLock`]) from the read to the rename: concurrent edits
+/// of one file run one after the other and each starts from the previous
+/// one's result. Only the written file is locked (reads see a whole file
+/// either way, as files are replaced by rename), so `A -o B` and `B -o A`
+/// cannot deadlock.
+pub fn edit_file(
+    model: &std::path::Path,
+    output: Option<&std::path::Path>,
+    edit: impl FnOnce(&mut EditableModel) -> Result<EditReport>,
+) -> Result<EditReport> {
+    let out = output.unwrap_or(model);
+    if let Some(dir) = output.and_then(|o| o.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let _lock = crate::lock::ModelLock::acquire(out)?;
+    let mut m = EditableModel::open(model)?;
+    let report = edit(&mut m)?;
+    m.write(out)?;
+    Ok(report)
+}

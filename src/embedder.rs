@@ -140,7 +140,10 @@ pub fn input_shape(model: &ModelProto) -> Result<(String, InputShape)> {
     let (elem, dims) =
         onnx::tensor_type(input).ok_or_else(|| anyhow!("input {name} is not a tensor"))?;
     if elem != DataType::Float as i32 {
-        bail!("input {name} must be float32 (ONNX type {elem} found); quantized-input ONNX models are not supported");
+        bail!(
+            "input {name} must be float32 (ONNX type {elem} found); quantized-input ONNX models \
+             are not supported"
+        );
     }
     if dims.len() != 4 {
         bail!("input {name} must be 4-dimensional (an image batch), found {} dims", dims.len());
@@ -148,7 +151,10 @@ pub fn input_shape(model: &ModelProto) -> Result<(String, InputShape)> {
     let layout = match (dims[1], dims[3]) {
         (Some(3), _) => Layout::Nchw,
         (_, Some(3)) => Layout::Nhwc,
-        _ => bail!("input {name} has shape {dims:?}: cannot tell NCHW from NHWC (neither dim 1 nor dim 3 is 3 channels)"),
+        _ => bail!(
+            "input {name} has shape {dims:?}: cannot tell NCHW from NHWC \
+             (neither dim 1 nor dim 3 is 3 channels)"
+        ),
     };
     let (h, w) = match layout {
         Layout::Nchw => (dims[2], dims[3]),

@@ -1,4 +1,6 @@
 //! cbr: classification-by-retrieval.
+// Every `unsafe` says why it is sound (checked by clippy in CI).
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 pub mod build;
 pub mod cache;
 pub mod classifier;
@@ -12,11 +14,15 @@ pub mod eval;
 pub mod format;
 pub mod head;
 pub mod litert;
+pub mod lock;
 pub mod meta;
 pub mod models;
 pub mod onnx;
 pub mod pipeline;
 pub mod preprocess;
+pub mod printable;
+pub mod quiet_stderr;
+pub mod rng;
 pub mod runtime;
 pub mod search;
 pub mod serve;

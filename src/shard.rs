@@ -83,7 +83,8 @@ pub fn write(
         )
     };
     let schema = format!(
-        "message cbr_embeddings {{ required binary path (STRING); required binary label (STRING); required binary image_id (STRING); {} {} }}",
+        "message cbr_embeddings {{ required binary path (STRING); \
+         required binary label (STRING); required binary image_id (STRING); {} {} }}",
         list("embedding"),
         if mirrored { list("mirror_embedding") } else { String::new() }
     );
@@ -230,7 +231,16 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
         match &source {
             None => source = Some((info.clone(), preprocess.clone(), path.clone())),
             Some((i, p, first)) if *i != info || *p != preprocess => {
-                bail!("{} was embedded with {} ({}), but {} with {} ({}): all shards must use the same embedder and preprocessing", path.display(), info.name, &info.sha256[..12], first.display(), i.name, &i.sha256[..12])
+                bail!(
+                    "{} was embedded with {} ({}), but {} with {} ({}): all shards must use the \
+                     same embedder and preprocessing",
+                    path.display(),
+                    info.name,
+                    &info.sha256[..12],
+                    first.display(),
+                    i.name,
+                    &i.sha256[..12]
+                )
             }
             _ => {}
         }
@@ -239,7 +249,11 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
         let columns = reader.metadata().file_metadata().schema_descr().num_columns();
         let variants = columns - 3;
         if !(1..=2).contains(&variants) || (rows_per_image != 0 && rows_per_image != variants) {
-            bail!("{} has {columns} columns; expected path, label, image_id, embedding and (for all shards or none) mirror_embedding", what());
+            bail!(
+                "{} has {columns} columns; expected path, label, image_id, embedding and \
+                 (for all shards or none) mirror_embedding",
+                what()
+            );
         }
         rows_per_image = variants;
         for g in 0..reader.num_row_groups() {
@@ -269,7 +283,11 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
                 let (records, count, _) =
                     r.read_records(n, Some(&mut def), Some(&mut rep), &mut values)?;
                 if records != n || count != n * dim || values.len() != n * dim {
-                    bail!("{}: embeddings are not {n} lists of {dim} floats (the shard's embedder says {dim}-d)", what());
+                    bail!(
+                        "{}: embeddings are not {n} lists of {dim} floats \
+                         (the shard's embedder says {dim}-d)",
+                        what()
+                    );
                 }
                 embeddings.push(values);
             }

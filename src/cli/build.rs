@@ -88,7 +88,10 @@ pub struct BuildArgs {
     ivf_nprobe: usize,
     /// The original classification-by-retrieval: --aggregate max --power 1 --center false
     /// --calibrate false, no threshold.
-    #[arg(long, conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"])]
+    #[arg(
+        long,
+        conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"]
+    )]
     original: bool,
     /// How index rows are stored in the model: f32 (exact), f16 (half the
     /// size) or int8 (a quarter; one scale per row).
@@ -150,7 +153,9 @@ pub fn run(a: BuildArgs) -> Result<()> {
         }
     };
     built.write(&a.output)?;
-    if !a.input_args.quiet {
+    if a.input_args.quiet {
+        print_skipped(&report.skipped, true);
+    } else {
         if built.index.is_some() {
             let index = cbr::sidecar::index_path(&a.output);
             eprintln!("index rows in {} (approximate search, max rule)", index.display());
@@ -162,7 +167,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
 
 /// What the build did: skipped images, calibration, threshold, and one closing line.
 fn print_summary(a: &BuildArgs, report: &BuildReport, embedder: &str) {
-    print_skipped(&report.skipped);
+    print_skipped(&report.skipped, false);
     let skipped = if report.skipped.is_empty() {
         String::new()
     } else {
@@ -192,7 +197,8 @@ fn print_summary(a: &BuildArgs, report: &BuildReport, embedder: &str) {
     }
     let source = match &a.input {
         Some(_) => {
-            let embedded = report.images + report.skipped.len() - report.cached;
+            // Skipped files never reached the embedder.
+            let embedded = report.images - report.cached;
             let cached = if report.cached > 0 {
                 format!(" ({} from the embedding cache)", report.cached)
             } else {

@@ -52,17 +52,19 @@ pub struct RelabelArgs {
 
 pub fn add(a: AddArgs) -> Result<()> {
     let images = cbr::dataset::from_path(&a.input)?;
-    let mut model = EditableModel::open(&a.model)?;
-    let opts = a.input_args.build_options(model.options.clone(), a.augment);
     let bar = progress_bar(images.len(), a.input_args.quiet);
-    let report = model.add(&images, &opts, &|done| bar.set_position(done as u64))?;
+    // Under the model's lock from the read to the write: concurrent edits all land.
+    let report = cbr::edit::edit_file(&a.model, a.output.as_deref(), |model| {
+        let opts = a.input_args.build_options(model.options.clone(), a.augment);
+        model.add(&images, &opts, &|done| bar.set_position(done as u64))
+    })?;
     bar.finish_and_clear();
     let out = a.output.as_deref().unwrap_or(&a.model);
-    model.write(out)?;
+    print_skipped(&report.skipped, a.input_args.quiet);
     if !a.input_args.quiet {
-        print_skipped(&report.skipped);
         eprintln!(
-            "wrote {}: added {} images ({} from the embedding cache); now {} classes, {} index rows",
+            "wrote {}: added {} images ({} from the embedding cache); \
+             now {} classes, {} index rows",
             out.display(),
             report.added,
             report.cached,
@@ -87,10 +89,8 @@ fn edit(
     output: Option<&Path>,
     change: impl FnOnce(&mut EditableModel) -> Result<EditReport>,
 ) -> Result<()> {
-    let mut m = EditableModel::open(model)?;
-    let report = change(&mut m)?;
+    let report = cbr::edit::edit_file(model, output, change)?;
     let out = output.unwrap_or(model);
-    m.write(out)?;
     eprintln!(
         "wrote {}: removed {} index rows; now {} classes, {} index rows",
         out.display(),

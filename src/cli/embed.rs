@@ -46,8 +46,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
+    print_skipped(&embedded.skipped, a.input_args.quiet);
     if !a.input_args.quiet {
-        print_skipped(&embedded.skipped);
         let embedded_now = embedded.paths.len() - embedded.cached;
         let rate = if embedded_now > 0 {
             let ms = 1000.0 * embedded.seconds / embedded_now as f64;

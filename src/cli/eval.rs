@@ -61,9 +61,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         &progress,
     )?;
     bar.finish_and_clear();
-    if !a.quiet {
-        print_skipped(&embedded.skipped);
-    }
+    print_skipped(&embedded.skipped, a.quiet);
     if let Some(dir) = &a.dump {
         eval::dump(&embedded, dir)?;
     }

@@ -7,6 +7,7 @@ use clap::Args;
 
 use cbr::format::ModelFormat;
 use cbr::meta::ClassifierInfo;
+use cbr::printable;
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -28,7 +29,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
         return Ok(());
     }
     let size_mb = bytes.len() as f64 / 1e6;
-    println!("model:         {} ({size_mb:.1} MB, {operations})", a.model.display());
+    let model = printable::path(&a.model);
+    println!("model:         {model} ({size_mb:.1} MB, {operations})");
     print_info(&info, &a.model);
     Ok(())
 }
@@ -36,10 +38,14 @@ pub fn run(a: InfoArgs) -> Result<()> {
 /// The metadata of the model at `path`, one aspect per line.
 fn print_info(info: &ClassifierInfo, path: &std::path::Path) {
     let p = &info.preprocess;
-    println!("built by:      cbr {}", info.cbr_version);
+    // Labels and names come from the file: escaped, so they cannot drive the terminal.
+    println!("built by:      cbr {}", printable::printable(&info.cbr_version));
     println!(
         "embedder:      {} ({}-d, output {:?}, sha256 {})",
-        info.embedder.name, info.embedder.dim, info.embedder.output, info.embedder.sha256
+        printable::printable(&info.embedder.name),
+        info.embedder.dim,
+        info.embedder.output,
+        printable::printable(&info.embedder.sha256)
     );
     println!(
         "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?}",
@@ -91,6 +97,6 @@ fn print_info(info: &ClassifierInfo, path: &std::path::Path) {
         info.images_per_label.iter().sum::<usize>()
     );
     for (label, n) in info.labels.iter().zip(&info.images_per_label) {
-        println!("  {label}\t{n}");
+        println!("  {}\t{n}", printable::printable(label));
     }
 }

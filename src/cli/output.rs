@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use cbr::classifier::Prediction;
 use cbr::pipeline::Skipped;
+use cbr::printable::printable;
 
 /// A progress bar over `total` images on stderr; hidden when quiet or stderr is not a terminal.
 pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
@@ -25,10 +26,11 @@ pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
-/// One stderr line per image that was skipped, with its reason.
-pub fn print_skipped(skipped: &[Skipped]) {
-    for s in skipped {
-        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+/// One stderr line per image that was skipped, with its reason, escaped
+/// ([`cbr::printable`]); with `quiet`, one line with their count.
+pub fn print_skipped(skipped: &[Skipped], quiet: bool) {
+    for line in cbr::printable::skip_report(skipped, quiet) {
+        eprintln!("{line}");
     }
 }
 
@@ -49,10 +51,12 @@ pub fn print_prediction(
         writeln!(out, "{line}")?;
         return Ok(());
     }
-    let best: Vec<String> = p.top.iter().map(|t| format!("{} ({:.3})", t.label, t.score)).collect();
+    let best: Vec<String> =
+        p.top.iter().map(|t| format!("{} ({:.3})", printable(&t.label), t.score)).collect();
+    let path = cbr::printable::path(path);
     match &p.label {
-        Some(_) => writeln!(out, "{}: {}", path.display(), best.join(", "))?,
-        None => writeln!(out, "{}: unknown (best: {})", path.display(), best.join(", "))?,
+        Some(_) => writeln!(out, "{path}: {}", best.join(", "))?,
+        None => writeln!(out, "{path}: unknown (best: {})", best.join(", "))?,
     }
     Ok(())
 }
@@ -63,7 +67,7 @@ pub fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool
         let line = serde_json::json!({ "path": path.to_string_lossy(), "error": reason });
         writeln!(out, "{line}")?;
     } else {
-        eprintln!("{}: {reason}", path.display());
+        eprintln!("{}: {}", cbr::printable::path(path), printable(reason));
     }
     Ok(())
 }

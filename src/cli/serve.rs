@@ -34,6 +34,27 @@ pub struct ServeArgs {
     /// (a .tflite embedder gives TFLite classifiers).
     #[arg(long, default_value = DEFAULT_MODEL)]
     embedder: String,
+    /// Longest time to receive a classify request's image, in seconds: 408 after it.
+    #[arg(long, default_value_t = 10.0)]
+    read_timeout: f64,
+    /// Models kept loaded for classification at most; the least recently used is unloaded first.
+    #[arg(long, default_value_t = Config::default().max_loaded)]
+    max_loaded: usize,
+    /// Memory the loaded models may take, in MB (each measured when it loads).
+    #[arg(long, default_value_t = Config::default().max_loaded_bytes >> 20)]
+    max_loaded_mb: u64,
+    /// Accept requests for this host name too (besides IP addresses and localhost, which
+    /// cannot be DNS-rebound); repeat for several; `*` accepts any (behind a proxy that
+    /// checks Host).
+    #[arg(long, value_name = "NAME")]
+    allow_host: Vec<String>,
+    /// Let pages from this origin (e.g. https://app.example) send state-changing requests.
+    #[arg(long, value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
+    /// Require this access token (default: $CBR_TOKEN; a random one, printed at start, when
+    /// --addr is not loopback).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -45,5 +66,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         timeout: Duration::from_secs_f64(a.timeout.max(0.001)),
         embedder: EmbedderChoice { embedder: a.embedder, ..EmbedderChoice::default() },
+        read_timeout: Duration::from_secs_f64(a.read_timeout.max(0.001)),
+        max_loaded: a.max_loaded,
+        max_loaded_bytes: a.max_loaded_mb << 20,
+        allow_hosts: a.allow_host,
+        allow_origins: a.allow_origin,
+        token: a.token,
     })
 }

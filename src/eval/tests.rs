@@ -7,7 +7,8 @@ fn close(a: f64, b: f64) -> bool {
 #[test]
 fn top_k_accuracy_counts_the_true_class_among_the_best() {
     let scores = vec![vec![0.9, 0.5, 0.1], vec![0.2, 0.3, 0.8], vec![0.4, 0.4, 0.1]];
-    // Query 0: truth 0 rank 0. Query 1: truth 0 rank 2. Query 2: truth 1 tied with 0 -> rank 1 (first max wins).
+    // Query 0: truth 0 rank 0. Query 1: truth 0 rank 2.
+    // Query 2: truth 1 tied with 0 -> rank 1 (first max wins).
     let truths = [0, 0, 1];
     assert!(close(top_k_accuracy(&scores, &truths, 1), 1.0 / 3.0));
     assert!(close(top_k_accuracy(&scores, &truths, 2), 2.0 / 3.0));
@@ -154,7 +155,8 @@ fn evaluate_runs_every_configuration_on_synthetic_data() {
     let r = evaluate(&ds, &opts, &|_| {}).unwrap();
     assert_eq!(r.len(), 2);
     for s in &r {
-        assert_eq!(s.configs.len(), configs().len()); // every rule, original, and the compact dtypes
+        // Every rule, original, and the compact dtypes.
+        assert_eq!(s.configs.len(), configs().len());
         assert_eq!(s.index_images, 3 * s.shots);
         for c in &s.configs {
             assert!(c.top1.mean > 0.9, "{} {}: {:?}", s.shots, c.name, c.top1);

@@ -18,8 +18,8 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use super::flat::{search_rows, search_rows_batch};
-use super::synthetic::SplitMix;
 use super::{kernels, Hit, TopK};
+use crate::rng::SplitMix64;
 
 const MAGIC: &[u8; 8] = b"CBR-IVF1";
 
@@ -90,7 +90,7 @@ impl IvfIndex {
         for &i in &train_ids {
             train.extend_from_slice(&rows[i * dim..(i + 1) * dim]);
         }
-        let mut rng = SplitMix(params.seed);
+        let mut rng = SplitMix64::new(params.seed);
         let mut centroids = Vec::with_capacity(lists * dim);
         for i in pick_distinct(&mut rng, sample, lists) {
             centroids.extend_from_slice(&train[i * dim..(i + 1) * dim]);
@@ -108,7 +108,7 @@ impl IvfIndex {
             for (l, c) in centroids.chunks_exact_mut(dim).enumerate() {
                 if counts[l] == 0 {
                     // An empty cell restarts at a random training row.
-                    let i = (rng.next() % sample as u64) as usize;
+                    let i = (rng.next_u64() % sample as u64) as usize;
                     c.copy_from_slice(&train[i * dim..(i + 1) * dim]);
                     continue;
                 }
@@ -315,10 +315,10 @@ fn default_lists(n: usize) -> usize {
 }
 
 /// `count` distinct indices below `n`, seeded (partial Fisher–Yates).
-fn pick_distinct(rng: &mut SplitMix, n: usize, count: usize) -> Vec<usize> {
+fn pick_distinct(rng: &mut SplitMix64, n: usize, count: usize) -> Vec<usize> {
     let mut all: Vec<usize> = (0..n).collect();
     for i in 0..count.min(n) {
-        let j = i + (rng.next() % (n - i) as u64) as usize;
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
         all.swap(i, j);
     }
     all.truncate(count.min(n));

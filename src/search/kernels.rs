@@ -46,6 +46,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// Four independent 8-lane accumulators hide the FMA latency.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());

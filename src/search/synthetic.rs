@@ -4,6 +4,8 @@
 
 use rayon::prelude::*;
 
+use crate::rng::SplitMix64;
+
 /// A clustered set of unit vectors.
 #[derive(Clone, Copy, Debug)]
 pub struct Clusters {
@@ -15,46 +17,17 @@ pub struct Clusters {
     pub seed: u64,
 }
 
-/// SplitMix64: a tiny, good-enough generator with independent streams per seed.
-pub(crate) struct SplitMix(pub(crate) u64);
-
-impl SplitMix {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal pairs (Box–Muller).
-    fn fill_normal(&mut self, out: &mut [f32]) {
-        for pair in out.chunks_mut(2) {
-            let (u, v) = (self.uniform(), self.uniform());
-            let r = (-2.0 * u.ln()).sqrt();
-            let t = std::f64::consts::TAU * v;
-            pair[0] = (r * t.cos()) as f32;
-            if pair.len() > 1 {
-                pair[1] = (r * t.sin()) as f32;
-            }
-        }
-    }
-}
-
-fn stream(seed: u64, kind: u64, i: u64) -> SplitMix {
-    let mut s = SplitMix(seed ^ kind.wrapping_mul(0xd6e8_feb8_6659_fd93));
-    s.0 ^= s.next().wrapping_add(i.wrapping_mul(0x2545_f491_4f6c_dd1d));
-    SplitMix(s.next())
+/// The generator of item `i` of one kind of draw (centres, members, clusters) for `seed`.
+fn stream(seed: u64, kind: u64, i: u64) -> SplitMix64 {
+    let mut s = SplitMix64(seed ^ kind.wrapping_mul(0xd6e8_feb8_6659_fd93));
+    s.0 ^= s.next_u64().wrapping_add(i.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    SplitMix64(s.next_u64())
 }
 
 impl Clusters {
     /// The cluster of vector `i` of a set (spread evenly over clusters).
     pub fn cluster_of(&self, i: usize) -> u32 {
-        (stream(self.seed, 3, i as u64).next() % self.clusters as u64) as u32
+        (stream(self.seed, 3, i as u64).next_u64() % self.clusters as u64) as u32
     }
 
     /// Unit centre of cluster `c`.

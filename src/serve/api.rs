@@ -20,6 +20,12 @@ pub struct Health {
     /// Classify requests in flight at once.
     pub max_queue: usize,
     pub timeout_secs: f64,
+    /// Models loaded for classification now.
+    pub loaded_models: usize,
+    /// Their measured memory.
+    pub loaded_bytes: u64,
+    pub max_loaded: usize,
+    pub max_loaded_bytes: u64,
 }
 
 /// One label (class) of a model and its image ids (left out in lists).

@@ -12,10 +12,16 @@
 //!   worker thread that batches whatever requests are waiting; a bounded number
 //!   of classify requests in flight (503 + Retry-After beyond it); a timeout
 //!   on every request (503 + Retry-After).
-//! - Errors are JSON (`{"error": {"code", "message"}}`) with meaningful statuses.
+//! - Errors are JSON (`{"error": {"code", "message"}}`) with meaningful statuses
+//!   ([`json_errors`] rewrites the framework's own).
+//! - Who may call: [`guard`] (Host, Origin, token). Loaded models are kept in
+//!   an LRU bounded by count and memory ([`lru`]).
 
 pub mod api;
 pub mod error;
+pub mod guard;
+pub mod json_errors;
+pub mod lru;
 pub mod routes;
 pub mod store;
 pub mod web;
@@ -67,6 +73,21 @@ pub struct Config {
     pub timeout: Duration,
     /// The embedder used for builds.
     pub embedder: EmbedderChoice,
+    /// Longest time to receive a classify request's body: 408 after it. The
+    /// body is read before an inference slot is taken, so slow or stalled
+    /// clients never hold one.
+    pub read_timeout: Duration,
+    /// Models kept loaded at most (least recently used unloaded first).
+    pub max_loaded: usize,
+    /// Memory the loaded models may take, in bytes (as measured when each loads).
+    pub max_loaded_bytes: u64,
+    /// Host names accepted besides IP literals and localhost (`*`: any).
+    pub allow_hosts: Vec<String>,
+    /// Origins allowed to send state-changing requests besides the server's own.
+    pub allow_origins: Vec<String>,
+    /// The access token. None: `CBR_TOKEN` from the environment, else a random
+    /// one when listening beyond loopback, else no token.
+    pub token: Option<String>,
 }
 
 impl Default for Config {
@@ -79,6 +100,12 @@ impl Default for Config {
             max_queue: 64,
             timeout: Duration::from_secs(30),
             embedder: EmbedderChoice::default(),
+            read_timeout: Duration::from_secs(10),
+            max_loaded: 8,
+            max_loaded_bytes: 2 << 30,
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
+            token: None,
         }
     }
 }
@@ -114,17 +141,18 @@ pub struct App {
     limits: DecodeLimits,
     embedder: Arc<Mutex<Option<Embedder>>>,
     builds: Mutex<HashMap<String, Arc<Job>>>,
-    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    loaded: Mutex<lru::Lru<Arc<Loaded>>>,
     /// Serializes loading models into ONNX Runtime.
     loading: tokio::sync::Mutex<()>,
     classify_slots: Arc<Semaphore>,
+    access: Arc<guard::Access>,
 }
 
 type AppState = Arc<App>;
 
 impl App {
     /// The server's state for `cfg`, over the opened models directory.
-    fn new(cfg: Config, store: Store) -> App {
+    fn new(cfg: Config, store: Store, access: Arc<guard::Access>) -> App {
         App {
             limits: DecodeLimits {
                 max_pixels: cfg.max_pixels,
@@ -134,8 +162,9 @@ impl App {
             store,
             embedder: Arc::new(Mutex::new(None)),
             builds: Mutex::new(HashMap::new()),
-            loaded: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(lru::Lru::new(cfg.max_loaded, cfg.max_loaded_bytes)),
             loading: tokio::sync::Mutex::new(()),
+            access,
             cfg,
         }
     }
@@ -153,7 +182,19 @@ pub fn run(cfg: Config) -> Result<()> {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
         let addr = listener.local_addr()?;
-        let app = Arc::new(App::new(cfg, store));
+        let token = match cfg.token.clone().or_else(|| std::env::var("CBR_TOKEN").ok()) {
+            Some(t) if t.is_empty() => anyhow::bail!("the access token is empty"),
+            Some(t) => Some(t),
+            None if !addr.ip().is_loopback() => Some(guard::random_token()?),
+            None => None,
+        };
+        let access = Arc::new(guard::Access {
+            allow_hosts: cfg.allow_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect(),
+            allow_origins: cfg.allow_origins.clone(),
+            token,
+            port: addr.port(),
+        });
+        let app = Arc::new(App::new(cfg, store, access));
         // Load the embedder in the background so the first build starts sooner.
         {
             let (slot, choice) = (app.embedder.clone(), app.cfg.embedder.clone());
@@ -167,8 +208,14 @@ pub fn run(cfg: Config) -> Result<()> {
                 }
             });
         }
+        if let Some(t) = &app.access.token {
+            // Jupyter-style: opening this URL once stores the token in a cookie.
+            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+            let host = if addr.is_ipv6() && !addr.ip().is_unspecified() { format!("[{host}]") } else { host };
+            eprintln!("cbr serve: access token required; open http://{host}:{}/?token={t}", addr.port());
+        }
         if !addr.ip().is_loopback() {
-            eprintln!("cbr serve: warning: listening on {addr}, reachable from other machines; the API has no authentication");
+            eprintln!("cbr serve: listening on {addr}, reachable from other machines: only with the token, over plain HTTP (put a TLS reverse proxy in front)");
         }
         eprintln!("cbr serve: models in {}", app.store.root.display());
         {
@@ -211,7 +258,9 @@ pub fn router(app: AppState) -> Router {
     let max = app.cfg.max_upload;
     r.fallback(no_route)
         .layer(DefaultBodyLimit::max(max))
-        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .layer(middleware::from_fn_with_state(app.clone(), limits))
+        .layer(middleware::from_fn_with_state(app.access.clone(), guard::check))
+        .layer(middleware::from_fn(json_errors::rewrite))
         .with_state(app)
 }
 
@@ -249,7 +298,7 @@ fn handler_for(id: &str, method: &str) -> MethodRouter<AppState> {
 
 /// Refuses oversized bodies from their Content-Length up front, and bounds
 /// every request's time.
-async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+async fn limits(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let len = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -284,6 +333,7 @@ async fn openapi_json() -> Json<Value> {
 }
 
 async fn health(State(app): State<AppState>) -> Json<Health> {
+    let loaded = app.loaded.lock().unwrap();
     Json(Health {
         ok: true,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -291,6 +341,10 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
         max_pixels: app.cfg.max_pixels,
         max_queue: app.cfg.max_queue,
         timeout_secs: app.cfg.timeout.as_secs_f64(),
+        loaded_models: loaded.len(),
+        loaded_bytes: loaded.bytes(),
+        max_loaded: app.cfg.max_loaded,
+        max_loaded_bytes: app.cfg.max_loaded_bytes,
     })
 }
 
@@ -311,6 +365,25 @@ fn existing(app: &App, name: &str) -> ApiResult<()> {
         return Err(ApiError::not_found("unknown_model", format!("no model named {name:?}")));
     }
     Ok(())
+}
+
+/// Runs `f` on the blocking pool holding the model's lock (the one `cbr add`
+/// and builds take), once the model is known to still exist: a model deleted
+/// meanwhile stays deleted (404), and model writes never interleave.
+async fn with_model<T: Send + 'static>(
+    app: &AppState,
+    name: &str,
+    f: impl FnOnce(&Store) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let (app, name) = (app.clone(), name.to_string());
+    tokio::task::spawn_blocking(move || {
+        let _lock = app.store.lock(&name)?.ok_or_else(|| {
+            ApiError::not_found("unknown_model", format!("no model named {name:?}"))
+        })?;
+        f(&app.store)
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 #[derive(Deserialize)]
@@ -418,7 +491,8 @@ async fn delete_model(
             format!("model {name:?} is being built; delete it when the build ends"),
         ));
     }
-    app.store.delete(&name)?;
+    let n = name.clone();
+    with_model(&app, &name, move |store| Ok(store.delete(&n)?)).await?;
     app.loaded.lock().unwrap().remove(&name);
     app.builds.lock().unwrap().remove(&name);
     Ok(Json(Deleted { deleted: name }))
@@ -434,7 +508,8 @@ async fn add_label(
     existing(&app, &name)?;
     let label = name_body(body)?;
     label_name(&label)?;
-    if !app.store.add_label(&name, &label)? {
+    let (n, l) = (name.clone(), label.clone());
+    if !with_model(&app, &name, move |store| Ok(store.add_label(&n, &l)?)).await? {
         return Err(ApiError::conflict(
             "label_exists",
             format!("model {name:?} already has a label {label:?}"),
@@ -449,7 +524,8 @@ async fn delete_label(
 ) -> ApiResult<Json<Deleted>> {
     existing(&app, &name)?;
     label_name(&label)?;
-    if !app.store.delete_label(&name, &label)? {
+    let (n, l) = (name.clone(), label.clone());
+    if !with_model(&app, &name, move |store| Ok(store.delete_label(&n, &l)?)).await? {
         return Err(ApiError::not_found(
             "unknown_label",
             format!("model {name:?} has no label {label:?}"),
@@ -495,22 +571,27 @@ async fn add_images(
             "the upload has no files: send multipart `file` parts",
         ));
     }
-    let app2 = app.clone();
-    let added = tokio::task::spawn_blocking(move || -> ApiResult<Vec<String>> {
-        // All or nothing: check every file before storing any.
+    // All or nothing: check every file before storing any.
+    let limits = app.limits.clone();
+    let (files, exts) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
         let exts = files
             .iter()
-            .map(|(what, b)| check_image(b, what, &app2.limits))
+            .map(|(what, b)| check_image(b, what, &limits))
             .collect::<ApiResult<Vec<_>>>()?;
-        app2.store.add_label(&name, &label)?;
-        let mut ids = Vec::new();
-        for ((_, b), ext) in files.iter().zip(exts) {
-            ids.push(app2.store.add_image(&name, &label, b, ext)?);
-        }
-        Ok(ids)
+        Ok((files, exts))
     })
     .await
     .map_err(ApiError::internal)??;
+    let n = name.clone();
+    let added = with_model(&app, &name, move |store| {
+        store.add_label(&n, &label)?;
+        let mut ids = Vec::new();
+        for ((_, b), ext) in files.iter().zip(exts) {
+            ids.push(store.add_image(&n, &label, b, ext)?);
+        }
+        Ok(ids)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(Added { count: added.len(), added })))
 }
 
@@ -549,7 +630,7 @@ async fn delete_image(
     Path((name, label, id)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Deleted>> {
     let p = image_lookup(&app, &name, &label, &id)?;
-    std::fs::remove_file(p)?;
+    with_model(&app, &name, move |_| Ok(std::fs::remove_file(p)?)).await?;
     Ok(Json(Deleted { deleted: id }))
 }
 
@@ -638,6 +719,10 @@ fn run_build(
             .collect(),
         fingerprint,
     };
+    let _lock = app
+        .store
+        .lock(name)?
+        .with_context(|| format!("model {name:?} was deleted during the build"))?;
     app.store.install_model(name, &built, &state)?;
     Ok(())
 }
@@ -667,19 +752,32 @@ async fn loaded(app: &AppState, name: &str) -> ApiResult<Arc<Loaded>> {
     let version = model_version(app, name)?;
     if let Some(l) = app.loaded.lock().unwrap().get(name) {
         if l.version == version {
-            return Ok(l.clone());
+            return Ok(l);
         }
     }
     let _guard = app.loading.lock().await;
     if let Some(l) = app.loaded.lock().unwrap().get(name) {
         if l.version == version {
-            return Ok(l.clone());
+            return Ok(l);
         }
     }
     let path = app.store.model_path(name);
-    let classifier = tokio::task::spawn_blocking(move || Classifier::open(&path))
-        .await
-        .map_err(ApiError::internal)??;
+    // The cost of a model for the LRU: the memory its session takes, measured
+    // across loading and a warm-up run of the largest batch the worker sends
+    // (ONNX Runtime's arena grows to the largest batch it has run); at least
+    // the file's size. Loads are serialised, so the measurement sees one
+    // model at a time.
+    let (classifier, cost) = tokio::task::spawn_blocking(move || -> Result<(Classifier, u64)> {
+        let before = lru::resident_bytes();
+        let mut c = Classifier::open(&path)?;
+        let n = c.max_batch.max(1);
+        let zeros = vec![0f32; n * c.info.preprocess.tensor_len()];
+        c.predict(&zeros, n, 1, None)?;
+        let grown = lru::resident_bytes().saturating_sub(before);
+        Ok((c, grown.max(version.1)))
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let preprocess = classifier.info.preprocess.clone();
     let threshold = classifier.threshold();
     let (tx, rx) = crossbeam_channel::bounded::<ClassifyJob>(app.cfg.max_queue.max(1));
@@ -687,7 +785,17 @@ async fn loaded(app: &AppState, name: &str) -> ApiResult<Arc<Loaded>> {
         .name(format!("cbr-classify-{name}"))
         .spawn(move || classify_worker(classifier, rx))?;
     let l = Arc::new(Loaded { version, preprocess, threshold, tx });
-    app.loaded.lock().unwrap().insert(name.to_string(), l.clone());
+    // Unloaded models end when their last request is answered (their worker
+    // stops once every sender is gone).
+    let unloaded = app.loaded.lock().unwrap().insert(name, l.clone(), cost);
+    if !unloaded.is_empty() {
+        eprintln!(
+            "cbr serve: unloaded {} (least recently used) to stay within --max-loaded {} / --max-loaded-mb {}",
+            unloaded.join(", "),
+            app.cfg.max_loaded,
+            app.cfg.max_loaded_bytes >> 20
+        );
+    }
     Ok(l)
 }
 
@@ -727,6 +835,8 @@ fn classify_worker(mut classifier: Classifier, rx: crossbeam_channel::Receiver<C
             }
         }
     }
+    drop(classifier);
+    lru::release_free_memory();
 }
 
 #[derive(Deserialize)]
@@ -775,6 +885,17 @@ async fn classify(
     let start = Instant::now();
     existing(&app, &name)?;
     let k = q.k.unwrap_or(3).clamp(1, 100);
+    // The whole body first, bounded in size and time: a slow or stalled
+    // client must never hold an inference slot.
+    let bytes = tokio::time::timeout(app.cfg.read_timeout, image_body(&app, req)).await.map_err(
+        |_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "read_timeout",
+                format!("the request body did not arrive within {:?}", app.cfg.read_timeout),
+            )
+        },
+    )??;
     let _permit = app.classify_slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::busy(
             "busy",
@@ -785,7 +906,6 @@ async fn classify(
             1,
         )
     })?;
-    let bytes = image_body(&app, req).await?;
     // Refuse what is plainly not an image before looking at the model.
     if bytes.is_empty() {
         return Err(ApiError::from_decode("image", &decode::DecodeError::Empty));

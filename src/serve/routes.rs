@@ -63,7 +63,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "DELETE", path: "/api/models/{model}/labels/{label}/images/{image}", id: "deleteImage", summary: "Remove one image", tag: "images", body: ReqBody::None, ok: (200, Resp::Json("Deleted")), errors: E_MODEL, query: &[] },
     Route { method: "POST", path: "/api/models/{model}/build", id: "startBuild", summary: "Start building model.onnx from the model's images (runs in the background; poll getBuild)", tag: "build", body: ReqBody::None, ok: (202, Resp::Json("BuildStatus")), errors: &[400, 404, 409, 503], query: &[] },
     Route { method: "GET", path: "/api/models/{model}/build", id: "getBuild", summary: "Build progress: state, done/total images", tag: "build", body: ReqBody::None, ok: (200, Resp::Json("BuildStatus")), errors: E_MODEL, query: &[] },
-    Route { method: "POST", path: "/api/models/{model}/classify", id: "classify", summary: "Classify one image: top-k labels with scores, and the label or unknown", tag: "classify", body: ReqBody::Image, ok: (200, Resp::Json("Classification")), errors: &[400, 404, 409, 413, 415, 503], query: &[
+    Route { method: "POST", path: "/api/models/{model}/classify", id: "classify", summary: "Classify one image: top-k labels with scores, and the label or unknown", tag: "classify", body: ReqBody::Image, ok: (200, Resp::Json("Classification")), errors: &[400, 404, 408, 409, 413, 415, 503], query: &[
         ("k", "integer", "How many classes to return (default 3, at most 100)"),
         ("threshold", "number", "Answer unknown (label null) when the best score is below this cosine similarity (default: the model's own, none)"),
     ] },
@@ -85,6 +85,10 @@ fn status_text(s: u16) -> &'static str {
         400 => "Bad request: invalid name, JSON or multipart body, or a damaged image",
         404 => "Unknown model, label or image (or no route)",
         409 => "Conflict: already exists, a build is running, or the model is not built yet",
+        401 => "Missing or wrong access token (servers started with --token, or beyond loopback)",
+        403 => "Host or Origin not allowed (DNS rebinding and cross-site protection)",
+        405 => "Method not allowed on this path",
+        408 => "The request body did not arrive in time (--read-timeout)",
         413 => "Upload too large (bytes) or image with too many pixels",
         415 => "Not an image in a supported format (JPEG, PNG, GIF, BMP, WebP, TIFF, PNM)",
         503 => "Busy (queue full) or the request timed out; see Retry-After",
@@ -129,7 +133,8 @@ pub fn openapi() -> Value {
             r.ok.0.to_string(),
             json!({"description": status_text(r.ok.0), "content": ok_content}),
         );
-        for e in r.errors {
+        // Every route: the access guard's answers (see guard.rs).
+        for e in r.errors.iter().chain(&[401, 403]) {
             let mut resp = json!({"description": status_text(*e), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
             if *e == 503 {
                 resp["headers"] = json!({"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}});

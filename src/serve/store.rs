@@ -23,6 +23,9 @@ use crate::format::ModelFormat;
 
 /// Longest model name or label, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Longest label in UTF-8 bytes: a label is a folder name, and file systems
+/// allow 255 bytes (64 four-byte characters would be 256).
+pub const MAX_LABEL_BYTES: usize = 255;
 
 /// A model name: 1-64 ASCII letters, digits, space, `-`, `_`, `.`; not starting
 /// with `.` or space and not ending with space.
@@ -44,12 +47,19 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A label: 1-64 characters, any letters (unicode) and printable symbols
-/// except `/`, `\`; no control characters or NUL; not starting with `.`
-/// (hidden folders are never classes), not containing `..`, no surrounding spaces.
+/// A label: 1-64 characters and at most 255 bytes in UTF-8, any letters
+/// (unicode) and printable symbols except `/`, `\`; no control characters or
+/// NUL; not starting with `.` (hidden folders are never classes), not
+/// containing `..`, no surrounding spaces.
 pub fn check_label(label: &str) -> Result<(), String> {
     if label.is_empty() || label.chars().count() > MAX_NAME_CHARS {
         return Err(format!("label must be 1 to {MAX_NAME_CHARS} characters"));
+    }
+    if label.len() > MAX_LABEL_BYTES {
+        return Err(format!(
+            "label is {} bytes in UTF-8, above the limit of {MAX_LABEL_BYTES} (it names a folder)",
+            label.len()
+        ));
     }
     if label.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
         return Err(format!("label {label:?} may not contain '/', '\\' or control characters"));
@@ -139,7 +149,24 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("cannot create the models directory {}", root.display()))?;
+        remove_stale_deletions(root);
         Ok(Store { root: root.to_path_buf() })
+    }
+
+    /// The model's lock ([`crate::lock::ModelLock`] on model.onnx, the same
+    /// one `cbr add` takes), or None when the model does not exist (any more).
+    pub fn lock(&self, name: &str) -> Result<Option<crate::lock::ModelLock>> {
+        if !self.exists(name) {
+            return Ok(None);
+        }
+        let lock = match crate::lock::ModelLock::acquire(&self.model_path(name)) {
+            Ok(l) => l,
+            // Deleted between the check and the lock.
+            Err(_) if !self.exists(name) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Deleted while we waited: the lock file moved away with the folder.
+        Ok(self.exists(name).then_some(lock))
     }
 
     /// Callers must have checked `name` with [`check_model_name`].
@@ -200,9 +227,10 @@ impl Store {
         Ok(true)
     }
 
+    /// Deletes a model; callers hold its [`Store::lock`].
     pub fn delete(&self, name: &str) -> Result<()> {
         // Move aside first so a half-deleted model is never listed.
-        let gone = self.root.join(format!(".deleted-{name}-{}", std::process::id()));
+        let gone = self.root.join(format!("{DELETED_PREFIX}{name}-{}", std::process::id()));
         std::fs::rename(self.model_dir(name), &gone)?;
         std::fs::remove_dir_all(&gone)?;
         Ok(())
@@ -235,13 +263,17 @@ impl Store {
         self.images_dir(name).join(label)
     }
 
+    /// Creates a label folder; false if it exists. Never creates the model's
+    /// own folders: a model deleted meanwhile is an error, not recreated.
     pub fn add_label(&self, name: &str, label: &str) -> Result<bool> {
         let d = self.label_dir(name, label);
-        if d.is_dir() {
-            return Ok(false);
+        match std::fs::create_dir(&d) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot create label {label:?} of model {name:?}"))
+            }
         }
-        std::fs::create_dir_all(&d)?;
-        Ok(true)
     }
 
     pub fn delete_label(&self, name: &str, label: &str) -> Result<bool> {
@@ -257,7 +289,11 @@ impl Store {
     pub fn add_image(&self, name: &str, label: &str, bytes: &[u8], ext: &str) -> Result<String> {
         let hex = cache::sha256_hex(bytes);
         let id = format!("{}.{ext}", &hex[..16]);
-        let path = self.label_dir(name, label).join(&id);
+        let dir = self.label_dir(name, label);
+        if !dir.is_dir() {
+            anyhow::bail!("model {name:?} has no label {label:?} (deleted meanwhile?)");
+        }
+        let path = dir.join(&id);
         if !path.exists() {
             cache::write_atomic(&path, bytes)?;
         }
@@ -293,7 +329,7 @@ impl Store {
                 h.update([0]);
             }
         }
-        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+        cache::hex(&h.finalize()[..8])
     }
 
     pub fn built_state(&self, name: &str) -> Option<BuiltState> {
@@ -320,6 +356,25 @@ impl Store {
     }
 }
 
+/// Folders of deleted models are renamed `.deleted-<name>-<pid>` before
+/// being removed.
+const DELETED_PREFIX: &str = ".deleted-";
+
+/// Removes what deletions of a process killed midway left behind.
+fn remove_stale_deletions(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(DELETED_PREFIX)
+            .and_then(|r| r.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|p| !cache::process_alive(p)) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,11 +394,24 @@ mod tests {
         {
             assert!(check_label(ok).is_ok(), "{ok}");
         }
-        for bad in
-            ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a\0b", "a\nb", " x", &"x".repeat(65)]
-        {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a\0b",
+            "a\nb",
+            " x",
+            &"x".repeat(65),
+            // 64 characters but 256 bytes: too long for a folder name.
+            &"\u{1d11e}".repeat(64),
+        ] {
             assert!(check_label(bad).is_err(), "{bad:?}");
         }
+        assert!(check_label(&"\u{1d11e}".repeat(63)).is_ok());
         assert!(check_image_id("0123456789abcdef.jpg").is_ok());
         for bad in
             ["0123456789abcdef.exe", "../0123456789abcdef.jpg", "0123456789ABCDEF.jpg", "0123.jpg"]

@@ -141,11 +141,17 @@ fn every_json_response_validates_against_its_schema() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = Config { models_dir: tmp.path().join("models"), ..Config::default() };
     let store = Store::open(&cfg.models_dir).unwrap();
-    let app = Arc::new(App::new(cfg, store));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
     let rt = rt.unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
+    let access = guard::Access {
+        allow_hosts: Vec::new(),
+        allow_origins: Vec::new(),
+        token: None,
+        port: addr.port(),
+    };
+    let app = Arc::new(App::new(cfg, store, Arc::new(access)));
     rt.spawn(async move { axum::serve(listener, router(app)).await });
 
     let doc = request(addr, "GET", "/openapi.json", "text/plain", b"").json();

@@ -23,7 +23,8 @@ pub fn unpack(bytes: &[u8]) -> Result<ModelT> {
     if bytes.len() < 8 || &bytes[4..8] != MODEL_IDENTIFIER.as_bytes() {
         bail!("not a TFLite model: the file identifier is not {MODEL_IDENTIFIER:?}");
     }
-    // Large models hold a few hundred thousand tables; the default verifier limits are for small messages.
+    // Large models hold a few hundred thousand tables; the default verifier limits are for
+    // small messages.
     let opts = flatbuffers::VerifierOptions {
         max_tables: 1 << 28,
         max_apparent_size: 1 << 31,
@@ -38,7 +39,10 @@ impl ModelEditor {
     pub fn new(mut model: ModelT) -> Result<Self> {
         let buffers = model.buffers.get_or_insert_with(Vec::new);
         if buffers.iter().any(|b| b.offset > 1) {
-            bail!("the model keeps its weights outside the flatbuffer (buffer offsets, for models over 2 GB): not supported");
+            bail!(
+                "the model keeps its weights outside the flatbuffer \
+                 (buffer offsets, for models over 2 GB): not supported"
+            );
         }
         if model.subgraphs.as_ref().is_none_or(|s| s.is_empty()) {
             bail!("the model has no subgraph");
@@ -196,6 +200,7 @@ struct AlignedByte(u8);
 
 impl Push for AlignedByte {
     type Output = u8;
+    // SAFETY: writes only `dst[0]`, the one byte `size()` (1, from `Output = u8`) reserves.
     unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
         dst[0] = self.0;
     }

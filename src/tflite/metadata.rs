@@ -50,13 +50,18 @@ pub fn model_metadata(info: &ClassifierInfo, about: &About, input: InputKind) ->
     let p = &info.preprocess;
     let n_images: usize = info.images_per_label.iter().sum();
     let description = about.description.clone().unwrap_or_else(|| {
+        let scores = if info.temperature.is_some() {
+            ", calibrated softmax scores"
+        } else {
+            ", cosine-similarity scores"
+        };
         format!(
-            "Classification by retrieval: {} classes from {} labelled images, embedder {}, {} aggregation{}.",
+            "Classification by retrieval: {} classes from {} labelled images, embedder {}, \
+             {} aggregation{scores}.",
             info.labels.len(),
             n_images,
             info.embedder.name,
             info.aggregation,
-            if info.temperature.is_some() { ", calibrated softmax scores" } else { ", cosine-similarity scores" }
         )
     });
     let (stats_min, stats_max): (Vec<f32>, Vec<f32>) = match input {
@@ -94,7 +99,9 @@ pub fn model_metadata(info: &ClassifierInfo, about: &About, input: InputKind) ->
     let scores = build!(TensorMetadataT {
         name: Some("scores".into()),
         description: Some(if info.temperature.is_some() {
-            "Probability of each class (softmax of the class similarities with the calibrated temperature).".into()
+            "Probability of each class (softmax of the class similarities with the calibrated \
+             temperature)."
+                .into()
         } else {
             "Similarity of the image to each class (cosine or discriminant score).".into()
         }),

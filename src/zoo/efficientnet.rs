@@ -255,7 +255,10 @@ fn read_blocks(weights: &Weights, variant: Variant) -> Result<Vec<Block>> {
         let index = blocks.len();
         let p = format!("_blocks.{index}");
         if weights.has(&format!("{p}._se_reduce.weight")) {
-            bail!("{p} has squeeze-excitation weights: this is a full EfficientNet checkpoint, not EfficientNet-Lite");
+            bail!(
+                "{p} has squeeze-excitation weights: this is a full EfficientNet checkpoint, \
+                 not EfficientNet-Lite"
+            );
         }
         let has_expand = weights.has(&format!("{p}._expand_conv.weight"));
         let dw = weights.get(&format!("{p}._depthwise_conv.weight"))?;
@@ -276,7 +279,8 @@ fn read_blocks(weights: &Weights, variant: Variant) -> Result<Vec<Block>> {
         let mid_channels = dw.shape[0];
         ensure!(
             has_expand || mid_channels == in_channels,
-            "{p} has no expansion conv but its depthwise conv has {mid_channels} channels, not {in_channels}"
+            "{p} has no expansion conv but its depthwise conv has {mid_channels} channels, \
+             not {in_channels}"
         );
         blocks.push(Block {
             index,
@@ -289,7 +293,10 @@ fn read_blocks(weights: &Weights, variant: Variant) -> Result<Vec<Block>> {
         in_channels = project.shape[0];
     }
     if blocks.is_empty() {
-        bail!("state dict has no key _blocks.0._project_conv.weight: not an EfficientNet-Lite checkpoint");
+        bail!(
+            "state dict has no key _blocks.0._project_conv.weight: \
+             not an EfficientNet-Lite checkpoint"
+        );
     }
 
     // Group blocks into stages by where the output width changes, and compare

@@ -44,7 +44,10 @@ const PROTOCOL_VERSION: i64 = 1001;
 /// storage is not float32 is an error.
 pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     if bytes.starts_with(b"PK\x03\x04") {
-        bail!("this is a zip-format checkpoint (torch.save from PyTorch >= 1.6); only the legacy format is supported");
+        bail!(
+            "this is a zip-format checkpoint (torch.save from PyTorch >= 1.6); \
+             only the legacy format is supported"
+        );
     }
     let mut pos = 0;
     let mut storages = HashMap::new();
@@ -117,7 +120,11 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
             if name.ends_with(".num_batches_tracked") {
                 continue;
             }
-            bail!("tensor {name} is stored as torch.{}; only float32 (torch.FloatStorage) is supported", info.type_name);
+            bail!(
+                "tensor {name} is stored as torch.{}; \
+                 only float32 (torch.FloatStorage) is supported",
+                info.type_name
+            );
         }
         let bytes = raw.get(&t.storage).ok_or_else(|| {
             anyhow!("tensor {name}: its storage {} is missing from the key list", t.storage)
@@ -142,7 +149,11 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<Tensor> {
     // Only views that touch each storage element at most once (no stride-0
     // broadcasts), so a corrupt header cannot ask for more memory than the file holds.
     let count = count.filter(|&c| c <= numel).ok_or_else(|| {
-        anyhow!("size {:?} has more elements than its storage ({numel}); overlapping views are not supported", t.size)
+        anyhow!(
+            "size {:?} has more elements than its storage ({numel}); \
+             overlapping views are not supported",
+            t.size
+        )
     })?;
     let mut data = Vec::with_capacity(count);
     if count > 0 {
@@ -154,7 +165,8 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<Tensor> {
             .try_fold(t.offset, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?));
         ensure!(
             last.is_some_and(|last| last < numel),
-            "the view (offset {}, size {:?}, stride {:?}) reaches past its storage of {numel} elements",
+            "the view (offset {}, size {:?}, stride {:?}) reaches past its storage of \
+             {numel} elements",
             t.offset,
             t.size,
             t.stride
@@ -412,8 +424,8 @@ impl Vm<'_, '_> {
     /// Resolves `('storage', torch.XStorage, key, location, numel, view_metadata)`.
     fn persistent_load(&mut self, pid: Value) -> Result<Value> {
         let Value::Tuple(items) = &pid else { bail!("persistent id {pid:?} is not a tuple") };
-        let [Value::Str(kind), Value::Global(type_name), Value::Str(key), Value::Str(_location), Value::Int(numel), view] =
-            items.as_slice()
+        use Value::{Global, Int, Str};
+        let [Str(kind), Global(type_name), Str(key), Str(_), Int(numel), view] = items.as_slice()
         else {
             bail!("persistent id {pid:?} is not ('storage', type, key, location, numel, view)")
         };
@@ -517,15 +529,24 @@ fn reduce(callable: Value, args: Value) -> Result<Value> {
         }
         // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
         "torch._utils._rebuild_tensor_v2" => {
-            ensure!((6..=7).contains(&args.len()), "_rebuild_tensor_v2 takes 6 or 7 arguments, got {}", args.len());
-            let Value::Storage(storage) = &args[0] else { bail!("_rebuild_tensor_v2: first argument {:?} is not a storage", args[0]) };
+            let n = args.len();
+            ensure!((6..=7).contains(&n), "_rebuild_tensor_v2 takes 6 or 7 arguments, got {n}");
+            let Value::Storage(storage) = &args[0] else {
+                bail!("_rebuild_tensor_v2: first argument {:?} is not a storage", args[0])
+            };
             let offset = as_usize(&args[1]).context("_rebuild_tensor_v2: storage offset")?;
             let size = as_usizes(&args[2]).context("_rebuild_tensor_v2: size")?;
             let stride = as_usizes(&args[3]).context("_rebuild_tensor_v2: stride")?;
-            ensure!(size.len() == stride.len(), "_rebuild_tensor_v2: size {size:?} and stride {stride:?} differ in rank");
+            ensure!(
+                size.len() == stride.len(),
+                "_rebuild_tensor_v2: size {size:?} and stride {stride:?} differ in rank"
+            );
             Ok(Value::Tensor(TensorRef { storage: storage.clone(), offset, size, stride }))
         }
-        _ => bail!("the pickle calls {name}, which this reader does not support (only OrderedDict and _rebuild_tensor_v2)"),
+        _ => bail!(
+            "the pickle calls {name}, which this reader does not support \
+             (only OrderedDict and _rebuild_tensor_v2)"
+        ),
     }
 }
 

@@ -100,20 +100,51 @@ pub fn request(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Resp {
+    let ct: Vec<(&str, &str)> = content_type.map(|c| ("Content-Type", c)).into_iter().collect();
+    request_with(addr, method, path, &ct, body)
+}
+
+/// [`request`] with extra headers; a `Host` among them replaces the default.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut s = send_head(addr, method, path, headers, body.len());
+    // The server may answer (413) before reading the whole body: ignore a broken pipe.
+    let _ = s.write_all(body);
+    read_response(&mut s, method, path)
+}
+
+/// Connects and sends a request's head announcing `len` body bytes; the
+/// caller sends the body (or not: a stalled client).
+pub fn send_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    len: usize,
+) -> TcpStream {
     let mut s =
         TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    head.push_str(&format!("Connection: close\r\nContent-Length: {len}\r\n"));
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();
-    // The server may answer (413) before reading the whole body: ignore a broken pipe.
-    let _ = s.write_all(body);
+    s
+}
+
+/// Reads one response from `s` (after [`send_head`] and the body).
+pub fn read_response(s: &mut TcpStream, method: &str, path: &str) -> Resp {
     // Read the head, then as much body as Content-Length says (some servers,
     // like chromedriver, keep the connection open despite `Connection: close`).
     let mut raw = Vec::new();

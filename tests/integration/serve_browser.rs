@@ -1,15 +1,15 @@
 //! The web app in a real browser: headless Chromium (Debian's `chromium`)
 //! driven through WebDriver (`chromedriver` from `chromium-driver`), against
-//! the real `cbr serve`. Creates a model with two classes from real CUB photos
+//! the real `cbr serve`. Creates a model with two classes of real photos (Fashion-MNIST JPEGs)
 //! through the page's file inputs, builds it, classifies a held-out photo and
-//! checks the label shown on the page. Screenshots: target/serve_browser.png
-//! (desktop) and target/serve_browser_phone.png (phone-sized window).
+//! checks the label shown on the page. Screenshots: serve_browser.png (desktop)
+//! and serve_browser_phone.png (phone-sized window) in the cargo target folder
+//! (`target/release/` by default).
 //!
 //! Never skipped: without Chromium the test fails and says how to install it.
 
-mod common;
-#[path = "browser/support.rs"]
-mod support;
+use crate::common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,9 +146,7 @@ impl Driver {
             }
             if start.elapsed() > timeout {
                 let msg = self.js("return [document.querySelector('#message').textContent, document.querySelector('#build-status').textContent, document.querySelector('#build-status').dataset.state, document.querySelector('#build').disabled]");
-                self.screenshot(
-                    &Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve_browser_failure.png"),
-                );
+                self.screenshot(&screenshot_dir().join("serve_browser_failure.png"));
                 panic!("timed out waiting for {what}; page message, build status, state, build disabled: {msg}");
             }
             std::thread::sleep(Duration::from_millis(150));
@@ -184,6 +182,16 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// The cargo target folder of this build (`target/release/` by default, or
+/// under `$CARGO_TARGET_DIR`): the test binary sits in its `deps/`.
+fn screenshot_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test binary sits in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
 #[test]
 fn web_app_builds_and_classifies_in_chromium() {
     common::setup();
@@ -200,8 +208,9 @@ fn web_app_builds_and_classifies_in_chromium() {
         Duration::from_secs(20),
     );
 
-    let cub = common::dataset("cub200_010");
-    let classes = [("albatross", "001.Black_footed_Albatross"), ("auklet", "005.Crested_Auklet")];
+    // Measured with 5 per class: 12 of the first 8 + 8 held-out photos right.
+    let photos = crate::fixtures::fashion_mnist_jpeg();
+    let classes = [("coat", "coat"), ("dress", "dress")];
     let mut held = Vec::new();
     for (label, folder) in classes {
         driver.type_into("#new-class", label);
@@ -212,7 +221,7 @@ fn web_app_builds_and_classifies_in_chromium() {
             &format!("return !!document.querySelector(\"{card}\")"),
             Duration::from_secs(20),
         );
-        let (train, rest) = class_images(&cub.join(folder), 5);
+        let (train, rest) = class_images(&photos.join(folder), 5);
         let paths: Vec<String> = train
             .iter()
             .map(|p| p.canonicalize().unwrap().to_string_lossy().into_owned())
@@ -271,7 +280,7 @@ fn web_app_builds_and_classifies_in_chromium() {
     assert_eq!(r.status, 200);
     assert!(r.body.len() > 1_000_000);
 
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let out = screenshot_dir();
     driver.screenshot(&out.join("serve_browser.png"));
     // Phone-sized: nothing may overflow the viewport horizontally.
     driver.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));

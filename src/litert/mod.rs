@@ -8,9 +8,13 @@
 //!
 //! The wheel's library exports only the LiteRT C API (`LiteRtCreateModelFromBuffer`,
 //! `LiteRtCreateCompiledModel`, tensor buffers, ...), not the classic
-//! `TfLiteInterpreter*` C API, so that is what is declared here: only the
+//! `TfLiteInterpreter*` C API, so that is what [`ffi`] declares: only the
 //! functions cbr calls, with the signatures of LiteRT 2.3.0 (where model
-//! creation takes the environment as its first argument).
+//! creation takes the environment as its first argument). This module wraps
+//! them in a safe [`Model`]; [`install`] finds or installs the library.
+
+mod ffi;
+mod install;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -18,193 +22,13 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::cache;
-
-/// The `ai-edge-litert` release cbr is built and tested against.
-pub const LITERT_VERSION: &str = "2.3.0";
-const LIBRARY_FILE: &str = "libLiteRt.so";
-const WHEEL_MEMBER: &str = "ai_edge_litert/libLiteRt.so";
-/// SHA-256 of `libLiteRt.so` in the x86-64 Linux wheel of [`LITERT_VERSION`]
-/// (the same for every CPython tag): a different file stops the install.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-const LIBRARY_SHA256: Option<&str> =
-    Some("eec47eb35e2924b3166015887e652a58edc9af823ae38e02bf83bef2548300bb");
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-const LIBRARY_SHA256: Option<&str> = None;
-
-/// Environment variable naming a `libLiteRt.so` to use instead of the cached one.
-pub const LIBRARY_ENV: &str = "LITERT_LIB_PATH";
-
-/// Where the cached library lives: `<cache>/litert/<version>/libLiteRt.so`.
-pub fn cached_library_path() -> Result<PathBuf> {
-    Ok(cache::dir()?.join("litert").join(LITERT_VERSION).join(LIBRARY_FILE))
-}
-
-/// The library cbr will load: `LITERT_LIB_PATH` if set, else the cached copy.
-pub fn library_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(LIBRARY_ENV) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("{LIBRARY_ENV} points to {}, which does not exist", p.display());
-        }
-        return Ok(p);
-    }
-    let cached = cached_library_path()?;
-    if cached.is_file() {
-        return Ok(cached);
-    }
-    Err(anyhow!(
-        "LiteRT {LITERT_VERSION} (the TFLite runtime) is not installed.\n\
-         Install it with:   cbr runtime install\n\
-         (this runs `pip download --no-deps ai-edge-litert=={LITERT_VERSION}` and keeps\n\
-         {WHEEL_MEMBER} from the wheel in {}),\n\
-         or point {LIBRARY_ENV} at the libLiteRt.so of ai-edge-litert {LITERT_VERSION}.",
-        cached.parent().map(|p| p.display().to_string()).unwrap_or_default()
-    ))
-}
-
-/// Downloads the `ai-edge-litert` wheel with pip and caches its `libLiteRt.so`.
-/// Returns the library path. Does nothing if it is already cached.
-pub fn install() -> Result<PathBuf> {
-    let target = cached_library_path()?;
-    if target.is_file() {
-        return Ok(target);
-    }
-    let wheel =
-        cache::pip_download(&format!("ai-edge-litert=={LITERT_VERSION}"), "ai_edge_litert-")?;
-    let bytes = cache::read_zip_member(&wheel.path, WHEEL_MEMBER)?;
-    if let Some(want) = LIBRARY_SHA256 {
-        let got = cache::sha256_hex(&bytes);
-        if got != want {
-            bail!(
-                "{WHEEL_MEMBER} from ai-edge-litert=={LITERT_VERSION} has SHA-256 {got}, expected {want}: \
-                 not the file cbr was tested with; refusing to use it"
-            );
-        }
-    }
-    cache::write_atomic(&target, &bytes)?;
-    Ok(target)
-}
-
-/// Installs LiteRT into the cache unless it is there or `LITERT_LIB_PATH` is set.
-pub fn ensure() -> Result<()> {
-    if std::env::var_os(LIBRARY_ENV).is_none() && library_path().is_err() {
-        install()?;
-    }
-    Ok(())
-}
-
-// ---- The C API (litert/c/*.h of LiteRT 2.3.0) ----
-
-type Handle = *mut c_void;
-type Status = c_int;
-
-const STATUS_OK: Status = 0;
-const HW_ACCELERATOR_CPU: c_int = 1;
-const ANY_TYPE_INT: c_int = 2;
-/// `kLiteRtEnvOptionTagAutoRegisterAccelerators`: only the CPU, so LiteRT does
-/// not go looking for GPU and NPU libraries (and log each miss).
-const ENV_OPTION_AUTO_REGISTER_ACCELERATORS: c_int = 24;
-/// `kLiteRtEnvOptionTagMinLoggerSeverity`, set to `kLiteRtLogSeverityError`.
-const ENV_OPTION_MIN_LOGGER_SEVERITY: c_int = 25;
-const LOG_SEVERITY_ERROR: i64 = 3;
-
-const ELEMENT_FLOAT32: c_int = 1;
-const ELEMENT_UINT8: c_int = 3;
-const ELEMENT_INT8: c_int = 9;
-const QUANTIZATION_PER_TENSOR: c_int = 1;
-/// LiteRT requires host buffers aligned to `LITERT_HOST_MEMORY_BUFFER_ALIGNMENT`.
-const HOST_ALIGNMENT: usize = 64;
-
-/// `LiteRtRankedTensorType` (72 bytes): element type, then `LiteRtLayout`
-/// (`rank:7, has_strides:1` bit fields in one 32-bit word, 8 dims, 8 strides).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RankedTensorType {
-    element_type: c_int,
-    rank_and_flags: u32,
-    dimensions: [i32; 8],
-    strides: [u32; 8],
-}
-
-/// `LiteRtQuantizationPerTensor`.
-#[repr(C)]
-#[derive(Default)]
-struct QuantizationPerTensor {
-    scale: f32,
-    zero_point: i64,
-}
-
-/// `LiteRtAny` holding an integer.
-#[repr(C)]
-struct Any {
-    kind: c_int,
-    value: i64,
-}
-
-/// `LiteRtEnvOption` (24 bytes).
-#[repr(C)]
-struct EnvOption {
-    tag: c_int,
-    value: Any,
-}
-
-const _: () = assert!(std::mem::size_of::<RankedTensorType>() == 72);
-const _: () = assert!(std::mem::size_of::<QuantizationPerTensor>() == 16);
-const _: () = assert!(std::mem::size_of::<EnvOption>() == 24);
-
-macro_rules! c_api {
-    ($($name:ident : fn($($arg:ty),*) $(-> $ret:ty)?;)*) => {
-        /// The LiteRT functions cbr calls, resolved from the loaded library.
-        #[allow(non_snake_case)]
-        struct Api {
-            $($name: unsafe extern "C" fn($($arg),*) $(-> $ret)?,)*
-            _library: libloading::Library,
-        }
-
-        impl Api {
-            fn load(path: &Path) -> Result<Api> {
-                // SAFETY: loading a shared library runs its initialisers; this is
-                // the LiteRT library the user or `cbr runtime install` chose.
-                let library = unsafe { libloading::Library::new(path) }
-                    .map_err(|e| anyhow!("cannot load LiteRT from {}: {e}", path.display()))?;
-                Ok(Api {
-                    $($name: unsafe {
-                        *library.get::<unsafe extern "C" fn($($arg),*) $(-> $ret)?>(stringify!($name)).map_err(|e| {
-                            anyhow!("{} is not LiteRT {LITERT_VERSION}: it lacks {}: {e}", path.display(), stringify!($name))
-                        })?
-                    },)*
-                    _library: library,
-                })
-            }
-        }
-    };
-}
-
-c_api! {
-    LiteRtCreateEnvironment: fn(c_int, *const EnvOption, *mut Handle) -> Status;
-    LiteRtCreateModelFromBuffer: fn(Handle, *const c_void, usize, *mut Handle) -> Status;
-    LiteRtDestroyModel: fn(Handle);
-    LiteRtGetModelMetadata: fn(Handle, *const c_char, *mut *const c_void, *mut usize) -> Status;
-    LiteRtGetNumModelSignatures: fn(Handle, *mut usize) -> Status;
-    LiteRtGetModelSignature: fn(Handle, usize, *mut Handle) -> Status;
-    LiteRtGetNumSignatureInputs: fn(Handle, *mut usize) -> Status;
-    LiteRtGetNumSignatureOutputs: fn(Handle, *mut usize) -> Status;
-    LiteRtGetSignatureInputTensorByIndex: fn(Handle, usize, *mut Handle) -> Status;
-    LiteRtGetSignatureOutputTensorByIndex: fn(Handle, usize, *mut Handle) -> Status;
-    LiteRtGetTensorName: fn(Handle, *mut *const c_char) -> Status;
-    LiteRtGetRankedTensorType: fn(Handle, *mut RankedTensorType) -> Status;
-    LiteRtGetQuantizationTypeId: fn(Handle, *mut c_int) -> Status;
-    LiteRtGetPerTensorQuantization: fn(Handle, *mut QuantizationPerTensor) -> Status;
-    LiteRtCreateOptions: fn(*mut Handle) -> Status;
-    LiteRtDestroyOptions: fn(Handle);
-    LiteRtSetOptionsHardwareAccelerators: fn(Handle, c_int) -> Status;
-    LiteRtCreateCompiledModel: fn(Handle, Handle, Handle, *mut Handle) -> Status;
-    LiteRtDestroyCompiledModel: fn(Handle);
-    LiteRtCreateTensorBufferFromHostMemory: fn(*const RankedTensorType, *mut c_void, usize, *const c_void, *mut Handle) -> Status;
-    LiteRtDestroyTensorBuffer: fn(Handle);
-    LiteRtRunCompiledModel: fn(Handle, usize, usize, *mut Handle, usize, *mut Handle) -> Status;
-}
+use ffi::{
+    check, Any, Api, EnvOption, Handle, QuantizationPerTensor, RankedTensorType, ANY_TYPE_INT,
+    ELEMENT_FLOAT32, ELEMENT_INT8, ELEMENT_UINT8, ENV_OPTION_AUTO_REGISTER_ACCELERATORS,
+    ENV_OPTION_MIN_LOGGER_SEVERITY, HOST_ALIGNMENT, HW_ACCELERATOR_CPU, LOG_SEVERITY_ERROR,
+    QUANTIZATION_PER_TENSOR, STATUS_OK,
+};
+pub use install::{ensure, install, library_path, LIBRARY_ENV, LITERT_VERSION};
 
 /// The loaded library and its process-wide environment.
 struct Runtime {
@@ -215,6 +39,8 @@ struct Runtime {
 // SAFETY: the environment is created once and only read afterwards; LiteRT's
 // environment is shared by all compiled models.
 unsafe impl Send for Runtime {}
+// SAFETY: as for Send: after `start`, nothing mutates the runtime; the function pointers
+// and the environment handle are only read.
 unsafe impl Sync for Runtime {}
 
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
@@ -241,18 +67,12 @@ fn start() -> Result<Runtime> {
         },
     ];
     let mut environment: Handle = std::ptr::null_mut();
-    // SAFETY: valid option array and out-pointer.
-    check(
-        unsafe {
-            (api.LiteRtCreateEnvironment)(
-                options.len() as c_int,
-                options.as_ptr(),
-                &mut environment,
-            )
-        },
-        "create the LiteRT environment",
-    )
-    .with_context(|| format!("LiteRT from {}", path.display()))?;
+    // SAFETY: `options` holds `options.len()` valid options; `environment` is a valid out-pointer.
+    let status = unsafe {
+        (api.LiteRtCreateEnvironment)(options.len() as c_int, options.as_ptr(), &mut environment)
+    };
+    check(status, "create the LiteRT environment")
+        .with_context(|| format!("LiteRT from {}", path.display()))?;
     Ok(Runtime { api, environment })
 }
 
@@ -260,31 +80,6 @@ fn start() -> Result<Runtime> {
 pub fn load() -> Result<PathBuf> {
     runtime()?;
     library_path()
-}
-
-fn status_name(status: Status) -> &'static str {
-    match status {
-        1 => "invalid argument",
-        2 => "memory allocation failure",
-        3 => "runtime failure",
-        4 => "missing input tensor",
-        5 => "unsupported",
-        6 => "not found",
-        8 => "wrong version",
-        500 => "file I/O error",
-        501 => "invalid flatbuffer",
-        504 => "compilation error",
-        1000 => "index out of bounds",
-        _ => "error",
-    }
-}
-
-fn check(status: Status, what: &str) -> Result<()> {
-    if status == STATUS_OK {
-        Ok(())
-    } else {
-        Err(anyhow!("LiteRT cannot {what}: {} (status {status})", status_name(status)))
-    }
 }
 
 /// Element types cbr can feed and read.
@@ -424,18 +219,17 @@ impl Model {
         let api = &runtime.api;
         let bytes = AlignedBytes::copy_of(bytes);
         let mut model: Handle = std::ptr::null_mut();
-        // SAFETY: `bytes` outlives the model (both owned by the returned Model).
-        check(
-            unsafe {
-                (api.LiteRtCreateModelFromBuffer)(
-                    runtime.environment,
-                    bytes.ptr as *const c_void,
-                    bytes.len,
-                    &mut model,
-                )
-            },
-            "read the model",
-        )?;
+        // SAFETY: `bytes` outlives the model (both owned by the returned Model, which destroys
+        // the model handle before its fields drop); `model` is a valid out-pointer.
+        let status = unsafe {
+            (api.LiteRtCreateModelFromBuffer)(
+                runtime.environment,
+                bytes.ptr as *const c_void,
+                bytes.len,
+                &mut model,
+            )
+        };
+        check(status, "read the model")?;
         let mut this = Model {
             runtime,
             _bytes: bytes,
@@ -475,16 +269,17 @@ impl Model {
                 (api.LiteRtSetOptionsHardwareAccelerators)(options, HW_ACCELERATOR_CPU),
                 "select the CPU",
             );
+            let (environment, model, out) =
+                (self.runtime.environment, self.model, &mut self.compiled);
             let compiled = set.and_then(|_| {
-                check(
-                    (api.LiteRtCreateCompiledModel)(
-                        self.runtime.environment,
-                        self.model,
-                        options,
-                        &mut self.compiled,
-                    ),
-                    "compile the model",
-                )
+                // Compiling prints "INFO: Created TensorFlow Lite XNNPACK
+                // delegate for CPU." every time; LiteRT has no API to silence it.
+                crate::quiet_stderr::without_info_lines(|| {
+                    check(
+                        (api.LiteRtCreateCompiledModel)(environment, model, options, out),
+                        "compile the model",
+                    )
+                })
             });
             (api.LiteRtDestroyOptions)(options);
             compiled?;
@@ -512,6 +307,9 @@ impl Model {
     }
 
     /// Describes `tensor` and gives it a host buffer.
+    ///
+    /// # Safety
+    /// `tensor` must be a tensor handle of this model's signature (alive as long as the model).
     unsafe fn port(&self, tensor: Handle) -> Result<Port> {
         let api = &self.runtime.api;
         let mut name_ptr: *const c_char = std::ptr::null();
@@ -547,7 +345,10 @@ impl Model {
         )?;
         let quantization = if element != ElementType::F32 {
             if q_type != QUANTIZATION_PER_TENSOR {
-                bail!("tensor {name:?} is {element:?} without per-tensor quantization; cbr cannot interpret its values");
+                bail!(
+                    "tensor {name:?} is {element:?} without per-tensor quantization; \
+                     cbr cannot interpret its values"
+                );
             }
             let mut q = QuantizationPerTensor::default();
             check((api.LiteRtGetPerTensorQuantization)(tensor, &mut q), "read the quantization")?;
@@ -600,6 +401,8 @@ impl Model {
         if status != STATUS_OK || ptr.is_null() {
             return None;
         }
+        // SAFETY: LiteRT returned OK with `len` bytes at `ptr`, owned by the model, which is
+        // alive for this call; they are copied out before returning.
         Some(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }.to_vec())
     }
 
@@ -629,20 +432,19 @@ impl Model {
         write_values(&port.info, port.memory.as_mut(), input);
         let mut ins: Vec<Handle> = self.inputs.iter().map(|p| p.buffer).collect();
         let mut outs: Vec<Handle> = self.outputs.iter().map(|p| p.buffer).collect();
-        // SAFETY: buffers were created for this model's signature 0, in order.
-        check(
-            unsafe {
-                (self.runtime.api.LiteRtRunCompiledModel)(
-                    self.compiled,
-                    0,
-                    ins.len(),
-                    ins.as_mut_ptr(),
-                    outs.len(),
-                    outs.as_mut_ptr(),
-                )
-            },
-            "run the model",
-        )?;
+        // SAFETY: the buffers were created for this model's signature 0, in order, over host
+        // memory the ports own; `ins` and `outs` hold `len()` handles each.
+        let status = unsafe {
+            (self.runtime.api.LiteRtRunCompiledModel)(
+                self.compiled,
+                0,
+                ins.len(),
+                ins.as_mut_ptr(),
+                outs.len(),
+                outs.as_mut_ptr(),
+            )
+        };
+        check(status, "run the model")?;
         let port = &self.outputs[output];
         Ok(read_values(&port.info, port.memory.as_ref()))
     }

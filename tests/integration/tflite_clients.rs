@@ -7,29 +7,32 @@
 //!   the file, reads labels, normalisation and score threshold from its TFLite
 //!   Model Metadata, and picks the same top-1 labels as cbr.
 //!
-//! Embedders: the uint8 MobileNetV3-Small (the original iOS app's model) and
-//! uint8 MobileNetV1/V2 in ../shared/models, and the float32 EfficientNet-Lite0
-//! TFLite twin of cbr's default model (`cbr::models::pull_tflite`), whose
-//! input normalisation the clients must read from our metadata. The embeddings cbr's head is
+//! Embedders: the float32 EfficientNet-Lite0 TFLite twin of cbr's default model
+//! (`cbr::models::pull_tflite`), whose input normalisation the clients must read
+//! from our metadata, on Fashion-MNIST (`fixtures::fashion_mnist`: a set hard
+//! enough that scores spread and some queries fall below the unknown threshold);
+//! in the extended tier (`extended::tflite_clients`) also
+//! the uint8 MobileNetV3-Small (the original iOS app's model) and uint8
+//! MobileNetV1/V2 in ../shared/models, on CUB birds. The embeddings cbr's head is
 //! given come from running the embedder `.tflite` itself in LiteRT on the same
 //! preprocessed pixels, so both sides see bit-identical embeddings and any
 //! difference is the head's.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use crate::fixtures;
 use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
 use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
 use cbr::tflite::{self, TfliteBlock, TfliteOptions};
-use common::{dataset, images_in, shared, split_folder};
+use common::{images_in, shared, split_folder};
 use serde_json::Value;
 
 const PIP_HINT: &str =
-    "pip install ai-edge-litert==2.3.0 mediapipe==1.2.3 numpy pillow (scripts/setup.sh does)";
+    "pip install ai-edge-litert==2.3.0 mediapipe==1.2.3 numpy pillow (scripts/setup.sh installs them into .venv/)";
 
 /// Max |LiteRT − cbr| for the int8 block, on raw similarities and on calibrated
 /// probabilities: int8 weights (per-row scale, ~0.4% of a row's largest entry)
@@ -38,7 +41,7 @@ const PIP_HINT: &str =
 const INT8_SIMILARITY_TOLERANCE: f64 = 0.03;
 const INT8_PROBABILITY_TOLERANCE: f64 = 0.1;
 
-fn s(p: &Path) -> &str {
+pub fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
 
@@ -47,9 +50,9 @@ fn client(name: &str) -> PathBuf {
 }
 
 /// Runs a Python client; returns its JSON lines.
-fn python(script: &str, args: &[&str]) -> Vec<Value> {
+pub fn python(script: &str, args: &[&str]) -> Vec<Value> {
     let script = client(script);
-    let out = Command::new("python3")
+    let out = common::python()
         .arg(&script)
         .args(args)
         .output()
@@ -76,14 +79,14 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 /// An embedder `.tflite` and how its input is prepared.
-struct Embedder {
-    path: PathBuf,
-    preprocess: Preprocess,
+pub struct Embedder {
+    pub path: PathBuf,
+    pub preprocess: Preprocess,
 }
 
 impl Embedder {
     /// A uint8 embedder from ../shared/models: raw pixels in (mean 0, std 1).
-    fn shared_uint8(file: &str, size: u32) -> Self {
+    pub fn shared_uint8(file: &str, size: u32) -> Self {
         let path = shared().join("models").join(file);
         assert!(path.is_file(), "embedder {} is missing from ../shared/models", path.display());
         let preprocess = Preprocess {
@@ -99,7 +102,7 @@ impl Embedder {
     }
 
     /// The float32 TFLite twin of the default embedder, EfficientNet-Lite0: (x - 127) / 128.
-    fn lite0_float() -> Self {
+    pub fn lite0_float() -> Self {
         common::setup();
         let path = cbr::models::pull_tflite("efficientnet-lite0")
             .expect("writing the EfficientNet-Lite0 TFLite twin");
@@ -110,7 +113,7 @@ impl Embedder {
         Embedder { path, preprocess }
     }
 
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         self.path.file_name().unwrap().to_string_lossy().into_owned()
     }
 
@@ -136,7 +139,7 @@ fn litert_with(model: &Path, extra: &[&str], images: &[PathBuf]) -> Vec<Vec<f32>
     lines.iter().map(|l| floats(&l["output"])).collect()
 }
 
-/// The cub200_010 split (5 index images per class, the rest queries) with every image's embedding.
+/// An image set's split (5 index images per class, the rest queries) with every image's embedding.
 struct Data {
     labels: Vec<String>,
     index_embeddings: Vec<f32>,
@@ -145,8 +148,8 @@ struct Data {
     dim: usize,
 }
 
-fn embed_split(embedder: &Embedder, queries_per_class: usize, tmp: &Path) -> Data {
-    let (index, queries) = split_folder(&dataset("cub200_010"), 5, tmp);
+fn embed_split(embedder: &Embedder, set: &Path, queries_per_class: usize, tmp: &Path) -> Data {
+    let (index, queries) = split_folder(set, 5, tmp);
     let index_images = images_in(&index);
     let mut query_images = Vec::new();
     for class in std::fs::read_dir(&queries).unwrap() {
@@ -238,10 +241,10 @@ fn configs() -> Vec<(&'static str, HeadOptions)> {
     vec![("default", HeadOptions::default()), ("original max", HeadOptions::original())]
 }
 
-fn check_float_block(embedder: Embedder, all_aggregations: bool) {
+pub fn check_float_block(embedder: Embedder, set: &Path, all_aggregations: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let embedder_file = embedder.name();
-    let data = embed_split(&embedder, 3, tmp.path());
+    let data = embed_split(&embedder, set, 3, tmp.path());
     let mut configs = configs();
     if all_aggregations {
         for a in [Aggregation::Centroid, Aggregation::Blend] {
@@ -271,39 +274,18 @@ fn check_float_block(embedder: Embedder, all_aggregations: bool) {
 }
 
 #[test]
-fn litert_float_block_matches_cbr_mobilenet_v3_small_uint8() {
-    check_float_block(
-        Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224),
-        true,
-    );
-}
-
-#[test]
 fn litert_float_block_matches_cbr_efficientnet_lite0_float() {
-    check_float_block(Embedder::lite0_float(), false);
+    check_float_block(Embedder::lite0_float(), &fixtures::fashion_mnist(), true);
 }
 
 #[test]
-fn litert_float_block_matches_cbr_mobilenet_v1_uint8() {
-    check_float_block(
-        Embedder::shared_uint8("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite", 224),
-        false,
-    );
+fn litert_int8_block_stays_within_tolerance_of_cbr_efficientnet_lite0_float() {
+    int8_block_within_tolerance(Embedder::lite0_float(), &fixtures::fashion_mnist());
 }
 
-#[test]
-fn litert_float_block_matches_cbr_mobilenet_v2_uint8() {
-    check_float_block(
-        Embedder::shared_uint8("mobilenet_v2_1.0_224_quant_embedder.tflite", 224),
-        false,
-    );
-}
-
-#[test]
-fn litert_int8_block_stays_within_tolerance_of_cbr() {
+pub fn int8_block_within_tolerance(embedder: Embedder, set: &Path) {
     let tmp = tempfile::tempdir().unwrap();
-    let embedder = Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224);
-    let data = embed_split(&embedder, 3, tmp.path());
+    let data = embed_split(&embedder, set, 3, tmp.path());
     for (name, opts) in configs() {
         let h = head(&data, &opts);
         let model = tmp.path().join(format!("{}_int8.tflite", name.replace(' ', "_")));
@@ -326,26 +308,18 @@ fn litert_int8_block_stays_within_tolerance_of_cbr() {
     }
 }
 
-#[test]
-fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1_uint8_embedder() {
-    mediapipe_agrees(Embedder::shared_uint8(
-        "mobilenet_v3_small_224_1.0_uint8_embedder.tflite",
-        224,
-    ));
-}
-
 /// A float input: MediaPipe must normalise with our NormalizationOptions.
 #[test]
 fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1_float_embedder() {
-    mediapipe_agrees(Embedder::lite0_float());
+    mediapipe_agrees(Embedder::lite0_float(), &fixtures::fashion_mnist());
 }
 
-fn mediapipe_agrees(embedder: Embedder) {
+pub fn mediapipe_agrees(embedder: Embedder, set: &Path) {
     let tmp = tempfile::tempdir().unwrap();
     let size = embedder.preprocess.width;
     // PNGs already at the input size: MediaPipe then feeds the same pixels as the
     // PIL preprocessing that made the embeddings (no decoder or resize differences).
-    let (_, queries) = split_folder(&dataset("cub200_010"), 5, tmp.path());
+    let (_, queries) = split_folder(set, 5, tmp.path());
     let jpegs: Vec<PathBuf> = images_in(&queries).into_iter().step_by(9).collect();
     let png_dir = tmp.path().join("png");
     std::fs::create_dir_all(&png_dir).unwrap();
@@ -356,14 +330,14 @@ fn mediapipe_agrees(embedder: Embedder) {
     let size_arg = size.to_string();
     let mut args = vec!["-c", make_png, s(&png_dir), &size_arg];
     args.extend(jpegs.iter().map(|p| s(p)));
-    let st = Command::new("python3").args(&args).status().expect("python3");
+    let st = common::python().args(&args).status().expect("python3");
     assert!(st.success(), "making PNGs failed");
     let mut pngs: Vec<PathBuf> =
         std::fs::read_dir(&png_dir).unwrap().map(|e| e.unwrap().path()).collect();
     pngs.sort();
     assert!(pngs.len() >= 40, "{} query PNGs", pngs.len());
 
-    let data = embed_split(&embedder, 0, &tmp.path().join("split"));
+    let data = embed_split(&embedder, set, 0, &tmp.path().join("split"));
     let png_embeddings = embedder.embed(&pngs);
     for block in [TfliteBlock::Float, TfliteBlock::Int8] {
         let mut h = head(&data, &HeadOptions::default());
@@ -421,90 +395,4 @@ fn mediapipe_agrees(embedder: Embedder) {
             "{block:?}: agreement {agreement:.2}"
         );
     }
-}
-
-/// The real binary end to end: `cbr build --tflite-block int8` with the
-/// metadata flags, then MediaPipe reads the model's name, author, version and
-/// licence, and classifies; `cbr classify` (LiteRT from Rust) agrees with it.
-/// The same flags on an ONNX output are refused.
-#[test]
-fn cli_builds_an_int8_tflite_with_metadata_flags_that_mediapipe_reads() {
-    use common::run;
-    common::setup();
-    let tmp = tempfile::tempdir().unwrap();
-    let embedder = Embedder::shared_uint8("mobilenet_v3_small_224_1.0_uint8_embedder.tflite", 224);
-    let (index, queries) = split_folder(&dataset("cub200_010"), 5, tmp.path());
-    let model = tmp.path().join("birds.tflite");
-    let flags = [
-        "--name",
-        "Birds",
-        "--description",
-        "Ten bird species",
-        "--author",
-        "cbr tests",
-        "--model-version",
-        "7",
-        "--license",
-        "Apache-2.0",
-    ];
-    let mut args = vec![
-        "build",
-        s(&index),
-        "--embedder",
-        s(&embedder.path),
-        "-o",
-        s(&model),
-        "--tflite-block",
-        "int8",
-        "--quiet",
-    ];
-    args.extend(flags);
-    common::run_ok(&args);
-
-    let read_about = "import sys\nfrom mediapipe.tasks.metadata import metadata_schema_py_generated as m\n\
-                      from mediapipe.tasks.metadata import schema_py_generated as f\n\
-                      d = open(sys.argv[1], 'rb').read()\nmodel = f.Model.GetRootAs(d, 0)\n\
-                      e = [model.Metadata(i) for i in range(model.MetadataLength()) if model.Metadata(i).Name() == b'TFLITE_METADATA'][0]\n\
-                      md = m.ModelMetadata.GetRootAs(model.Buffers(e.Buffer()).DataAsNumpy().tobytes(), 0)\n\
-                      print('|'.join(x.decode() for x in [md.Name(), md.Description(), md.Author(), md.Version(), md.License(), md.MinParserVersion()]))\n";
-    let out =
-        Command::new("python3").args(["-c", read_about, s(&model)]).output().expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "Birds|Ten bird species|cbr tests|7|Apache-2.0|1.0.0"
-    );
-
-    let images: Vec<PathBuf> = images_in(&queries).into_iter().step_by(25).collect();
-    let mut args = vec![s(&model)];
-    args.extend(images.iter().map(|p| s(p)));
-    let mp = python("mediapipe_classify.py", &args);
-    let mut cargs = vec!["classify", s(&model), "--json"];
-    cargs.extend(images.iter().map(|p| s(p)));
-    let cbr_out = common::run_ok(&cargs);
-    let mut same = 0;
-    for (line, m) in cbr_out.lines().zip(&mp) {
-        let v: Value = serde_json::from_str(line).unwrap();
-        let cbr_label = v["label"].as_str().map(str::to_string);
-        let mp_label = m["categories"]
-            .as_array()
-            .unwrap()
-            .first()
-            .map(|c| c["label"].as_str().unwrap().to_string());
-        same += (cbr_label == mp_label) as usize;
-    }
-    // Different JPEG decoders and resizers (image-rs vs MediaPipe's): allow a few borderline images.
-    println!("cbr classify vs MediaPipe on {} JPEGs: same answer for {same}", images.len());
-    assert!(
-        same as f64 >= 0.85 * images.len() as f64,
-        "same answer for only {same}/{}",
-        images.len()
-    );
-
-    let onnx = tmp.path().join("birds.onnx");
-    let out = run(&["build", s(&index), "-o", s(&onnx), "--tflite-block", "int8", "--quiet"]);
-    assert!(
-        !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("apply to TFLite output")
-    );
 }

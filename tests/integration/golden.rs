@@ -13,9 +13,9 @@
 //! [`SCORE_TOLERANCE`].
 //!
 //! To record new answers after a change that is meant to change them, run
-//! `CBR_BLESS=1 cargo test --release --test golden` and commit the files.
+//! `CBR_BLESS=1 cargo test --release --test integration golden::` and commit the files.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -51,12 +51,12 @@ const DTYPES: [&str; 3] = ["f32", "f16", "int8"];
 fn fashion_mnist(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let all = dir.join("all");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fashion_mnist_folders.py");
-    let out = std::process::Command::new("python3")
+    let out = common::python()
         .arg(&script)
         .arg(&all)
         .arg((INDEX_PER_CLASS + QUERIES_PER_CLASS).to_string())
         .output()
-        .expect("cannot run python3 (needed to write the Fashion-MNIST images)");
+        .expect("cannot run Python (needed to write the Fashion-MNIST images)");
     assert!(
         out.status.success(),
         "{} failed: {}\nInstall the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist).",

@@ -3,12 +3,13 @@
 //! and the embedding cache never changes a model, even after a killed build
 //! or a damaged cache file.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{cbr, dataset, private_cache, run_ok, setup};
+use crate::fixtures;
+use common::{cbr, private_cache, run_ok, setup};
 
 /// A CSV manifest of `(path, label)` rows.
 fn manifest(dir: &Path, name: &str, rows: &[(PathBuf, String)]) -> PathBuf {
@@ -21,9 +22,9 @@ fn manifest(dir: &Path, name: &str, rows: &[(PathBuf, String)]) -> PathBuf {
     path
 }
 
-/// The first `per_class` images of the first `classes` CUB classes.
-fn cub(classes: usize, per_class: usize) -> Vec<(PathBuf, String)> {
-    let root = dataset("cub200_010");
+/// The first `per_class` images of the first `classes` classes of the colour photo set.
+fn scene_rows(classes: usize, per_class: usize) -> Vec<(PathBuf, String)> {
+    let root = fixtures::scenes();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -63,7 +64,7 @@ fn same_file(a: &Path, b: &Path) {
 fn add_equals_a_fresh_build() {
     setup();
     let dir = tempfile::tempdir().unwrap();
-    let all = cub(4, 6);
+    let all = scene_rows(4, 6);
     // The model starts with 3 classes of 4 images; the addition brings 2 more
     // images to each of them and a whole new class.
     let (first, rest): (Vec<_>, Vec<_>) =
@@ -99,7 +100,7 @@ fn add_equals_a_fresh_build() {
 fn remove_and_relabel_equal_fresh_builds() {
     setup();
     let dir = tempfile::tempdir().unwrap();
-    let all = cub(4, 5);
+    let all = scene_rows(4, 5);
     let model = dir.path().join("m.onnx");
     build(&manifest(dir.path(), "all.csv", &all), &model, &[]);
     let labels: Vec<String> = {
@@ -192,7 +193,7 @@ fn cache_embeds_only_changed_images_and_survives_damage() {
     let cache = private_cache(dir.path());
     // A folder copy we can change.
     let mut rows = Vec::new();
-    for (i, (p, l)) in cub(3, 8).into_iter().enumerate() {
+    for (i, (p, l)) in scene_rows(3, 8).into_iter().enumerate() {
         let copy = dir.path().join("photos").join(&l).join(format!("{i:02}.jpg"));
         std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
         std::fs::copy(&p, &copy).unwrap();
@@ -213,7 +214,7 @@ fn cache_embeds_only_changed_images_and_survives_damage() {
     let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
     assert!(!err.contains("embedding cache"), "a cold cache serves nothing: {err}");
     // Two images change content: only they are embedded again.
-    let other = cub(4, 2);
+    let other = scene_rows(4, 2);
     std::fs::copy(&other[6].0, &rows[0].0).unwrap();
     std::fs::copy(&other[7].0, &rows[9].0).unwrap();
     let err = stderr_ok(cbr_in(&cache).args(build_args(&model)));
@@ -244,7 +245,7 @@ fn killed_build_leaves_no_model_and_its_work_is_reused() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let cache = private_cache(dir.path());
-    let photos = dataset("cub200_010");
+    let photos = fixtures::scenes();
     let model = dir.path().join("m.onnx");
     let mut child = cbr_in(&cache)
         .args(["build", photos.to_str().unwrap(), "-o", model.to_str().unwrap()])
@@ -296,4 +297,78 @@ fn killed_build_leaves_no_model_and_its_work_is_reused() {
         "--no-cache",
     ]));
     same_file(&reference, &model);
+}
+
+/// The class names of a model, from `cbr info --json`.
+fn labels_of(model: &Path) -> Vec<String> {
+    let info: serde_json::Value =
+        serde_json::from_str(&run_ok(&["info", model.to_str().unwrap(), "--json"])).unwrap();
+    info["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect()
+}
+
+/// Issue 12, item 1: two `cbr add` on one model at once both land (the
+/// second waits for the first's lock and starts from its result).
+#[test]
+fn concurrent_adds_on_one_model_both_land() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = scene_rows(4, 3);
+    let base = manifest(dir.path(), "base.csv", &rows[..6]);
+    let add_a = manifest(dir.path(), "a.csv", &rows[6..9]);
+    let add_b = manifest(dir.path(), "b.csv", &rows[9..12]);
+    let model = dir.path().join("m.onnx");
+    build(&base, &model, &["--no-cache"]);
+    for round in 0..2 {
+        let spawn = |csv: &Path| {
+            cbr()
+                .args(["add", model.to_str().unwrap(), csv.to_str().unwrap(), "-q", "--no-cache"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(&add_a), spawn(&add_b));
+        for child in [a, b] {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let labels = labels_of(&model);
+        assert_eq!(labels.len(), 4, "round {round}: an acknowledged add was lost: {labels:?}");
+    }
+    // The result is the model a fresh build over all the images gives.
+    let all = manifest(dir.path(), "all.csv", &rows);
+    let fresh = dir.path().join("fresh.onnx");
+    build(&all, &fresh, &["--no-cache"]);
+    same_file(&model, &fresh);
+}
+
+/// Issue 12, item 7: a write killed between creating its temporary file and
+/// the rename leaves `.cbr-tmp-*`; the next write in that folder removes it.
+#[test]
+fn a_killed_writes_temporary_file_is_removed_by_the_next_write() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = scene_rows(2, 2);
+    let model = dir.path().join("m.onnx");
+    build(&manifest(dir.path(), "m.csv", &rows), &model, &["--no-cache"]);
+    let temps = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".cbr-tmp-"))
+            .collect()
+    };
+    assert!(temps().is_empty());
+    // strace kills the process at its rename, as a crash or kill -9 would.
+    let out = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "inject=rename,renameat,renameat2:signal=KILL"])
+        .arg(env!("CARGO_BIN_EXE_cbr"))
+        .args(["relabel", model.to_str().unwrap(), &rows[0].1, "renamed", "-o"])
+        .arg(dir.path().join("out.onnx"))
+        .output()
+        .expect("this test needs strace (apt-get install strace)");
+    assert!(!out.status.success(), "the write was not interrupted");
+    assert_eq!(temps().len(), 1, "the killed write should have left its temporary file");
+    run_ok(&["relabel", model.to_str().unwrap(), &rows[0].1, "renamed"]);
+    assert!(temps().is_empty(), "left behind: {:?}", temps());
+    assert_eq!(labels_of(&model), [rows[1].1.clone(), "renamed".into()]);
 }

@@ -1,14 +1,14 @@
 //! TFLite embedders run in LiteRT from Rust give the same embeddings as the
 //! Python `ai_edge_litert` Interpreter on the same input tensors.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::Command;
 
 use cbr::models::{self, EmbedderChoice};
 
-const PIP_HINT: &str = "pip install ai-edge-litert==2.3.0 numpy (scripts/setup.sh does)";
+const PIP_HINT: &str =
+    "pip install ai-edge-litert==2.3.0 numpy (scripts/setup.sh installs them into .venv/)";
 
 /// Embeds `tensors` (n images) with the Python LiteRT Interpreter.
 fn python_embeddings(model: &Path, tensors: &[f32], n: usize, dir: &Path) -> Vec<f32> {
@@ -17,7 +17,7 @@ fn python_embeddings(model: &Path, tensors: &[f32], n: usize, dir: &Path) -> Vec
     std::fs::write(&input, tensors.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
         .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/litert_embed.py");
-    let out = Command::new("python3")
+    let out = common::python()
         .arg(&script)
         .arg(model)
         .arg(&input)
@@ -38,6 +38,7 @@ fn python_embeddings(model: &Path, tensors: &[f32], n: usize, dir: &Path) -> Vec
 }
 
 #[test]
+#[ignore = "extended tier: needs ../shared (scripts/test.sh runs it when ../shared/datasets exists)"]
 fn uint8_mobilenet_v3_matches_python_litert() {
     cbr::litert::install().expect("installing LiteRT");
     let model = common::shared().join("models/mobilenet_v3_small_224_1.0_uint8_embedder.tflite");

@@ -1,14 +1,15 @@
 //! Models with a sidecar index (`cbr build --index ivf`): the real binary,
-//! the default embedder and real photos (`../shared/datasets/cub200_010`).
+//! the default embedder and real photos (Fashion-MNIST, `fixtures::fashion_mnist`).
 //! Classifying through the sidecar gives the single-file model's answers
 //! (max rule) when every cell is probed, nearly always with few cells, and
 //! the pair of files is deterministic and fails clearly when incomplete.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
-use common::{dataset, images_in, run, run_ok, setup, split_folder};
+use crate::fixtures;
+use common::{images_in, run, run_ok, setup, split_folder};
 use serde_json::Value;
 
 fn s(p: &Path) -> &str {
@@ -39,9 +40,9 @@ fn classify(model: &Path, images: &[std::path::PathBuf]) -> Vec<(Value, Vec<(Str
 fn sidecar_classification_matches_the_single_file_model() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
-    let (index, queries) = split_folder(&dataset("cub200_010"), 10, tmp.path());
+    let (index, queries) = split_folder(&fixtures::fashion_mnist(), 10, tmp.path());
     let images = images_in(&queries);
-    assert!(images.len() > 400, "expected the ~440 cub query images, found {}", images.len());
+    assert_eq!(images.len(), 400, "expected the 400 Fashion-MNIST query images");
     let max = ["--aggregate", "max", "--calibrate", "false", "--quiet"];
     let build = |out: &Path, extra: &[&str]| {
         let mut args = vec!["build", s(&index), "-o", s(out)];
@@ -84,7 +85,7 @@ fn sidecar_classification_matches_the_single_file_model() {
 fn sidecar_models_are_deterministic_and_fail_clearly_when_incomplete() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
-    let (index, queries) = split_folder(&dataset("cub200_010"), 5, tmp.path());
+    let (index, queries) = split_folder(&fixtures::fashion_mnist(), 5, tmp.path());
     let a = tmp.path().join("a.onnx");
     let b = tmp.path().join("b.onnx");
     for out in [&a, &b] {

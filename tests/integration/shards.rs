@@ -3,18 +3,17 @@
 //! `cbr build` over the images; and a Parquet reader cbr did not write
 //! (pyarrow) reads the parts.
 
-mod common;
+use crate::common;
 
-use std::process::Command;
-
-use common::{dataset, run, run_ok, setup};
+use crate::fixtures;
+use common::{run, run_ok, setup};
 
 #[test]
 fn shards_merge_into_the_same_model_as_a_direct_build() {
     setup();
     let dir = tempfile::tempdir().unwrap();
-    // 4 classes x 10 images of CUB, as a CSV manifest.
-    let root = dataset("cub200_010");
+    // 4 classes x 10 colour photos, as a CSV manifest.
+    let root = fixtures::scenes();
     let mut classes: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -62,7 +61,7 @@ fn shards_merge_into_the_same_model_as_a_direct_build() {
 
     // pyarrow reads the parts.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/read_shard.py");
-    let mut py = Command::new("python3");
+    let mut py = common::python();
     py.arg(script);
     for i in 0..3 {
         py.arg(parts.join(format!("part-{i}.parquet")));

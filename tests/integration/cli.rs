@@ -1,34 +1,34 @@
 //! End-to-end tests of the `cbr` command line: the real binary, the real
-//! default embedder, real photos from `../shared/datasets/cub200_010`.
+//! default embedder, real photos: Fashion-MNIST for accuracy, crops of
+//! scikit-image's colour photographs (`fixtures::scenes`) for everything else.
 //!
 //! Every test works in its own temporary folder and passes absolute paths.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{dataset, images_in, run, run_ok, setup, shared, split_folder};
+use crate::common::{images_in, run, run_ok, setup, split_folder};
+use crate::fixtures;
 use serde_json::Value;
 
-const CUB: &str = "cub200_010";
-
-fn s(p: &Path) -> &str {
+pub fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Asserts that a command failed with exit code 1 and returns its stderr.
-fn expect_failure(o: &Output, what: &str) -> String {
+pub fn expect_failure(o: &Output, what: &str) -> String {
     let err = stderr(o);
     assert!(
         !o.status.success(),
@@ -52,13 +52,13 @@ fn expect_failure(o: &Output, what: &str) -> String {
 }
 
 /// `cbr info --json MODEL`, parsed.
-fn info(model: &Path) -> Value {
+pub fn info(model: &Path) -> Value {
     serde_json::from_str(&run_ok(&["info", "--json", s(model)]))
         .expect("info --json prints one JSON document")
 }
 
 /// `labels` and `images_per_label` of a model, as (label, count) pairs.
-fn class_counts(model: &Path) -> Vec<(String, u64)> {
+pub fn class_counts(model: &Path) -> Vec<(String, u64)> {
     let i = info(model);
     let labels = i["labels"].as_array().expect("info has labels");
     let counts = i["images_per_label"].as_array().expect("info has images_per_label");
@@ -70,13 +70,10 @@ fn class_counts(model: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The cub class folders, sorted.
-fn cub_classes() -> Vec<PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(dataset(CUB))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
+/// The class folders of an image set, sorted.
+fn classes_of(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> =
+        fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     v.sort();
     v
 }
@@ -89,10 +86,15 @@ fn files_of(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Copies (real copies, not links) the first `per_class` images of the first
-/// `classes` cub classes into `dest/<class>/`. Returns the class names.
-fn copy_cub(dest: &Path, classes: usize, per_class: usize) -> Vec<String> {
+/// `classes` classes of the colour photo set into `dest/<class>/`. Returns the class names.
+fn copy_photos(dest: &Path, classes: usize, per_class: usize) -> Vec<String> {
+    copy_classes(&fixtures::scenes(), dest, classes, per_class)
+}
+
+/// [`copy_photos`] from any image set `root`.
+pub fn copy_classes(root: &Path, dest: &Path, classes: usize, per_class: usize) -> Vec<String> {
     let mut names = Vec::new();
-    for class in cub_classes().into_iter().take(classes) {
+    for class in classes_of(root).into_iter().take(classes) {
         let name = class.file_name().unwrap().to_str().unwrap().to_string();
         let out = dest.join(&name);
         fs::create_dir_all(&out).unwrap();
@@ -104,9 +106,14 @@ fn copy_cub(dest: &Path, classes: usize, per_class: usize) -> Vec<String> {
     names
 }
 
-/// Real cub photos that are in no index built by `copy_cub` with <= 10 per class.
+/// Real photos that are in no index built by `copy_photos` with <= 10 per class.
 fn query_photos(classes: usize, per_class: usize) -> Vec<PathBuf> {
-    cub_classes()
+    query_photos_of(&fixtures::scenes(), classes, per_class)
+}
+
+/// [`query_photos`] from any image set `root`.
+pub fn query_photos_of(root: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
+    classes_of(root)
         .iter()
         .take(classes)
         .flat_map(|c| files_of(c).into_iter().skip(10).take(per_class))
@@ -136,16 +143,23 @@ fn add_bad_files(root: &Path, classes: &[String]) -> Vec<PathBuf> {
     vec![empty, truncated, text]
 }
 
-#[test]
-fn accuracy_five_shot_on_cub() {
+/// Builds from the first 5 images of each class of `set`, classifies the rest
+/// with `classify --json` (checking every line's shape) and returns
+/// (correct, queries).
+pub fn five_shot(set: &Path, min_queries: usize) -> (usize, usize) {
     setup();
     let tmp = tempfile::tempdir().unwrap();
-    let (index, queries) = split_folder(&dataset(CUB), 5, tmp.path());
-    let model = tmp.path().join("cub5.onnx");
+    let (index, queries) = split_folder(set, 5, tmp.path());
+    let model = tmp.path().join("five-shot.onnx");
     run_ok(&["build", s(&index), "-o", s(&model), "--quiet"]);
 
     let images = images_in(&queries);
-    assert!(images.len() > 400, "expected the ~490 cub query images, found {}", images.len());
+    assert!(
+        images.len() >= min_queries,
+        "expected {min_queries} query images in {}, found {}",
+        set.display(),
+        images.len()
+    );
     let mut args = vec!["classify", s(&model), "--json", "--top-k", "1"];
     args.extend(images.iter().map(|p| s(p)));
     let out = run_ok(&args);
@@ -200,17 +214,26 @@ fn accuracy_five_shot_on_cub() {
             correct += 1;
         }
     }
-    let accuracy = correct as f64 / images.len() as f64;
-    println!("5-shot top-1 accuracy on {CUB}: {accuracy:.3} ({correct}/{})", images.len());
-    assert!(accuracy >= 0.60, "5-shot top-1 accuracy on {CUB} is {accuracy:.3} ({correct}/{}), expected >= 0.60 (measured 0.663 with max, ~0.73 with the default)", images.len());
+    (correct, images.len())
 }
+
+#[test]
+fn accuracy_five_shot_on_fashion_mnist() {
+    let (correct, n) = five_shot(&fixtures::fashion_mnist(), 450);
+    let accuracy = correct as f64 / n as f64;
+    println!("5-shot top-1 accuracy on Fashion-MNIST: {accuracy:.3} ({correct}/{n})");
+    assert!(accuracy >= FASHION_MIN, "5-shot top-1 accuracy on Fashion-MNIST is {accuracy:.3} ({correct}/{n}), expected >= {FASHION_MIN} (measured 0.727; chance is 0.1)");
+}
+
+/// 5-shot top-1 on the 450 Fashion-MNIST queries, default head: measured 0.727 (327/450).
+const FASHION_MIN: f64 = 0.65;
 
 #[test]
 fn builds_are_deterministic_and_info_describes_the_model() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let classes = copy_cub(&data, 3, 3);
+    let classes = copy_photos(&data, 3, 3);
     let a = tmp.path().join("a.onnx");
     let b = tmp.path().join("b.onnx");
     run_ok(&["build", s(&data), "-o", s(&a)]);
@@ -258,7 +281,7 @@ fn classify_prints_one_human_line_per_image() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    copy_cub(&data, 4, 3);
+    copy_photos(&data, 4, 3);
     let model = tmp.path().join("m.onnx");
     run_ok(&["build", s(&data), "-o", s(&model), "--quiet"]);
     let queries = query_photos(4, 1);
@@ -321,7 +344,7 @@ fn bad_images_are_skipped_and_counted_or_stop_a_strict_build() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let classes = copy_cub(&data, 3, 3);
+    let classes = copy_photos(&data, 3, 3);
     let bad = add_bad_files(&data, &classes);
     let model = tmp.path().join("m.onnx");
     let out = run(&["build", s(&data), "-o", s(&model)]);
@@ -371,7 +394,7 @@ fn failed_build_leaves_existing_model_untouched() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("good");
-    let classes = copy_cub(&good, 2, 2);
+    let classes = copy_photos(&good, 2, 2);
     let out_dir = tmp.path().join("models");
     fs::create_dir_all(&out_dir).unwrap();
     let model = out_dir.join("out.onnx");
@@ -380,7 +403,7 @@ fn failed_build_leaves_existing_model_untouched() {
 
     // A --strict build over a bad file, to the same path.
     let bad = tmp.path().join("bad");
-    copy_cub(&bad, 2, 2);
+    copy_photos(&bad, 2, 2);
     fs::write(bad.join(&classes[1]).join("broken.jpg"), b"GIF89a not really").unwrap();
     let out = run(&["build", s(&bad), "-o", s(&model), "--strict"]);
     expect_failure(&out, "--strict build over a broken file");
@@ -397,7 +420,7 @@ fn failed_build_leaves_existing_model_untouched() {
 
     // An input folder with an empty class folder, to the same path.
     let holey = tmp.path().join("holey");
-    copy_cub(&holey, 1, 2);
+    copy_photos(&holey, 1, 2);
     fs::create_dir_all(holey.join("zzz_empty_class")).unwrap();
     let out = run(&["build", s(&holey), "-o", s(&model)]);
     expect_failure(&out, "build with an empty class folder");
@@ -435,7 +458,7 @@ fn errors_are_clear_and_name_the_culprit() {
 
     // An empty class folder.
     let data = t.join("data");
-    copy_cub(&data, 2, 2);
+    copy_photos(&data, 2, 2);
     let empty_class = data.join("099.Empty_Class");
     fs::create_dir_all(&empty_class).unwrap();
     let err = expect_failure(&run(&["build", s(&data), "-o", s(&out_model)]), "empty class folder");
@@ -470,7 +493,8 @@ fn errors_are_clear_and_name_the_culprit() {
 
     // A CSV manifest with a missing file.
     let csv = t.join("train.csv");
-    let real = files_of(&data.join(cub_classes()[0].file_name().unwrap()))[0].clone();
+    let real =
+        files_of(&data.join(classes_of(&fixtures::scenes())[0].file_name().unwrap()))[0].clone();
     fs::write(&csv, format!("path,label\n{},bird\nphotos/gone.jpg,bird\n", real.display()))
         .unwrap();
     let err = expect_failure(
@@ -544,7 +568,7 @@ fn builds_from_a_csv_manifest() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
-    let classes = copy_cub(&photos, 2, 3);
+    let classes = copy_photos(&photos, 2, 3);
     // Relative paths (to the manifest's folder); 3 images of one class, 2 of the other.
     let mut csv = String::from("path,label\n");
     for (i, c) in classes.iter().enumerate() {
@@ -591,7 +615,7 @@ fn pixel_limit_skips_big_photos_and_names_an_emptied_class() {
     setup();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let classes = copy_cub(&data, 2, 2);
+    let classes = copy_photos(&data, 2, 2);
     // Each class gets two small versions of its photos; the full-size photos exceed 1000 pixels.
     let mut big = Vec::new();
     for c in &classes {
@@ -631,7 +655,7 @@ fn pixel_limit_skips_big_photos_and_names_an_emptied_class() {
     );
 
     // A class whose photos are all too big: the build fails and says which class.
-    let only_big = copy_cub(&tmp.path().join("tmp3"), 3, 2).pop().unwrap();
+    let only_big = copy_photos(&tmp.path().join("tmp3"), 3, 2).pop().unwrap();
     let from = tmp.path().join("tmp3").join(&only_big);
     fs::rename(&from, data.join(&only_big)).unwrap();
     let model2 = tmp.path().join("m2.onnx");
@@ -645,50 +669,58 @@ fn pixel_limit_skips_big_photos_and_names_an_emptied_class() {
     assert!(!model2.exists(), "the failed build must not write a model");
 }
 
-#[test]
-fn onnx_embedder_given_by_path() {
+/// An ONNX file given by path as the embedder, with its normalisation given by
+/// flags: `dim`-d output, `size`x`size` NCHW input, (x - mean) / std; photos from
+/// the image set `photos`.
+pub fn onnx_embedder_given_by_path(
+    embedder: &Path,
+    photos: &Path,
+    dim: u64,
+    size: u64,
+    mean: &str,
+    std: &str,
+) {
     setup();
-    let embedder = shared().join("models").join("mobilenet_v1_0.25_128_dequant_embedder.onnx");
     assert!(embedder.is_file(), "missing test embedder {}", embedder.display());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let classes = copy_cub(&data, 3, 4);
-    let model = tmp.path().join("mobilenet.onnx");
-
-    // Its input is f32 NCHW [1, 3, 128, 128] (fixed batch 1), trained on (x - 128) / 128.
+    let classes = copy_classes(photos, &data, 3, 4);
+    let model = tmp.path().join("by-path.onnx");
     let out = run(&[
         "build",
         s(&data),
         "-o",
         s(&model),
         "--embedder",
-        s(&embedder),
+        s(embedder),
         "--mean",
-        "128",
+        mean,
         "--std",
-        "128",
+        std,
         "--original",
     ]);
     assert!(out.status.success(), "build with an .onnx embedder failed:\n{}", stderr(&out));
     let i = info(&model);
     assert_eq!(
-        i["embedder"]["name"], "mobilenet_v1_0.25_128_dequant_embedder.onnx",
+        i["embedder"]["name"].as_str(),
+        embedder.file_name().unwrap().to_str(),
         "the embedder is named by its file: {i}"
     );
-    assert_eq!(i["embedder"]["dim"], 256, "MobileNetV1 0.25 embeds to 256-d: {i}");
+    assert_eq!(i["embedder"]["dim"], dim, "the embedding size: {i}");
     let p = &i["preprocess"];
     assert_eq!(
         (p["width"].as_u64(), p["height"].as_u64()),
-        (Some(128), Some(128)),
+        (Some(size), Some(size)),
         "input size from the model: {i}"
     );
     assert_eq!(p["layout"], "nchw", "layout from the model: {i}");
-    assert_eq!(p["mean"], serde_json::json!([128.0, 128.0, 128.0]), "{i}");
-    assert_eq!(p["std"], serde_json::json!([128.0, 128.0, 128.0]), "{i}");
+    let (m, d): (f64, f64) = (mean.parse().unwrap(), std.parse().unwrap());
+    assert_eq!(p["mean"], serde_json::json!([m, m, m]), "{i}");
+    assert_eq!(p["std"], serde_json::json!([d, d, d]), "{i}");
     assert_eq!(class_counts(&model), classes.iter().map(|c| (c.clone(), 4)).collect::<Vec<_>>());
 
-    // Several images at once through a fixed-batch-1 model.
-    let queries = query_photos(3, 2);
+    // Several images at once (through a fixed-batch-1 model in the extended tier).
+    let queries = query_photos_of(photos, 3, 2);
     let mut args = vec!["classify", s(&model), "--json", "-k", "3"];
     args.extend(queries.iter().map(|p| s(p)));
     let out = run_ok(&args);
@@ -720,13 +752,98 @@ fn onnx_embedder_given_by_path() {
     // Without --mean/--std, an unknown model is refused with advice.
     let model2 = tmp.path().join("no-norm.onnx");
     let err = expect_failure(
-        &run(&["build", s(&data), "-o", s(&model2), "--embedder", s(&embedder)]),
+        &run(&["build", s(&data), "-o", s(&model2), "--embedder", s(embedder)]),
         "unknown embedder without --mean/--std",
     );
     assert!(
         err.contains("--mean") && err.contains("--std"),
         "the error should tell the user to give --mean and --std:\n{err}"
     );
-    assert!(err.contains(s(&embedder)), "the error should name the embedder file:\n{err}");
+    assert!(err.contains(s(embedder)), "the error should name the embedder file:\n{err}");
     assert!(!model2.exists(), "the refused build must not write a model");
+}
+
+/// Issue 12, item 9: labels and file names are printed escaped (a newline in
+/// a file name cannot forge a report line, ANSI escapes do not reach the
+/// terminal); "embedded N" leaves out skipped files; `-q` keeps a one-line
+/// skip count; ONNX Runtime writes nothing under $HOME outside cbr's cache,
+/// and LiteRT prints no INFO line.
+#[test]
+fn reports_are_escaped_and_the_runtimes_stay_quiet_and_in_the_cache() {
+    setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let classes = copy_photos(&data, 2, 3);
+    let evil_class = "evil\u{1b}[31mred";
+    fs::rename(data.join(&classes[1]), data.join(evil_class)).unwrap();
+    fs::write(data.join(&classes[0]).join("x\nskipped forged.jpg"), b"not an image").unwrap();
+    // A home of its own: whatever the runtimes write there is visible.
+    let home = tmp.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let cache = cbr::cache::dir().unwrap();
+    let in_home = |args: &[&str]| -> Output {
+        common::cbr()
+            .args(args)
+            .env("HOME", &home)
+            .env("CBR_CACHE_DIR", &cache)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("ORT_DISABLE_TELEMETRY")
+            .env_remove("CI")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("TF_BUILD")
+            .output()
+            .unwrap()
+    };
+    let model = tmp.path().join("m.onnx");
+    let out = in_home(&["build", s(&data), "-o", s(&model), "--no-cache"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains('\u{1b}'), "an escape reached the terminal:\n{err}");
+    let skip_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("skipped")).collect();
+    assert_eq!(skip_lines.len(), 1, "one bad file, one line:\n{err}");
+    assert!(skip_lines[0].contains("x\\nskipped forged.jpg"), "{}", skip_lines[0]);
+    assert!(
+        err.contains("embedded 6 in"),
+        "6 images embedded, the skipped file is not one:\n{err}"
+    );
+
+    let out = in_home(&["build", s(&data), "-o", s(&model), "--no-cache", "-q"]);
+    assert!(out.status.success());
+    assert_eq!(
+        stderr(&out).lines().collect::<Vec<_>>(),
+        ["skipped 1 unreadable image (run without -q to list them)"]
+    );
+
+    let out = in_home(&["info", s(&model)]);
+    let text = stdout(&out);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("evil\\u{1b}[31mred"), "{text}");
+    let query = data.join(&classes[0]).join("q\nfake: line.jpg");
+    fs::copy(files_of(&data.join(evil_class))[0].clone(), &query).unwrap();
+    let out = in_home(&["classify", s(&model), s(&query)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert!(!stdout(&out).contains('\u{1b}'));
+    assert!(
+        !home.join(".cache").join("Microsoft").exists(),
+        "ONNX Runtime wrote into {}",
+        home.join(".cache/Microsoft").display()
+    );
+
+    // LiteRT: no "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    let tfl = tmp.path().join("m.tflite");
+    let out = in_home(&["build", s(&data), "--format", "tflite", "-o", s(&tfl), "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = in_home(&["classify", s(&tfl), s(&query)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("XNNPACK"), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "classify prints nothing on stderr");
+    assert!(!home.join(".cache").join("Microsoft").exists());
+}
+
+/// The default embedder's ONNX file, given by path instead of by name.
+#[test]
+fn onnx_embedder_given_by_path_default_embedder_file() {
+    let embedder = setup().to_path_buf();
+    onnx_embedder_given_by_path(&embedder, &fixtures::scenes(), 1280, 224, "127", "128");
 }

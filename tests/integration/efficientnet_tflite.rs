@@ -2,7 +2,7 @@
 //! the ONNX one) gives the same embeddings in LiteRT as the ONNX embedder in
 //! ONNX Runtime, on real photos.
 
-mod common;
+use crate::common;
 
 use cbr::models::{self, EmbedderChoice};
 
@@ -21,7 +21,7 @@ fn lite0_tflite_twin_matches_onnx() {
     assert_eq!(tflite.preprocess.mean, onnx.preprocess.mean);
 
     let images: Vec<_> =
-        common::images_in(&common::dataset("cub200_010")).into_iter().step_by(60).collect();
+        common::images_in(&crate::fixtures::scenes()).into_iter().step_by(48).collect();
     assert!(images.len() >= 8);
     let (mut worst, mut largest) = (0f32, 0f32);
     for path in &images {

@@ -3,7 +3,7 @@
 //! sizes (which take the multi-level max plan), and for old and new opsets
 //! (ReduceMax's axes moved from an attribute to an input in opset 18).
 
-mod common;
+use crate::common;
 
 use cbr::build::model_bytes;
 use cbr::classifier::Classifier;

@@ -1,0 +1,26 @@
+//! The integration tests, as one test binary (each binary links the whole
+//! library: one link instead of one per file). The default tier runs on data
+//! from package registries (`fixtures`); the extended tier (`extended::`) on
+//! ../shared, run by `scripts/test.sh` when it exists.
+
+mod common;
+mod fixtures;
+mod support;
+
+mod cli;
+mod decode_formats;
+mod edit;
+mod efficientnet_convert;
+mod efficientnet_tflite;
+mod eval;
+mod extended;
+mod golden;
+mod head_graph;
+mod litert_cli;
+mod onnxruntime_client;
+mod serve_api;
+mod serve_browser;
+mod shards;
+mod sidecar;
+mod tflite_clients;
+mod tflite_writer;
