@@ -1,85 +1,20 @@
-//! A built cbr model: its metadata (everything `classify` needs, stored in the
-//! ONNX file's `metadata_props` or the TFLite file's `cbr` metadata entry) and
-//! running it on images, in ONNX Runtime or LiteRT.
+//! Running a built cbr model on images (in ONNX Runtime or LiteRT, through
+//! [`crate::format::Runner`]): class scores, the top classes, and the label or
+//! "unknown". What the model says about itself is [`crate::meta`].
 
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::Session;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::embedder::{run_batched, run_tflite, session_from_bytes, EmbedderInfo};
-use crate::head::calibrate::Calibration;
-use crate::head::{Aggregation, EMBEDDING, SCORES};
-use crate::litert;
-use crate::preprocess::Preprocess;
-use crate::sidecar::{IndexInfo, Sidecar};
+use crate::format::{self, ModelFile, ModelFormat, Runner};
+use crate::head::{EMBEDDING, SCORES};
+use crate::sidecar::Sidecar;
 
-/// The `metadata_props` key holding [`ClassifierInfo`] as JSON.
-pub const METADATA_KEY: &str = "cbr";
-/// Version of the metadata layout; bumped on incompatible changes.
-/// 2: the index is stored as unit rows with image ids and the head options
-/// (editable with `cbr add`/`remove`/`relabel`).
-pub const FORMAT_VERSION: u32 = 2;
-
-/// What a cbr model says about itself.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ClassifierInfo {
-    /// [`FORMAT_VERSION`] of the writer.
-    pub format: u32,
-    /// Version of cbr that wrote the file.
-    pub cbr_version: String,
-    /// Class names, in the order of the `scores` output.
-    pub labels: Vec<String>,
-    /// Index images per class, in class order.
-    pub images_per_label: Vec<usize>,
-    pub embedder: EmbedderInfo,
-    pub preprocess: Preprocess,
-    pub aggregation: Aggregation,
-    /// The power transform exponent applied to embeddings first, if any.
-    #[serde(default)]
-    pub power: Option<f32>,
-    /// Whether the index mean is subtracted before normalising (CL2N).
-    #[serde(default)]
-    pub center: bool,
-    /// Softmax temperature of `scores`; absent when `scores` are raw similarities.
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    /// Below this top score, the answer is "unknown".
-    #[serde(default)]
-    pub threshold: Option<f32>,
-    /// What leave-one-out on the index measured when calibrating.
-    #[serde(default)]
-    pub calibration: Option<Calibration>,
-    /// Whether mirrored copies of the index images were added as extra rows.
-    #[serde(default)]
-    pub augment: bool,
-    /// The options the head was built with (format 2 on), so an edit rebuilds it the same way.
-    #[serde(default)]
-    pub head_options: Option<crate::head::HeadOptions>,
-    /// Present when the index rows are in a sidecar file ([`crate::sidecar`])
-    /// and the model's only output is `embedding`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<IndexInfo>,
-}
-
-impl ClassifierInfo {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("metadata serialises")
-    }
-
-    pub fn from_json(s: &str) -> Result<Self> {
-        let info: ClassifierInfo =
-            serde_json::from_str(s).context("the cbr metadata is not valid")?;
-        if info.format > FORMAT_VERSION {
-            bail!("the model was written by a newer cbr (format {}, this cbr reads up to {FORMAT_VERSION}): upgrade cbr", info.format);
-        }
-        Ok(info)
-    }
-}
+pub use crate::meta::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
 
 /// One class and its score.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Scored {
     pub label: String,
     pub score: f32,
@@ -95,20 +30,11 @@ pub struct Prediction {
     pub top: Vec<Scored>,
 }
 
-/// The runtime a classifier runs in, by file format.
-enum Runner {
-    Onnx(Session),
-    Tflite {
-        model: litert::Model,
-        /// Index of the `scores` output.
-        scores: usize,
-    },
-}
-
 /// A cbr model loaded into ONNX Runtime (`.onnx`) or LiteRT (`.tflite`).
 pub struct Classifier {
     runner: Runner,
     pub info: ClassifierInfo,
+    pub format: ModelFormat,
     /// The largest batch one run may take.
     pub max_batch: usize,
     /// The sidecar index, for models that keep their rows beside the file.
@@ -116,12 +42,12 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Loads a model file written by `cbr build`.
+    /// Loads a model file written by `cbr build`; its metadata is checked
+    /// first ([`format::read`]), so a damaged file is a clear error naming it.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        let (bytes, file) = format::read_file(path)?;
         let mut classifier =
-            Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))?;
+            Self::load(&file, &bytes).with_context(|| format!("model {}", path.display()))?;
         if let Some(index) = &classifier.info.index {
             let info = &classifier.info;
             classifier.sidecar =
@@ -131,88 +57,35 @@ impl Classifier {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        if litert::is_tflite(bytes) {
-            return Self::from_tflite(bytes);
-        }
-        let session = session_from_bytes(bytes)?;
-        let json = session
-            .metadata()
-            .map_err(|e| anyhow!("cannot read model metadata: {e}"))?
-            .custom(METADATA_KEY)
-            .ok_or_else(|| {
-                anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`")
-            })?;
-        let info = ClassifierInfo::from_json(&json)?;
-        let max_batch = match session.inputs().first().map(|i| i.dtype()) {
-            Some(ort::value::ValueType::Tensor { shape, .. })
-                if shape.first().copied().unwrap_or(-1) > 0 =>
-            {
-                shape[0] as usize
-            }
-            _ => 16,
-        };
-        Ok(Classifier { runner: Runner::Onnx(session), info, max_batch, sidecar: None })
+        Self::load(&format::read(bytes)?, bytes)
     }
 
-    fn from_tflite(bytes: &[u8]) -> Result<Self> {
-        let info = crate::tflite::read_info(bytes)?;
-        litert::ensure()?;
-        let model = litert::Model::from_bytes(bytes)?;
-        let scores = model
-            .output_index(SCORES)
-            .ok_or_else(|| anyhow!("the TFLite model has no output named {SCORES:?}"))?;
-        let inputs = model.inputs();
-        let max_batch = match inputs.as_slice() {
-            [one] => one.shape.first().copied().unwrap_or(1).max(1) as usize,
-            other => bail!("the TFLite model has {} inputs; a cbr classifier has one", other.len()),
-        };
-        Ok(Classifier { runner: Runner::Tflite { model, scores }, info, max_batch, sidecar: None })
+    fn load(file: &ModelFile, bytes: &[u8]) -> Result<Self> {
+        let runner = Runner::open(file, bytes)?;
+        let max_batch = runner.max_batch(file);
+        Ok(Classifier {
+            runner,
+            info: file.info.clone(),
+            format: file.format,
+            max_batch,
+            sidecar: None,
+        })
     }
 
     /// Class scores for `n` preprocessed images concatenated in `tensors`;
     /// returns one row of `labels.len()` scores per image.
     pub fn scores(&mut self, tensors: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
         let classes = self.info.labels.len();
-        let info = &self.info;
-        if info.index.is_some() {
+        if self.info.index.is_some() {
             let sidecar = self.sidecar.as_ref().ok_or_else(|| {
                 anyhow!(
                     "this model keeps its index in a file beside it: open it with Classifier::open"
                 )
             })?;
-            let Runner::Onnx(session) = &mut self.runner else {
-                bail!("a sidecar index needs an ONNX model")
-            };
-            let embeddings = run_batched(
-                session,
-                &info.preprocess,
-                &info.embedder.input,
-                EMBEDDING,
-                self.max_batch,
-                tensors,
-                n,
-            )?;
+            let embeddings = self.runner.run(&self.info, EMBEDDING, self.max_batch, tensors, n)?;
             return sidecar.scores(&embeddings, n);
         }
-        let flat = match &mut self.runner {
-            Runner::Onnx(session) => run_batched(
-                session,
-                &info.preprocess,
-                &info.embedder.input,
-                SCORES,
-                self.max_batch,
-                tensors,
-                n,
-            )?,
-            Runner::Tflite { model, scores } => run_tflite(
-                model,
-                *scores,
-                info.preprocess.tensor_len(),
-                self.max_batch,
-                tensors,
-                n,
-            )?,
-        };
+        let flat = self.runner.run(&self.info, SCORES, self.max_batch, tensors, n)?;
         if flat.len() != n * classes {
             bail!("{SCORES} has {} values, expected {n} x {classes}", flat.len());
         }

@@ -6,16 +6,17 @@
 
 use std::collections::HashSet;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::build::{
-    check_class_count, check_classes, embed_images, model_bytes_for, BuildOptions, Skipped,
-};
-use crate::classifier::{ClassifierInfo, METADATA_KEY};
+use crate::build::{check_class_count, BuildOptions};
 use crate::dataset::LabelledImage;
 use crate::embedder::Embedder;
+use crate::error::Error;
+use crate::format::{self, EmbedderGraph, ModelFormat, WriteOptions};
 use crate::head::{graph, HeadOptions, ImageId, Index, RetrievalHead};
+use crate::meta::ClassifierInfo;
 use crate::onnx::{self, ModelProto};
+use crate::pipeline::{check_classes, embed_images, Skipped};
 
 /// A model opened for editing.
 pub struct EditableModel {
@@ -53,21 +54,17 @@ impl EditableModel {
 
     /// Reads a model written by `cbr build` (format 2 or newer).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        if crate::litert::is_tflite(bytes) {
-            bail!("this is a TFLite classifier, which does not keep what an edit needs: edit the ONNX model built from the same images and embedder, then rebuild the .tflite");
+        if ModelFormat::sniff(bytes) == ModelFormat::Tflite {
+            return Err(Error::unsupported("this is a TFLite classifier, which does not keep what an edit needs: edit the ONNX model built from the same images and embedder, then rebuild the .tflite").into());
         }
+        let info = format::read(bytes)?.info;
         let model = onnx::decode(bytes).context("not a valid ONNX model")?;
-        let json = onnx::metadata(&model, METADATA_KEY).ok_or_else(|| {
-            anyhow!("this ONNX file has no cbr metadata: it was not built by `cbr build`")
-        })?;
-        let info = ClassifierInfo::from_json(json)?;
         if info.index.is_some() {
-            bail!("this model keeps its index rows in a sidecar file (cbr build --index ivf), which edits do not support yet: rebuild it with `cbr build`");
+            return Err(Error::unsupported("this model keeps its index rows in a sidecar file (cbr build --index ivf), which edits do not support yet: rebuild it with `cbr build`").into());
         }
-        let options = info
-            .head_options
-            .clone()
-            .ok_or_else(|| anyhow!("the model was built by cbr {} (format {}), which did not store what an edit needs: rebuild it with `cbr build`", info.cbr_version, info.format))?;
+        let options = info.head_options.clone().ok_or_else(|| {
+            Error::unsupported(format!("the model was built by cbr {} (format {}), which did not store what an edit needs: rebuild it with `cbr build`", info.cbr_version, info.format))
+        })?;
         let index = graph::read_index(&model, &info.labels, &info.images_per_label)?;
         let embedder = graph::embedder_of(&model, &info.embedder.output)?;
         Ok(EditableModel { info, options, index, embedder })
@@ -76,12 +73,12 @@ impl EditableModel {
     /// The model file for the current index.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let head = RetrievalHead::from_index(self.index.clone(), &self.options)?;
-        model_bytes_for(
-            &self.embedder,
+        format::write_classifier(
+            EmbedderGraph::Onnx(&self.embedder),
             &self.info.embedder,
             &self.info.preprocess,
             &head,
-            self.info.augment,
+            &WriteOptions { augment: self.info.augment, ..WriteOptions::default() },
         )
     }
 
@@ -112,10 +109,11 @@ impl EditableModel {
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<EditReport> {
         if opts.augment != self.info.augment {
-            bail!(
+            return Err(Error::bad_input(format!(
                 "the model was built {} mirror augmentation; add images the same way",
                 if self.info.augment { "with" } else { "without" }
-            );
+            ))
+            .into());
         }
         let mut embedder = Embedder::from_bytes(
             &onnx::encode(&self.embedder),
@@ -135,7 +133,7 @@ impl EditableModel {
         embedder.info = self.info.embedder.clone();
         let known: HashSet<(String, ImageId)> =
             self.index.labels.iter().cloned().zip(self.index.images.iter().copied()).collect();
-        let embedded = embed_images(&mut embedder, images, opts, &known, progress)?;
+        let embedded = embed_images(&mut embedder, images, &opts.embedding(), &known, progress)?;
         let new_labels: Vec<LabelledImage> =
             images.iter().filter(|i| !self.index.labels.contains(&i.label)).cloned().collect();
         if !new_labels.is_empty() {
@@ -156,13 +154,21 @@ impl EditableModel {
         let present = self.labels();
         for l in labels {
             if !present.contains(l) {
-                bail!("the model has no class {l:?} (it has: {})", present.join(", "));
+                return Err(Error::not_found(format!(
+                    "the model has no class {l:?} (it has: {})",
+                    present.join(", ")
+                ))
+                .into());
             }
         }
         let before = self.index.len();
         self.index.retain(|label, _| !labels.iter().any(|l| l == label));
         if self.index.is_empty() {
-            bail!("removing {} would leave no classes", labels.join(", "));
+            return Err(Error::conflict(format!(
+                "removing {} would leave no classes",
+                labels.join(", ")
+            ))
+            .into());
         }
         self.check()?;
         Ok(EditReport { removed_rows: before - self.index.len(), ..self.report() })
@@ -173,10 +179,14 @@ impl EditableModel {
     pub fn relabel(&mut self, from: &str, to: &str) -> Result<EditReport> {
         let present = self.labels();
         if !present.iter().any(|l| l == from) {
-            bail!("the model has no class {from:?} (it has: {})", present.join(", "));
+            return Err(Error::not_found(format!(
+                "the model has no class {from:?} (it has: {})",
+                present.join(", ")
+            ))
+            .into());
         }
         if to.is_empty() {
-            bail!("the new class name is empty");
+            return Err(Error::bad_input("the new class name is empty").into());
         }
         let before = self.index.len();
         for l in self.index.labels.iter_mut().filter(|l| *l == from) {

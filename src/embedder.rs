@@ -7,27 +7,13 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use ort::session::{builder::GraphOptimizationLevel, OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
-use serde::{Deserialize, Serialize};
 
 use crate::litert::{self, Quantization};
 use crate::onnx::{self, DataType, ModelProto};
 use crate::preprocess::{Layout, Preprocess};
 use crate::runtime;
 
-/// What identifies an embedder; recorded in every model built with it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EmbedderInfo {
-    /// A model-list name such as `efficientnet-lite0`, or the file name.
-    pub name: String,
-    /// SHA-256 of the embedder's model file (`.onnx` or `.tflite`).
-    pub sha256: String,
-    /// The image input's name.
-    pub input: String,
-    /// The embedding output's name.
-    pub output: String,
-    /// Length of the embedding vector.
-    pub dim: usize,
-}
+pub use crate::meta::EmbedderInfo;
 
 /// The input as declared by the model: layout, and fixed sizes where the model fixes them.
 #[derive(Clone, Debug, PartialEq)]

@@ -9,13 +9,17 @@ pub mod decode;
 pub mod edit;
 pub mod embedder;
 pub mod embedding_cache;
+pub mod error;
 pub mod eval;
+pub mod format;
 pub mod head;
 pub mod kernels;
 pub mod litert;
 pub mod lock;
+pub mod meta;
 pub mod models;
 pub mod onnx;
+pub mod pipeline;
 pub mod preprocess;
 pub mod printable;
 pub mod quiet_stderr;
@@ -27,3 +31,6 @@ pub mod shard;
 pub mod sidecar;
 pub mod tflite;
 pub mod zoo;
+
+#[cfg(test)]
+mod module_graph;

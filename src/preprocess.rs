@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Memory layout of the image input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// `[batch, channels, height, width]`
@@ -15,7 +15,7 @@ pub enum Layout {
 }
 
 /// Order of the colour channels in the input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelOrder {
     Rgb,
@@ -23,7 +23,9 @@ pub enum ChannelOrder {
 }
 
 /// How the decoded image is brought to the input size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResizeMode {
     /// Resize the whole image to exactly width x height (aspect ratio not kept),
@@ -35,7 +37,7 @@ pub enum ResizeMode {
 
 /// The complete preprocessing recipe. Pixel values are 0..=255 before
 /// normalisation: `input = (pixel - mean[c]) / std[c]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Preprocess {
     pub width: u32,
     pub height: u32,

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use crate::build::Skipped;
+use crate::pipeline::Skipped;
 
 /// Characters printed escaped: control characters (C0, DEL, C1: newlines,
 /// ANSI escapes) and the Unicode bidirectional controls, which can reorder

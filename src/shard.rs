@@ -22,10 +22,10 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
-use crate::build::Embedded;
 use crate::dataset::LabelledImage;
 use crate::embedder::EmbedderInfo;
 use crate::head::ImageId;
+use crate::pipeline::Embedded;
 use crate::preprocess::Preprocess;
 
 const EMBEDDER_KEY: &str = "cbr.embedder";
@@ -295,7 +295,7 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
                 let id = ImageId::parse(&strings[2][i]).with_context(what)?;
                 let label = strings[1][i].clone();
                 if !seen.insert((label.clone(), id)) {
-                    out.skipped.push(crate::build::Skipped {
+                    out.skipped.push(crate::pipeline::Skipped {
                         path: PathBuf::from(&strings[0][i]),
                         reason: format!("same content as an image already read (class {label:?})"),
                     });

@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::head::interpret::Evaluation;
 use crate::head::plan::{HeadPlan, Op};
@@ -42,16 +41,7 @@ pub enum IndexChoice {
     Ivf,
 }
 
-/// What the model's metadata says about its sidecar index.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct IndexInfo {
-    /// Index rows and their length, checked against the file.
-    pub rows: usize,
-    pub dim: usize,
-    /// The index mean subtracted from queries (when the head centres).
-    #[serde(default)]
-    pub mean: Option<Vec<f32>>,
-}
+pub use crate::meta::IndexInfo;
 
 impl IndexChoice {
     /// The index to build for `head`, if any, with `params` when it is one.

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use cbr::build::{self, BuildReport, ModelFormat};
+use cbr::build::{self, BuildReport};
+use cbr::format::ModelFormat;
 use cbr::head::{Aggregation, HeadOptions, IndexDtype};
 use cbr::search::IvfParams;
 use cbr::sidecar::IndexChoice;
@@ -101,7 +102,7 @@ pub struct BuildArgs {
 }
 
 pub fn run(a: BuildArgs) -> Result<()> {
-    let format = a.format.unwrap_or_else(|| ModelFormat::from_output_path(&a.output));
+    let format = ModelFormat::for_output(&a.output, a.format);
     let tflite = TfliteOptions {
         block: a.tflite_block,
         about: About {

@@ -37,7 +37,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     let mut out = stdout.lock();
     let mut failures = 0;
     // Decoding runs one chunk ahead of scoring, as in `build`.
-    cbr::build::decode_ahead(&a.images, &preprocess, &limits, |range, decoded| {
+    cbr::pipeline::decode_ahead(&a.images, &preprocess, &limits, |range, decoded| {
         let mut batch = Vec::new();
         let mut ok = Vec::new();
         for (path, d) in a.images[range].iter().zip(decoded) {

@@ -37,8 +37,13 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     let opts = a.input_args.build_options(HeadOptions::default(), a.augment);
     let bar = progress_bar(part.len(), a.input_args.quiet);
     let progress = |done: usize| bar.set_position(done as u64);
-    let embedded =
-        cbr::build::embed_images(&mut embedder, part, &opts, &Default::default(), &progress)?;
+    let embedded = cbr::pipeline::embed_images(
+        &mut embedder,
+        part,
+        &opts.embedding(),
+        &Default::default(),
+        &progress,
+    )?;
     bar.finish_and_clear();
     cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
     print_skipped(&embedded.skipped, a.input_args.quiet);

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use cbr::build::BuildOptions;
 use cbr::eval;
+use cbr::pipeline::EmbedOptions;
 
 use super::output::{print_skipped, progress_bar};
 use super::EmbedderArgs;
@@ -51,10 +51,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let images = cbr::dataset::from_path(&a.input)?;
     let mut embedder = cbr::models::open_embedder(&a.embedder.choice()?)?;
     let bar = progress_bar(images.len(), a.quiet);
-    let embed_opts =
-        BuildOptions { augment: a.augment, cache: !a.no_cache, ..BuildOptions::default() };
+    let embed_opts = EmbedOptions { augment: a.augment, cache: !a.no_cache, ..Default::default() };
     let progress = |done: usize| bar.set_position(done as u64);
-    let embedded = cbr::build::embed_images(
+    let embedded = cbr::pipeline::embed_images(
         &mut embedder,
         &images,
         &embed_opts,

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
-use cbr::classifier::{ClassifierInfo, METADATA_KEY};
+use cbr::format::ModelFormat;
+use cbr::meta::ClassifierInfo;
 use cbr::printable;
 
 #[derive(Args)]
@@ -17,20 +18,11 @@ pub struct InfoArgs {
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
-    let no_metadata =
-        || format!("{} has no cbr metadata: it was not built by `cbr build`", a.model.display());
-    let (info, operations) = if cbr::litert::is_tflite(&bytes) {
-        let info = cbr::tflite::read_info(&bytes).with_context(no_metadata)?;
-        (info, format!("{} TFLite operators", cbr::tflite::operator_count(&bytes)?))
-    } else {
-        let model = cbr::onnx::decode(&bytes).with_context(|| {
-            format!("{} is neither an ONNX nor a TFLite model", a.model.display())
-        })?;
-        let json = cbr::onnx::metadata(&model, METADATA_KEY).with_context(no_metadata)?;
-        let graph = model.graph.as_ref().expect("decoded models have a graph");
-        (ClassifierInfo::from_json(json)?, format!("{} graph operations", graph.node.len()))
+    let (bytes, file) = cbr::format::read_file(&a.model)?;
+    let info = file.info;
+    let operations = match file.format {
+        ModelFormat::Onnx => format!("{} graph operations", file.operations),
+        ModelFormat::Tflite => format!("{} TFLite operators", file.operations),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use cbr::build::Skipped;
 use cbr::classifier::Prediction;
+use cbr::pipeline::Skipped;
 use cbr::printable::printable;
 
 /// A progress bar over `total` images on stderr; hidden when quiet or stderr is not a terminal.

@@ -22,8 +22,8 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::build::Embedded;
 use crate::head::{calibrate, softmax, Aggregation, HeadOptions, IndexDtype, RetrievalHead};
+use crate::pipeline::Embedded;
 use crate::rng::SplitMix64;
 
 const STREAM_SPLIT: u64 = 1;

@@ -4,7 +4,6 @@
 //! choose the "unknown" threshold that keeps a target precision.
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::interpret::Evaluation;
 use super::rules::{self, CENTROIDS, DISCRIMINANT};
@@ -16,25 +15,7 @@ use crate::kernels::dot;
 const MAX_LOO_QUERIES: usize = 2000;
 const LOO_BUDGET: usize = 20_000_000;
 
-/// The outcome of calibration, kept in the model's metadata.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
-    /// Fitted softmax temperature, if fitted.
-    pub temperature: Option<f32>,
-    /// Threshold on the top score below which the answer is "unknown".
-    pub threshold: Option<f32>,
-    /// The precision the threshold was chosen for.
-    pub target_precision: Option<f32>,
-    /// Leave-one-out queries used.
-    pub samples: usize,
-    /// Top-1 accuracy of the leave-one-out queries (none without queries).
-    pub accuracy: Option<f32>,
-    /// Expected calibration error of softmax(τ = 1) and of the fitted softmax.
-    pub ece_unfitted: Option<f32>,
-    pub ece: Option<f32>,
-    /// Share of leave-one-out queries accepted (not unknown) at the threshold.
-    pub coverage: f32,
-}
+pub use crate::meta::Calibration;
 
 /// One leave-one-out query: class similarities (`-inf` for a class left with
 /// no images) and the true class.

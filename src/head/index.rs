@@ -13,7 +13,6 @@
 use std::fmt;
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
 use super::{l2_normalize, power_transform};
 
@@ -59,46 +58,7 @@ impl fmt::Display for ImageId {
     }
 }
 
-/// How index rows are stored in the model file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum IndexDtype {
-    /// 4 bytes per value: exact.
-    #[default]
-    F32,
-    /// 2 bytes per value (IEEE half): relative error ≤ 2⁻¹¹.
-    F16,
-    /// 1 byte per value plus one f32 scale per row (symmetric, max |x| → 127).
-    Int8,
-}
-
-impl IndexDtype {
-    pub const ALL: [IndexDtype; 3] = [IndexDtype::F32, IndexDtype::F16, IndexDtype::Int8];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            IndexDtype::F32 => "f32",
-            IndexDtype::F16 => "f16",
-            IndexDtype::Int8 => "int8",
-        }
-    }
-}
-
-impl fmt::Display for IndexDtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for IndexDtype {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        IndexDtype::ALL
-            .into_iter()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| anyhow::anyhow!("unknown index dtype {s:?}: use f32, f16 or int8"))
-    }
-}
+pub use crate::meta::IndexDtype;
 
 /// Index rows with their labels and source images, in any order.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -34,7 +34,6 @@ pub mod plan;
 pub mod rules;
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
 pub use index::{ImageId, Index, IndexDtype};
 pub use plan::{plan_max, HeadPlan, MaxLevel};
@@ -45,108 +44,9 @@ pub const CLASS_SIMILARITIES: &str = "class_similarities";
 pub const SIMILARITIES: &str = "similarities";
 pub const EMBEDDING: &str = "embedding";
 
-/// How instance similarities become one similarity per class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Aggregation {
-    /// The best cosine similarity among the class's images (the original rule).
-    Max,
-    /// Cosine similarity to the class centroid (normalised mean of its images).
-    Centroid,
-    /// The average of `max` and `centroid`.
-    Blend,
-    /// A shrinkage linear discriminant computed in closed form from the index
-    /// ([`discriminant`]); the most accurate with several images per class.
-    Discriminant,
-}
-
-impl Aggregation {
-    pub const ALL: [Aggregation; 4] =
-        [Aggregation::Max, Aggregation::Centroid, Aggregation::Blend, Aggregation::Discriminant];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Aggregation::Max => "max",
-            Aggregation::Centroid => "centroid",
-            Aggregation::Blend => "blend",
-            Aggregation::Discriminant => "discriminant",
-        }
-    }
-
-    fn uses_max(self) -> bool {
-        matches!(self, Aggregation::Max | Aggregation::Blend)
-    }
-
-    fn uses_centroid(self) -> bool {
-        matches!(self, Aggregation::Centroid | Aggregation::Blend)
-    }
-}
-
-impl std::fmt::Display for Aggregation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Aggregation {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Aggregation::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
-            anyhow::anyhow!("unknown aggregation {s:?}: use max, centroid, blend or discriminant")
-        })
-    }
-}
-
-/// The choices that shape a head (kept in the model, so an edited model is
-/// rebuilt with the same choices).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HeadOptions {
-    pub aggregation: Aggregation,
-    /// Power transform `sign(x)·|x|^p` of the raw embedding before anything
-    /// else (1 = none); 0.5 evens out the skewed activations of ReLU networks.
-    pub power: f32,
-    /// Subtract the index mean before normalising (CL2N).
-    pub center: bool,
-    /// Fit a softmax temperature so `scores` are calibrated probabilities.
-    pub calibrate: bool,
-    /// Choose the unknown threshold for this leave-one-out precision.
-    pub target_precision: Option<f32>,
-    /// An explicit unknown threshold on the top score (overrides the target).
-    pub threshold: Option<f32>,
-    /// How the index rows are stored in the model.
-    #[serde(default)]
-    pub index_dtype: IndexDtype,
-}
-
-impl Default for HeadOptions {
-    /// The defaults chosen by measurement (see README, "Accuracy").
-    fn default() -> Self {
-        HeadOptions {
-            aggregation: Aggregation::Discriminant,
-            power: 0.5,
-            center: true,
-            calibrate: true,
-            target_precision: Some(0.9),
-            threshold: None,
-            index_dtype: IndexDtype::F32,
-        }
-    }
-}
-
-impl HeadOptions {
-    /// The original classification-by-retrieval: max cosine, raw scores.
-    pub fn original() -> Self {
-        HeadOptions {
-            aggregation: Aggregation::Max,
-            power: 1.0,
-            center: false,
-            calibrate: false,
-            target_precision: None,
-            threshold: None,
-            index_dtype: IndexDtype::F32,
-        }
-    }
-}
+// The head's options are model metadata: they live in crate::meta so that
+// metadata readers need not depend on the head.
+pub use crate::meta::{Aggregation, HeadOptions};
 
 /// The computed retrieval layers.
 #[derive(Clone, Debug, PartialEq)]

@@ -17,6 +17,7 @@
 //! - Who may call: [`guard`] (Host, Origin, token). Loaded models are kept in
 //!   an LRU bounded by count and memory ([`lru`]).
 
+pub mod api;
 pub mod error;
 pub mod guard;
 pub mod json_errors;
@@ -40,17 +41,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::build::{self, BuildOptions};
 use crate::classifier::{Classifier, Prediction};
 use crate::decode::{self, DecodeLimits};
 use crate::embedder::Embedder;
+use crate::format::ModelFormat;
 use crate::models::{self, EmbedderChoice};
 use crate::preprocess::Preprocess;
 
+use api::{Added, BuildState, BuildStatus, Classification, Deleted, Health, Label, ModelList};
 use error::{ApiError, ApiResult};
 pub use routes::{openapi, ROUTES};
 use store::{check_image_id, check_label, check_model_name, BuiltState, Store};
@@ -109,18 +112,9 @@ impl Default for Config {
 
 /// Progress of one build.
 struct Job {
-    state: Mutex<(&'static str, Option<String>)>,
+    state: Mutex<(BuildState, Option<String>)>,
     done: AtomicUsize,
     total: usize,
-}
-
-#[derive(Serialize)]
-struct BuildStatus {
-    state: &'static str,
-    done: usize,
-    total: usize,
-    error: Option<String>,
-    built: Option<BuiltState>,
 }
 
 /// One classify request handed to a model's worker thread.
@@ -156,6 +150,26 @@ pub struct App {
 
 type AppState = Arc<App>;
 
+impl App {
+    /// The server's state for `cfg`, over the opened models directory.
+    fn new(cfg: Config, store: Store, access: Arc<guard::Access>) -> App {
+        App {
+            limits: DecodeLimits {
+                max_pixels: cfg.max_pixels,
+                max_file_bytes: cfg.max_upload as u64,
+            },
+            classify_slots: Arc::new(Semaphore::new(cfg.max_queue)),
+            store,
+            embedder: Arc::new(Mutex::new(None)),
+            builds: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(lru::Lru::new(cfg.max_loaded, cfg.max_loaded_bytes)),
+            loading: tokio::sync::Mutex::new(()),
+            access,
+            cfg,
+        }
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM. Prints
 /// `cbr serve: listening on http://ADDR` on stdout once it accepts connections.
 pub fn run(cfg: Config) -> Result<()> {
@@ -180,17 +194,7 @@ pub fn run(cfg: Config) -> Result<()> {
             token,
             port: addr.port(),
         });
-        let app = Arc::new(App {
-            limits: DecodeLimits { max_pixels: cfg.max_pixels, max_file_bytes: cfg.max_upload as u64 },
-            classify_slots: Arc::new(Semaphore::new(cfg.max_queue)),
-            store,
-            embedder: Arc::new(Mutex::new(None)),
-            builds: Mutex::new(HashMap::new()),
-            loaded: Mutex::new(lru::Lru::new(cfg.max_loaded, cfg.max_loaded_bytes)),
-            loading: tokio::sync::Mutex::new(()),
-            access,
-            cfg,
-        });
+        let app = Arc::new(App::new(cfg, store, access));
         // Load the embedder in the background so the first build starts sooner.
         {
             let (slot, choice) = (app.embedder.clone(), app.cfg.embedder.clone());
@@ -328,20 +332,20 @@ async fn openapi_json() -> Json<Value> {
     Json(openapi())
 }
 
-async fn health(State(app): State<AppState>) -> Json<Value> {
+async fn health(State(app): State<AppState>) -> Json<Health> {
     let loaded = app.loaded.lock().unwrap();
-    Json(json!({
-        "ok": true,
-        "version": env!("CARGO_PKG_VERSION"),
-        "max_upload": app.cfg.max_upload,
-        "max_pixels": app.cfg.max_pixels,
-        "max_queue": app.cfg.max_queue,
-        "timeout_secs": app.cfg.timeout.as_secs_f64(),
-        "loaded_models": loaded.len(),
-        "loaded_bytes": loaded.bytes(),
-        "max_loaded": app.cfg.max_loaded,
-        "max_loaded_bytes": app.cfg.max_loaded_bytes,
-    }))
+    Json(Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        max_upload: app.cfg.max_upload,
+        max_pixels: app.cfg.max_pixels,
+        max_queue: app.cfg.max_queue,
+        timeout_secs: app.cfg.timeout.as_secs_f64(),
+        loaded_models: loaded.len(),
+        loaded_bytes: loaded.bytes(),
+        max_loaded: app.cfg.max_loaded,
+        max_loaded_bytes: app.cfg.max_loaded_bytes,
+    })
 }
 
 // ---- names and lookups ----
@@ -410,11 +414,11 @@ fn job_status(app: &App, name: &str) -> BuildStatus {
                 built,
             }
         }
-        None => BuildStatus { state: "idle", done: 0, total: 0, error: None, built },
+        None => BuildStatus { state: BuildState::Idle, done: 0, total: 0, error: None, built },
     }
 }
 
-fn model_json(app: &App, name: &str, with_images: bool) -> ApiResult<Value> {
+fn model_json(app: &App, name: &str, with_images: bool) -> ApiResult<api::Model> {
     let labels = app.store.labels(name)?;
     let images: usize = labels.iter().map(|l| l.count).sum();
     let build = job_status(app, name);
@@ -423,35 +427,31 @@ fn model_json(app: &App, name: &str, with_images: bool) -> ApiResult<Value> {
         None => true,
     };
     let model_bytes = std::fs::metadata(app.store.model_path(name)).ok().map(|m| m.len());
-    let labels: Vec<Value> = labels
-        .into_iter()
-        .map(|l| if with_images { json!(l) } else { json!({"name": l.name, "count": l.count}) })
-        .collect();
-    Ok(json!({
-        "name": name,
-        "labels": labels,
-        "images": images,
-        "built": build.built,
-        "model_bytes": model_bytes,
-        "stale": stale,
-        "build": build,
-    }))
+    Ok(api::Model {
+        name: name.to_string(),
+        labels: labels.into_iter().map(|l| Label::of(l, with_images)).collect(),
+        images,
+        built: build.built.clone(),
+        model_bytes,
+        stale,
+        build,
+    })
 }
 
 // ---- models ----
 
-async fn list_models(State(app): State<AppState>) -> ApiResult<Json<Value>> {
+async fn list_models(State(app): State<AppState>) -> ApiResult<Json<ModelList>> {
     let mut models = Vec::new();
     for name in app.store.list()? {
         models.push(model_json(&app, &name, false)?);
     }
-    Ok(Json(json!({ "models": models })))
+    Ok(Json(ModelList { models }))
 }
 
 async fn create_model(
     State(app): State<AppState>,
     body: Result<Json<NameBody>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<api::Model>)> {
     let name = name_body(body)?;
     model_name(&name)?;
     if !app.store.create(&name)? {
@@ -466,7 +466,7 @@ async fn create_model(
 async fn get_model(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Model>> {
     existing(&app, &name)?;
     Ok(Json(model_json(&app, &name, true)?))
 }
@@ -476,14 +476,14 @@ fn building(app: &App, name: &str) -> bool {
         .lock()
         .unwrap()
         .get(name)
-        .map(|j| matches!(j.state.lock().unwrap().0, "queued" | "running"))
+        .map(|j| j.state.lock().unwrap().0.active())
         .unwrap_or(false)
 }
 
 async fn delete_model(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     existing(&app, &name)?;
     if building(&app, &name) {
         return Err(ApiError::conflict(
@@ -495,7 +495,7 @@ async fn delete_model(
     with_model(&app, &name, move |store| Ok(store.delete(&n)?)).await?;
     app.loaded.lock().unwrap().remove(&name);
     app.builds.lock().unwrap().remove(&name);
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(Deleted { deleted: name }))
 }
 
 // ---- labels and images ----
@@ -504,7 +504,7 @@ async fn add_label(
     State(app): State<AppState>,
     Path(name): Path<String>,
     body: Result<Json<NameBody>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Label>)> {
     existing(&app, &name)?;
     let label = name_body(body)?;
     label_name(&label)?;
@@ -515,13 +515,13 @@ async fn add_label(
             format!("model {name:?} already has a label {label:?}"),
         ));
     }
-    Ok((StatusCode::CREATED, Json(json!({ "name": label, "count": 0, "images": [] }))))
+    Ok((StatusCode::CREATED, Json(Label { name: label, count: 0, images: Some(Vec::new()) })))
 }
 
 async fn delete_label(
     State(app): State<AppState>,
     Path((name, label)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     existing(&app, &name)?;
     label_name(&label)?;
     let (n, l) = (name.clone(), label.clone());
@@ -531,7 +531,7 @@ async fn delete_label(
             format!("model {name:?} has no label {label:?}"),
         ));
     }
-    Ok(Json(json!({ "deleted": label })))
+    Ok(Json(Deleted { deleted: label }))
 }
 
 /// Checks that `bytes` decode as an image within the limits; returns the extension to store it under.
@@ -550,7 +550,7 @@ async fn add_images(
     State(app): State<AppState>,
     Path((name, label)): Path<(String, String)>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Added>)> {
     existing(&app, &name)?;
     label_name(&label)?;
     let mut multipart = multipart.map_err(|e| {
@@ -592,7 +592,7 @@ async fn add_images(
         Ok(ids)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "added": added, "count": added.len() }))))
+    Ok((StatusCode::CREATED, Json(Added { count: added.len(), added })))
 }
 
 fn image_lookup(app: &App, name: &str, label: &str, id: &str) -> ApiResult<PathBuf> {
@@ -628,10 +628,10 @@ async fn get_image(
 async fn delete_image(
     State(app): State<AppState>,
     Path((name, label, id)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     let p = image_lookup(&app, &name, &label, &id)?;
     with_model(&app, &name, move |_| Ok(std::fs::remove_file(p)?)).await?;
-    Ok(Json(json!({ "deleted": id })))
+    Ok(Json(Deleted { deleted: id }))
 }
 
 // ---- build ----
@@ -656,7 +656,7 @@ async fn start_build(
     let job = {
         let mut builds = app.builds.lock().unwrap();
         if let Some(j) = builds.get(&name) {
-            if matches!(j.state.lock().unwrap().0, "queued" | "running") {
+            if j.state.lock().unwrap().0.active() {
                 return Err(ApiError::conflict(
                     "build_running",
                     format!("model {name:?} is already being built"),
@@ -664,7 +664,7 @@ async fn start_build(
             }
         }
         let j = Arc::new(Job {
-            state: Mutex::new(("queued", None)),
+            state: Mutex::new((BuildState::Queued, None)),
             done: AtomicUsize::new(0),
             total: images.len(),
         });
@@ -677,8 +677,8 @@ async fn start_build(
         let result = run_build(&app2, &name2, &images, &job2, fingerprint);
         let mut s = job2.state.lock().unwrap();
         *s = match result {
-            Ok(()) => ("done", None),
-            Err(e) => ("failed", Some(format!("{e:#}"))),
+            Ok(()) => (BuildState::Done, None),
+            Err(e) => (BuildState::Failed, Some(format!("{e:#}"))),
         };
     });
     Ok((StatusCode::ACCEPTED, Json(job_status(&app, &name))))
@@ -693,7 +693,7 @@ fn run_build(
     fingerprint: String,
 ) -> Result<()> {
     let mut slot = app.embedder.lock().unwrap_or_else(|p| p.into_inner());
-    *job.state.lock().unwrap() = ("running", None);
+    *job.state.lock().unwrap() = (BuildState::Running, None);
     if slot.is_none() {
         *slot = Some(models::open_embedder(&app.cfg.embedder)?);
     }
@@ -881,7 +881,7 @@ async fn classify(
     Path(name): Path<String>,
     Query(q): Query<ClassifyQuery>,
     req: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Classification>> {
     let start = Instant::now();
     existing(&app, &name)?;
     let k = q.k.unwrap_or(3).clamp(1, 100);
@@ -933,13 +933,13 @@ async fn classify(
         .await
         .map_err(|_| ApiError::internal("the model worker stopped"))?
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "label": p.label,
-        "unknown": p.label.is_none(),
-        "top": p.top,
-        "threshold": q.threshold.or(model.threshold),
-        "ms": start.elapsed().as_secs_f64() * 1e3,
-    })))
+    Ok(Json(Classification {
+        unknown: p.label.is_none(),
+        label: p.label,
+        top: p.top,
+        threshold: q.threshold.or(model.threshold),
+        ms: start.elapsed().as_secs_f64() * 1e3,
+    }))
 }
 
 /// Reads a file on the blocking pool.
@@ -959,49 +959,55 @@ async fn built_bytes(app: &App, name: &str) -> ApiResult<Vec<u8>> {
 async fn model_info(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<crate::meta::ClassifierInfo>> {
     let bytes = built_bytes(&app, &name).await?;
-    let info = tokio::task::spawn_blocking(move || -> Result<Value> {
-        let model = crate::onnx::decode(&bytes)?;
-        let s = crate::onnx::metadata(&model, crate::classifier::METADATA_KEY)
-            .context("the model has no cbr metadata")?;
-        let info = crate::classifier::ClassifierInfo::from_json(s)?;
-        Ok(serde_json::to_value(info)?)
+    let info = tokio::task::spawn_blocking(move || -> Result<crate::meta::ClassifierInfo> {
+        Ok(crate::format::read(&bytes)?.info)
     })
     .await
     .map_err(ApiError::internal)??;
     Ok(Json(info))
 }
 
-fn attachment(bytes: Vec<u8>, file_name: String) -> Response {
-    let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+/// The built model as a download, if it is in the `want`ed format.
+async fn download(app: &App, name: &str, want: ModelFormat) -> ApiResult<Response> {
+    let bytes = built_bytes(app, name).await?;
+    let format = ModelFormat::sniff(&bytes);
+    if format != want {
+        let code = match want {
+            ModelFormat::Onnx => "no_onnx",
+            ModelFormat::Tflite => "no_tflite",
+        };
+        return Err(ApiError::not_found(
+            code,
+            format!(
+                "model {name:?} is built as {} (the server's embedder is in that format): GET {}",
+                format.title(),
+                format.stored_name()
+            ),
+        ));
+    }
+    let mut r = ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
+    let file_name = format.download_name(name);
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
-    r
+    Ok(r)
 }
 
 async fn download_onnx(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let bytes = built_bytes(&app, &name).await?;
-    // A server started with a .tflite embedder builds TFLite classifiers.
-    let extension = if crate::litert::is_tflite(&bytes) { "tflite" } else { "onnx" };
-    Ok(attachment(bytes, format!("{name}.{extension}")))
+    download(&app, &name, ModelFormat::Onnx).await
 }
 
 async fn download_tflite(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    existing(&app, &name)?;
-    let p = app.store.tflite_path(&name);
-    match read_file(&p).await {
-        Ok(bytes) => Ok(attachment(bytes, format!("{name}.tflite"))),
-        Err(_) => Err(ApiError::not_found(
-            "no_tflite",
-            format!("model {name:?} has no TFLite file: cbr builds ONNX models (GET model.onnx)"),
-        )),
-    }
+    download(&app, &name, ModelFormat::Tflite).await
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
 //! The one route table: the router is built from it (see `handler_for` in
-//! `mod.rs`) and `/openapi.json` is generated from it, so the two cannot drift.
+//! `mod.rs`) and `/openapi.json` is generated from it and from the response
+//! types ([`super::api`]), so neither the paths nor the bodies can drift.
 
 use serde_json::{json, Map, Value};
 
@@ -95,48 +96,12 @@ fn status_text(s: u16) -> &'static str {
     }
 }
 
+/// The schemas: generated from the types the handlers return ([`super::api`]),
+/// plus this document itself (free-form).
 fn schemas() -> Value {
-    let error = json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-        "code": {"type": "string", "description": "stable machine-readable code, e.g. unknown_model, unsupported_image, upload_too_large, too_many_pixels, invalid_name, busy, timeout"},
-        "message": {"type": "string"}}}}});
-    let label = json!({"type": "object", "properties": {"name": {"type": "string"}, "count": {"type": "integer"}, "images": {"type": "array", "items": {"type": "string"}}}});
-    let build = json!({"type": "object", "properties": {
-        "state": {"type": "string", "enum": ["idle", "queued", "running", "done", "failed"]},
-        "done": {"type": "integer"}, "total": {"type": "integer"},
-        "error": {"type": "string", "nullable": true},
-        "built": {"$ref": "#/components/schemas/Built"}}});
-    let built = json!({"type": "object", "nullable": true, "properties": {
-        "built_at": {"type": "integer", "description": "Unix seconds"}, "classes": {"type": "integer"}, "images": {"type": "integer"},
-        "seconds": {"type": "number"}, "skipped": {"type": "array", "items": {"type": "string"}}, "fingerprint": {"type": "string"}}});
-    let model = json!({"type": "object", "properties": {
-        "name": {"type": "string"},
-        "labels": {"type": "array", "items": {"$ref": "#/components/schemas/Label"}},
-        "images": {"type": "integer"},
-        "built": {"$ref": "#/components/schemas/Built"},
-        "model_bytes": {"type": "integer", "nullable": true},
-        "stale": {"type": "boolean", "description": "images changed since the last build"},
-        "build": {"$ref": "#/components/schemas/BuildStatus"}}});
-    json!({
-        "Error": error,
-        "Label": label,
-        "Built": built,
-        "BuildStatus": build,
-        "Model": model,
-        "ModelList": {"type": "object", "properties": {"models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
-        "Deleted": {"type": "object", "properties": {"deleted": {"type": "string"}}},
-        "Added": {"type": "object", "properties": {"label": {"type": "string"}, "added": {"type": "array", "items": {"type": "string"}}, "count": {"type": "integer"}}},
-        "Classification": {"type": "object", "properties": {
-            "label": {"type": "string", "nullable": true, "description": "the answer, or null for unknown"},
-            "unknown": {"type": "boolean"},
-            "top": {"type": "array", "items": {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}},
-            "threshold": {"type": "number", "nullable": true},
-            "ms": {"type": "number", "description": "server time for decode + inference"}}},
-        "ClassifierInfo": {"type": "object", "description": "the model's `cbr` metadata: labels, images_per_label, embedder, preprocess, aggregation, cbr_version, format"},
-        "Health": {"type": "object", "properties": {"ok": {"type": "boolean"}, "version": {"type": "string"}, "max_upload": {"type": "integer"}, "max_pixels": {"type": "integer"}, "max_queue": {"type": "integer"}, "timeout_secs": {"type": "number"},
-            "loaded_models": {"type": "integer", "description": "models loaded for classification now"}, "loaded_bytes": {"type": "integer", "description": "their measured memory"},
-            "max_loaded": {"type": "integer"}, "max_loaded_bytes": {"type": "integer"}}},
-        "OpenApi": {"type": "object"},
-    })
+    let mut s = super::api::schemas();
+    s["OpenApi"] = json!({"type": "object", "description": "this OpenAPI 3.0 document"});
+    s
 }
 
 /// The OpenAPI 3.0 document for [`ROUTES`].

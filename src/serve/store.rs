@@ -1,10 +1,10 @@
 //! The models directory: one folder per model, holding the labelled images
 //! (content-addressed file names, never a name the user sent), the built
-//! `model.onnx` and a small `state.json` about the last build.
+//! `model.onnx` (or `model.tflite`) and a small `state.json` about the last build.
 //!
 //! ```text
 //! <dir>/<model>/images/<label>/<sha256 prefix>.<ext>
-//! <dir>/<model>/model.onnx      written with cache::write_atomic
+//! <dir>/<model>/model.onnx      written with cache::write_atomic (model.tflite for TFLite)
 //! <dir>/<model>/state.json      written with cache::write_atomic after model.onnx
 //! ```
 //!
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache;
 use crate::dataset::LabelledImage;
+use crate::format::ModelFormat;
 
 /// Longest model name or label, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -116,7 +117,7 @@ pub fn content_type(id: &str) -> &'static str {
 }
 
 /// What the last successful build recorded.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BuiltState {
     /// Seconds since the Unix epoch when model.onnx was written.
     pub built_at: u64,
@@ -177,12 +178,19 @@ impl Store {
         self.model_dir(name).join("images")
     }
 
+    /// The built model file, in whichever format it was built (a server
+    /// with a `.tflite` embedder builds TFLite models); `model.onnx` when none is.
     pub fn model_path(&self, name: &str) -> PathBuf {
-        self.model_dir(name).join("model.onnx")
+        ModelFormat::ALL
+            .into_iter()
+            .map(|f| self.model_path_for(name, f))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| self.model_path_for(name, ModelFormat::Onnx))
     }
 
-    pub fn tflite_path(&self, name: &str) -> PathBuf {
-        self.model_dir(name).join("model.tflite")
+    /// Where a model built in `format` is kept.
+    pub fn model_path_for(&self, name: &str, format: ModelFormat) -> PathBuf {
+        self.model_dir(name).join(format.stored_name())
     }
 
     fn state_path(&self, name: &str) -> PathBuf {
@@ -329,14 +337,20 @@ impl Store {
         serde_json::from_slice(&s).ok()
     }
 
-    /// Installs a newly built model: model.onnx first, then state.json, each atomically.
+    /// Installs a newly built model: the model file (named for its format)
+    /// first, then state.json, each atomically; a model of the other format
+    /// from an earlier build is removed, so one model file is current.
     pub fn install_model(
         &self,
         name: &str,
         built: &crate::build::Built,
         state: &BuiltState,
     ) -> Result<()> {
-        built.write(&self.model_path(name))?;
+        let format = ModelFormat::sniff(&built.model);
+        built.write(&self.model_path_for(name, format))?;
+        for other in ModelFormat::ALL.into_iter().filter(|&f| f != format) {
+            let _ = std::fs::remove_file(self.model_path_for(name, other));
+        }
         cache::write_atomic(&self.state_path(name), &serde_json::to_vec_pretty(state)?)?;
         Ok(())
     }

@@ -16,7 +16,7 @@ use super::schema::metadata::{
     ProcessUnitOptionsT, ProcessUnitT, ScoreThresholdingOptionsT, StatsT, SubGraphMetadataT,
     TensorMetadataT,
 };
-use crate::classifier::ClassifierInfo;
+use crate::meta::ClassifierInfo;
 use crate::preprocess::ChannelOrder;
 
 /// Name of the model metadata entry holding the TFLite Model Metadata flatbuffer.

@@ -39,8 +39,8 @@ pub use metadata::About;
 /// in the `tflite_schema` path crate (crates/tflite_schema) so they are built once.
 pub use tflite_schema as schema;
 
-use crate::classifier::{ClassifierInfo, METADATA_KEY};
 use crate::head::{RetrievalHead, SCORES};
+use crate::meta::{ClassifierInfo, METADATA_KEY};
 use edit::ModelEditor;
 use metadata::InputKind;
 use schema::model::{MetadataT, TensorMapT, TensorType};
@@ -136,9 +136,10 @@ pub fn classifier_bytes(
     metadata::append_zip(bytes, &[(metadata::LABEL_FILE, labels.as_bytes())])
 }
 
-/// The [`ClassifierInfo`] of a `.tflite` written by [`classifier_bytes`].
-pub fn read_info(bytes: &[u8]) -> Result<ClassifierInfo> {
-    let model = schema::model::root_as_model_with_opts(
+/// The root table of a `.tflite` file, verified (with limits big enough for
+/// any real model).
+pub fn root(bytes: &[u8]) -> Result<schema::model::Model<'_>> {
+    schema::model::root_as_model_with_opts(
         &flatbuffers::VerifierOptions {
             max_tables: 1 << 28,
             max_apparent_size: 1 << 31,
@@ -146,7 +147,12 @@ pub fn read_info(bytes: &[u8]) -> Result<ClassifierInfo> {
         },
         bytes,
     )
-    .context("not a TFLite model")?;
+    .context("not a TFLite model")
+}
+
+/// The `cbr` metadata entry of a `.tflite` written by [`classifier_bytes`], as JSON.
+pub fn read_info_json(bytes: &[u8]) -> Result<String> {
+    let model = root(bytes)?;
     let entry = model
         .metadata()
         .and_then(|m| m.iter().find(|e| e.name() == Some(METADATA_KEY)))
@@ -157,7 +163,13 @@ pub fn read_info(bytes: &[u8]) -> Result<ClassifierInfo> {
         .and_then(|b| b.data())
         .ok_or_else(|| anyhow!("the {METADATA_KEY:?} metadata entry points at a missing buffer"))?;
     let json = std::str::from_utf8(data.bytes()).context("the cbr metadata is not UTF-8")?;
-    ClassifierInfo::from_json(json)
+    Ok(json.to_string())
+}
+
+/// The [`ClassifierInfo`] of a `.tflite` written by [`classifier_bytes`]
+/// (checked on its own; [`crate::format::read`] also checks it against the graph).
+pub fn read_info(bytes: &[u8]) -> Result<ClassifierInfo> {
+    ClassifierInfo::from_json(&read_info_json(bytes)?)
 }
 
 /// Number of operators in the main subgraph (for tests and reports).

@@ -402,6 +402,46 @@ fn api_models_survive_restart_and_a_kill_during_build() {
     assert_eq!(b["built"]["images"].as_u64().unwrap(), images);
 }
 
+/// A server whose embedder is a `.tflite` builds TFLite classifiers, keeps
+/// them as what they are, and serves their info and their bytes as
+/// `model.tflite` (issue 11: it used to write TFLite bytes to model.onnx,
+/// answer info with a 500 and model.tflite with a 404).
+#[test]
+fn tflite_embedder_models_are_stored_and_served_as_tflite() {
+    common::setup_runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    // The default embedder's TFLite twin (written by cbr from the same weights).
+    let embedder = cbr::models::pull_tflite("efficientnet-lite0").expect("the TFLite twin");
+    let server =
+        Server::start(&tmp.path().join("models"), &["--embedder", embedder.to_str().unwrap()]);
+    let a = server.addr;
+    let held = populate(a, "lite", &CLASSES[..2], 3);
+    build_ok(a, "lite");
+    assert!(tmp.path().join("models/lite/model.tflite").is_file());
+    assert!(!tmp.path().join("models/lite/model.onnx").exists());
+
+    let info = get(a, "/api/models/lite/info");
+    assert_eq!(info.status, 200, "{}", info.text());
+    assert_eq!(info.json()["labels"], json!(&CLASSES[..2]));
+    assert_eq!(info.json()["images_per_label"], json!([3, 3]));
+
+    let r = get(a, "/api/models/lite/model.tflite");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(&r.body[4..8], b"TFL3", "model.tflite is not a TFLite file");
+    assert!(r.header("content-disposition").unwrap().contains("lite.tflite"));
+    let file = tmp.path().join("lite.tflite");
+    std::fs::write(&file, &r.body).unwrap();
+    let c = cbr::classifier::Classifier::open(&file).unwrap();
+    assert_eq!(c.format, cbr::format::ModelFormat::Tflite);
+    assert_eq!(c.info.labels, &CLASSES[..2]);
+
+    let r = get(a, "/api/models/lite/model.onnx");
+    assert_eq!((r.status, code(&r)), (404, "no_onnx".to_string()), "{}", r.text());
+    let r = classify_file(a, "lite", &held[0].1[0]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["top"].as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn openapi_documents_exactly_the_routes_served() {
     common::setup();
