@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// (a .tflite embedder gives TFLite classifiers).
     #[arg(long, default_value = DEFAULT_MODEL)]
     embedder: String,
+    /// Classifier format for builds with a known embedder: `tflite` uses its TFLite twin (run
+    /// in LiteRT). A file given as --embedder decides by itself.
+    #[arg(long, value_enum)]
+    format: Option<cbr::format::ModelFormat>,
     /// Longest time to receive a classify request's image, in seconds: 408 after it.
     #[arg(long, default_value_t = 10.0)]
     read_timeout: f64,
@@ -65,7 +69,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_pixels: a.max_pixels,
         max_queue: a.max_queue,
         timeout: Duration::from_secs_f64(a.timeout.max(0.001)),
-        embedder: EmbedderChoice { embedder: a.embedder, ..EmbedderChoice::default() },
+        embedder: EmbedderChoice {
+            embedder: a.embedder,
+            tflite: a.format == Some(cbr::format::ModelFormat::Tflite),
+            ..EmbedderChoice::default()
+        },
         read_timeout: Duration::from_secs_f64(a.read_timeout.max(0.001)),
         max_loaded: a.max_loaded,
         max_loaded_bytes: a.max_loaded_mb << 20,

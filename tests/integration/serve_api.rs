@@ -311,7 +311,7 @@ fn api_errors_are_json_with_the_right_status() {
         let mut s = std::net::TcpStream::connect(a).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let start = std::time::Instant::now();
-        s.write_all(b"POST /api/models/m/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"POST /api/models/m/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n").unwrap();
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw);
@@ -411,9 +411,7 @@ fn tflite_embedder_models_are_stored_and_served_as_tflite() {
     common::setup_runtime();
     let tmp = tempfile::tempdir().unwrap();
     // The default embedder's TFLite twin (written by cbr from the same weights).
-    let embedder = cbr::models::pull_tflite("efficientnet-lite0").expect("the TFLite twin");
-    let server =
-        Server::start(&tmp.path().join("models"), &["--embedder", embedder.to_str().unwrap()]);
+    let server = Server::start(&tmp.path().join("models"), &["--format", "tflite"]);
     let a = server.addr;
     let held = populate(a, "lite", &CLASSES[..2], 3);
     build_ok(a, "lite");
