@@ -411,13 +411,11 @@ pub fn session_from_bytes(bytes: &[u8], memory: SessionMemory) -> Result<Session
         .with_intra_op_spinning(false)
         .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
     if memory == SessionMemory::Lean {
+        let no_arena = ort::ep::CPU::default().with_arena_allocator(false).build();
         builder = builder
             .with_memory_pattern(false)
-            .and_then(|b| {
-                b.with_execution_providers([ort::ep::CPU::default()
-                    .with_arena_allocator(false)
-                    .build()])
-            })
+            .map_err(|e| anyhow!("cannot configure ONNX Runtime memory: {e}"))?
+            .with_execution_providers([no_arena])
             .map_err(|e| anyhow!("cannot configure ONNX Runtime memory: {e}"))?;
     }
     builder
