@@ -240,7 +240,15 @@ fn open_checked<'a>(
 /// Decode an image held in memory to 8-bit RGB, with EXIF orientation applied.
 /// The format is recognised from the content, never from a file name.
 pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let (mut decoder, format) = open_checked(bytes, limits)?;
+    let (decoder, format) = open_checked(bytes, limits)?;
+    decode_with(decoder, format)
+}
+
+/// Decodes the pixels of an opened image, with EXIF orientation applied.
+fn decode_with(
+    mut decoder: impl ImageDecoder,
+    format: ImageFormat,
+) -> Result<RgbImage, DecodeError> {
     // A damaged EXIF block should not cost us an otherwise good photo.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, format))?;
@@ -248,6 +256,74 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Decod
     // `into_rgb8` is a no-op move for RGB8 and otherwise converts like PIL's
     // convert("RGB"): alpha dropped, grey replicated, 16-bit scaled down.
     Ok(img.into_rgb8())
+}
+
+/// Photos at least this many times larger than the embedder's input, in both
+/// dimensions, are decoded at reduced scale (see [`decode_rgb_for`]).
+const REDUCED_DECODE_MARGIN: u32 = 2;
+
+/// Part of the embedding cache's key: changes whenever the pixels this module
+/// hands the embedder for a given file change.
+pub const PIXELS_VERSION: &str = "jpeg-dct-scaled-2";
+
+/// [`decode_rgb`] for an embedder input of `target` (width, height): a JPEG at
+/// least twice as large as the target in both dimensions is decoded at 1/2,
+/// 1/4 or 1/8 scale in the DCT domain (the largest reduction that keeps it at
+/// least twice the target, as PIL's `draft()` and libjpeg's scaled decoding
+/// do), so a 12-megapixel phone photo costs a fraction of a full decode. The
+/// bilinear resize that follows sees at least twice its output size, so its
+/// low-pass filter still decides the result. Any other image, or a JPEG the
+/// scaled decoder cannot read, takes the full decode.
+pub fn decode_rgb_for(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    target: (u32, u32),
+) -> Result<RgbImage, DecodeError> {
+    let (decoder, format) = open_checked(bytes, limits)?;
+    if format != ImageFormat::Jpeg {
+        return decode_with(decoder, format);
+    }
+    let mut decoder = decoder;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let (w, h) = decoder.dimensions();
+    // The target in the file's own (unrotated) orientation.
+    let (tw, th) = match orientation {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => (target.1, target.0),
+        _ => target,
+    };
+    let margin = REDUCED_DECODE_MARGIN;
+    let reduction = [8u32, 4, 2].into_iter().find(|k| w / k >= margin * tw && h / k >= margin * th);
+    if let Some(k) = reduction {
+        if let Some(rgb) = decode_jpeg_reduced(bytes, (w, h), k) {
+            let mut img = DynamicImage::ImageRgb8(rgb);
+            img.apply_orientation(orientation);
+            return Ok(img.into_rgb8());
+        }
+    }
+    decode_with(decoder, format)
+}
+
+/// A JPEG of `size` decoded at 1/`k` scale, or `None` when the scaled decoder
+/// cannot (a colour type other than grey or RGB, or anything it refuses): the
+/// caller then decodes it in full, which gives the real error if there is one.
+fn decode_jpeg_reduced(bytes: &[u8], size: (u32, u32), k: u32) -> Option<RgbImage> {
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    d.read_info().ok()?;
+    let (w, h) = (size.0.div_ceil(k), size.1.div_ceil(k));
+    let (sw, sh) = d.scale(u16::try_from(w).ok()?, u16::try_from(h).ok()?).ok()?;
+    let pixels = d.decode().ok()?;
+    let (sw, sh) = (sw as u32, sh as u32);
+    match d.info()?.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(sw, sh, pixels),
+        jpeg_decoder::PixelFormat::L8 => {
+            let rgb = pixels.iter().flat_map(|&v| [v, v, v]).collect();
+            RgbImage::from_raw(sw, sh, rgb)
+        }
+        _ => None,
+    }
 }
 
 /// Read and decode an image file; see [`decode_rgb`].
@@ -398,7 +474,17 @@ pub fn load_tensor(
     p: &Preprocess,
     limits: &DecodeLimits,
 ) -> Result<Vec<f32>, DecodeError> {
-    let img = load_rgb(path, limits)?;
+    bytes_to_tensor(&read_limited(path.as_ref(), limits)?, p, limits)
+}
+
+/// Decode and preprocess one image held in memory into a fresh tensor (the
+/// decode reduced for `p`'s size, see [`decode_rgb_for`]).
+pub fn bytes_to_tensor(
+    bytes: &[u8],
+    p: &Preprocess,
+    limits: &DecodeLimits,
+) -> Result<Vec<f32>, DecodeError> {
+    let img = decode_rgb_for(bytes, limits, (p.width, p.height))?;
     let mut out = vec![0f32; p.tensor_len()];
     to_tensor(&img, p, &mut out);
     Ok(out)
@@ -619,6 +705,49 @@ mod tests {
             // Allocating 2.7 GB and failing would take far longer than this.
             assert!(start.elapsed().as_millis() < 1000, "{name} took {:?}", start.elapsed());
         }
+    }
+
+    #[test]
+    fn large_jpegs_decode_reduced_and_close_to_the_full_decode() {
+        // 2000x1000 smooth gradient: at least twice a 224x224 target at 1/2
+        // scale only (1/4 would be 500x250).
+        let img = RgbImage::from_fn(2000, 1000, |x, y| {
+            Rgb([(x / 8) as u8, (y / 4) as u8, ((x + y) / 12) as u8])
+        });
+        let bytes = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
+        let limits = DecodeLimits::default();
+        let reduced = decode_rgb_for(&bytes, &limits, (224, 224)).unwrap();
+        assert_eq!(reduced.dimensions(), (1000, 500));
+        // Small targets reduce further; a target as large as the photo not at all.
+        assert_eq!(decode_rgb_for(&bytes, &limits, (32, 32)).unwrap().dimensions(), (250, 125));
+        assert_eq!(
+            decode_rgb_for(&bytes, &limits, (1000, 600)).unwrap().dimensions(),
+            (2000, 1000)
+        );
+        // The embedder's input is within a grey level or two of the full decode's.
+        let p = Preprocess::raw(224, 224, Layout::Nhwc);
+        let (mut full, mut fast) = (vec![0f32; p.tensor_len()], vec![0f32; p.tensor_len()]);
+        to_tensor(&decode_rgb(&bytes, &limits).unwrap(), &p, &mut full);
+        to_tensor(&reduced, &p, &mut fast);
+        let worst = full.iter().zip(&fast).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst <= 3.0, "reduced decode differs by {worst} grey levels");
+        // The pixel limit still applies before anything is decoded.
+        let tight = DecodeLimits { max_pixels: 1_000_000, ..limits };
+        assert!(matches!(
+            decode_rgb_for(&bytes, &tight, (224, 224)),
+            Err(DecodeError::TooManyPixels { .. })
+        ));
+    }
+
+    #[test]
+    fn reduced_decode_applies_exif_orientation() {
+        // Stored 32x16 with Orientation=6 (see below): for a 2x4 target the
+        // stored image is reduced 1/4 to 8x4, then shown as 4x8, red on top.
+        let bytes = std::fs::read(fixture("exif_orientation6.jpg")).unwrap();
+        let img = decode_rgb_for(&bytes, &DecodeLimits::default(), (2, 4)).unwrap();
+        assert_eq!(img.dimensions(), (4, 8));
+        assert!(close(*img.get_pixel(2, 1), [255, 0, 0], 40), "{:?}", img.get_pixel(2, 1));
+        assert!(close(*img.get_pixel(2, 6), [0, 0, 255], 40), "{:?}", img.get_pixel(2, 6));
     }
 
     #[test]

@@ -46,14 +46,15 @@ pub struct EmbeddingCache {
 }
 
 /// The cache file name for an embedder: anything that changes its output
-/// (weights, chosen output, preprocessing) changes the name.
+/// (weights, chosen output, preprocessing, how files become pixels) changes the name.
 pub fn key(info: &EmbedderInfo, preprocess: &Preprocess) -> String {
     let id = format!(
-        "{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}",
         info.sha256,
         info.output,
         info.dim,
-        serde_json::to_string(preprocess).expect("preprocess serialises")
+        serde_json::to_string(preprocess).expect("preprocess serialises"),
+        crate::decode::PIXELS_VERSION
     );
     crate::cache::sha256_hex(id.as_bytes())[..32].to_string()
 }

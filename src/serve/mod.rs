@@ -962,11 +962,8 @@ async fn classify(
     let model = loaded(&app, &name).await?;
     let (preprocess, limits) = (model.preprocess.clone(), app.limits.clone());
     let tensor = tokio::task::spawn_blocking(move || -> ApiResult<Vec<f32>> {
-        let img =
-            decode::decode_rgb(&bytes, &limits).map_err(|e| ApiError::from_decode("image", &e))?;
-        let mut t = vec![0f32; preprocess.tensor_len()];
-        decode::to_tensor(&img, &preprocess, &mut t);
-        Ok(t)
+        decode::bytes_to_tensor(&bytes, &preprocess, &limits)
+            .map_err(|e| ApiError::from_decode("image", &e))
     })
     .await
     .map_err(ApiError::internal)??;
