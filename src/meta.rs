@@ -420,7 +420,10 @@ impl ClassifierInfo {
 
     /// The name of `scores` entry `i` (a class, or the unknown label last).
     pub fn score_label(&self, i: usize) -> &str {
-        self.labels.get(i).map_or_else(|| self.unknown_label.as_deref().unwrap_or(""), |l| l)
+        match self.labels.get(i) {
+            Some(l) => l,
+            None => self.unknown_label.as_deref().unwrap_or(""),
+        }
     }
 
     pub fn to_json(&self) -> String {

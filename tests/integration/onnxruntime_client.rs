@@ -84,9 +84,9 @@ fn cbr_scores(model: &Path, images: &[PathBuf], classes: usize, unknown: Option<
                 (u.to_string(), p)
             }))
             .collect();
-        if unknown.is_some() {
+        if let Some(u) = unknown {
             // The best entry is the answer: "unknown" exactly when the unknown entry wins.
-            assert_eq!(v["unknown"].as_bool(), Some(best(&per) == unknown.unwrap()), "{line}");
+            assert_eq!(v["unknown"].as_bool(), Some(best(&per) == u), "{line}");
         }
         scores.insert(v["path"].as_str().unwrap().to_string(), per);
     }
