@@ -146,6 +146,8 @@ pub struct BuildReport {
     /// Images used (rows may be more, with augmentation).
     pub images: usize,
     pub calibration: Option<crate::head::calibrate::Calibration>,
+    /// The model's unknown entry, if it has one.
+    pub novelty: Option<crate::meta::Novelty>,
     pub threshold: Option<f32>,
     pub skipped: Vec<Skipped>,
     /// Images whose embeddings came from the cache.
@@ -217,7 +219,8 @@ pub fn build_from_embedded(
     embedded: Embedded,
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
-    let head = RetrievalHead::from_index(embedded.index(&opts.head)?, &opts.head)?;
+    let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
+    let head = RetrievalHead::from_index(embedded.index(&head_opts)?, &head_opts)?;
     let index = match opts.index.resolve(&head, &opts.ivf)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
@@ -241,6 +244,7 @@ pub fn build_from_embedded(
         seconds: embedded.seconds,
         calibration: head.calibration.clone(),
         threshold: head.threshold,
+        novelty: head.novelty.clone(),
     };
     Ok((Built { model: bytes, index }, report))
 }

@@ -21,14 +21,18 @@ pub struct Scored {
     pub score: f32,
 }
 
-/// The answer for one image: the best classes, and the label, or `None` when
-/// the best class scores below the model's unknown threshold.
+/// The answer for one image: the best classes, and the label, or `None` for
+/// "unknown": when the model's unknown entry is its best score, or the best
+/// class scores below the unknown threshold (the model's or the caller's).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Prediction {
     /// The accepted label, or `None` for "unknown".
     pub label: Option<String>,
-    /// The best `k` classes, best first.
+    /// The best `k` classes, best first (classes only, not the unknown entry).
     pub top: Vec<Scored>,
+    /// The model's probability that the image is of none of its classes
+    /// (its unknown entry; none for models without one).
+    pub unknown_score: Option<f32>,
 }
 
 /// A cbr model loaded into ONNX Runtime (`.onnx`) or LiteRT (`.tflite`).
@@ -78,10 +82,11 @@ impl Classifier {
         })
     }
 
-    /// Class scores for `n` preprocessed images concatenated in `tensors`;
-    /// returns one row of `labels.len()` scores per image.
+    /// The `scores` rows for `n` preprocessed images concatenated in
+    /// `tensors`: one score per class, then the unknown entry when the model
+    /// has one ([`ClassifierInfo::score_count`] values per image).
     pub fn scores(&mut self, tensors: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
-        let classes = self.info.labels.len();
+        let classes = self.info.score_count();
         if self.info.index.is_some() {
             let sidecar = self.sidecar.as_ref().ok_or_else(|| {
                 anyhow!(
@@ -108,17 +113,14 @@ impl Classifier {
         threshold: Option<f32>,
     ) -> Result<Vec<Prediction>> {
         let scores = self.scores(tensors, n)?;
-        let threshold = threshold.or(self.threshold());
+        let classes = self.info.labels.len();
+        let labels = &self.info.labels;
         Ok(scores
             .iter()
-            .map(|s| {
-                let top = self.top_k(s, k.max(1));
-                let label = match (top.first(), threshold) {
-                    (Some(best), Some(t)) if best.score < t => None,
-                    (Some(best), _) => Some(best.label.clone()),
-                    (None, _) => None,
-                };
-                Prediction { label, top: top.into_iter().take(k).collect() }
+            .map(|s| match threshold {
+                // The caller's threshold replaces the model's decision.
+                Some(t) => predict_row(labels, s, classes, k, Some(t), false),
+                None => predict_row(labels, s, classes, k, self.threshold(), true),
             })
             .collect())
     }
@@ -132,6 +134,31 @@ impl Classifier {
     pub fn top_k(&self, scores: &[f32], k: usize) -> Vec<Scored> {
         top_k(&self.info.labels, scores, k)
     }
+}
+
+/// The answer for one row of `scores` whose first `classes` entries are the
+/// classes (any entry after them is the unknown entry): the best class,
+/// unless the best class scores below `threshold` or, with
+/// `use_unknown_entry`, the unknown entry scores higher (the model's own
+/// decision; a caller's threshold replaces it, `--threshold 0` answers every image).
+pub fn predict_row(
+    labels: &[String],
+    scores: &[f32],
+    classes: usize,
+    k: usize,
+    threshold: Option<f32>,
+    use_unknown_entry: bool,
+) -> Prediction {
+    let (known, unknown) = scores.split_at(classes.min(scores.len()));
+    let unknown_score = unknown.first().copied();
+    let top = top_k(labels, known, k.max(1));
+    let label = match (top.first(), threshold, unknown_score.filter(|_| use_unknown_entry)) {
+        (Some(best), _, Some(u)) if u > best.score => None,
+        (Some(best), Some(t), _) if best.score < t => None,
+        (Some(best), _, _) => Some(best.label.clone()),
+        (None, _, _) => None,
+    };
+    Prediction { label, top: top.into_iter().take(k).collect(), unknown_score }
 }
 
 /// The `k` best of `scores`, best first; ties keep class order. Classes
@@ -158,5 +185,22 @@ mod tests {
         let names: Vec<_> = t.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(names, vec!["b", "a", "c"]);
         assert_eq!(top_k(&labels, &[0.1, 0.2, 0.3], 1)[0].label, "c");
+    }
+
+    #[test]
+    fn the_unknown_entry_wins_when_it_is_the_best_score() {
+        let labels: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let p = predict_row(&labels, &[0.3, 0.2, 0.5], 2, 2, None, true);
+        assert_eq!((p.label, p.unknown_score, p.top.len()), (None, Some(0.5), 2));
+        let p = predict_row(&labels, &[0.6, 0.1, 0.3], 2, 1, None, true);
+        assert_eq!(p.label.as_deref(), Some("a"));
+        // The model's threshold on the best class applies on top of it.
+        assert_eq!(predict_row(&labels, &[0.6, 0.1, 0.3], 2, 1, Some(0.7), true).label, None);
+        // A caller's threshold replaces the model's decision.
+        let p = predict_row(&labels, &[0.3, 0.2, 0.5], 2, 1, Some(0.0), false);
+        assert_eq!((p.label.as_deref(), p.unknown_score), (Some("a"), Some(0.5)));
+        // Without an unknown entry, only the threshold can say unknown.
+        let p = predict_row(&labels, &[0.6, 0.4], 2, 1, None, true);
+        assert_eq!(p.label.as_deref(), Some("a"));
     }
 }

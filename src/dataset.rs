@@ -88,6 +88,25 @@ pub fn from_folder(root: &Path) -> Result<Vec<LabelledImage>> {
     Ok(images)
 }
 
+/// Every image file under `root` (recursively, sub-folder names ignored),
+/// sorted, each labelled `label`: images of no known class, as `cbr eval
+/// --unknown` takes them.
+pub fn unlabelled(root: &Path, label: &str) -> Result<Vec<LabelledImage>> {
+    if !fs::metadata(root)
+        .with_context(|| format!("cannot open image folder {}: check the path", root.display()))?
+        .is_dir()
+    {
+        bail!("{} is not a folder of images", root.display());
+    }
+    let mut files = Vec::new();
+    collect_files(root, &mut files, &mut HashSet::new())?;
+    if files.is_empty() {
+        bail!("no images in {}", root.display());
+    }
+    files.sort();
+    Ok(files.into_iter().map(|path| LabelledImage { label: label.to_string(), path }).collect())
+}
+
 /// The entries of `dir` as paths, in name order.
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths = fs::read_dir(dir)

@@ -64,6 +64,14 @@ pub struct ClassifierInfo {
     /// The options the head was built with (format 2 on), so an edit rebuilds it the same way.
     #[serde(default)]
     pub head_options: Option<HeadOptions>,
+    /// When present, `scores` has one more entry than `labels`, last, named
+    /// this: the probability that the image is of none of the classes. The
+    /// answer is the best entry of `scores`, so "unknown" is simply its argmax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_label: Option<String>,
+    /// How the unknown entry is computed from the image's novelty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub novelty: Option<Novelty>,
     /// Present when the index rows are in a sidecar file (`crate::sidecar`)
     /// and the model's only output is `embedding`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +123,59 @@ pub struct Calibration {
     /// Share of leave-one-out queries accepted (not unknown) at the threshold.
     pub coverage: f32,
 }
+
+/// The unknown entry of `scores`: with `s` the cosine of the query (after
+/// the power transform and L2, not centred) to the nearest normalised class
+/// mean, `p_known = sigmoid(scale · (s − offset))` and
+/// `scores = [p_known · softmax(class similarities / τ) …, 1 − p_known]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Novelty {
+    pub offset: f32,
+    pub scale: f32,
+    /// Where `offset` and `scale` come from: "leave-one-out" on the index,
+    /// or the embedder's prior (one image per class: nothing to leave out).
+    pub source: String,
+    /// The share of known photos the offset was chosen to answer (not "unknown").
+    pub known_target: f32,
+    /// The share of leave-one-out queries answered at that offset (none from a prior).
+    pub known_accepted: Option<f32>,
+}
+
+/// What calibration uses when the index cannot tell (every class has one
+/// image, so leave-one-out has nothing to compare): values fitted once per
+/// embedder on public data (`crate::models`, `bench/fit_priors.py`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Prior {
+    /// What the values were fitted on, or that they are the generic default.
+    pub source: String,
+    /// Softmax temperature for cosine class similarities (centroid, max,
+    /// blend; a one-image discriminant is a cosine scaled by 1/(shrinkage·scale)).
+    pub temperature: f32,
+    /// Novelty offset and scale at one image per class.
+    pub novelty_offset: f32,
+    pub novelty_scale: f32,
+}
+
+impl Prior {
+    /// For embedders no prior was fitted for: efficientnet-lite0's prior,
+    /// rounded (the only one fitted so far; see `crate::models::PRIORS`). Its
+    /// novelty offset assumes cosines like that embedder's: another embedder
+    /// with one image per class may answer "unknown" more or less often.
+    pub fn generic() -> Prior {
+        Prior {
+            source: "generic default (no prior fitted for this embedder)".into(),
+            temperature: GENERIC_PRIOR.0,
+            novelty_offset: GENERIC_PRIOR.1,
+            novelty_scale: GENERIC_PRIOR.2,
+        }
+    }
+}
+
+/// (temperature, novelty offset, novelty scale) of [`Prior::generic`].
+pub const GENERIC_PRIOR: (f32, f32, f32) = (0.067, 0.51, 45.0);
+
+/// The share of known photos the unknown entry is tuned to answer by default.
+pub const DEFAULT_KNOWN_TARGET: f32 = 0.95;
 
 /// How instance similarities become one similarity per class.
 #[derive(
@@ -243,6 +304,13 @@ pub struct HeadOptions {
     /// How the index rows are stored in the model.
     #[serde(default)]
     pub index_dtype: IndexDtype,
+    /// Add an "unknown" entry to `scores` (needs `calibrate`), tuned so that
+    /// this share of known photos is answered (by leave-one-out, or the prior).
+    #[serde(default)]
+    pub known_target: Option<f32>,
+    /// The embedder's prior, used when leave-one-out is impossible.
+    #[serde(default)]
+    pub prior: Option<Prior>,
 }
 
 impl Default for HeadOptions {
@@ -253,9 +321,11 @@ impl Default for HeadOptions {
             power: 0.5,
             center: true,
             calibrate: true,
-            target_precision: Some(0.9),
+            target_precision: None,
             threshold: None,
             index_dtype: IndexDtype::F32,
+            known_target: Some(DEFAULT_KNOWN_TARGET),
+            prior: Some(Prior::generic()),
         }
     }
 }
@@ -271,6 +341,8 @@ impl HeadOptions {
             target_precision: None,
             threshold: None,
             index_dtype: IndexDtype::F32,
+            known_target: None,
+            prior: None,
         }
     }
 }
@@ -331,7 +403,29 @@ fn positive(field: &str, v: f32) -> Result<(), InvalidMetadata> {
     }
 }
 
+fn unit_share(field: &str, v: f32) -> Result<(), InvalidMetadata> {
+    finite(field, v)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("is {v}; must be 0..=1")))
+    }
+}
+
 impl ClassifierInfo {
+    /// Length of the `scores` output: one per class, plus the unknown entry if any.
+    pub fn score_count(&self) -> usize {
+        self.labels.len() + self.unknown_label.is_some() as usize
+    }
+
+    /// The name of `scores` entry `i` (a class, or the unknown label last).
+    pub fn score_label(&self, i: usize) -> &str {
+        match self.labels.get(i) {
+            Some(l) => l,
+            None => self.unknown_label.as_deref().unwrap_or(""),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("metadata serialises")
     }
@@ -433,8 +527,38 @@ impl ClassifierInfo {
                 }
             }
         }
+        if let Some(u) = &self.unknown_label {
+            if u.trim().is_empty() {
+                return Err(invalid("unknown_label", "is empty"));
+            }
+            if self.labels.contains(u) {
+                return Err(invalid("unknown_label", format!("is {u:?}, which is also a class")));
+            }
+            if self.novelty.is_none() {
+                return Err(invalid(
+                    "novelty",
+                    "is missing; a model with an unknown_label has one",
+                ));
+            }
+        }
+        if let Some(n) = &self.novelty {
+            finite("novelty.offset", n.offset)?;
+            positive("novelty.scale", n.scale)?;
+            unit_share("novelty.known_target", n.known_target)?;
+            if let Some(a) = n.known_accepted {
+                unit_share("novelty.known_accepted", a)?;
+            }
+        }
         if let Some(o) = &self.head_options {
             positive("head_options.power", o.power)?;
+            if let Some(t) = o.known_target {
+                unit_share("head_options.known_target", t)?;
+            }
+            if let Some(p) = &o.prior {
+                positive("head_options.prior.temperature", p.temperature)?;
+                finite("head_options.prior.novelty_offset", p.novelty_offset)?;
+                positive("head_options.prior.novelty_scale", p.novelty_scale)?;
+            }
             if let Some(t) = o.threshold {
                 finite("head_options.threshold", t)?;
             }
@@ -529,8 +653,13 @@ impl ClassifierInfo {
             ));
         }
         let (output, want, what) = match &self.index {
-            None => ("scores", self.labels.len(), "labels"),
-            Some(ix) => ("embedding", ix.dim, "index.dim"),
+            None if self.unknown_label.is_some() => (
+                "scores",
+                self.score_count(),
+                format!("{} labels and an unknown entry", self.labels.len()),
+            ),
+            None => ("scores", self.score_count(), format!("{} labels", self.labels.len())),
+            Some(ix) => ("embedding", ix.dim, format!("{} index.dim", ix.dim)),
         };
         let decl = graph.output(output).ok_or_else(|| {
             invalid(
@@ -542,7 +671,7 @@ impl ClassifierInfo {
             if n > 0 && n as usize != want {
                 return Err(invalid(
                     if self.index.is_some() { "index.dim" } else { "labels" },
-                    format!("has {want} {what} but the model's output {output:?} has {n} values"),
+                    format!("has {what} but the model's output {output:?} has {n} values"),
                 ));
             }
         }

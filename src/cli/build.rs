@@ -71,10 +71,21 @@ pub struct BuildArgs {
     /// time).
     #[arg(long)]
     augment: bool,
-    /// Choose the "unknown" threshold, by leave-one-out on the index, for this precision.
-    #[arg(long, default_value_t = 0.9, value_name = "P")]
-    target_precision: f32,
-    /// Set the "unknown" threshold on the top score directly (required for a one-class model).
+    /// The model's "unknown" entry (the last of `scores`: the probability that an image is of
+    /// none of the classes, from its similarity to the class means) is tuned so that this share of
+    /// photos of the known classes is answered (leave-one-out on the index; with one image per
+    /// class, the embedder's prior).
+    #[arg(long, default_value_t = cbr::meta::DEFAULT_KNOWN_TARGET, value_name = "SHARE")]
+    known_target: f32,
+    /// No "unknown" entry in `scores` (one score per class, as before).
+    #[arg(long, conflicts_with = "known_target")]
+    no_unknown: bool,
+    /// Also answer "unknown" when the best class's score is below a threshold chosen by
+    /// leave-one-out for this precision.
+    #[arg(long, value_name = "P")]
+    target_precision: Option<f32>,
+    /// Also answer "unknown" when the best class's score is below T (overrides
+    /// --target-precision; required for a one-class model).
     #[arg(long, value_name = "T")]
     threshold: Option<f32>,
     /// Where the index rows go: in the model file (single), in an approximate
@@ -90,7 +101,7 @@ pub struct BuildArgs {
     /// --calibrate false, no threshold.
     #[arg(
         long,
-        conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision"]
+        conflicts_with_all = ["aggregate", "power", "center", "calibrate", "target_precision", "known_target"]
     )]
     original: bool,
     /// How index rows are stored in the model: f32 (exact), f16 (half the
@@ -127,9 +138,11 @@ pub fn run(a: BuildArgs) -> Result<()> {
             power: a.power,
             center: a.center,
             calibrate: a.calibrate,
-            target_precision: Some(a.target_precision),
+            target_precision: a.target_precision,
             threshold: a.threshold,
             index_dtype: a.index_dtype,
+            known_target: (!a.no_unknown && a.calibrate).then_some(a.known_target),
+            ..HeadOptions::default()
         }
     };
     let opts = build::BuildOptions {
@@ -183,6 +196,30 @@ fn print_summary(a: &BuildArgs, report: &BuildReport, embedder: &str) {
                 c.samples,
                 100.0 * acc
             );
+        }
+    }
+    if let Some(c) = report.calibration.as_ref().filter(|c| c.samples == 0) {
+        if let Some(t) = c.temperature {
+            eprintln!(
+                "one image per class: nothing to leave out, so the temperature ({t:.4}) comes \
+                 from the embedder's prior"
+            );
+        }
+    }
+    if let Some(n) = &report.novelty {
+        match n.known_accepted {
+            Some(acc) => eprintln!(
+                "unknown entry: answers {:.0}% of leave-one-out photos (target {:.0}%; novelty \
+                 offset {:.3}, scale {:.1})",
+                100.0 * acc,
+                100.0 * n.known_target,
+                n.offset,
+                n.scale
+            ),
+            None => eprintln!(
+                "unknown entry: novelty offset {:.3}, scale {:.1} from the {}",
+                n.offset, n.scale, n.source
+            ),
         }
     }
     match (report.threshold, report.calibration.as_ref().and_then(|c| c.target_precision)) {

@@ -24,7 +24,8 @@ pub struct ClassifyArgs {
     /// ..., "score": ...}]}.
     #[arg(long)]
     json: bool,
-    /// Answer "unknown" when the top score is below this (default: the model's own threshold).
+    /// Answer "unknown" exactly when the best class's score is below this, instead of the model's
+    /// own decision (its unknown entry, and its threshold if it has one); 0 answers every image.
     #[arg(long, value_name = "T")]
     threshold: Option<f32>,
 }

@@ -25,6 +25,10 @@ pub struct EvalArgs {
     /// Also index a mirror image of every index image (queries stay photos only).
     #[arg(long)]
     augment: bool,
+    /// Also score images of no known class (a folder, searched recursively): how often they are
+    /// answered "unknown", AUROC and FPR at 95% TPR, against the known photos.
+    #[arg(long, value_name = "DIR")]
+    unknown: Option<PathBuf>,
     /// Print one JSON document with everything instead of tables.
     #[arg(long)]
     json: bool,
@@ -46,10 +50,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let opts = eval::EvalOptions { shots: a.shots, seeds: a.seeds, ..Default::default() };
+    let mut opts = eval::EvalOptions { shots: a.shots, seeds: a.seeds, ..Default::default() };
     eval::check_options(&opts)?;
     let images = cbr::dataset::from_path(&a.input)?;
+    let unknown_images =
+        a.unknown.as_deref().map(|d| cbr::dataset::unlabelled(d, "unknown")).transpose()?;
     let mut embedder = cbr::models::open_embedder(&a.embedder.choice()?)?;
+    opts.embedder = embedder.info.name.clone();
     let bar = progress_bar(images.len(), a.quiet);
     let embed_opts = EmbedOptions { augment: a.augment, cache: !a.no_cache, ..Default::default() };
     let progress = |done: usize| bar.set_position(done as u64);
@@ -62,6 +69,25 @@ pub fn run(a: EvalArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     print_skipped(&embedded.skipped, a.quiet);
+    let unknown_embedded = match &unknown_images {
+        Some(images) => {
+            let bar = progress_bar(images.len(), a.quiet);
+            let progress = |done: usize| bar.set_position(done as u64);
+            // The photos only: queries are never mirrored.
+            let opts = EmbedOptions { augment: false, ..embed_opts.clone() };
+            let e = cbr::pipeline::embed_images(
+                &mut embedder,
+                images,
+                &opts,
+                &Default::default(),
+                &progress,
+            )?;
+            bar.finish_and_clear();
+            print_skipped(&e.skipped, a.quiet);
+            Some(e)
+        }
+        None => None,
+    };
     if let Some(dir) = &a.dump {
         eval::dump(&embedded, dir)?;
     }
@@ -71,7 +97,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
             eprintln!("evaluating {k} shots per class ...");
         }
     };
-    let report = eval::run(&source, &embedder.info.name, &embedded, a.augment, &opts, &announce)?;
+    let report = eval::run(
+        &source,
+        &embedder.info.name,
+        &embedded,
+        unknown_embedded.as_ref(),
+        a.augment,
+        &opts,
+        &announce,
+    )?;
     if let Some(path) = &a.report {
         cbr::cache::write_atomic(path, eval::report::html(&report).as_bytes())?;
     }

@@ -64,11 +64,38 @@ fn print_info(info: &ClassifierInfo, path: &std::path::Path) {
         if info.center { ", centred (CL2N)" } else { "" },
         if info.augment { ", mirror-augmented index" } else { "" }
     );
+    let prior = info.calibration.as_ref().is_some_and(|c| c.samples == 0);
     match info.temperature {
-        Some(t) => {
-            println!("scores:        calibrated probabilities (softmax, temperature {t:.4})")
-        }
+        Some(t) => println!(
+            "scores:        calibrated probabilities (softmax, temperature {t:.4}{})",
+            if prior {
+                match info.head_options.as_ref().and_then(|o| o.prior.as_ref()) {
+                    Some(p) => format!(" from the prior: {}", p.source),
+                    None => " from the prior".into(),
+                }
+            } else {
+                ", leave-one-out".into()
+            }
+        ),
         None => println!("scores:        raw class similarities (cosine)"),
+    }
+    match (&info.unknown_label, &info.novelty) {
+        (Some(u), Some(n)) => {
+            println!(
+                "unknown entry: {u:?}, last of scores = 1 − sigmoid({:.2} · (s − {:.4})), s = cosine \
+                 to the nearest class mean; the best entry is the answer",
+                n.scale, n.offset
+            );
+            match n.known_accepted {
+                Some(a) => println!(
+                    "               leave-one-out: answers {:.1}% of known photos (target {:.0}%)",
+                    100.0 * a,
+                    100.0 * n.known_target
+                ),
+                None => println!("               {}", n.source),
+            }
+        }
+        _ => println!("unknown entry: (none)"),
     }
     if let Some(c) = &info.calibration {
         if let (Some(acc), Some(e0), Some(e1)) = (c.accuracy, c.ece_unfitted, c.ece) {
@@ -89,7 +116,7 @@ fn print_info(info: &ClassifierInfo, path: &std::path::Path) {
                 .map(|p| format!(" (chosen for {:.0}% precision)", 100.0 * p))
                 .unwrap_or_default()
         ),
-        None => println!("unknown below: (no threshold)"),
+        None => println!("unknown below: (no threshold on the top score)"),
     }
     println!(
         "classes:       {} ({} images)",

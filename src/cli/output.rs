@@ -47,6 +47,7 @@ pub fn print_prediction(
             "label": p.label,
             "unknown": p.label.is_none(),
             "top": p.top,
+            "unknown_score": p.unknown_score,
         });
         writeln!(out, "{line}")?;
         return Ok(());
@@ -56,7 +57,10 @@ pub fn print_prediction(
     let path = cbr::printable::path(path);
     match &p.label {
         Some(_) => writeln!(out, "{path}: {}", best.join(", "))?,
-        None => writeln!(out, "{path}: unknown (best: {})", best.join(", "))?,
+        None => match p.unknown_score {
+            Some(u) => writeln!(out, "{path}: unknown ({u:.3}; best: {})", best.join(", "))?,
+            None => writeln!(out, "{path}: unknown (best: {})", best.join(", "))?,
+        },
     }
     Ok(())
 }

@@ -356,25 +356,6 @@ pub fn reliability_bins(confidence: &[f32], correct: &[bool], bins: usize) -> Ve
         .collect()
 }
 
-/// Open-set rates at a threshold (accepted when top score ≥ threshold; no
-/// threshold accepts everything): (accuracy of accepted known queries, share
-/// of known queries accepted, share of unknown queries rejected).
-pub fn open_set_rates(
-    known_top: &[f32],
-    known_correct: &[bool],
-    unknown_top: &[f32],
-    threshold: Option<f32>,
-) -> (f64, f64, f64) {
-    let t = threshold.unwrap_or(f32::NEG_INFINITY);
-    let accepted: Vec<bool> = known_top.iter().map(|&s| s >= t).collect();
-    let n_acc = accepted.iter().filter(|&&a| a).count();
-    let right = accepted.iter().zip(known_correct).filter(|(&a, &c)| a && c).count();
-    let acc = if n_acc == 0 { f64::NAN } else { right as f64 / n_acc as f64 };
-    let frac = |n: usize, d: usize| if d == 0 { f64::NAN } else { n as f64 / d as f64 };
-    let rejected = unknown_top.iter().filter(|&&s| s < t).count();
-    (acc, frac(n_acc, known_top.len()), frac(rejected, unknown_top.len()))
-}
-
 // ---------------------------------------------------------------- protocol
 
 /// A head configuration compared by `cbr eval`.
@@ -386,9 +367,10 @@ pub struct Config {
     pub default: bool,
 }
 
-/// Every aggregation with the default centring and calibration, then `original`.
-pub fn configs() -> Vec<Config> {
-    let d = HeadOptions::default();
+/// Every aggregation with the default centring and calibration (and the
+/// prior of `embedder`), then `original`.
+pub fn configs(embedder: &str) -> Vec<Config> {
+    let d = crate::models::head_options_for(&HeadOptions::default(), embedder);
     let mut v: Vec<Config> = Aggregation::ALL
         .into_iter()
         .map(|a| {
@@ -425,11 +407,19 @@ pub struct EvalOptions {
     pub unknown_fraction: f64,
     /// Confusion pairs kept (with example images) in the report.
     pub pairs: usize,
+    /// The embedder's name: its calibration prior is used (one image per class).
+    pub embedder: String,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { shots: vec![5], seeds: 5, unknown_fraction: 0.2, pairs: 20 }
+        EvalOptions {
+            shots: vec![5],
+            seeds: 5,
+            unknown_fraction: 0.2,
+            pairs: 20,
+            embedder: String::new(),
+        }
     }
 }
 
@@ -481,15 +471,38 @@ pub struct CalibrationResult {
 pub struct OpenSetResult {
     pub unknown_classes: usize,
     pub known_classes: usize,
-    /// AUROC of the top score: known-class queries vs unknown-class queries.
+    /// AUROC of the model's "known" score (1 − its unknown entry, or the top
+    /// score for a model without one): known-class vs unknown-class queries.
     pub auroc: Stat,
-    /// The model's own threshold (leave-one-out, target precision).
+    /// The model's own threshold on the top score, if it has one.
     pub threshold: Stat,
-    /// At that threshold: accuracy of accepted known queries, share of known
-    /// queries accepted, share of unknown queries rejected.
+    /// With the model's own decision (its unknown entry, and threshold):
+    /// accuracy of answered known queries, share of known queries answered,
+    /// share of unknown queries answered "unknown".
     pub known_accuracy_accepted: Stat,
     pub known_accepted: Stat,
     pub unknown_rejected: Stat,
+}
+
+/// Known-class queries against images of no known class (`cbr eval --unknown DIR`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FarUnknownResult {
+    /// Images of no known class scored (every seed scores all of them).
+    pub images: usize,
+    /// AUROC of the model's "known" score (1 − its unknown entry, or the top
+    /// score without one): known-class queries vs the unknown images.
+    pub auroc: Stat,
+    /// Share of unknown images answered when the known score's cut answers
+    /// 95% of the known queries.
+    pub fpr_at_95_tpr: Stat,
+    /// With the model's own decision: share of known queries answered, share
+    /// answered with the right class (of all known queries), share of
+    /// unknown images answered "unknown".
+    pub known_accepted: Stat,
+    pub known_right_and_accepted: Stat,
+    pub unknown_rejected: Stat,
+    /// Top-1 of the same heads on the known queries with no unknown answer.
+    pub top1_no_threshold: Stat,
 }
 
 /// The detailed report of the default configuration.
@@ -513,6 +526,9 @@ pub struct ShotResult {
     pub query_images: usize,
     pub configs: Vec<ConfigResult>,
     pub detail: Option<Detail>,
+    /// With `--unknown`: the default configuration against images of no known class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub far_unknown: Option<FarUnknownResult>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -570,6 +586,34 @@ fn query_similarities(ds: &Dataset, head: &RetrievalHead, queries: &[usize]) -> 
         .collect()
 }
 
+/// The model's `scores` for each query image (its photo row), in the
+/// head's class order, with the unknown entry last when the head has one.
+fn model_scores(ds: &Dataset, head: &RetrievalHead, queries: &[usize]) -> Vec<Vec<f32>> {
+    let plan = head.plan();
+    queries
+        .par_iter()
+        .map(|&i| crate::head::interpret::evaluate(&plan, ds.row(ds.image_rows[i][0]), plan.scores))
+        .collect()
+}
+
+/// How sure a model is that an image is of one of its classes: 1 − its
+/// unknown entry, or (without one) its top score.
+fn known_score(head: &RetrievalHead, scores: &[f32]) -> f32 {
+    if scores.len() > head.labels.len() {
+        1.0 - scores[head.labels.len()]
+    } else {
+        top_of(scores)
+    }
+}
+
+/// The model's answer for one row of its scores (a class index of the
+/// head, or `None` for "unknown"), as `cbr classify` decides it.
+fn answer(head: &RetrievalHead, scores: &[f32]) -> Option<usize> {
+    let classes = head.labels.len();
+    let p = crate::classifier::predict_row(&head.labels, scores, classes, 1, head.threshold, true);
+    p.label.map(|l| head.labels.binary_search(&l).expect("a head label"))
+}
+
 fn top_of(p: &[f32]) -> f32 {
     p.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
 }
@@ -579,8 +623,13 @@ fn path_string(ds: &Dataset, i: usize) -> String {
 }
 
 /// Runs the protocol for one K.
-pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<ShotResult> {
-    let cfgs = configs();
+pub fn evaluate_shots(
+    ds: &Dataset,
+    shots: usize,
+    opts: &EvalOptions,
+    unknown_images: Option<&Dataset>,
+) -> Result<ShotResult> {
+    let cfgs = configs(&opts.embedder);
     let class_images = ds.class_images();
     let nc = ds.classes.len();
     let mut top1 = vec![Vec::new(); cfgs.len()];
@@ -591,6 +640,7 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
     let (mut ece0, mut ece1, mut temps) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rel_conf, mut rel_ok, mut rel_fitted) = (Vec::new(), Vec::new(), true);
     let mut open = Vec::new();
+    let mut far = Vec::new();
     let mut sizes = (0, 0);
     let has_default = cfgs.iter().any(|c| c.default);
 
@@ -620,7 +670,10 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
             }
             let mut correct = Vec::with_capacity(sims.len());
             let (mut c0, mut c1) = (Vec::new(), Vec::new());
-            for ((s, &t), &img) in sims.iter().zip(&truths).zip(&sp.queries) {
+            // The model's own scores: the confidence in its best class is
+            // that class's probability (times p_known with an unknown entry).
+            let answers = model_scores(ds, &head, &sp.queries);
+            for (((s, &t), &img), a) in sims.iter().zip(&truths).zip(&sp.queries).zip(&answers) {
                 let p = argmax(s);
                 confusion[t][p] += 1;
                 if p != t {
@@ -631,8 +684,8 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
                 }
                 correct.push(p == t);
                 c0.push(top_of(&softmax(s, 1.0)));
-                if let Some(tau) = head.temperature {
-                    c1.push(top_of(&softmax(s, tau)));
+                if head.temperature.is_some() {
+                    c1.push(top_of(&a[..head.labels.len()]));
                 }
             }
             ece0.push(calibrate::ece(&c0, &correct) as f64);
@@ -660,6 +713,9 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
                 opts.unknown_fraction,
                 &cfg.options,
             )?);
+            if let Some(u) = unknown_images {
+                far.push(far_unknown_seed(ds, u, &sp, &cfg.options)?);
+            }
         }
     }
 
@@ -744,7 +800,80 @@ pub fn evaluate_shots(ds: &Dataset, shots: usize, opts: &EvalOptions) -> Result<
     } else {
         None
     };
-    Ok(ShotResult { shots, index_images: sizes.0, query_images: sizes.1, configs, detail })
+    let far_unknown = (!far.is_empty()).then(|| {
+        let col = |f: &dyn Fn(&FarSeed) -> f64| Stat::of(&far.iter().map(f).collect::<Vec<_>>());
+        FarUnknownResult {
+            images: unknown_images.map_or(0, |u| u.image_class.len()),
+            auroc: col(&|x| x.auroc),
+            fpr_at_95_tpr: col(&|x| x.fpr_at_95_tpr),
+            known_accepted: col(&|x| x.known_accepted),
+            known_right_and_accepted: col(&|x| x.known_right_and_accepted),
+            unknown_rejected: col(&|x| x.unknown_rejected),
+            top1_no_threshold: col(&|x| x.top1),
+        }
+    });
+    Ok(ShotResult {
+        shots,
+        index_images: sizes.0,
+        query_images: sizes.1,
+        configs,
+        detail,
+        far_unknown,
+    })
+}
+
+struct FarSeed {
+    auroc: f64,
+    fpr_at_95_tpr: f64,
+    known_accepted: f64,
+    known_right_and_accepted: f64,
+    unknown_rejected: f64,
+    top1: f64,
+}
+
+/// One seed against images of no known class: the default head on the
+/// split's index, its known queries and every unknown image.
+fn far_unknown_seed(
+    ds: &Dataset,
+    unknown: &Dataset,
+    sp: &Split,
+    options: &HeadOptions,
+) -> Result<FarSeed> {
+    let (e, l, ids) = index_rows(ds, &sp.index);
+    let head = RetrievalHead::with_images(&e, ds.dim, &l, &ids, options)?;
+    let known = model_scores(ds, &head, &sp.queries);
+    let all: Vec<usize> = (0..unknown.image_class.len()).collect();
+    let other = model_scores(unknown, &head, &all);
+    let truth = |i: usize| head.labels.binary_search(&ds.classes[ds.image_class[i]]).ok();
+    let known_scores: Vec<f32> = known.iter().map(|s| known_score(&head, s)).collect();
+    let unknown_scores: Vec<f32> = other.iter().map(|s| known_score(&head, s)).collect();
+    let answers: Vec<Option<usize>> = known.iter().map(|s| answer(&head, s)).collect();
+    let n = known.len().max(1) as f64;
+    let accepted = answers.iter().filter(|a| a.is_some()).count() as f64 / n;
+    let right = answers.iter().zip(&sp.queries).filter(|(a, &i)| a.is_some() && **a == truth(i));
+    let right = right.count() as f64 / n;
+    let top1 = known
+        .iter()
+        .zip(&sp.queries)
+        .filter(|(s, &i)| Some(argmax(&s[..head.labels.len()])) == truth(i))
+        .count() as f64
+        / n;
+    let rejected = other.iter().filter(|s| answer(&head, s).is_none()).count() as f64
+        / other.len().max(1) as f64;
+    // The cut answering 95% of known queries, and the unknown images above it.
+    let mut sorted = known_scores.clone();
+    sorted.sort_by(f32::total_cmp);
+    let cut = sorted[((0.05 * sorted.len() as f64) as usize).min(sorted.len() - 1)];
+    let fpr = unknown_scores.iter().filter(|&&s| s >= cut).count() as f64
+        / unknown_scores.len().max(1) as f64;
+    Ok(FarSeed {
+        auroc: auroc(&known_scores, &unknown_scores).unwrap_or(f64::NAN),
+        fpr_at_95_tpr: fpr,
+        known_accepted: accepted,
+        known_right_and_accepted: right,
+        unknown_rejected: rejected,
+        top1,
+    })
 }
 
 struct OpenSeed {
@@ -777,23 +906,33 @@ fn open_set_seed(
         (0..ds.image_class.len()).filter(|&i| is_unknown(ds.image_class[i])).collect();
     let (e, l, ids) = index_rows(ds, &index);
     let head = RetrievalHead::with_images(&e, ds.dim, &l, &ids, options)?;
-    let top = |qs: &[usize]| -> (Vec<f32>, Vec<bool>) {
-        query_similarities(ds, &head, qs)
+    let truth = |i: usize| head.labels.binary_search(&ds.classes[ds.image_class[i]]).ok();
+    // Each query: the model's known score, its answer, and whether that is the true class.
+    let answered = |qs: &[usize]| -> Vec<(f32, Option<usize>, bool)> {
+        model_scores(ds, &head, qs)
             .into_iter()
             .zip(qs)
             .map(|(s, &i)| {
-                let p = head.calibrated(s.clone());
-                (top_of(&p), argmax(&p) == ds.image_class[i])
+                let a = answer(&head, &s);
+                (known_score(&head, &s), a, a.is_some() && a == truth(i))
             })
-            .unzip()
+            .collect()
     };
-    let (kt, kc) = top(&known_q);
-    let (ut, _) = top(&unknown_q);
+    let k = answered(&known_q);
+    let u = answered(&unknown_q);
+    let ks: Vec<f32> = k.iter().map(|x| x.0).collect();
+    let us: Vec<f32> = u.iter().map(|x| x.0).collect();
+    let n_acc = k.iter().filter(|x| x.1.is_some()).count();
+    let frac = |n: usize, d: usize| if d == 0 { f64::NAN } else { n as f64 / d as f64 };
     Ok(Some(OpenSeed {
         unknown: unknown.len(),
-        auroc: auroc(&kt, &ut).unwrap_or(f64::NAN),
+        auroc: auroc(&ks, &us).unwrap_or(f64::NAN),
         threshold: head.threshold.map(|t| t as f64).unwrap_or(f64::NAN),
-        rates: open_set_rates(&kt, &kc, &ut, head.threshold),
+        rates: (
+            frac(k.iter().filter(|x| x.2).count(), n_acc),
+            frac(n_acc, k.len()),
+            frac(u.iter().filter(|x| x.1.is_none()).count(), u.len()),
+        ),
     }))
 }
 
@@ -815,6 +954,7 @@ pub fn check_options(opts: &EvalOptions) -> Result<()> {
 pub fn evaluate(
     ds: &Dataset,
     opts: &EvalOptions,
+    unknown_images: Option<&Dataset>,
     progress: &dyn Fn(usize),
 ) -> Result<Vec<ShotResult>> {
     if ds.classes.len() < 2 {
@@ -825,7 +965,7 @@ pub fn evaluate(
         .iter()
         .map(|&k| {
             progress(k);
-            evaluate_shots(ds, k, opts)
+            evaluate_shots(ds, k, opts, unknown_images)
         })
         .collect()
 }
@@ -836,13 +976,15 @@ pub fn run(
     dataset: &str,
     embedder: &str,
     e: &Embedded,
+    unknown_images: Option<&Embedded>,
     augment: bool,
     opts: &EvalOptions,
     progress: &dyn Fn(usize),
 ) -> Result<EvalReport> {
     let ds = Dataset::from_embedded(e)?;
+    let unknown = unknown_images.map(Dataset::from_embedded).transpose()?;
     let start = std::time::Instant::now();
-    let results = evaluate(&ds, opts, progress)?;
+    let results = evaluate(&ds, opts, unknown.as_ref(), progress)?;
     Ok(EvalReport {
         dataset: dataset.to_string(),
         embedder: embedder.to_string(),

@@ -120,8 +120,8 @@ pub fn text(r: &EvalReport) -> String {
                     "  open set ({} known classes, {} held out as unknown):",
                     os.known_classes, os.unknown_classes
                 );
-                let _ = writeln!(o, "    AUROC known vs unknown (top score)   {}", num(&os.auroc));
-                let _ = writeln!(o, "    at the model's threshold ({}):", num(&os.threshold));
+                let _ = writeln!(o, "    AUROC known vs unknown (known score) {}", num(&os.auroc));
+                let _ = writeln!(o, "    with the model's own unknown answer:");
                 let _ = writeln!(
                     o,
                     "      accuracy of accepted known queries {} %",
@@ -142,8 +142,27 @@ pub fn text(r: &EvalReport) -> String {
                 let _ = writeln!(o, "  open set: not measured (needs 3 or more classes)");
             }
         }
+        if let Some(f) = &s.far_unknown {
+            let _ = writeln!(o, "  images of no known class ({} images, --unknown):", f.images);
+            for (what, v) in far_unknown_rows(f) {
+                let _ = writeln!(o, "    {what:<46} {v}");
+            }
+        }
     }
     o
+}
+
+/// The rows of the `--unknown` table: what, value (as text).
+fn far_unknown_rows(f: &super::FarUnknownResult) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUROC known vs unknown (known score)", num(&f.auroc)),
+        ("unknown answered at 95% known answered %", pct(&f.fpr_at_95_tpr)),
+        ("with the model's own unknown answer:", String::new()),
+        ("  known photos answered %", pct(&f.known_accepted)),
+        ("  known photos answered right %", pct(&f.known_right_and_accepted)),
+        ("  unknown images answered \"unknown\" %", pct(&f.unknown_rejected)),
+        ("top-1 of known photos, never unknown %", pct(&f.top1_no_threshold)),
+    ]
 }
 
 // ---------------------------------------------------------------- HTML
@@ -414,8 +433,8 @@ pub fn html(r: &EvalReport) -> String {
             let _ = write!(
                 o,
                 "<h4>Open set</h4><p class=\"note\">{} classes held out entirely as unknown, {} known.</p><table>\
-                 <tr><td class=\"l\">AUROC, known vs unknown queries (top score)</td><td>{}</td></tr>\
-                 <tr><td class=\"l\">model threshold</td><td>{}</td></tr>\
+                 <tr><td class=\"l\">AUROC, known vs unknown queries (known score)</td><td>{}</td></tr>\
+                 <tr><td class=\"l\">model threshold on the top score</td><td>{}</td></tr>\
                  <tr><td class=\"l\">accuracy of accepted known queries %</td><td>{}</td></tr>\
                  <tr><td class=\"l\">known queries accepted %</td><td>{}</td></tr>\
                  <tr><td class=\"l\">unknown queries rejected %</td><td>{}</td></tr></table>",
@@ -427,6 +446,19 @@ pub fn html(r: &EvalReport) -> String {
                 pct(&os.known_accepted),
                 pct(&os.unknown_rejected)
             );
+        }
+        if let Some(f) = &s.far_unknown {
+            let _ = write!(
+                o,
+                "<h4>Images of no known class</h4><p class=\"note\">{} images given with --unknown, \
+                 scored against the known photos; the known score is 1 − the model's unknown entry.</p><table>",
+                f.images
+            );
+            for (what, v) in far_unknown_rows(f) {
+                let _ =
+                    write!(o, "<tr><td class=\"l\">{}</td><td>{}</td></tr>", esc(what), esc(&v));
+            }
+            o.push_str("</table>");
         }
         // Worst classes.
         o.push_str("<h4>Worst classes by recall</h4><table><tr><th class=\"l\">class</th><th>recall %</th><th>precision %</th><th>queries</th></tr>");

@@ -196,6 +196,8 @@ pub fn classifier_info(
         calibration: head.calibration.clone(),
         augment,
         head_options: Some(head.options.clone()),
+        unknown_label: head.novelty.as_ref().map(|_| crate::head::unknown_label_for(&head.labels)),
+        novelty: head.novelty.clone(),
         index: None,
     }
 }

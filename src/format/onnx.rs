@@ -87,11 +87,12 @@ pub(super) fn outline(bytes: &[u8]) -> Result<(String, GraphSignature, usize)> {
 fn classifier_doc(head: &RetrievalHead, embedder: &str) -> String {
     format!(
         "Classification-by-retrieval model: {} classes from {} index rows, embedder {}, \
-         aggregation {}. Output `scores` [batch, classes]; labels in metadata key `{METADATA_KEY}`.",
+         aggregation {}. Output `scores` [batch, classes{}]; labels in metadata key `{METADATA_KEY}`.",
         head.labels.len(),
         head.len(),
         embedder,
-        head.aggregation
+        head.aggregation,
+        if head.novelty.is_some() { " + 1: the last is \"unknown\"; the best entry is the answer" } else { "" }
     )
 }
 
@@ -115,6 +116,10 @@ pub(super) fn write_onnx(
             dim: head.dim,
             mean: head.center.clone(),
         });
+        // The sidecar search gives class similarities only (max rule over
+        // the retrieved rows): its scores have no unknown entry.
+        info.unknown_label = None;
+        info.novelty = None;
     }
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());

@@ -140,7 +140,21 @@ fn the_tampering_issue_12_found_is_refused_by_field() {
     json["labels"].as_array_mut().unwrap().pop();
     json["images_per_label"].as_array_mut().unwrap().pop();
     let err = open_all(&with_metadata(&bytes, &json)).expect("a missing label is refused");
-    assert!(err.contains("labels has 2 labels but the model's output \"scores\" has 3"), "{err}");
+    assert!(
+        err.contains(
+            "labels has 2 labels and an unknown entry but the model's output \"scores\" has 4"
+        ),
+        "{err}"
+    );
+    // The unknown entry's name may not be a class, and needs its novelty.
+    let mut json = good.clone();
+    json["unknown_label"] = json!("class1");
+    let err = open_all(&with_metadata(&bytes, &json)).expect("a class as the unknown entry");
+    assert!(err.contains("unknown_label is \"class1\", which is also a class"), "{err}");
+    let mut json = good.clone();
+    json.as_object_mut().unwrap().remove("novelty");
+    let err = open_all(&with_metadata(&bytes, &json)).expect("an unknown entry without novelty");
+    assert!(err.contains("novelty is missing"), "{err}");
     // No metadata, or not a model at all.
     let mut model = onnx::decode(&bytes).unwrap();
     model.metadata_props.clear();

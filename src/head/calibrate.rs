@@ -5,9 +5,11 @@
 
 use rayon::prelude::*;
 
-use super::interpret::Evaluation;
+use super::interpret::{sigmoid, Evaluation};
 use super::rules::{self, CENTROIDS, DISCRIMINANT};
-use super::{discriminant, l2_normalize, softmax, RetrievalHead};
+use super::{
+    discriminant, l2_normalize, softmax, Aggregation, HeadOptions, Novelty, Prior, RetrievalHead,
+};
 use crate::kernels::dot;
 
 /// Leave-one-out queries are capped so calibration stays fast on big indexes:
@@ -18,11 +20,13 @@ const LOO_BUDGET: usize = 20_000_000;
 pub use crate::meta::Calibration;
 
 /// One leave-one-out query: class similarities (`-inf` for a class left with
-/// no images) and the true class.
+/// no images), the true class and, when the head measures novelty, the
+/// query's cosine to the nearest class mean (its own class without it).
 #[derive(Clone, Debug)]
 pub struct Sample {
     pub scores: Vec<f32>,
     pub truth: usize,
+    pub novelty: Option<f32>,
 }
 
 /// Scores every (sampled) index image against the rest of the index.
@@ -49,6 +53,9 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
     };
     let sums = head.class_sums();
     let sizes = head.class_sizes();
+    // Per-class sums of the unit rows, for the novelty of a query whose own
+    // rows leave its class mean.
+    let unit_sums = if head.class_means.is_empty() { Vec::new() } else { unit_class_sums(head) };
     let plan = rules::plan(head);
     let centroids = plan.linear(CENTROIDS);
     let discriminant = plan.linear(DISCRIMINANT);
@@ -85,7 +92,24 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
                 e.set(d, discriminant_loo(head, q, &own, truth, &sums, &sizes));
             }
             let scores = e.value(plan.class_similarities).to_vec();
-            Some(Sample { scores, truth })
+            let novelty = (!unit_sums.is_empty()).then(|| {
+                let unit = &head.index.units[i * dim..(i + 1) * dim];
+                let mut own_class = unit_sums[truth * dim..(truth + 1) * dim].to_vec();
+                for &j in &own {
+                    for (a, x) in
+                        own_class.iter_mut().zip(&head.index.units[j * dim..(j + 1) * dim])
+                    {
+                        *a -= x;
+                    }
+                }
+                l2_normalize(&mut own_class);
+                head.class_means
+                    .chunks_exact(dim)
+                    .enumerate()
+                    .map(|(c, m)| if c == truth { dot(&own_class, unit) } else { dot(m, unit) })
+                    .fold(f32::NEG_INFINITY, f32::max)
+            });
+            Some(Sample { scores, truth, novelty })
         })
         .collect()
 }
@@ -257,13 +281,111 @@ pub fn threshold_for_precision(top: &[f32], correct: &[bool], target: f32) -> Op
     Some((top[order[accepted - 1]], accepted as f32 / top.len() as f32))
 }
 
-/// Fits the temperature and, for `target_precision`, the threshold.
-pub fn calibrate(head: &RetrievalHead, target_precision: Option<f32>) -> Calibration {
+/// Per-class sums of the unit rows (before centring), `labels.len()` x `dim`.
+fn unit_class_sums(head: &RetrievalHead) -> Vec<f32> {
+    let dim = head.dim;
+    let mut s = vec![0f32; head.labels.len() * dim];
+    for (r, &c) in head.index.units.chunks_exact(dim).zip(&head.row_class) {
+        for (a, x) in s[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(r) {
+            *a += x;
+        }
+    }
+    s
+}
+
+/// The temperature of `prior` for this head's class similarities: the
+/// prior's is for cosines; a discriminant over one row per class is the
+/// centroid cosine times `dim / SHRINKAGE` (its covariance is the shrinkage
+/// target alone, `SHRINKAGE / dim · I`), so its temperature scales the same.
+pub fn prior_temperature(head: &RetrievalHead, prior: &Prior) -> f32 {
+    match head.aggregation {
+        Aggregation::Discriminant => {
+            (prior.temperature as f64 * head.dim as f64 / discriminant::SHRINKAGE) as f32
+        }
+        Aggregation::Max | Aggregation::Centroid | Aggregation::Blend => prior.temperature,
+    }
+}
+
+/// How sharply `p_known` rises around the offset: the median leave-one-out
+/// query sits at `p_known` = 0.99, so photos like the index are answered
+/// with nearly their full class probability. Bounded so a tight or a
+/// degenerate spread gives a usable slope.
+const MEDIAN_KNOWN: f64 = 0.99;
+const SCALE_RANGE: (f32, f32) = (5.0, 200.0);
+
+/// Chooses the novelty offset and scale from leave-one-out queries, so that
+/// `known_target` of them are answered (their best entry is a class, not
+/// unknown) with softmax temperature `t`. An entry is answered when
+/// `p_known · m > 1 − p_known` (m: the top class probability), that is when
+/// `s + ln(m) / scale > offset`.
+pub fn fit_novelty(samples: &[Sample], t: f32, known_target: f32) -> Option<Novelty> {
+    let s: Vec<f32> = samples.iter().filter_map(|x| x.novelty).collect();
+    if s.is_empty() || s.len() != samples.len() {
+        return None;
+    }
+    let quantile = |v: &[f32], q: f32| {
+        let mut v = v.to_vec();
+        v.sort_by(f32::total_cmp);
+        v[((q * v.len() as f32) as usize).min(v.len() - 1)]
+    };
+    let lowest_answered = quantile(&s, 1.0 - known_target);
+    let median = quantile(&s, 0.5);
+    let logit = (MEDIAN_KNOWN / (1.0 - MEDIAN_KNOWN)).ln() as f32;
+    let scale = if median > lowest_answered {
+        (logit / (median - lowest_answered)).clamp(SCALE_RANGE.0, SCALE_RANGE.1)
+    } else {
+        SCALE_RANGE.1
+    };
+    let mut margin: Vec<f32> = samples
+        .iter()
+        .zip(&s)
+        .map(|(x, &s)| {
+            let m = softmax(&x.scores, t).into_iter().fold(0f32, f32::max).max(1e-12);
+            s + m.ln() / scale
+        })
+        .collect();
+    margin.sort_by(f32::total_cmp);
+    // Reject the lowest (1 − target) share: the offset sits halfway between
+    // the last rejected margin and the first answered one.
+    let rejected = ((1.0 - known_target) * margin.len() as f32).floor() as usize;
+    let offset = if rejected == 0 {
+        margin[0] - 0.5 / scale
+    } else {
+        0.5 * (margin[rejected - 1] + margin[rejected.min(margin.len() - 1)])
+    };
+    let answered = margin.iter().filter(|&&m| m > offset).count() as f32 / margin.len() as f32;
+    Some(Novelty {
+        offset,
+        scale,
+        source: "leave-one-out".into(),
+        known_target,
+        known_accepted: Some(answered),
+    })
+}
+
+/// Fits the temperature, the unknown entry (for `opts.known_target`) and,
+/// for `opts.target_precision`, the threshold. With no leave-one-out query
+/// (every class has one image) the temperature and the unknown entry come
+/// from `opts.prior`, when there is one.
+pub fn calibrate(head: &RetrievalHead, opts: &HeadOptions) -> (Calibration, Option<Novelty>) {
+    let target_precision = opts.target_precision;
     let samples = leave_one_out(head);
     if samples.is_empty() {
-        // Every class has a single image: leave-one-out has nothing to compare.
-        return Calibration {
-            temperature: None,
+        // Every class has a single image: leave-one-out has nothing to
+        // compare, so the embedder's prior speaks instead.
+        let temperature = opts.prior.as_ref().map(|p| prior_temperature(head, p));
+        let novelty = match (&opts.prior, opts.known_target) {
+            (Some(p), Some(target)) => Some(Novelty {
+                offset: p.novelty_offset,
+                scale: p.novelty_scale,
+                source: format!("prior: {}", p.source),
+                known_target: target,
+                known_accepted: None,
+            }),
+            _ => None,
+        };
+        let calibration = Calibration {
+            temperature,
             threshold: None,
             target_precision,
             samples: 0,
@@ -272,19 +394,30 @@ pub fn calibrate(head: &RetrievalHead, target_precision: Option<f32>) -> Calibra
             ece: None,
             coverage: 1.0,
         };
+        return (calibration, novelty);
     }
     let correct: Vec<bool> = samples.iter().map(|s| argmax(&s.scores) == s.truth).collect();
     let unfitted: Vec<f32> =
         samples.iter().map(|s| softmax(&s.scores, 1.0).into_iter().fold(0f32, f32::max)).collect();
     let t = fit_temperature(&samples);
-    let fitted: Vec<f32> =
-        samples.iter().map(|s| softmax(&s.scores, t).into_iter().fold(0f32, f32::max)).collect();
+    let novelty = opts.known_target.and_then(|target| fit_novelty(&samples, t, target));
+    // The top score as the model gives it: times p_known with an unknown entry.
+    let fitted: Vec<f32> = samples
+        .iter()
+        .map(|s| {
+            let top = softmax(&s.scores, t).into_iter().fold(0f32, f32::max);
+            match (&novelty, s.novelty) {
+                (Some(n), Some(v)) => top * sigmoid(n.scale * (v - n.offset)),
+                _ => top,
+            }
+        })
+        .collect();
     let (threshold, coverage) =
         match target_precision.and_then(|p| threshold_for_precision(&fitted, &correct, p)) {
             Some((th, cov)) => (Some(th), cov),
             None => (None, 1.0),
         };
-    Calibration {
+    let calibration = Calibration {
         temperature: Some(t),
         threshold,
         target_precision,
@@ -293,7 +426,8 @@ pub fn calibrate(head: &RetrievalHead, target_precision: Option<f32>) -> Calibra
         ece_unfitted: Some(ece(&unfitted, &correct)),
         ece: Some(ece(&fitted, &correct)),
         coverage,
-    }
+    };
+    (calibration, novelty)
 }
 
 /// Chooses only the threshold, on raw class similarities (no softmax).
@@ -327,7 +461,6 @@ pub fn calibrate_threshold_only(head: &RetrievalHead, target_precision: f32) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::{Aggregation, HeadOptions};
 
     #[test]
     fn threshold_keeps_target_precision_with_most_coverage() {
@@ -385,9 +518,79 @@ mod tests {
     }
 
     #[test]
+    fn novelty_offset_answers_the_target_share_of_leave_one_out_queries() {
+        // Confident queries (one class far ahead) with novelty 0.50, 0.51, …, 0.69.
+        let samples: Vec<Sample> = (0..20)
+            .map(|i| Sample {
+                scores: vec![1.0, 0.0],
+                truth: 0,
+                novelty: Some(0.5 + 0.01 * i as f32),
+            })
+            .collect();
+        let n = fit_novelty(&samples, 0.01, 0.9).unwrap();
+        assert_eq!(n.known_accepted, Some(0.9));
+        // The two least similar queries are the ones answered "unknown".
+        let answered = |s: &Sample| {
+            let p = sigmoid(n.scale * (s.novelty.unwrap() - n.offset));
+            p * softmax(&s.scores, 0.01)[0] > 1.0 - p
+        };
+        let rejected: Vec<usize> = (0..20).filter(|&i| !answered(&samples[i])).collect();
+        assert_eq!(rejected, vec![0, 1]);
+        // The median query is nearly sure to be known.
+        let median = sigmoid(n.scale * (samples[10].novelty.unwrap() - n.offset));
+        assert!(median > 0.98, "p_known at the median {median}");
+        // Without novelty values there is nothing to fit.
+        let bare: Vec<Sample> =
+            samples.iter().map(|s| Sample { novelty: None, ..s.clone() }).collect();
+        assert!(fit_novelty(&bare, 0.01, 0.9).is_none());
+    }
+
+    #[test]
+    fn one_image_per_class_takes_the_prior_scaled_to_the_rule() {
+        let emb = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let prior = Prior {
+            source: "test".into(),
+            temperature: 0.05,
+            novelty_offset: 0.4,
+            novelty_scale: 20.0,
+        };
+        let mut first: Option<Vec<f32>> = None;
+        for aggregation in Aggregation::ALL {
+            let opts =
+                HeadOptions { aggregation, prior: Some(prior.clone()), ..HeadOptions::default() };
+            let h = RetrievalHead::new(&emb, 3, &labels, &opts).unwrap();
+            let n = h.novelty.as_ref().expect("an unknown entry from the prior");
+            assert_eq!((n.offset, n.scale, n.source.as_str()), (0.4, 20.0, "prior: test"));
+            let want = match aggregation {
+                Aggregation::Discriminant => 0.05 * 3.0 / discriminant::SHRINKAGE as f32,
+                _ => 0.05,
+            };
+            assert!((h.temperature.unwrap() - want).abs() < 1e-6, "{aggregation}");
+            // Given "known", the class probabilities are the same for every
+            // rule: the prior's temperature is scaled to the rule's scores.
+            let s = h.scores(&[1.0, 0.2, 0.0]);
+            assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            let given_known: Vec<f32> = s[..3].iter().map(|p| p / (1.0 - s[3])).collect();
+            match &first {
+                None => first = Some(given_known),
+                Some(f) => {
+                    for (a, b) in f.iter().zip(&given_known) {
+                        assert!((a - b).abs() < 1e-4, "{aggregation}: {given_known:?} vs {f:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn fitted_temperature_sharpens_confident_correct_scores() {
         let samples: Vec<Sample> = (0..50)
-            .map(|i| Sample { scores: vec![0.6, 0.3, 0.2], truth: if i < 45 { 0 } else { 1 } })
+            .map(|i| Sample {
+                scores: vec![0.6, 0.3, 0.2],
+                truth: if i < 45 { 0 } else { 1 },
+                novelty: None,
+            })
             .collect();
         let t = fit_temperature(&samples);
         let p = softmax(&samples[0].scores, t)[0];

@@ -77,6 +77,7 @@ pub fn lower(plan: &HeadPlan, embedder: &ModelProto, embedding_output: &str) -> 
                 bail!("step {i} ({:?}) has no ONNX form: the plan must compute it", step.op)
             }
             _ if i == plan.query => "cbr/query".to_string(),
+            _ if Some(i) == plan.novelty => "cbr/nearest_class_mean".to_string(),
             Op::Power { .. } => "cbr/power".to_string(),
             Op::L2Normalize => "cbr/l2_normalize".to_string(),
             Op::Subtract { .. } => "cbr/centered".to_string(),
@@ -85,6 +86,8 @@ pub fn lower(plan: &HeadPlan, embedder: &ModelProto, embedding_output: &str) -> 
             Op::Linear { name, .. } => format!("cbr/{name}"),
             Op::Average => "cbr/average".to_string(),
             Op::Softmax { .. } => "cbr/softmax".to_string(),
+            Op::Sigmoid { .. } => "cbr/known".to_string(),
+            Op::AppendUnknown => "cbr/with_unknown".to_string(),
         };
         let base = low.fresh(&base);
         let out =
@@ -99,14 +102,18 @@ pub fn lower(plan: &HeadPlan, embedder: &ModelProto, embedding_output: &str) -> 
             low.graph.node.push(node("Identity", &node_name, &[&names[v]], &[name], vec![]));
         }
     }
-    let (n, d, classes) =
-        (plan.steps[similarities].len as i64, plan.dim as i64, plan.classes as i64);
+    let (n, d, classes, scores) = (
+        plan.steps[similarities].len as i64,
+        plan.dim as i64,
+        plan.classes as i64,
+        plan.steps[plan.scores].len as i64,
+    );
     let graph = low.graph;
     graph.output.clear();
     graph.output.push(value_info(
         SCORES,
         DataType::Float,
-        &[batch_dim.clone(), Dim::Fixed(classes)],
+        &[batch_dim.clone(), Dim::Fixed(scores)],
     ));
     graph.output.push(value_info(
         CLASS_SIMILARITIES,
@@ -264,6 +271,30 @@ impl Lowering<'_> {
                     "Softmax",
                     base,
                     &[&logits],
+                    &[out],
+                    vec![attr_int("axis", 1)],
+                ));
+            }
+            Op::Sigmoid { scale, offset } => {
+                let (b, a) = (format!("{base}_offset"), format!("{base}_scale"));
+                let (shifted, scaled) = (format!("{base}_shifted"), format!("{base}_logit"));
+                self.constant(&b, &[], &[*offset]);
+                self.constant(&a, &[], &[*scale]);
+                self.op("Sub", &shifted, &[x, &b], &shifted);
+                self.op("Mul", &scaled, &[&shifted, &a], &scaled);
+                self.op("Sigmoid", base, &[&scaled], out);
+            }
+            Op::AppendUnknown => {
+                // [p · x, 1 − p]: x [B, C] times p [B, 1] broadcasts over the classes.
+                let (known, unknown, one) =
+                    (format!("{base}_known"), format!("{base}_unknown"), format!("{base}_one"));
+                self.op("Mul", &known, &[x, inputs[1]], &known);
+                self.constant(&one, &[], &[1.0]);
+                self.op("Sub", &unknown, &[&one, inputs[1]], &unknown);
+                self.graph.node.push(node(
+                    "Concat",
+                    base,
+                    &[&known, &unknown],
                     &[out],
                     vec![attr_int("axis", 1)],
                 ));

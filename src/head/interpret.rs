@@ -131,7 +131,26 @@ impl<'p, 'a> Evaluation<'p, 'a> {
                 self.input(i, 0).iter().zip(self.input(i, 1)).map(|(a, b)| 0.5 * (a + b)).collect()
             }
             Op::Softmax { temperature } => softmax(self.input(i, 0), *temperature),
+            Op::Sigmoid { scale, offset } => {
+                self.input(i, 0).iter().map(|&x| sigmoid(scale * (x - offset))).collect()
+            }
+            Op::AppendUnknown => {
+                let known = self.input(i, 1)[0];
+                let mut x: Vec<f32> = self.input(i, 0).iter().map(|p| p * known).collect();
+                x.push(1.0 - known);
+                x
+            }
         }
+    }
+}
+
+/// `1 / (1 + e^−x)`, without overflow for large |x|.
+pub fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
     }
 }
 

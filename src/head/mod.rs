@@ -14,9 +14,14 @@
 //!   normalisation (SimpleShot's CL2N), which removes the direction all
 //!   embeddings share and so spreads the classes apart.
 //! - Calibration fits a softmax temperature τ on the index itself by
-//!   leave-one-out, so `scores` are probabilities that mean something; a
-//!   threshold on the top score, also chosen by leave-one-out for a target
-//!   precision, answers "unknown".
+//!   leave-one-out, so `scores` are probabilities that mean something (with
+//!   one image per class, τ comes from the embedder's prior).
+//! - "Unknown" is the last entry of `scores`: `1 − p_known`, where `p_known`
+//!   is a sigmoid of the query's cosine to the nearest class mean (before
+//!   centring), its offset chosen by leave-one-out so that a target share of
+//!   known photos is answered. The class entries are `p_known ·` the softmax,
+//!   so the best entry is the answer. An optional threshold on the top score
+//!   (for a target precision, or given) can add "unknown" answers.
 //!
 //! A head is described once, as data: [`rules::plan`] turns it into a
 //! [`plan::HeadPlan`] (the ordered steps with their weights), which
@@ -46,7 +51,23 @@ pub const EMBEDDING: &str = "embedding";
 
 // The head's options are model metadata: they live in crate::meta so that
 // metadata readers need not depend on the head.
-pub use crate::meta::{Aggregation, HeadOptions};
+pub use crate::meta::{Aggregation, HeadOptions, Novelty, Prior};
+
+/// The name of the unknown entry of `scores`, unless a class already has it.
+pub const UNKNOWN_LABEL: &str = "unknown";
+
+/// The unknown entry's name for a model with these classes: [`UNKNOWN_LABEL`],
+/// or, when a class is called that, the first of `(unknown)`, `(unknown 2)`, … that is free.
+pub fn unknown_label_for(labels: &[String]) -> String {
+    let taken = |l: &str| labels.iter().any(|x| x == l);
+    if !taken(UNKNOWN_LABEL) {
+        return UNKNOWN_LABEL.to_string();
+    }
+    (1..)
+        .map(|n| if n == 1 { "(unknown)".to_string() } else { format!("(unknown {n})") })
+        .find(|l| !taken(l))
+        .expect("some name is free")
+}
 
 /// The computed retrieval layers.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +106,11 @@ pub struct RetrievalHead {
     pub temperature: Option<f32>,
     /// Below this top score the answer is "unknown".
     pub threshold: Option<f32>,
+    /// Normalised class means of the uncentred unit rows (`labels.len()` x
+    /// `dim`): what novelty is measured against; empty without `novelty`.
+    pub class_means: Vec<f32>,
+    /// The unknown entry of `scores`, when the head has one.
+    pub novelty: Option<Novelty>,
     /// What leave-one-out on the index measured while calibrating.
     pub calibration: Option<calibrate::Calibration>,
 }
@@ -230,6 +256,8 @@ impl RetrievalHead {
             discriminant: None,
             temperature: None,
             threshold: None,
+            class_means: Vec::new(),
+            novelty: None,
             calibration: None,
         };
         if opts.aggregation.uses_centroid() {
@@ -247,10 +275,17 @@ impl RetrievalHead {
             ));
         }
         if opts.calibrate && head.labels.len() > 1 {
-            let cal = calibrate::calibrate(&head, opts.target_precision);
+            if opts.known_target.is_some() {
+                head.class_means = head.unit_class_means();
+            }
+            let (cal, novelty) = calibrate::calibrate(&head, opts);
             head.temperature = cal.temperature;
             head.threshold = cal.threshold;
+            head.novelty = novelty;
             head.calibration = Some(cal);
+            if head.novelty.is_none() {
+                head.class_means = Vec::new();
+            }
         } else if let Some(p) = opts.target_precision {
             let cal = calibrate::calibrate_threshold_only(&head, p);
             head.threshold = cal.threshold;
@@ -260,6 +295,22 @@ impl RetrievalHead {
             head.threshold = opts.threshold;
         }
         Ok(head)
+    }
+
+    /// Normalised per-class means of the unit rows before centring
+    /// (`labels.len()` x `dim`): what the novelty score compares a query to.
+    pub fn unit_class_means(&self) -> Vec<f32> {
+        let dim = self.dim;
+        let mut s = vec![0f32; self.labels.len() * dim];
+        for (r, &c) in self.index.units.chunks_exact(dim).zip(&self.row_class) {
+            for (a, x) in s[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(r) {
+                *a += x;
+            }
+        }
+        for c in s.chunks_exact_mut(dim) {
+            l2_normalize(c);
+        }
+        s
     }
 
     /// Index rows as the query meets them (`len()` x `dim`).
@@ -342,19 +393,12 @@ impl RetrievalHead {
         interpret::evaluate(&plan, query, plan.class_similarities)
     }
 
-    /// Class scores for a raw query embedding: probabilities when calibrated,
-    /// else class similarities. The exported graph computes the same thing.
+    /// `scores` for a raw query embedding: probabilities when calibrated
+    /// (with the unknown entry last when the head has one), else class
+    /// similarities. The exported graph computes the same thing.
     pub fn scores(&self, query: &[f32]) -> Vec<f32> {
         let plan = self.plan();
         interpret::evaluate(&plan, query, plan.scores)
-    }
-
-    /// Class similarities as `scores`: softmax(· / τ) when calibrated.
-    pub fn calibrated(&self, class_similarities: Vec<f32>) -> Vec<f32> {
-        let plan = self.plan();
-        let mut e = interpret::Evaluation::empty(&plan);
-        e.set(plan.class_similarities, class_similarities);
-        e.value(plan.scores).to_vec()
     }
 }
 

@@ -4,8 +4,11 @@
 //! ```text
 //! embedding ─ Power ─ L2 ─ [Subtract mean ─ L2] ─ query ─┬─ Similarity(index rows) ─ similarities ─ ClassMax ─┐
 //!                                                        ├─ Linear(centroids | discriminant) ────────────────┴─ [Average]
-//!                                                        └──────────────────────────────────────▶ class_similarities ─ [Softmax] ─▶ scores
+//!                                                        └──────────────────────────────────────▶ class_similarities ─ [Softmax] ─┐
+//!   unit query (after L2) ─ Linear(class means) ─ ClassMax(one group) ─ Sigmoid ─▶ p_known ──────── [AppendUnknown] ─▶ scores
 //! ```
+//!
+//! With an unknown entry, `scores` are `[p_known · probabilities …, 1 − p_known]`.
 //!
 //! Each step reads earlier steps' values (by [`ValueId`], its position in
 //! [`HeadPlan::steps`]) and makes one value, `[batch, len]`. The plan is built
@@ -52,6 +55,11 @@ pub enum Op<'a> {
     Average,
     /// `softmax(x / temperature)` along the last axis; `-inf` entries get 0.
     Softmax { temperature: f32 },
+    /// `1 / (1 + exp(−scale · (x − offset)))`, element-wise.
+    Sigmoid { scale: f32, offset: f32 },
+    /// `[p · x …, 1 − p]` of its inputs `x` `[B, C]` and `p` `[B, 1]`: class
+    /// probabilities given "known", and the unknown entry last.
+    AppendUnknown,
 }
 
 /// What [`Op::Similarity`] computes when the head centres: the rows it
@@ -88,9 +96,14 @@ pub struct HeadPlan<'a> {
     pub embedding: ValueId,
     /// The query as the similarity layers see it (after power, L2 and centring).
     pub query: ValueId,
+    /// The query after power and L2, before centring (what novelty is measured on).
+    pub unit_query: ValueId,
     /// Similarity to every index row (`None` when the plan has no index rows).
     pub similarities: Option<ValueId>,
     pub class_similarities: ValueId,
+    /// The cosine of the unit query to the nearest class mean, when `scores`
+    /// has an unknown entry (see [`Op::AppendUnknown`]).
+    pub novelty: Option<ValueId>,
     pub scores: ValueId,
 }
 
@@ -103,8 +116,10 @@ impl<'a> HeadPlan<'a> {
             steps: vec![Step { op: Op::Embedding, inputs: Vec::new(), len: dim }],
             embedding: 0,
             query: 0,
+            unit_query: 0,
             similarities: None,
             class_similarities: 0,
+            novelty: None,
             scores: 0,
         }
     }
@@ -117,7 +132,8 @@ impl<'a> HeadPlan<'a> {
             Op::Power { .. } | Op::L2Normalize | Op::Subtract { .. } | Op::Average => {
                 self.steps[inputs[0]].len
             }
-            Op::Softmax { .. } => self.steps[inputs[0]].len,
+            Op::Softmax { .. } | Op::Sigmoid { .. } => self.steps[inputs[0]].len,
+            Op::AppendUnknown => self.steps[inputs[0]].len + 1,
             Op::Similarity { index, .. } => index.len(),
             Op::ClassMax { levels } => levels.last().map_or(0, |l| l.groups),
             Op::Linear { weights, .. } => weights.len() / self.dim,
@@ -128,13 +144,15 @@ impl<'a> HeadPlan<'a> {
     }
 
     /// The query transform every head starts with: power (unless 1), L2, and
-    /// with `center` minus the index mean and L2 again. Sets and returns `query`.
+    /// with `center` minus the index mean and L2 again. Sets `unit_query`
+    /// (after the first L2) and returns and sets `query`.
     pub fn push_query(&mut self, power: Option<f32>, center: Option<&'a [f32]>) -> ValueId {
         let mut x = self.embedding;
         if let Some(p) = power {
             x = self.push(Op::Power { exponent: p }, &[x]);
         }
         x = self.push(Op::L2Normalize, &[x]);
+        self.unit_query = x;
         if let Some(mean) = center {
             x = self.push(Op::Subtract { vector: mean }, &[x]);
             x = self.push(Op::L2Normalize, &[x]);

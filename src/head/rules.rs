@@ -36,8 +36,27 @@ pub fn plan(head: &RetrievalHead) -> HeadPlan<'_> {
         Some(t) => p.push(Op::Softmax { temperature: t }, &[class]),
         None => class,
     };
+    if let (Some(n), Some(_)) = (&head.novelty, head.temperature) {
+        // "Is this one of my classes?" apart from "which one?": the unit
+        // query's cosine to the nearest class mean, uncentred (centring
+        // removes the direction every in-domain image shares, which is what
+        // tells a photo of something else apart).
+        let probabilities = p.scores;
+        let means = p.push(
+            Op::Linear { name: CLASS_MEANS, weights: &head.class_means, bias: None },
+            &[p.unit_query],
+        );
+        let all: Vec<u32> = (0..head.labels.len() as u32).collect();
+        let nearest = p.push(Op::ClassMax { levels: plan_max(vec![all]) }, &[means]);
+        p.novelty = Some(nearest);
+        let known = p.push(Op::Sigmoid { scale: n.scale, offset: n.offset }, &[nearest]);
+        p.scores = p.push(Op::AppendUnknown, &[probabilities, known]);
+    }
     p
 }
+
+/// Name of the [`Op::Linear`] step holding the normalised uncentred class means.
+pub const CLASS_MEANS: &str = "class_means";
 
 /// `max`: a class's best-matching index row.
 fn max<'a>(head: &RetrievalHead, p: &mut HeadPlan<'a>, similarities: ValueId) -> ValueId {
@@ -76,6 +95,8 @@ mod tests {
                 Op::Linear { .. } => "linear",
                 Op::Average => "average",
                 Op::Softmax { .. } => "softmax",
+                Op::Sigmoid { .. } => "sigmoid",
+                Op::AppendUnknown => "append-unknown",
             })
             .collect()
     }
@@ -91,8 +112,7 @@ mod tests {
             (Aggregation::Blend, &["class-max", "linear", "average"][..]),
             (Aggregation::Discriminant, &["linear"][..]),
         ] {
-            let opts =
-                HeadOptions { aggregation, target_precision: None, ..HeadOptions::default() };
+            let opts = HeadOptions { aggregation, known_target: None, ..HeadOptions::default() };
             let head = RetrievalHead::new(&emb, 4, &labels, &opts).unwrap();
             let p = plan(&head);
             let want: Vec<&str> = query.iter().chain(rule).copied().chain(["softmax"]).collect();
@@ -108,5 +128,37 @@ mod tests {
         }
         let head = RetrievalHead::new(&emb, 4, &labels, &HeadOptions::original()).unwrap();
         assert_eq!(kinds(&plan(&head)), ["embedding", "l2", "similarity", "class-max"]);
+    }
+
+    #[test]
+    fn the_unknown_entry_follows_the_softmax_and_reads_the_uncentred_query() {
+        let emb: Vec<f32> = (0..48).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0 + 0.1).collect();
+        let labels: Vec<String> = (0..12).map(|i| format!("c{}", i % 3)).collect();
+        let head = RetrievalHead::new(&emb, 4, &labels, &HeadOptions::default()).unwrap();
+        let n = head.novelty.as_ref().expect("the default head has an unknown entry");
+        assert_eq!(n.source, "leave-one-out");
+        let p = plan(&head);
+        let k = kinds(&p);
+        assert_eq!(
+            &k[k.len() - 5..],
+            ["softmax", "linear", "class-max", "sigmoid", "append-unknown"]
+        );
+        // The class means are matched by the query before centring (after the first L2).
+        assert_eq!(p.unit_query, 2);
+        let means = p.linear(CLASS_MEANS).unwrap();
+        assert_eq!(p.steps[means].inputs, vec![p.unit_query]);
+        assert_eq!(p.novelty, Some(means + 1));
+        assert_eq!(p.steps[p.scores].len, 4);
+        // Scores: probabilities summing to 1, the unknown entry last.
+        for q in emb.chunks_exact(4).chain([&[9.0, -3.0, 0.5, 0.0][..]]) {
+            let s = head.scores(q);
+            assert_eq!(s.len(), 4);
+            assert!(s.iter().all(|&v| (0.0..=1.0).contains(&v)), "{s:?}");
+            assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{s:?}");
+        }
+        // Without calibration there is no probability to split: no unknown entry.
+        let opts = HeadOptions { calibrate: false, ..HeadOptions::default() };
+        let head = RetrievalHead::new(&emb, 4, &labels, &opts).unwrap();
+        assert!(head.novelty.is_none() && plan(&head).novelty.is_none());
     }
 }

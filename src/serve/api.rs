@@ -117,6 +117,9 @@ pub struct Classification {
     pub unknown: bool,
     /// The best classes, best first.
     pub top: Vec<Scored>,
+    /// The model's probability that the image is of none of its classes
+    /// (its "unknown" entry; null for models without one).
+    pub unknown_score: Option<f32>,
     /// The unknown threshold that applied.
     pub threshold: Option<f32>,
     /// Server time for decode + inference.

@@ -980,6 +980,7 @@ async fn classify(
         unknown: p.label.is_none(),
         label: p.label,
         top: p.top,
+        unknown_score: p.unknown_score,
         threshold: q.threshold.or(model.threshold),
         ms: start.elapsed().as_secs_f64() * 1e3,
     }))

@@ -65,7 +65,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/api/models/{model}/build", id: "getBuild", summary: "Build progress: state, done/total images", tag: "build", body: ReqBody::None, ok: (200, Resp::Json("BuildStatus")), errors: E_MODEL, query: &[] },
     Route { method: "POST", path: "/api/models/{model}/classify", id: "classify", summary: "Classify one image: top-k labels with scores, and the label or unknown", tag: "classify", body: ReqBody::Image, ok: (200, Resp::Json("Classification")), errors: &[400, 404, 408, 409, 413, 415, 503], query: &[
         ("k", "integer", "How many classes to return (default 3, at most 100)"),
-        ("threshold", "number", "Answer unknown (label null) when the best score is below this cosine similarity (default: the model's own, none)"),
+        ("threshold", "number", "Answer unknown (label null) exactly when the best class's score is below this, instead of the model's own decision (its unknown entry, and its threshold if any)"),
     ] },
     Route { method: "GET", path: "/api/models/{model}/info", id: "modelInfo", summary: "The built model's metadata (as `cbr info --json`)", tag: "models", body: ReqBody::None, ok: (200, Resp::Json("ClassifierInfo")), errors: &[400, 404, 409, 503], query: &[] },
     Route { method: "GET", path: "/api/models/{model}/model.onnx", id: "downloadOnnx", summary: "Download the built ONNX model", tag: "models", body: ReqBody::None, ok: (200, Resp::Onnx), errors: &[400, 404, 409, 503], query: &[] },

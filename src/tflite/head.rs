@@ -19,10 +19,11 @@ use anyhow::{bail, Result};
 
 use super::edit::ModelEditor;
 use super::schema::model::{
-    BuiltinOperator as Op_, BuiltinOptionsT as Opt, GatherOptionsT, QuantizationParametersT,
-    ReducerOptionsT, ReshapeOptionsT, SoftmaxOptionsT, TensorType,
+    BuiltinOperator as Op_, BuiltinOptionsT as Opt, ConcatenationOptionsT, GatherOptionsT,
+    QuantizationParametersT, ReducerOptionsT, ReshapeOptionsT, SoftmaxOptionsT, TensorType,
 };
 use crate::head::plan::{Centring, HeadPlan, Op};
+use crate::head::rules::CLASS_MEANS;
 use crate::head::{Index, MaxLevel, RetrievalHead, SCORES};
 
 /// How the similarity layers of the head are computed.
@@ -142,6 +143,7 @@ pub fn lower(
                 bail!("step {i} ({:?}) has no TFLite form: the plan must compute it", step.op)
             }
             _ if i == plan.query => "cbr/query".to_string(),
+            _ if Some(i) == plan.novelty => "cbr/nearest_class_mean".to_string(),
             Op::Power { .. } => "cbr/embedding_power".to_string(),
             Op::L2Normalize => "cbr/embedding_l2".to_string(),
             Op::Subtract { .. } => "cbr/embedding_centered".to_string(),
@@ -150,6 +152,8 @@ pub fn lower(
             Op::Linear { name, .. } => format!("cbr/{name}"),
             Op::Average => "cbr/average".to_string(),
             Op::Softmax { .. } => "cbr/softmax".to_string(),
+            Op::Sigmoid { .. } => "cbr/known".to_string(),
+            Op::AppendUnknown => "cbr/with_unknown".to_string(),
         };
         // A second step of a kind gets `_2`, and so on.
         let n = used.entry(base.clone()).or_insert(0);
@@ -196,6 +200,12 @@ pub fn lower(
                     Op::Similarity { index, centring } => (similarity_rows(index, centring), None),
                     Op::Linear { weights, bias, .. } => (*weights, *bias),
                     _ => unreachable!("matched above"),
+                };
+                // The novelty layer stays float: it is small (one row per
+                // class) and its cosines decide "unknown" near a threshold.
+                let block = match &step.op {
+                    Op::Linear { name: CLASS_MEANS, .. } => TfliteBlock::Float,
+                    _ => block,
                 };
                 match block {
                     TfliteBlock::Float => similarity_float(ed, &name, x, weights, bias, shape, d),
@@ -253,6 +263,42 @@ pub fn lower(
                     Opt::SoftmaxOptions(Box::new(build!(SoftmaxOptionsT {
                         beta: 1.0 / temperature
                     }))),
+                );
+                y
+            }
+            Op::Sigmoid { scale, offset } => {
+                let b = ed.const_f32(&format!("{base}_offset"), &[], &[*offset]);
+                let shifted = float(ed, &format!("{base}_shifted"));
+                ed.op(Op_::SUB, 1, &[x, b], &[shifted], Opt::SubOptions(Box::default()));
+                let a = ed.const_f32(&format!("{base}_scale"), &[], &[*scale]);
+                let logit = float(ed, &format!("{base}_logit"));
+                ed.op(Op_::MUL, 1, &[shifted, a], &[logit], Opt::MulOptions(Box::default()));
+                let y = float(ed, &name);
+                ed.op(Op_::LOGISTIC, 1, &[logit], &[y], Opt::NONE);
+                y
+            }
+            Op::AppendUnknown => {
+                // [p · x, 1 − p]: x [B, C] times p [B, 1] broadcasts over the classes.
+                let p = tensors[step.inputs[1]];
+                let classes = step.len as i32 - 1;
+                let known = ed.activation(
+                    &format!("{base}_known"),
+                    TensorType::FLOAT32,
+                    &[b, classes],
+                    None,
+                );
+                ed.op(Op_::MUL, 1, &[x, p], &[known], Opt::MulOptions(Box::default()));
+                let one = ed.const_f32(&format!("{base}_one"), &[], &[1.0]);
+                let unknown =
+                    ed.activation(&format!("{base}_unknown"), TensorType::FLOAT32, &[b, 1], None);
+                ed.op(Op_::SUB, 1, &[one, p], &[unknown], Opt::SubOptions(Box::default()));
+                let y = float(ed, &name);
+                ed.op(
+                    Op_::CONCATENATION,
+                    1,
+                    &[known, unknown],
+                    &[y],
+                    Opt::ConcatenationOptions(Box::new(build!(ConcatenationOptionsT { axis: 1 }))),
                 );
                 y
             }

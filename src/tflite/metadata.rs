@@ -98,7 +98,13 @@ pub fn model_metadata(info: &ClassifierInfo, about: &About, input: InputKind) ->
     let (score_min, score_max) = if info.temperature.is_some() { (0.0, 1.0) } else { (-1.0, 1.0) };
     let scores = build!(TensorMetadataT {
         name: Some("scores".into()),
-        description: Some(if info.temperature.is_some() {
+        description: Some(if let Some(u) = &info.unknown_label {
+            format!(
+                "Probability of each class, and last the probability {u:?} that the image is of \
+                 none of them (from its similarity to the class means); they sum to 1 and the \
+                 best entry is the answer."
+            )
+        } else if info.temperature.is_some() {
             "Probability of each class (softmax of the class similarities with the calibrated \
              temperature)."
                 .into()

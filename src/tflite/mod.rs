@@ -132,7 +132,10 @@ pub fn classifier_bytes(
     }
 
     let bytes = edit::pack(&ed.model);
-    let labels = metadata::label_file(&head.labels);
+    // One line per entry of `scores`: the classes, then the unknown entry.
+    let labels: Vec<String> =
+        (0..info.score_count()).map(|i| info.score_label(i).to_string()).collect();
+    let labels = metadata::label_file(&labels);
     metadata::append_zip(bytes, &[(metadata::LABEL_FILE, labels.as_bytes())])
 }
 

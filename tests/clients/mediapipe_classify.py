@@ -7,8 +7,10 @@ Prints one JSON line per image:
     python3 mediapipe_classify.py MODEL.tflite IMAGE...
     {"path": ..., "categories": [{"label": ..., "score": ..., "index": ...}, ...]}
 
-Categories are best first; an empty list means every class scored below the
-metadata's score threshold ("unknown").
+Categories are best first. The answer is the first one: for a model with an
+"unknown" entry (a last label such as `unknown` in labelmap.txt) that label
+means "none of the classes"; an empty list means every entry scored below the
+metadata's score threshold, which is "unknown" too.
 """
 
 import json

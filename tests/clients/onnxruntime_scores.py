@@ -8,7 +8,12 @@ model file's own description of itself.
 Everything needed comes from the model: the labels and the preprocessing are in
 the ONNX `metadata_props` entry `cbr` (JSON). Prints one JSON line per image:
 
-    {"path": ..., "top1": LABEL, "scores": {LABEL: SCORE, ...}}
+    {"path": ..., "top1": LABEL, "unknown": BOOL, "scores": {LABEL: SCORE, ...}}
+
+A model with an "unknown" entry (metadata `unknown_label`) has one score more
+than it has labels, the unknown entry last; the answer is the best entry, so
+"unknown" is true when the unknown entry is the best. Calibrated scores are
+checked to be probabilities: in [0, 1], summing to 1 with the unknown entry.
 
 Before scoring, checks the model's outputs (`scores`, `similarities`,
 `embedding`) against the metadata, and runs onnx's checker when the `onnx`
@@ -42,7 +47,7 @@ def read_metadata(session):
 
 def check_outputs(session, meta, batch, outputs):
     """Declared and actual shapes of the three outputs, against the metadata."""
-    n_classes = len(meta["labels"])
+    n_classes = len(meta["labels"]) + (1 if meta.get("unknown_label") else 0)
     n_index = sum(meta["images_per_label"])
     dim = meta["embedder"]["dim"]
     expected = {"scores": n_classes, "similarities": n_index, "embedding": dim}
@@ -124,7 +129,10 @@ def main(argv):
     run_onnx_checker(model)
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     meta = read_metadata(session)
-    labels = meta["labels"]
+    labels = list(meta["labels"])
+    unknown = meta.get("unknown_label")
+    if unknown:
+        labels.append(unknown)
     p = meta["preprocess"]
     input_name = meta["embedder"]["input"]
     inputs = [i.name for i in session.get_inputs()]
@@ -136,9 +144,14 @@ def main(argv):
         outputs = dict(zip(names, session.run(names, {input_name: x})))
         check_outputs(session, meta, 1, outputs)
         scores = outputs["scores"][0]
+        if meta.get("temperature") is not None:
+            if scores.min() < 0 or scores.max() > 1 or abs(float(scores.sum()) - 1) > 1e-4:
+                fail(f"{path}: scores are not probabilities (min {scores.min()}, max {scores.max()}, sum {scores.sum()})")
+        top1 = labels[int(np.argmax(scores))]
         line = {
             "path": path,
-            "top1": labels[int(np.argmax(scores))],
+            "top1": top1,
+            "unknown": bool(unknown) and top1 == unknown,
             "scores": {label: float(s) for label, s in zip(labels, scores)},
         }
         print(json.dumps(line), flush=True)

@@ -185,8 +185,8 @@ pub fn five_shot(set: &Path, min_queries: usize) -> (usize, usize) {
         let keys: BTreeSet<&str> = obj.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             keys,
-            BTreeSet::from(["path", "label", "unknown", "top"]),
-            "a result line has exactly the keys path, label, unknown and top: {line}"
+            BTreeSet::from(["path", "label", "unknown", "top", "unknown_score"]),
+            "a result line has exactly the keys path, label, unknown, top and unknown_score: {line}"
         );
         assert_eq!(
             obj["unknown"].as_bool(),
@@ -304,11 +304,13 @@ fn classify_prints_one_human_line_per_image() {
             let rest = line
                 .strip_prefix(&prefix)
                 .unwrap_or_else(|| panic!("line should start with `{prefix}`: {line}"));
-            // Below the model's threshold: `unknown (best: label (0.123), ...)`.
-            let rest = match rest.strip_prefix("unknown (best: ") {
+            // Unknown: `unknown (0.912; best: label (0.023), ...)`, the unknown entry's score first.
+            let rest = match rest.strip_prefix("unknown (") {
                 Some(r) => r
-                    .strip_suffix(')')
-                    .unwrap_or_else(|| panic!("unknown line must end with `)`: {line}")),
+                    .split_once("best: ")
+                    .map(|(_, r)| r)
+                    .and_then(|r| r.strip_suffix(')'))
+                    .unwrap_or_else(|| panic!("unknown line is `unknown (p; best: …)`: {line}")),
                 None => rest,
             };
             let entries: Vec<&str> = rest.split(", ").collect();

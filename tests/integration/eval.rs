@@ -140,3 +140,54 @@ fn eval_prints_tables_and_refuses_bad_options() {
     let bad = run(&["eval", data.to_str().unwrap(), "--shots", "5", "--seeds", "0"]);
     assert!(!bad.status.success());
 }
+
+/// `--unknown DIR`: scikit-image's photographs against a Fashion-MNIST
+/// classifier. The model's own unknown answer must say "unknown" for nearly
+/// all of them and still answer the photos of clothing; text, JSON and HTML
+/// all carry the figures.
+#[test]
+fn eval_unknown_scores_images_of_no_known_class() {
+    setup();
+    let data = fixtures::fashion_mnist();
+    let photos = fixtures::photos();
+    let unknown = photos[0].parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let html = tmp.path().join("r.html");
+    let args = |json: bool| {
+        let mut a = vec![
+            "eval",
+            data.to_str().unwrap(),
+            "--shots",
+            "1,5",
+            "--seeds",
+            "2",
+            "--unknown",
+            unknown.to_str().unwrap(),
+            "--quiet",
+        ];
+        if json {
+            a.push("--json");
+        } else {
+            a.extend(["--report", html.to_str().unwrap()]);
+        }
+        a
+    };
+    let out = run_ok(&args(true));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for s in r["results"].as_array().unwrap() {
+        let f = &s["far_unknown"];
+        let mean = |k: &str| f[k]["mean"].as_f64().unwrap_or_else(|| panic!("{k} in {f}"));
+        println!("K={}: {f}", s["shots"]);
+        assert_eq!(f["images"].as_u64(), Some(photos.len() as u64));
+        assert!(mean("auroc") >= 0.95, "AUROC {f}");
+        assert!(mean("unknown_rejected") >= 0.85, "photographs answered unknown: {f}");
+        assert!(mean("known_accepted") >= 0.8, "photos of clothing answered: {f}");
+        assert!(mean("known_right_and_accepted") <= mean("top1_no_threshold"), "{f}");
+        assert!((0.0..=1.0).contains(&mean("fpr_at_95_tpr")), "{f}");
+    }
+    let text = run_ok(&args(false));
+    assert!(text.contains(&format!("images of no known class ({} images", photos.len())), "{text}");
+    assert!(text.contains("unknown images answered \"unknown\""), "{text}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("Images of no known class"), "the HTML report has the section");
+}

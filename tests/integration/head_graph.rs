@@ -51,7 +51,9 @@ fn check_with(class_sizes: &[usize], opset: i64, opts: &HeadOptions) {
     let embeddings = embedder.embed(&inputs, queries).unwrap();
     for q in 0..queries {
         let want = head.scores(&embeddings[q * DIM..(q + 1) * DIM]);
-        assert_eq!(got[q].len(), class_sizes.len());
+        // One score per class, and the unknown entry last when the head has one.
+        assert_eq!(got[q].len(), class_sizes.len() + head.novelty.is_some() as usize);
+        assert_eq!(got[q].len(), want.len());
         for (g, w) in got[q].iter().zip(&want) {
             assert!(
                 (g - w).abs() <= 1e-5,
@@ -144,10 +146,12 @@ fn calibrated_scores_are_probabilities() {
     let labels: Vec<String> = (0..40).map(|i| format!("c{}", i % 4)).collect();
     let head =
         RetrievalHead::new(&noise(5, 40 * DIM), DIM, &labels, &HeadOptions::default()).unwrap();
-    assert!(head.temperature.is_some() && head.threshold.is_some(), "{:?}", head.calibration);
+    assert!(head.temperature.is_some() && head.novelty.is_some(), "{:?}", head.calibration);
     let mut classifier =
         Classifier::from_bytes(&model_bytes(&embedder, &head, false).unwrap()).unwrap();
     for row in classifier.scores(&noise(9, 3 * 12), 3).unwrap() {
+        // Four classes and the unknown entry: probabilities summing to 1.
+        assert_eq!(row.len(), 5);
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
         assert!(row.iter().all(|&p| (0.0..=1.0).contains(&p)));
     }

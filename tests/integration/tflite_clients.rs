@@ -260,7 +260,12 @@ pub fn check_float_block(embedder: Embedder, set: &Path, all_aggregations: bool)
             .iter()
             .map(|l| l.as_str().unwrap().to_string())
             .collect();
-        assert_eq!(labels, info.labels, "labelmap.txt read through the TFLite metadata");
+        let entries: Vec<String> =
+            (0..info.score_count()).map(|i| info.score_label(i).to_string()).collect();
+        assert_eq!(
+            labels, entries,
+            "labelmap.txt (classes, then the unknown entry) read through the TFLite metadata"
+        );
     }
 }
 
@@ -310,8 +315,11 @@ pub fn mediapipe_agrees(embedder: Embedder, set: &Path) {
     let size = embedder.preprocess.width;
     // PNGs already at the input size: MediaPipe then feeds the same pixels as the
     // PIL preprocessing that made the embeddings (no decoder or resize differences).
+    // Queries of the known classes, and scikit-image's photographs, of none of them.
     let (_, queries) = split_folder(set, 5, tmp.path());
-    let jpegs: Vec<PathBuf> = images_in(&queries).into_iter().step_by(9).collect();
+    let mut sources: Vec<PathBuf> = images_in(&queries).into_iter().step_by(9).collect();
+    let known = sources.len();
+    sources.extend(fixtures::photos());
     let png_dir = tmp.path().join("png");
     std::fs::create_dir_all(&png_dir).unwrap();
     let make_png = "import sys, os\nfrom PIL import Image, ImageOps\nout, size = sys.argv[1], int(sys.argv[2])\n\
@@ -320,52 +328,57 @@ pub fn mediapipe_agrees(embedder: Embedder, set: &Path) {
                     \x20   img.save(os.path.join(out, '%03d.png' % i))\n";
     let size_arg = size.to_string();
     let mut args = vec!["-c", make_png, s(&png_dir), &size_arg];
-    args.extend(jpegs.iter().map(|p| s(p)));
+    args.extend(sources.iter().map(|p| s(p)));
     let st = common::python().args(&args).status().expect("python3");
     assert!(st.success(), "making PNGs failed");
     let mut pngs: Vec<PathBuf> =
         std::fs::read_dir(&png_dir).unwrap().map(|e| e.unwrap().path()).collect();
     pngs.sort();
-    assert!(pngs.len() >= 40, "{} query PNGs", pngs.len());
+    assert!(known >= 40 && pngs.len() > known, "{known} query PNGs of {}", pngs.len());
 
     let data = embed_split(&embedder, set, 0, &tmp.path().join("split"));
     let png_embeddings = embedder.embed(&pngs);
     for block in [TfliteBlock::Float, TfliteBlock::Int8] {
-        let mut h = head(&data, &HeadOptions::default());
-        // With 5 images per class the calibrated threshold (90% leave-one-out precision)
-        // rejects most queries; the median top score makes half of them "unknown",
-        // so both of MediaPipe's answers are checked.
-        let mut tops: Vec<f32> = png_embeddings
-            .iter()
-            .map(|e| h.scores(e).into_iter().fold(f32::MIN, f32::max))
-            .collect();
-        tops.sort_by(f32::total_cmp);
-        h.threshold = Some(tops[tops.len() / 2]);
+        let h = head(&data, &HeadOptions::default());
         let model = tmp.path().join(format!("mp_{block:?}.tflite"));
-        write_classifier(&embedder, &h, block, &model);
+        let info = write_classifier(&embedder, &h, block, &model);
+        let unknown_label =
+            info.unknown_label.clone().expect("the default head has an unknown entry");
         let mut args = vec![s(&model)];
         args.extend(pngs.iter().map(|p| s(p)));
         let lines = python("mediapipe_classify.py", &args);
         assert_eq!(lines.len(), pngs.len());
-        let threshold = h.threshold.expect("the default head has an unknown threshold");
-        let (mut same, mut unknown) = (0, 0);
-        for (line, e) in lines.iter().zip(&png_embeddings) {
+        let (mut same, mut unknown_known, mut unknown_other) = (0, 0, 0);
+        for (i, (line, e)) in lines.iter().zip(&png_embeddings).enumerate() {
             let scores = h.scores(e);
-            let best = argmax(&scores);
+            let classes = h.labels.len();
+            // cbr's answer: the best entry of `scores` (None: the unknown entry).
+            let cbr_top =
+                cbr::classifier::predict_row(&h.labels, &scores, classes, 1, h.threshold, true)
+                    .label;
             let cats = line["categories"].as_array().unwrap();
-            // MediaPipe applies the metadata's score threshold: nothing above it means "unknown".
-            let mp_top = cats.first().map(|c| c["label"].as_str().unwrap().to_string());
-            let cbr_top = (scores[best] >= threshold).then(|| h.labels[best].clone());
+            // MediaPipe's: its first category, "unknown" when it is the unknown entry.
+            let mp_top = cats
+                .first()
+                .map(|c| c["label"].as_str().unwrap().to_string())
+                .filter(|l| *l != unknown_label);
             if mp_top.is_none() {
-                unknown += 1;
+                if i < known {
+                    unknown_known += 1;
+                } else {
+                    unknown_other += 1;
+                }
             }
             if block == TfliteBlock::Float {
-                // Float block: same numbers up to 1e-4, so the same decision except at a tie with the threshold.
-                if (scores[best] - threshold).abs() > 1e-3 {
+                // Float block: same numbers up to 1e-4, so the same decision except at a near-tie.
+                let best = argmax(&scores);
+                let mut rest = scores.clone();
+                rest.remove(best);
+                if scores[best] - rest.iter().cloned().fold(f32::MIN, f32::max) > 1e-3 {
                     assert_eq!(
                         mp_top, cbr_top,
-                        "{}: MediaPipe {mp_top:?} vs cbr {cbr_top:?} (score {})",
-                        line["path"], scores[best]
+                        "{}: MediaPipe {mp_top:?} vs cbr {cbr_top:?} ({scores:?})",
+                        line["path"]
                     );
                 }
                 if let Some(c) = cats.first() {
@@ -375,11 +388,20 @@ pub fn mediapipe_agrees(embedder: Embedder, set: &Path) {
             same += (mp_top == cbr_top) as usize;
         }
         let agreement = same as f64 / pngs.len() as f64;
-        println!("MediaPipe, {}, {block:?} block: same top-1 (or unknown) as cbr for {same}/{} images, {unknown} unknown", embedder.name(), pngs.len());
-        assert!(
-            unknown > 0 && unknown < pngs.len(),
-            "MediaPipe answered unknown for {unknown} of {} images; the threshold is the median",
+        let other = pngs.len() - known;
+        println!(
+            "MediaPipe, {}, {block:?} block: same answer as cbr for {same}/{} images; unknown: \
+             {unknown_known}/{known} of the known classes, {unknown_other}/{other} scikit-image photos",
+            embedder.name(),
             pngs.len()
+        );
+        assert_eq!(
+            unknown_other, other,
+            "every photograph of something else is unknown to MediaPipe"
+        );
+        assert!(
+            (unknown_known as f64) < 0.3 * known as f64,
+            "MediaPipe answered unknown for {unknown_known} of {known} photos of known classes"
         );
         assert!(
             agreement >= if block == TfliteBlock::Float { 0.97 } else { 0.85 },

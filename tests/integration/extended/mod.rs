@@ -12,3 +12,4 @@ mod litert_cli;
 mod litert_embedder;
 mod tflite_clients;
 mod tflite_writer;
+mod unknown;
