@@ -1,5 +1,5 @@
 """examples/ray_embed.py on a real local Ray cluster (a head node and a second worker node on
-this machine): the shards its tasks write merge, with `cbr build --embeddings`, into the model a
+this machine, in a loopback-only network namespace): the shards its tasks write merge, with `cbr build --embeddings`, into the model a
 direct `cbr build` writes, byte for byte; also when a task's worker process is killed half way
 and Ray runs the task again."""
 
@@ -28,7 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 120) -> None:
+def in_netns(holder: subprocess.Popen, *cmd: str) -> list:
+    """`cmd` run in the holder's network namespace."""
+    return ["nsenter", f"--net=/proc/{holder.pid}/ns/net", *cmd]
+
+
+def wait_for_nodes(holder, address: str, count: int, env: dict, timeout: float = 120) -> None:
     probe = (
         "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
         "print(len([n for n in ray.nodes() if n['Alive']]))"
@@ -37,7 +42,8 @@ def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 120) ->
     alive = None
     while time.time() < deadline:
         p = subprocess.run(
-            [sys.executable, "-c", probe, address], capture_output=True, text=True, env=env
+            in_netns(holder, sys.executable, "-c", probe, address),
+            capture_output=True, text=True, env=env,
         )
         if p.returncode == 0 and p.stdout.strip() and int(p.stdout.split()[-1]) >= count:
             return
@@ -49,7 +55,13 @@ def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 120) ->
 @pytest.fixture(scope="module")
 def cluster():
     """`ray start --head --block` plus a second node, each a child process of this test (so
-    stopping them ends exactly the Ray processes this test started)."""
+    stopping them ends exactly the Ray processes this test started), in a network namespace of
+    their own with only the loopback interface: Ray would otherwise advertise and dial the
+    machine's own address, and its usage-stats module probes cloud metadata addresses even with
+    usage stats off. There those connections fail at once and no packet leaves the machine."""
+    holder = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", "ip link set lo up && exec sleep infinity"]
+    )
     # Short: Ray puts its sockets under the temporary directory (108-byte path limit).
     temp = tempfile.mkdtemp(prefix="cbr-ray-", dir="/tmp")
     port = free_port()
@@ -57,20 +69,26 @@ def cluster():
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--block", "--disable-usage-stats"]
     logs = [open(Path(temp) / f"node-{i}.log", "w") for i in range(2)]
-    head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--include-dashboard=false", f"--temp-dir={temp}", *common],
-        stdout=logs[0], stderr=subprocess.STDOUT, env=env,
-    )
-    nodes = [head]
+    nodes = []
     try:
-        wait_for_nodes(address, 1, env)
+        deadline = time.time() + 30
+        while "UP" not in subprocess.run(
+            in_netns(holder, "ip", "-o", "link", "show", "lo"), capture_output=True, text=True
+        ).stdout:
+            assert time.time() < deadline, "could not make a network namespace (unshare, nsenter)"
+            time.sleep(0.2)
         nodes.append(subprocess.Popen(
-            [RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
+            in_netns(holder, RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                     f"--temp-dir={temp}", *common),
+            stdout=logs[0], stderr=subprocess.STDOUT, env=env,
+        ))
+        wait_for_nodes(holder, address, 1, env)
+        nodes.append(subprocess.Popen(
+            in_netns(holder, RAY, "start", f"--address={address}", *common),
             stdout=logs[1], stderr=subprocess.STDOUT, env=env,
         ))
-        wait_for_nodes(address, 2, env)
-        yield {"address": address, "env": env}
+        wait_for_nodes(holder, address, 2, env)
+        yield {"address": address, "env": env, "holder": holder}
     finally:
         for p in reversed(nodes):
             p.terminate()
@@ -80,14 +98,16 @@ def cluster():
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        holder.kill()
+        holder.wait()
         for f in logs:
             f.close()
 
 
 def run_example(cluster, manifest: Path, out: Path, *extra: str) -> dict:
     p = subprocess.run(
-        [sys.executable, EXAMPLE, str(manifest), "--out", str(out),
-         "--address", cluster["address"], *extra],
+        in_netns(cluster["holder"], sys.executable, EXAMPLE, str(manifest), "--out", str(out),
+                 "--address", cluster["address"], *extra),
         capture_output=True, text=True, env=cluster["env"], timeout=600,
     )
     assert p.returncode == 0, p.stderr[-4000:]
