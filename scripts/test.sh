@@ -62,7 +62,7 @@ if [ -z "$py_passed" ] && [ "$py_failed" = 0 ]; then
   py_failed=1
   status=1
 fi
-echo "test result: python. ${py_passed:-0} passed; $py_failed failed; (pytest python/tests, $(($(date +%s) - t_py))s with the wheel build)" >>"$log"
+echo "test result: python. ${py_passed:-0} passed; $py_failed failed; (pytest python/tests, $(($(date +%s) - t_py))s with the wheel build)" | tee -a "$log"
 rm -f "$py_log"
 
 # One total over all test binaries and both tiers, as the closing line. Ignored tests (the
