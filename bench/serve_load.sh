@@ -12,79 +12,29 @@
 #        DATASETS=<repo>/../shared/datasets CBR_CACHE_DIR (as for cbr)
 # Needs: wrk (apt-get install -y wrk), curl, and .venv/ from scripts/setup.sh (onnxruntime, numpy, Pillow).
 set -euo pipefail
-
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$HERE")
+NAME=serve_load.sh
+source "$(dirname "${BASH_SOURCE[0]}")/serve_common.sh"
 # The Python of the repository's virtual environment (scripts/setup.sh makes it), or $CBR_PYTHON.
 PY=${CBR_PYTHON:-$REPO/.venv/bin/python}
-CLIENTS=${CLIENTS:-16}
-DURATION=${DURATION:-60}
 CEILING_SECS=${CEILING_SECS:-20}
-CBR=${CBR:-$REPO/target/release/cbr}
-DATASETS=${DATASETS:-$REPO/../shared/datasets}
-CUB=$DATASETS/cub200_010
-
-die() { echo "serve_load.sh: error: $*" >&2; exit 2; }
-command -v wrk >/dev/null || die "wrk is missing: apt-get install -y wrk"
-command -v curl >/dev/null || die "curl is missing: apt-get install -y curl"
 "$PY" -c "import onnxruntime, numpy, PIL" 2>/dev/null || die "$PY needs onnxruntime, numpy and Pillow (scripts/setup.sh installs them)"
-[ -x "$CBR" ] || (cd "$REPO" && cargo build --release -q) || die "cannot build cbr"
-[ -d "$CUB" ] || die "$CUB is missing"
-
-WORK=$(mktemp -d)
-SERVER_PID=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
 
 # --- server with a model: 10 CUB classes x 5 images ---------------------------
-"$CBR" serve --addr 127.0.0.1:0 --models "$WORK/models" >"$WORK/server.out" 2>"$WORK/server.err" &
-SERVER_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$WORK/server.out" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/.*listening on //p' "$WORK/server.out" | head -1)
-[ -n "$URL" ] || die "cbr serve did not start: $(cat "$WORK/server.err")"
-rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' /proc/"$SERVER_PID"/status; }
-
-curl -sf -XPOST "$URL/api/models" -H 'Content-Type: application/json' -d '{"name":"load"}' >/dev/null
-for class in "$CUB"/*/; do
-  label=$(basename "$class")
-  args=()
-  for f in $(ls "$class" | sort | head -5); do args+=(-F "file=@$class$f"); done
-  curl -sf -XPOST "$URL/api/models/load/labels/$label/images" "${args[@]}" >/dev/null
-done
-curl -sf -XPOST "$URL/api/models/load/build" >/dev/null
-until curl -sf "$URL/api/models/load/build" | grep -q '"state":"done"'; do
-  curl -sf "$URL/api/models/load/build" | grep -q '"state":"failed"' && die "build failed: $(curl -s "$URL/api/models/load/build")"
-  sleep 0.5
-done
-IMAGE=$(ls "$CUB"/001.*/* | sort | tail -1)
+start_server
+build_model load 0 10 5
 curl -sf "$URL/api/models/load/model.onnx" -o "$WORK/model.onnx"
 for _ in 1 2 3 4 5; do curl -sf -XPOST "$URL/api/models/load/classify" -H 'Content-Type: image/jpeg' --data-binary @"$IMAGE" >/dev/null; done
 ANSWER=$(curl -sf -XPOST "$URL/api/models/load/classify?k=1" -H 'Content-Type: image/jpeg' --data-binary @"$IMAGE")
 
 # --- load: wrk, CLIENTS connections, raw-body classify ------------------------
-cat >"$WORK/classify.lua" <<'EOF'
-local f = assert(io.open(os.getenv("IMAGE"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "image/jpeg"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT requests=%d seconds=%.2f rps=%.1f p50_ms=%.1f p90_ms=%.1f p99_ms=%.1f max_ms=%.1f errors=%d status_errors=%d timeouts=%d\n",
-    summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000,
-    e.connect + e.read + e.write + e.status + e.timeout, e.status, e.timeout))
-end
-EOF
 RSS_BEFORE=$(rss)
 ( while kill -0 "$SERVER_PID" 2>/dev/null; do rss; echo; sleep 2; done ) >"$WORK/rss.txt" &
 SAMPLER=$!
-IMAGE=$IMAGE wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --timeout 30s -s "$WORK/classify.lua" "$URL/api/models/load/classify" >"$WORK/wrk.txt" 2>&1
+RESULT=$(classify_load "$DURATION" load)
 kill $SAMPLER 2>/dev/null || true
 RSS_AFTER=$(rss)
 RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
-RESULT=$(grep '^RESULT' "$WORK/wrk.txt" || die "wrk failed: $(cat "$WORK/wrk.txt")")
-val() { echo "$RESULT" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+val() { field "$RESULT" "$1"; }
 ERRORS_AFTER=$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$URL/api/models/load/classify" -H 'Content-Type: image/jpeg' --data-binary @"$IMAGE")
 
 # --- ceiling: ONNX Runtime directly from Python, same model, same image -------

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{HeadOptions, RetrievalHead};
-use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use cbr::preprocess::{Layout, Preprocess};
 use cbr::tflite::{self, TfliteOptions};
 
 fn main() -> Result<()> {
@@ -29,12 +29,11 @@ fn main() -> Result<()> {
     let sub = &model.subgraphs.as_ref().unwrap()[0];
     let out = &sub.tensors.as_ref().unwrap()[sub.outputs.as_ref().unwrap()[0] as usize];
     let dim = out.shape.as_ref().unwrap()[1..].iter().product::<i32>() as usize;
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let emb: Vec<f32> = (0..rows * dim)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32).powi(3) * 4.0
-        })
+    // Skewed towards 0, like pooled ReLU features.
+    let emb: Vec<f32> = cbr::rng::SplitMix64::new(1)
+        .uniform_vec(rows * dim, 0.0, 1.0)
+        .into_iter()
+        .map(|u| u.powi(3) * 4.0)
         .collect();
     let labels: Vec<String> = (0..rows).map(|i| format!("class{:05}", i / per_class)).collect();
     let t = std::time::Instant::now();
@@ -47,16 +46,8 @@ fn main() -> Result<()> {
         output: "embedding".into(),
         dim,
     };
-    let preprocess = Preprocess {
-        width: 224,
-        height: 224,
-        layout: Layout::Nhwc,
-        channel_order: ChannelOrder::Rgb,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-        resize: ResizeMode::Stretch,
-    };
-    let info = cbr::build::classifier_info(&embedder_info, &preprocess, &head, false);
+    let preprocess = Preprocess::raw(224, 224, Layout::Nhwc);
+    let info = cbr::format::classifier_info(&embedder_info, &preprocess, &head, false);
     let t = std::time::Instant::now();
     let bytes = tflite::classifier_bytes(
         &embedder,

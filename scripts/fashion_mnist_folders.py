@@ -14,7 +14,9 @@ SRC = "/usr/share/datasets/fashion-mnist"
 LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 
 
-def main(out: str, per_class: int) -> None:
+def first_per_class(per_class: int):
+    """Yields (index, label, rows, cols, raw grey pixels) of the first `per_class` test images of
+    each class, in file order. scripts/fixtures.py takes its images from here too."""
     with gzip.open(os.path.join(SRC, "t10k-images-idx3-ubyte.gz")) as f:
         _, n, rows, cols = struct.unpack(">IIII", f.read(16))
         pixels = f.read(n * rows * cols)
@@ -26,13 +28,20 @@ def main(out: str, per_class: int) -> None:
         c = labels[i]
         if written[c] >= per_class:
             continue
-        d = os.path.join(out, LABELS[c])
+        written[c] += 1
+        yield i, LABELS[c], rows, cols, pixels[i * rows * cols:(i + 1) * rows * cols]
+
+
+def main(out: str, per_class: int) -> None:
+    count = 0
+    for i, label, rows, cols, grey in first_per_class(per_class):
+        d = os.path.join(out, label)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, f"{i:05d}.pgm"), "wb") as g:
             g.write(b"P5 %d %d 255\n" % (cols, rows))
-            g.write(pixels[i * rows * cols:(i + 1) * rows * cols])
-        written[c] += 1
-    print(f"wrote {sum(written)} Fashion-MNIST images in {len(LABELS)} classes to {out}")
+            g.write(grey)
+        count += 1
+    print(f"wrote {count} Fashion-MNIST images in {len(LABELS)} classes to {out}")
 
 
 if __name__ == "__main__":

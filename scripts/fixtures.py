@@ -22,21 +22,18 @@ OUT_DIR/
 Deterministic: a fixed seed, pinned Pillow (scripts/requirements.txt).
 """
 
-import gzip
 import os
 import random
 import shutil
-import struct
 import sys
 
 import numpy as np
 import skimage
 from PIL import Image
 
+import fashion_mnist_folders  # scripts/: the Fashion-MNIST reader
+
 VERSION = "cbr-fixtures 2\n"
-FASHION = "/usr/share/datasets/fashion-mnist"
-FASHION_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                  "sneaker", "bag", "ankle-boot"]
 PER_CLASS = 50
 JPEG_PER_CLASS = 60
 # scikit-image's colour photographs (the others are grey, synthetic or microscopy masks).
@@ -59,21 +56,11 @@ def skimage_data(name: str) -> str:
 
 
 def fashion_mnist(out: str, per_class: int, ext: str) -> None:
-    with gzip.open(os.path.join(FASHION, "t10k-images-idx3-ubyte.gz")) as f:
-        _, n, rows, cols = struct.unpack(">IIII", f.read(16))
-        pixels = np.frombuffer(f.read(n * rows * cols), dtype=np.uint8).reshape(n, rows, cols)
-    with gzip.open(os.path.join(FASHION, "t10k-labels-idx1-ubyte.gz")) as f:
-        f.read(8)
-        labels = f.read(n)
-    written = [0] * len(FASHION_LABELS)
-    for i in range(n):
-        c = labels[i]
-        if written[c] >= per_class:
-            continue
-        d = os.path.join(out, FASHION_LABELS[c])
+    for i, label, rows, cols, grey in fashion_mnist_folders.first_per_class(per_class):
+        d = os.path.join(out, label)
         os.makedirs(d, exist_ok=True)
-        Image.fromarray(pixels[i], "L").save(os.path.join(d, f"{i:05d}.{ext}"), quality=95)
-        written[c] += 1
+        image = Image.frombytes("L", (cols, rows), grey)
+        image.save(os.path.join(d, f"{i:05d}.{ext}"), quality=95)
 
 
 def photos(out: str) -> None:

@@ -19,8 +19,6 @@ use crate::pipeline::{check_classes, embed_images, EmbedOptions, Embedded, Skipp
 use crate::search::{IvfIndex, IvfParams};
 use crate::sidecar::{self, IndexChoice};
 
-pub use crate::format::classifier_info;
-
 /// Choices for a build.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {

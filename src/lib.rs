@@ -29,6 +29,7 @@ pub mod search;
 pub mod serve;
 pub mod shard;
 pub mod sidecar;
+pub mod testing;
 pub mod tflite;
 pub mod zoo;
 

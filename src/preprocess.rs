@@ -49,6 +49,20 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
+    /// Raw RGB pixel values (0..=255, no normalisation) stretched to `width` x `height`: what
+    /// uint8 embedders (and the tiny embedders of tests) take.
+    pub fn raw(width: u32, height: u32, layout: Layout) -> Self {
+        Preprocess {
+            width,
+            height,
+            layout,
+            channel_order: ChannelOrder::Rgb,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            resize: ResizeMode::Stretch,
+        }
+    }
+
     /// Number of f32 values in one image's input tensor.
     pub fn tensor_len(&self) -> usize {
         3 * self.width as usize * self.height as usize

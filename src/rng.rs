@@ -36,6 +36,11 @@ impl SplitMix64 {
         ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
+    /// `n` values uniform in (`lo`, `hi`): synthetic embeddings and weights for tests and benches.
+    pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.uniform() as f32).collect()
+    }
+
     /// Standard normal values, drawn in pairs (Box–Muller).
     pub fn fill_normal(&mut self, out: &mut [f32]) {
         for pair in out.chunks_mut(2) {

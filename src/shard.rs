@@ -384,15 +384,7 @@ mod tests {
             output: "out".into(),
             dim,
         };
-        let preprocess = Preprocess {
-            width: 2,
-            height: 2,
-            layout: crate::preprocess::Layout::Nchw,
-            channel_order: crate::preprocess::ChannelOrder::Rgb,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            resize: crate::preprocess::ResizeMode::Stretch,
-        };
+        let preprocess = Preprocess::raw(2, 2, crate::preprocess::Layout::Nchw);
         let path = dir.path().join("p.parquet");
         write(&path, &embedded, &info, &preprocess, Shard { index: 0, count: 1 }).unwrap();
         let (i, p, back) = read(std::slice::from_ref(&path)).unwrap();

@@ -10,64 +10,17 @@ use super::*;
 use crate::error::{kind_of, ErrorKind};
 use crate::head::HeadOptions;
 use crate::meta::METADATA_KEY;
-use crate::onnx::{self, node, tensor_f32, value_info, DataType, Dim, ModelProto};
-use crate::preprocess::{ChannelOrder, Layout, ResizeMode};
+use crate::onnx;
+use crate::preprocess::Layout;
+use crate::rng::SplitMix64;
+use crate::testing;
 
 const DIM: usize = 8;
 
-/// A deterministic pseudo-random sequence (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
-/// A tiny real ONNX embedder: a 3x2x2 image, flattened, times a fixed matrix.
-fn tiny_embedder() -> ModelProto {
-    let mut rng = Rng(7);
-    let w: Vec<f32> = (0..12 * DIM).map(|_| rng.unit() * 2.0 - 1.0).collect();
-    let mut g = onnx::GraphProto { name: Some("tiny".into()), ..Default::default() };
-    g.input.push(value_info(
-        "input",
-        DataType::Float,
-        &[Dim::Symbolic("batch".into()), Dim::Fixed(3), Dim::Fixed(2), Dim::Fixed(2)],
-    ));
-    g.initializer.push(tensor_f32("w", &[12, DIM as i64], &w));
-    g.node.push(node("Flatten", "flatten", &["input"], &["flat"], vec![onnx::attr_int("axis", 1)]));
-    g.node.push(node("MatMul", "project", &["flat", "w"], &["features"], vec![]));
-    g.output.push(value_info(
-        "features",
-        DataType::Float,
-        &[Dim::Symbolic("batch".into()), Dim::Fixed(DIM as i64)],
-    ));
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![onnx::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(g),
-        ..Default::default()
-    }
-}
-
 /// A real classifier file: 3 classes of 4 images on the tiny embedder.
 fn classifier(opts: &HeadOptions) -> Vec<u8> {
-    let mut rng = Rng(11);
     let labels: Vec<String> = (0..12).map(|i| format!("class{}", i / 4)).collect();
-    let embeddings: Vec<f32> = (0..12 * DIM).map(|_| rng.unit() * 4.0).collect();
+    let embeddings = SplitMix64::new(11).uniform_vec(12 * DIM, 0.0, 4.0);
     let head = RetrievalHead::new(&embeddings, DIM, &labels, opts).unwrap();
     let info = EmbedderInfo {
         name: "tiny".into(),
@@ -76,17 +29,9 @@ fn classifier(opts: &HeadOptions) -> Vec<u8> {
         output: "features".into(),
         dim: DIM,
     };
-    let preprocess = Preprocess {
-        width: 2,
-        height: 2,
-        layout: Layout::Nchw,
-        channel_order: ChannelOrder::Rgb,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-        resize: ResizeMode::Stretch,
-    };
+    let preprocess = Preprocess::raw(2, 2, Layout::Nchw);
     write_classifier(
-        EmbedderGraph::Onnx(&tiny_embedder()),
+        EmbedderGraph::Onnx(&testing::tiny_onnx_embedder(DIM, 17, 7)),
         &info,
         &preprocess,
         &head,
@@ -233,7 +178,7 @@ fn random_field_mutations_give_a_clear_error_or_a_valid_model() {
         json!({}),
         json!(true),
     ];
-    let mut rng = Rng(2024);
+    let mut rng = SplitMix64::new(2024);
     let (mut refused, mut accepted) = (0, 0);
     for _ in 0..600 {
         let mut json = good.clone();

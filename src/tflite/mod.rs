@@ -166,12 +166,6 @@ pub fn read_info_json(bytes: &[u8]) -> Result<String> {
     Ok(json.to_string())
 }
 
-/// The [`ClassifierInfo`] of a `.tflite` written by [`classifier_bytes`]
-/// (checked on its own; [`crate::format::read`] also checks it against the graph).
-pub fn read_info(bytes: &[u8]) -> Result<ClassifierInfo> {
-    ClassifierInfo::from_json(&read_info_json(bytes)?)
-}
-
 /// Number of operators in the main subgraph (for tests and reports).
 pub fn operator_count(bytes: &[u8]) -> Result<usize> {
     Ok(ModelEditor::new(edit::unpack(bytes)?)?.operator_count())

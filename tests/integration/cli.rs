@@ -120,13 +120,20 @@ pub fn query_photos_of(root: &Path, classes: usize, per_class: usize) -> Vec<Pat
         .collect()
 }
 
-/// Files whose name starts with `.cbr-tmp-` in `dir`.
-fn temp_leftovers(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".cbr-tmp-"))
-        .collect()
+/// Fails when `dir` holds a `.cbr-tmp-*` file: a write must rename or remove its temporary file.
+fn assert_no_temp_files(dir: &Path) {
+    let left = common::temp_files(dir);
+    assert!(left.is_empty(), "no .cbr-tmp-* files may be left in {}: {left:?}", dir.display());
+}
+
+/// Fails unless `model` still holds exactly `before`, with no temporary file beside it.
+fn assert_model_untouched(model: &Path, before: &[u8]) {
+    assert!(
+        fs::read(model).unwrap() == before,
+        "a failed build must leave the existing {} byte-for-byte unchanged",
+        model.display()
+    );
+    assert_no_temp_files(model.parent().unwrap());
 }
 
 /// Adds the three kinds of bad file to a copied data set; returns their paths
@@ -382,11 +389,7 @@ fn bad_images_are_skipped_and_counted_or_stop_a_strict_build() {
         "a failed --strict build must not write {}",
         strict_model.display()
     );
-    assert!(
-        temp_leftovers(tmp.path()).is_empty(),
-        "no temporary files may be left: {:?}",
-        temp_leftovers(tmp.path())
-    );
+    assert_no_temp_files(tmp.path());
 }
 
 #[test]
@@ -407,16 +410,7 @@ fn failed_build_leaves_existing_model_untouched() {
     fs::write(bad.join(&classes[1]).join("broken.jpg"), b"GIF89a not really").unwrap();
     let out = run(&["build", s(&bad), "-o", s(&model), "--strict"]);
     expect_failure(&out, "--strict build over a broken file");
-    assert!(
-        fs::read(&model).unwrap() == before,
-        "a failed build must leave the existing {} byte-for-byte unchanged",
-        model.display()
-    );
-    assert!(
-        temp_leftovers(&out_dir).is_empty(),
-        "no .cbr-tmp-* files may be left: {:?}",
-        temp_leftovers(&out_dir)
-    );
+    assert_model_untouched(&model, &before);
 
     // An input folder with an empty class folder, to the same path.
     let holey = tmp.path().join("holey");
@@ -424,16 +418,7 @@ fn failed_build_leaves_existing_model_untouched() {
     fs::create_dir_all(holey.join("zzz_empty_class")).unwrap();
     let out = run(&["build", s(&holey), "-o", s(&model)]);
     expect_failure(&out, "build with an empty class folder");
-    assert!(
-        fs::read(&model).unwrap() == before,
-        "a failed build must leave the existing {} byte-for-byte unchanged",
-        model.display()
-    );
-    assert!(
-        temp_leftovers(&out_dir).is_empty(),
-        "no .cbr-tmp-* files may be left: {:?}",
-        temp_leftovers(&out_dir)
-    );
+    assert_model_untouched(&model, &before);
 
     // A successful build of another folder replaces it, and leaves no temporary file either.
     fs::remove_dir(holey.join("zzz_empty_class")).unwrap();
@@ -442,11 +427,7 @@ fn failed_build_leaves_existing_model_untouched() {
         fs::read(&model).unwrap() != before,
         "a successful build over a different folder replaces the model"
     );
-    assert!(
-        temp_leftovers(&out_dir).is_empty(),
-        "no .cbr-tmp-* files may be left: {:?}",
-        temp_leftovers(&out_dir)
-    );
+    assert_no_temp_files(&out_dir);
 }
 
 #[test]

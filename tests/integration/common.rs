@@ -147,3 +147,12 @@ pub fn private_cache(dir: &Path) -> PathBuf {
     }
     cache
 }
+
+/// Names of the `.cbr-tmp-*` files in `dir`: what an interrupted atomic write leaves.
+pub fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".cbr-tmp-"))
+        .collect()
+}

@@ -350,13 +350,7 @@ fn a_killed_writes_temporary_file_is_removed_by_the_next_write() {
     let rows = scene_rows(2, 2);
     let model = dir.path().join("m.onnx");
     build(&manifest(dir.path(), "m.csv", &rows), &model, &["--no-cache"]);
-    let temps = || -> Vec<String> {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".cbr-tmp-"))
-            .collect()
-    };
+    let temps = || common::temp_files(dir.path());
     assert!(temps().is_empty());
     // strace kills the process at its rename, as a crash or kill -9 would.
     let out = Command::new("strace")

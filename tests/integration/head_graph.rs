@@ -9,61 +9,23 @@ use cbr::build::model_bytes;
 use cbr::classifier::Classifier;
 use cbr::embedder::Embedder;
 use cbr::head::{graph, plan_max, Aggregation, HeadOptions, IndexDtype, RetrievalHead};
-use cbr::onnx::{
-    self, node, tensor_f32, value_info, DataType, Dim, ModelProto, OperatorSetIdProto,
-};
-use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use cbr::onnx::{self, ModelProto};
+use cbr::preprocess::{Layout, Preprocess};
+use cbr::rng::SplitMix64;
 
-/// A deterministic pseudo-random sequence in [-1, 1).
+/// Deterministic pseudo-random values in (-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    SplitMix64::new(seed).uniform_vec(n, -1.0, 1.0)
 }
 
 const DIM: usize = 8;
 
-/// A tiny real ONNX embedder: a 3x2x2 image, flattened, times a fixed matrix.
 fn tiny_embedder(opset: i64) -> ModelProto {
-    let mut g = onnx::GraphProto { name: Some("tiny".into()), ..Default::default() };
-    g.input.push(value_info(
-        "input",
-        DataType::Float,
-        &[Dim::Symbolic("batch".into()), Dim::Fixed(3), Dim::Fixed(2), Dim::Fixed(2)],
-    ));
-    g.initializer.push(tensor_f32("w", &[12, DIM as i64], &noise(7, 12 * DIM)));
-    g.node.push(node("Flatten", "flatten", &["input"], &["flat"], vec![onnx::attr_int("axis", 1)]));
-    g.node.push(node("MatMul", "project", &["flat", "w"], &["features"], vec![]));
-    g.output.push(value_info(
-        "features",
-        DataType::Float,
-        &[Dim::Symbolic("batch".into()), Dim::Fixed(DIM as i64)],
-    ));
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(opset),
-        }],
-        graph: Some(g),
-        ..Default::default()
-    }
+    cbr::testing::tiny_onnx_embedder(DIM, opset, 7)
 }
 
 fn preprocess() -> Preprocess {
-    Preprocess {
-        width: 2,
-        height: 2,
-        layout: Layout::Nchw,
-        channel_order: ChannelOrder::Rgb,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-        resize: ResizeMode::Stretch,
-    }
+    Preprocess::raw(2, 2, Layout::Nchw)
 }
 
 fn check(class_sizes: &[usize], opset: i64) {

@@ -26,7 +26,7 @@ use crate::fixtures;
 use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
-use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use cbr::preprocess::{Layout, Preprocess};
 use cbr::tflite::{self, TfliteBlock, TfliteOptions};
 use common::{images_in, shared, split_folder};
 use serde_json::Value;
@@ -89,16 +89,7 @@ impl Embedder {
     pub fn shared_uint8(file: &str, size: u32) -> Self {
         let path = shared().join("models").join(file);
         assert!(path.is_file(), "embedder {} is missing from ../shared/models", path.display());
-        let preprocess = Preprocess {
-            width: size,
-            height: size,
-            layout: Layout::Nhwc,
-            channel_order: ChannelOrder::Rgb,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            resize: ResizeMode::Stretch,
-        };
-        Embedder { path, preprocess }
+        Embedder { path, preprocess: Preprocess::raw(size, size, Layout::Nhwc) }
     }
 
     /// The float32 TFLite twin of the default embedder, EfficientNet-Lite0: (x - 127) / 128.
@@ -186,7 +177,7 @@ fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> Classifi
         output: "embedding".into(),
         dim: head.dim,
     };
-    cbr::build::classifier_info(&info, &embedder.preprocess, head, false)
+    cbr::format::classifier_info(&info, &embedder.preprocess, head, false)
 }
 
 fn write_classifier(
@@ -201,7 +192,7 @@ fn write_classifier(
     let model =
         tflite::classifier_bytes(&bytes, head, &info, &opts).expect("writing the classifier");
     std::fs::write(out, &model).unwrap();
-    assert_eq!(tflite::read_info(&model).expect("cbr reads its own .tflite back"), info);
+    assert_eq!(cbr::format::read(&model).expect("cbr reads its own .tflite back").info, info);
     info
 }
 

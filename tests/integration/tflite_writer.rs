@@ -11,7 +11,8 @@ use crate::common;
 use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
 use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
-use cbr::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use cbr::preprocess::{Layout, Preprocess};
+use cbr::rng::SplitMix64;
 use cbr::tflite::{self, edit, TfliteBlock, TfliteOptions};
 const DIM: usize = 1280;
 
@@ -35,13 +36,7 @@ fn synthetic(rows: usize, seed: u64) -> Vec<f32> {
 }
 
 fn synthetic_dim(rows: usize, seed: u64, dim: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..rows * dim)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0
-        })
-        .collect()
+    SplitMix64::new(seed).uniform_vec(rows * dim, 0.0, 4.0)
 }
 
 fn head(classes: usize, per_class: usize, opts: &HeadOptions) -> RetrievalHead {
@@ -63,16 +58,9 @@ fn info(h: &RetrievalHead) -> ClassifierInfo {
         output: "embedding".into(),
         dim: h.dim,
     };
-    let preprocess = Preprocess {
-        width: 224,
-        height: 224,
-        layout: Layout::Nhwc,
-        channel_order: ChannelOrder::Rgb,
-        mean: [127.0; 3],
-        std: [128.0; 3],
-        resize: ResizeMode::Stretch,
-    };
-    cbr::build::classifier_info(&embedder, &preprocess, h, false)
+    let preprocess =
+        Preprocess { mean: [127.0; 3], std: [128.0; 3], ..Preprocess::raw(224, 224, Layout::Nhwc) };
+    cbr::format::classifier_info(&embedder, &preprocess, h, false)
 }
 
 fn write(h: &RetrievalHead, block: TfliteBlock) -> Vec<u8> {
@@ -187,8 +175,8 @@ fn int8_block_stores_index_rows_in_a_quarter_of_the_space() {
 fn cbr_reads_its_info_back_and_refuses_other_files() {
     let h = head(4, 2, &HeadOptions::default());
     let bytes = write(&h, TfliteBlock::Float);
-    assert_eq!(tflite::read_info(&bytes).unwrap(), info(&h));
-    let err = tflite::read_info(&embedder()).unwrap_err().to_string();
+    assert_eq!(cbr::format::read(&bytes).unwrap().info, info(&h));
+    let err = format!("{:#}", cbr::format::read(&embedder()).unwrap_err());
     assert!(err.contains("not written by cbr"), "{err}");
     let err =
         tflite::classifier_bytes(b"GARBAGE-not-a-model", &h, &info(&h), &TfliteOptions::default())
