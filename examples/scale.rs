@@ -304,7 +304,8 @@ fn main() -> Result<()> {
                 drop(bytes);
                 let start = Instant::now();
                 let file = std::fs::read(&path)?;
-                let mut session = cbr::embedder::session_from_bytes(&file)?;
+                let mut session =
+                    cbr::embedder::session_from_bytes(&file, cbr::embedder::SessionMemory::Arena)?;
                 let load_s = start.elapsed().as_secs_f64();
                 drop(file);
                 let options =

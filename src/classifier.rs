@@ -10,6 +10,7 @@ use serde::Serialize;
 use image::RgbImage;
 
 use crate::decode::{DecodeError, DecodeLimits};
+use crate::embedder::SessionMemory;
 use crate::format::{self, ModelFile, ModelFormat, Runner};
 use crate::head::{EMBEDDING, SCORES};
 use crate::sidecar::Sidecar;
@@ -48,9 +49,14 @@ impl Classifier {
     /// Loads a model file written by `cbr build`; its metadata is checked
     /// first ([`format::read`]), so a damaged file is a clear error naming it.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, SessionMemory::Arena)
+    }
+
+    /// [`Classifier::open`], with a choice of how the runtime keeps its working memory.
+    pub fn open_with(path: &Path, memory: SessionMemory) -> Result<Self> {
         let (bytes, file) = format::read_file(path)?;
-        let mut classifier =
-            Self::load(&file, &bytes).with_context(|| format!("model {}", path.display()))?;
+        let mut classifier = Self::load(&file, &bytes, memory)
+            .with_context(|| format!("model {}", path.display()))?;
         if let Some(index) = &classifier.info.index {
             let info = &classifier.info;
             classifier.sidecar =
@@ -60,11 +66,11 @@ impl Classifier {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Self::load(&format::read(bytes)?, bytes)
+        Self::load(&format::read(bytes)?, bytes, SessionMemory::Arena)
     }
 
-    fn load(file: &ModelFile, bytes: &[u8]) -> Result<Self> {
-        let runner = Runner::open(file, bytes)?;
+    fn load(file: &ModelFile, bytes: &[u8], memory: SessionMemory) -> Result<Self> {
+        let runner = Runner::open(file, bytes, memory)?;
         let max_batch = runner.max_batch(file);
         Ok(Classifier {
             runner,

@@ -209,7 +209,7 @@ impl Embedder {
             Some(n) => n as usize,
             None => 32,
         };
-        let session = session_from_bytes(bytes)?;
+        let session = session_from_bytes(bytes, SessionMemory::Arena)?;
         let embedder = Embedder {
             model: EmbedderModel::Onnx { session, model },
             info: EmbedderInfo {
@@ -386,8 +386,21 @@ pub fn run_batched(
     Ok(out)
 }
 
+/// How an ONNX Runtime session keeps its working memory between runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionMemory {
+    /// ONNX Runtime's default: an arena that keeps the buffers of the largest batch run for the
+    /// next run. Fastest when one model stays loaded (build, classify).
+    #[default]
+    Arena,
+    /// No arena and no memory pattern: each run's buffers are freed when it ends, so an idle
+    /// session holds little more than its weights. For a server that keeps many models loaded
+    /// (`cbr serve`, whose memory bound counts what a loaded model keeps).
+    Lean,
+}
+
 /// An ONNX Runtime session for a model given as bytes, with full graph optimisation.
-pub fn session_from_bytes(bytes: &[u8]) -> Result<Session> {
+pub fn session_from_bytes(bytes: &[u8], memory: SessionMemory) -> Result<Session> {
     let env = runtime::environment()?;
     let mut builder = Session::builder(env)
         .map_err(|e| anyhow!("cannot create an ONNX Runtime session: {e}"))?
@@ -397,6 +410,14 @@ pub fn session_from_bytes(bytes: &[u8]) -> Result<Session> {
         // steal its time (measured 15-20% faster builds on a busy machine).
         .with_intra_op_spinning(false)
         .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
+    if memory == SessionMemory::Lean {
+        let no_arena = ort::ep::CPU::default().with_arena_allocator(false).build();
+        builder = builder
+            .with_memory_pattern(false)
+            .map_err(|e| anyhow!("cannot configure ONNX Runtime memory: {e}"))?
+            .with_execution_providers([no_arena])
+            .map_err(|e| anyhow!("cannot configure ONNX Runtime memory: {e}"))?;
+    }
     builder
         .commit_from_memory(bytes)
         .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {e}"))

@@ -44,7 +44,8 @@ pub struct ServeArgs {
     /// Models kept loaded for classification at most; the least recently used is unloaded first.
     #[arg(long, default_value_t = Config::default().max_loaded)]
     max_loaded: usize,
-    /// Memory the loaded models may take, in MB (each measured when it loads).
+    /// Memory the loaded models may take, in MB: what each keeps plus the largest one's run
+    /// (each measured when it loads; runs of different models take turns).
     #[arg(long, default_value_t = Config::default().max_loaded_bytes >> 20)]
     max_loaded_mb: u64,
     /// Accept requests for this host name too (besides IP addresses and localhost, which

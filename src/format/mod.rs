@@ -19,7 +19,7 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::embedder::{EmbedderInfo, EmbedderModel};
+use crate::embedder::{EmbedderInfo, EmbedderModel, SessionMemory};
 use crate::error::Error;
 use crate::head::RetrievalHead;
 use crate::meta::{ClassifierInfo, GraphSignature, FORMAT_VERSION};
@@ -280,10 +280,13 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// Loads the model file `bytes`, already [`read`] as `file`.
-    pub fn open(file: &ModelFile, bytes: &[u8]) -> Result<Runner> {
+    /// Loads the model file `bytes`, already [`read`] as `file`. `memory` applies to ONNX
+    /// Runtime (LiteRT's buffers are sized once, at load).
+    pub fn open(file: &ModelFile, bytes: &[u8], memory: SessionMemory) -> Result<Runner> {
         match file.format {
-            ModelFormat::Onnx => Ok(Runner::Onnx(crate::embedder::session_from_bytes(bytes)?)),
+            ModelFormat::Onnx => {
+                Ok(Runner::Onnx(crate::embedder::session_from_bytes(bytes, memory)?))
+            }
             ModelFormat::Tflite => tflite::open(bytes),
         }
     }

@@ -1,18 +1,31 @@
 //! The loaded models, least recently used first out: bounded by count and by
 //! the memory they were measured to take, so a server that classifies with
-//! many models keeps a bounded footprint.
+//! many models keeps a bounded footprint. A model's memory has two parts:
+//! what it keeps while loaded (weights, session) and the working memory of one
+//! run. Runs of different models take turns, so the bound counts every kept
+//! part and the largest working part once.
 
 use std::collections::HashMap;
 
 /// One loaded model with its cost and when it was last used.
 struct Entry<V> {
     value: V,
-    bytes: u64,
+    cost: Cost,
     used: u64,
 }
 
+/// What a loaded model was measured to take, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Kept while the model is loaded.
+    pub kept: u64,
+    /// Taken for the duration of one run of its largest batch, then freed.
+    pub working: u64,
+}
+
 /// Values by model name, at most `max_count` of them and `max_bytes` in
-/// total (the entry just inserted always stays, even alone above the bound).
+/// total ([`Lru::bytes`]; the entry just inserted always stays, even alone
+/// above the bound).
 pub struct Lru<V> {
     entries: HashMap<String, Entry<V>>,
     clock: u64,
@@ -35,9 +48,9 @@ impl<V: Clone> Lru<V> {
 
     /// Inserts (or replaces) `name`, then drops the least recently used
     /// others while above a bound. Returns the names dropped.
-    pub fn insert(&mut self, name: &str, value: V, bytes: u64) -> Vec<String> {
+    pub fn insert(&mut self, name: &str, value: V, cost: Cost) -> Vec<String> {
         self.clock += 1;
-        self.entries.insert(name.to_string(), Entry { value, bytes, used: self.clock });
+        self.entries.insert(name.to_string(), Entry { value, cost, used: self.clock });
         let mut dropped = Vec::new();
         while self.entries.len() > self.max_count || self.bytes() > self.max_bytes {
             let oldest = self
@@ -69,9 +82,11 @@ impl<V: Clone> Lru<V> {
         self.entries.is_empty()
     }
 
-    /// The measured cost of everything loaded.
+    /// The measured cost of everything loaded: all kept memory plus the
+    /// largest working memory (one run at a time).
     pub fn bytes(&self) -> u64 {
-        self.entries.values().map(|e| e.bytes).sum()
+        let kept: u64 = self.entries.values().map(|e| e.cost.kept).sum();
+        kept + self.entries.values().map(|e| e.cost.working).max().unwrap_or(0)
     }
 }
 
@@ -81,6 +96,23 @@ pub fn resident_bytes() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
     let pages: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
     pages * 4096
+}
+
+/// Resets the process's peak resident memory (`VmHWM`) to its current
+/// resident memory, so [`peak_resident_bytes`] measures from now. Linux only;
+/// elsewhere the peak is not measured (0).
+pub fn reset_peak_resident() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since the last [`reset_peak_resident`]
+/// (`VmHWM` in `/proc/self/status`), or 0 where it cannot be read.
+pub fn peak_resident_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Hands freed memory back to the OS after a model is unloaded: glibc keeps
@@ -101,17 +133,43 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_by_count_and_bytes() {
+        let kept = |kept| Cost { kept, working: 0 };
         let mut l = Lru::new(2, 100);
-        assert!(l.insert("a", 1, 10).is_empty());
-        assert!(l.insert("b", 2, 10).is_empty());
+        assert!(l.insert("a", 1, kept(10)).is_empty());
+        assert!(l.insert("b", 2, kept(10)).is_empty());
         assert_eq!(l.get("a"), Some(1)); // b is now the oldest
-        assert_eq!(l.insert("c", 3, 10), ["b"]);
+        assert_eq!(l.insert("c", 3, kept(10)), ["b"]);
         assert_eq!((l.get("b"), l.len()), (None, 2));
         // Three entries and 110 bytes: the oldest (a) goes.
-        assert_eq!(l.insert("d", 4, 90), ["a"]);
+        assert_eq!(l.insert("d", 4, kept(90)), ["a"]);
         assert_eq!(l.bytes(), 100);
         // One model above the bound alone still loads.
-        assert_eq!(l.insert("e", 5, 500).len(), 2);
+        assert_eq!(l.insert("e", 5, kept(500)).len(), 2);
         assert_eq!((l.len(), l.get("e")), (1, Some(5)));
+    }
+
+    #[test]
+    fn working_memory_counts_once_for_the_largest() {
+        let mut l = Lru::new(10, 100);
+        assert!(l.insert("a", 1, Cost { kept: 20, working: 30 }).is_empty());
+        assert!(l.insert("b", 2, Cost { kept: 20, working: 40 }).is_empty());
+        assert_eq!(l.bytes(), 20 + 20 + 40);
+        // 20 more kept: 100 in all, still within the bound.
+        assert!(l.insert("c", 3, Cost { kept: 20, working: 10 }).is_empty());
+        assert_eq!(l.bytes(), 100);
+        // A larger working part pushes the oldest out.
+        assert_eq!(l.insert("d", 4, Cost { kept: 10, working: 50 }), ["a"]);
+        assert_eq!(l.bytes(), 20 + 20 + 10 + 50);
+    }
+
+    #[test]
+    fn peak_resident_memory_is_measured_from_a_reset() {
+        reset_peak_resident();
+        let before = resident_bytes();
+        // Touch 64 MB, then free it: the peak remembers it.
+        let v = vec![1u8; 64 << 20];
+        assert_eq!(v.iter().step_by(4096).map(|&b| b as usize).sum::<usize>(), 16384);
+        drop(v);
+        assert!(peak_resident_bytes() >= before + (60 << 20), "peak not measured");
     }
 }

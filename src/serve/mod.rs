@@ -48,7 +48,7 @@ use tokio::sync::{oneshot, Semaphore};
 use crate::build::{self, BuildOptions};
 use crate::classifier::{Classifier, Prediction};
 use crate::decode::{self, DecodeLimits};
-use crate::embedder::Embedder;
+use crate::embedder::{Embedder, SessionMemory};
 use crate::format::ModelFormat;
 use crate::models::{self, EmbedderChoice};
 use crate::preprocess::Preprocess;
@@ -144,6 +144,10 @@ pub struct App {
     loaded: Mutex<lru::Lru<Arc<Loaded>>>,
     /// Serializes loading models into ONNX Runtime.
     loading: tokio::sync::Mutex<()>,
+    /// Held while a classifier runs: runs of different models take turns, so
+    /// only one run's working memory is in use at a time (see lru.rs). One
+    /// run already keeps every core busy.
+    running: Arc<Mutex<()>>,
     classify_slots: Arc<Semaphore>,
     access: Arc<guard::Access>,
 }
@@ -163,6 +167,7 @@ impl App {
             embedder: Arc::new(Mutex::new(None)),
             builds: Mutex::new(HashMap::new()),
             loaded: Mutex::new(lru::Lru::new(cfg.max_loaded, cfg.max_loaded_bytes)),
+            running: Arc::new(Mutex::new(())),
             loading: tokio::sync::Mutex::new(()),
             access,
             cfg,
@@ -762,28 +767,42 @@ async fn loaded(app: &AppState, name: &str) -> ApiResult<Arc<Loaded>> {
         }
     }
     let path = app.store.model_path(name);
-    // The cost of a model for the LRU: the memory its session takes, measured
-    // across loading and a warm-up run of the largest batch the worker sends
-    // (ONNX Runtime's arena grows to the largest batch it has run); at least
-    // the file's size. Loads are serialised, so the measurement sees one
-    // model at a time.
-    let (classifier, cost) = tokio::task::spawn_blocking(move || -> Result<(Classifier, u64)> {
-        let before = lru::resident_bytes();
-        let mut c = Classifier::open(&path)?;
-        let n = c.max_batch.max(1);
-        let zeros = vec![0f32; n * c.info.preprocess.tensor_len()];
-        c.predict(&zeros, n, 1, None)?;
-        let grown = lru::resident_bytes().saturating_sub(before);
-        Ok((c, grown.max(version.1)))
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    // The cost of a model for the LRU (see lru.rs), measured across loading
+    // and a warm-up run of the largest batch the worker sends: what it keeps
+    // (at least the file's size) and the peak of that run above it. Lean
+    // sessions free each run's buffers when it ends (an arena would keep the
+    // largest batch's, ~100 MB per model). Loads are serialised and runs take
+    // turns (`App::running`), so the measurement mostly sees this model alone.
+    let running = app.running.clone();
+    let (classifier, cost) =
+        tokio::task::spawn_blocking(move || -> Result<(Classifier, lru::Cost)> {
+            let before = lru::resident_bytes();
+            let mut c = Classifier::open_with(&path, SessionMemory::Lean)?;
+            let n = c.max_batch.max(1);
+            let zeros = vec![0f32; n * c.info.preprocess.tensor_len()];
+            let peak = {
+                let _turn = running.lock().unwrap_or_else(|p| p.into_inner());
+                lru::reset_peak_resident();
+                c.predict(&zeros, n, 1, None)?;
+                lru::peak_resident_bytes()
+            };
+            // The run's freed buffers stay in the C heap until trimmed; they
+            // are not this model's to keep.
+            drop(zeros);
+            lru::release_free_memory();
+            let after = lru::resident_bytes();
+            let kept = after.saturating_sub(before).max(version.1);
+            Ok((c, lru::Cost { kept, working: peak.saturating_sub(after) }))
+        })
+        .await
+        .map_err(ApiError::internal)??;
     let preprocess = classifier.info.preprocess.clone();
     let threshold = classifier.threshold();
     let (tx, rx) = crossbeam_channel::bounded::<ClassifyJob>(app.cfg.max_queue.max(1));
-    std::thread::Builder::new()
-        .name(format!("cbr-classify-{name}"))
-        .spawn(move || classify_worker(classifier, rx))?;
+    std::thread::Builder::new().name(format!("cbr-classify-{name}")).spawn({
+        let running = app.running.clone();
+        move || classify_worker(classifier, rx, &running)
+    })?;
     let l = Arc::new(Loaded { version, preprocess, threshold, tx });
     // Unloaded models end when their last request is answered (their worker
     // stops once every sender is gone).
@@ -799,12 +818,35 @@ async fn loaded(app: &AppState, name: &str) -> ApiResult<Arc<Loaded>> {
     Ok(l)
 }
 
+/// How long a model's queue stays empty before its worker returns freed
+/// memory to the system.
+const IDLE_BEFORE_TRIM: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Owns one session; runs whatever requests are waiting as one batch (grouped
 /// by k and threshold), through the library's [`Classifier::predict`]. Ends
 /// when the model is unloaded (all senders dropped).
-fn classify_worker(mut classifier: Classifier, rx: crossbeam_channel::Receiver<ClassifyJob>) {
+fn classify_worker(
+    mut classifier: Classifier,
+    rx: crossbeam_channel::Receiver<ClassifyJob>,
+    running: &Mutex<()>,
+) {
     let max = classifier.max_batch.max(1);
-    while let Ok(first) = rx.recv() {
+    loop {
+        // A lean session frees each batch's buffers, but the C heap keeps them
+        // for reuse: after a busy spell (a batch of 16 takes ~100 MB), hand
+        // them back once the queue has been idle for a moment, so that the
+        // memory bound sees what loaded models keep, not their last peak.
+        let first = match rx.recv_timeout(IDLE_BEFORE_TRIM) {
+            Ok(job) => job,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                lru::release_free_memory();
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         let mut jobs = vec![first];
         while jobs.len() < max {
             match rx.try_recv() {
@@ -821,7 +863,11 @@ fn classify_worker(mut classifier: Classifier, rx: crossbeam_channel::Receiver<C
             for j in &group {
                 batch.extend_from_slice(&j.tensor);
             }
-            match classifier.predict(&batch, group.len(), k, group[0].threshold) {
+            let result = {
+                let _turn = running.lock().unwrap_or_else(|p| p.into_inner());
+                classifier.predict(&batch, group.len(), k, group[0].threshold)
+            };
+            match result {
                 Ok(preds) => {
                     for (j, p) in group.into_iter().zip(preds) {
                         let _ = j.reply.send(Ok(p));
