@@ -57,6 +57,19 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements-sha256 2>/dev/null)
   step "Python packages into .venv/ ($(python3 --version 2>&1); pip, $(grep -c '==' scripts/requirements.txt) pinned packages, ~700 MB)" make_venv
 fi
 
+# The Python package's environment (scripts/wheel.sh's maturin; the wheel's tests install the
+# wheel into it): made again when python/requirements.txt changes.
+want=$(sha256sum python/requirements.txt | cut -c1-64)
+if [ ! -x .venv-wheel/bin/python ] || [ "$(cat .venv-wheel/.requirements-sha256 2>/dev/null)" != "$want" ]; then
+  make_wheel_venv() {
+    rm -rf .venv-wheel
+    python3 -m venv .venv-wheel
+    .venv-wheel/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+    echo "$want" >.venv-wheel/.requirements-sha256
+  }
+  step "Python package tools into .venv-wheel/ (maturin, pytest, numpy, pillow, ray; $(grep -c '==' python/requirements.txt) pinned packages)" make_wheel_venv
+fi
+
 if [ -t 1 ]; then
   # On a terminal cargo's own progress bar shows how far the build is.
   echo "setup: building cbr (cargo build --release; a cold build takes tens of minutes on 2 cores) ..."

@@ -7,6 +7,9 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
+use image::RgbImage;
+
+use crate::decode::{DecodeError, DecodeLimits};
 use crate::embedder::SessionMemory;
 use crate::format::{self, ModelFile, ModelFormat, Runner};
 use crate::head::{EMBEDDING, SCORES};
@@ -134,6 +137,83 @@ impl Classifier {
     pub fn top_k(&self, scores: &[f32], k: usize) -> Vec<Scored> {
         top_k(&self.info.labels, scores, k)
     }
+
+    /// Classifies image files (`cbr classify`, the Python package): decoding runs one chunk
+    /// ahead of scoring ([`crate::pipeline::decode_ahead`]). `each` gets every image's index in
+    /// `paths` and its prediction, or why it could not be read, in input order; an error from
+    /// `each` stops the run.
+    pub fn classify_files<P: AsRef<Path> + Sync>(
+        &mut self,
+        paths: &[P],
+        k: usize,
+        threshold: Option<f32>,
+        limits: &DecodeLimits,
+        mut each: impl FnMut(usize, Result<Prediction, DecodeError>) -> Result<()>,
+    ) -> Result<()> {
+        let preprocess = self.info.preprocess.clone();
+        crate::pipeline::decode_ahead(paths, &preprocess, limits, |range, decoded| {
+            let mut batch = Vec::new();
+            let mut ok = Vec::new();
+            let mut results: Vec<Option<Result<Prediction, DecodeError>>> =
+                Vec::with_capacity(decoded.len());
+            for (i, d) in decoded.into_iter().enumerate() {
+                match d {
+                    Ok(t) => {
+                        batch.extend_from_slice(&t);
+                        ok.push(i);
+                        results.push(None);
+                    }
+                    Err(e) => results.push(Some(Err(e))),
+                }
+            }
+            if !ok.is_empty() {
+                let predictions = self.predict(&batch, ok.len(), k, threshold)?;
+                for (i, p) in ok.into_iter().zip(predictions) {
+                    results[i] = Some(Ok(p));
+                }
+            }
+            for (i, r) in range.zip(results) {
+                each(i, r.expect("every image was scored or failed"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Classifies images already in memory (8-bit RGB), preprocessed as the model says, in
+    /// batches of at most [`Classifier::max_batch`].
+    pub fn classify_rgb(
+        &mut self,
+        images: &[RgbImage],
+        k: usize,
+        threshold: Option<f32>,
+    ) -> Result<Vec<Prediction>> {
+        let preprocess = self.info.preprocess.clone();
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(self.max_batch.max(1)) {
+            let batch = crate::decode::tensors_of_rgb(chunk, &preprocess);
+            out.extend(self.predict(&batch, chunk.len(), k, threshold)?);
+        }
+        Ok(out)
+    }
+}
+
+/// One classified image as `cbr classify --json` prints it (and the Python package returns it):
+/// `{"path": ..., "label": ... or null, "unknown": bool, "top": [{"label": ..., "score": ...}]}`;
+/// `path` is null for an image given in memory.
+pub fn prediction_json(path: Option<&Path>, p: &Prediction) -> serde_json::Value {
+    serde_json::json!({
+        "path": path.map(|p| p.to_string_lossy()),
+        "label": p.label,
+        "unknown": p.label.is_none(),
+        "top": p.top,
+        "unknown_score": p.unknown_score,
+    })
+}
+
+/// An image that could not be classified, as `cbr classify --json` prints it:
+/// `{"path": ..., "error": reason}`.
+pub fn failure_json(path: &Path, reason: &str) -> serde_json::Value {
+    serde_json::json!({ "path": path.to_string_lossy(), "error": reason })
 }
 
 /// The answer for one row of `scores` whose first `classes` entries are the

@@ -232,6 +232,38 @@ pub fn from_csv(manifest: &Path) -> Result<Vec<LabelledImage>> {
     Ok(images)
 }
 
+/// Images given as a list (the Python package's `(paths, labels)`): checked as a manifest's rows
+/// are (non-empty label, an existing file), then sorted and de-duplicated the same way, so the
+/// list and a CSV manifest of the same rows build the same model.
+pub fn from_pairs(pairs: Vec<LabelledImage>) -> Result<Vec<LabelledImage>> {
+    let mut problems = Vec::new();
+    for (i, img) in pairs.iter().enumerate() {
+        if img.label.is_empty() {
+            problems.push(format!("item {i}: empty label for {}", img.path.display()));
+        } else if !fs::metadata(&img.path).is_ok_and(|m| m.is_file()) {
+            problems.push(format!("item {i}: image {} not found", img.path.display()));
+        }
+    }
+    if !problems.is_empty() {
+        let mut msg = format!("{} problem(s) in the image list:", problems.len());
+        for p in problems.iter().take(10) {
+            msg.push_str("\n  ");
+            msg.push_str(p);
+        }
+        if problems.len() > 10 {
+            msg.push_str(&format!("\n  ... and {} more", problems.len() - 10));
+        }
+        return Err(crate::error::Error::bad_input(msg).into());
+    }
+    if pairs.is_empty() {
+        return Err(crate::error::Error::bad_input("the image list is empty").into());
+    }
+    let mut images = pairs;
+    images.sort();
+    images.dedup();
+    Ok(images)
+}
+
 /// A folder of class folders, or a `.csv` manifest.
 pub fn from_path(p: &Path) -> Result<Vec<LabelledImage>> {
     let meta = fs::metadata(p)
@@ -302,6 +334,28 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(class_counts(&images), vec![("cat".into(), 2), ("dog".into(), 3)]);
         assert_eq!(from_path(root).unwrap(), images);
+    }
+
+    #[test]
+    fn pairs_are_checked_sorted_and_deduplicated_like_a_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jpg"), dir.path().join("b.jpg"));
+        touch(&a);
+        touch(&b);
+        let img =
+            |label: &str, path: &Path| LabelledImage { label: label.into(), path: path.into() };
+        let got = from_pairs(vec![img("dog", &b), img("cat", &a), img("dog", &b)]).unwrap();
+        assert_eq!(got, vec![img("cat", &a), img("dog", &b)]);
+        let csv = dir.path().join("m.csv");
+        fs::write(&csv, format!("path,label\n{},dog\n{},cat\n", b.display(), a.display())).unwrap();
+        assert_eq!(from_csv(&csv).unwrap(), got);
+
+        let e = from_pairs(vec![img("", &a), img("cat", &dir.path().join("gone.jpg"))]);
+        let e = e.unwrap_err();
+        assert_eq!(crate::error::kind_of(&e), crate::error::ErrorKind::BadInput);
+        let msg = format!("{e:#}");
+        assert!(msg.contains("item 0: empty label") && msg.contains("item 1: image"), "{msg}");
+        assert!(from_pairs(Vec::new()).is_err());
     }
 
     #[test]

@@ -468,6 +468,17 @@ pub fn flip_horizontal(t: &mut [f32], p: &Preprocess) {
     debug_assert_eq!(t.len(), 3 * w * h);
 }
 
+/// The input tensors of images already decoded (the Python package's arrays and PIL images),
+/// concatenated, preprocessed exactly as a decoded file is.
+pub fn tensors_of_rgb(images: &[RgbImage], p: &Preprocess) -> Vec<f32> {
+    let per = p.tensor_len();
+    let mut out = vec![0f32; per * images.len()];
+    for (img, t) in images.iter().zip(out.chunks_exact_mut(per)) {
+        to_tensor(img, p, t);
+    }
+    out
+}
+
 /// Load, decode and preprocess one image file into a fresh tensor.
 pub fn load_tensor(
     path: impl AsRef<Path>,

@@ -20,6 +20,9 @@ use crate::embedding_cache::{EmbeddingCache, Variant};
 use crate::error::Error;
 use crate::head::{HeadOptions, ImageId, Index};
 
+/// Decoded 8-bit RGB pixels (the `image` crate's), as images in memory are given.
+pub use image::RgbImage;
+
 /// How images are read and embedded.
 #[derive(Clone, Debug)]
 pub struct EmbedOptions {
@@ -288,6 +291,63 @@ pub fn embed_images(
     Ok(out)
 }
 
+/// The embeddings (`paths.len()` rows of `embedder.info.dim`) of image files, in order, decoding
+/// one chunk ahead of the embedder; the first unreadable file stops it with an error naming it.
+/// No labels, no de-duplication, no cache: the embedder as a function (the Python package's
+/// `Embedder.embed`). `progress` gets the number of images done.
+pub fn embed_files<P: AsRef<std::path::Path> + Sync>(
+    embedder: &mut Embedder,
+    paths: &[P],
+    limits: &DecodeLimits,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<f32>> {
+    let preprocess = embedder.preprocess.clone();
+    let mut out = Vec::with_capacity(paths.len() * embedder.info.dim);
+    let mut batch = Vec::new();
+    decode_ahead(paths, &preprocess, limits, |range, decoded| {
+        batch.clear();
+        for (path, d) in paths[range.clone()].iter().zip(decoded) {
+            let t = d.map_err(|e| {
+                let err: anyhow::Error = e.into();
+                err.context(format!("{}", path.as_ref().display()))
+            })?;
+            batch.extend_from_slice(&t);
+        }
+        out.extend(embedder.embed(&batch, range.len())?);
+        progress(range.end);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The embeddings of images already in memory, preprocessed exactly as decoded files are.
+pub fn embed_rgb(embedder: &mut Embedder, images: &[RgbImage]) -> Result<Vec<f32>> {
+    let preprocess = embedder.preprocess.clone();
+    let mut out = Vec::with_capacity(images.len() * embedder.info.dim);
+    for chunk in images.chunks(DECODE_CHUNK) {
+        out.extend(embedder.embed(&decode::tensors_of_rgb(chunk, &preprocess), chunk.len())?);
+    }
+    Ok(out)
+}
+
+/// An RGB image from `width * height * 3` bytes in row order (HWC, as a numpy array holds it);
+/// refused when the sizes do not match.
+pub fn rgb_from_pixels(width: u32, height: u32, pixels: Vec<u8>) -> Result<RgbImage> {
+    let len = pixels.len();
+    if width == 0 || height == 0 {
+        return Err(
+            Error::bad_input(format!("an image of {width}x{height} pixels is empty")).into()
+        );
+    }
+    RgbImage::from_raw(width, height, pixels).ok_or_else(|| {
+        Error::bad_input(format!(
+            "{len} bytes are not a {width}x{height} RGB image ({} bytes)",
+            width as u64 * height as u64 * 3
+        ))
+        .into()
+    })
+}
+
 /// Checks that every class that had images still has at least one usable one.
 pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()> {
     let mut wanted: Vec<&str> = images.iter().map(|i| i.label.as_str()).collect();
@@ -318,4 +378,19 @@ pub fn check_classes(images: &[LabelledImage], embedded: &Embedded) -> Result<()
         return Err(Error::bad_input("no readable images").into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixels_must_fill_the_image() {
+        let img = rgb_from_pixels(2, 1, vec![1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(img.get_pixel(1, 0).0, [4, 5, 6]);
+        for (w, h, n) in [(2, 2, 6), (0, 1, 0)] {
+            let e = rgb_from_pixels(w, h, vec![0; n]).unwrap_err();
+            assert_eq!(crate::error::kind_of(&e), crate::error::ErrorKind::BadInput, "{e:#}");
+        }
+    }
 }

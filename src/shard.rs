@@ -145,6 +145,24 @@ pub fn write(
     crate::cache::write_atomic(path, &bytes)
 }
 
+/// `cbr embed --shard`: embeds this shard's part of `images` (the whole sorted image list,
+/// [`Shard::of`]) with `embedder` and writes it to `output` ([`write`]). Returns what was
+/// embedded (and skipped). `progress` gets the number of the part's images done.
+pub fn embed_to_file(
+    embedder: &mut crate::embedder::Embedder,
+    images: &[LabelledImage],
+    shard: Shard,
+    opts: &crate::pipeline::EmbedOptions,
+    output: &Path,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Embedded> {
+    let part = shard.of(images);
+    let embedded =
+        crate::pipeline::embed_images(embedder, part, opts, &Default::default(), progress)?;
+    write(output, &embedded, &embedder.info, &embedder.preprocess, shard)?;
+    Ok(embedded)
+}
+
 /// The shards named by `patterns`: files, folders (every `.parquet` in
 /// them) or file names with `*` wildcards, sorted and de-duplicated.
 pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>> {

@@ -32,36 +32,22 @@ pub struct ClassifyArgs {
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
     let mut classifier = Classifier::open(&a.model)?;
-    let preprocess = classifier.info.preprocess.clone();
-    let limits = DecodeLimits::default();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failures = 0;
-    // Decoding runs one chunk ahead of scoring, as in `build`.
-    cbr::pipeline::decode_ahead(&a.images, &preprocess, &limits, |range, decoded| {
-        let mut batch = Vec::new();
-        let mut ok = Vec::new();
-        for (path, d) in a.images[range].iter().zip(decoded) {
-            match d {
-                Ok(t) => {
-                    batch.extend_from_slice(&t);
-                    ok.push(path);
-                }
-                Err(e) => {
-                    failures += 1;
-                    print_failure(&mut out, path, &e.to_string(), a.json)?;
-                }
+    classifier.classify_files(
+        &a.images,
+        a.top_k,
+        a.threshold,
+        &DecodeLimits::default(),
+        |i, result| match result {
+            Ok(p) => print_prediction(&mut out, &a.images[i], &p, a.json),
+            Err(e) => {
+                failures += 1;
+                print_failure(&mut out, &a.images[i], &e.to_string(), a.json)
             }
-        }
-        if ok.is_empty() {
-            return Ok(());
-        }
-        let predictions = classifier.predict(&batch, ok.len(), a.top_k, a.threshold)?;
-        for (path, p) in ok.into_iter().zip(predictions) {
-            print_prediction(&mut out, path, &p, a.json)?;
-        }
-        Ok(())
-    })?;
+        },
+    )?;
     if failures > 0 {
         bail!("{failures} of {} images could not be classified", a.images.len());
     }

@@ -32,20 +32,19 @@ pub struct EmbedArgs {
 
 pub fn run(a: EmbedArgs) -> Result<()> {
     let images = cbr::dataset::from_path(&a.input)?;
-    let part = a.shard.of(&images);
     let mut embedder = cbr::models::open_embedder(&a.embedder.choice()?)?;
     let opts = a.input_args.build_options(HeadOptions::default(), a.augment);
-    let bar = progress_bar(part.len(), a.input_args.quiet);
+    let bar = progress_bar(a.shard.of(&images).len(), a.input_args.quiet);
     let progress = |done: usize| bar.set_position(done as u64);
-    let embedded = cbr::pipeline::embed_images(
+    let embedded = cbr::shard::embed_to_file(
         &mut embedder,
-        part,
+        &images,
+        a.shard,
         &opts.embedding(),
-        &Default::default(),
+        &a.output,
         &progress,
     )?;
     bar.finish_and_clear();
-    cbr::shard::write(&a.output, &embedded, &embedder.info, &embedder.preprocess, a.shard)?;
     print_skipped(&embedded.skipped, a.input_args.quiet);
     if !a.input_args.quiet {
         let embedded_now = embedded.paths.len() - embedded.cached;

@@ -42,14 +42,7 @@ pub fn print_prediction(
     json: bool,
 ) -> Result<()> {
     if json {
-        let line = serde_json::json!({
-            "path": path.to_string_lossy(),
-            "label": p.label,
-            "unknown": p.label.is_none(),
-            "top": p.top,
-            "unknown_score": p.unknown_score,
-        });
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", cbr::classifier::prediction_json(Some(path), p))?;
         return Ok(());
     }
     let best: Vec<String> =
@@ -68,8 +61,7 @@ pub fn print_prediction(
 /// An image that could not be classified: a JSON line on stdout, or a line on stderr.
 pub fn print_failure(out: &mut impl Write, path: &Path, reason: &str, json: bool) -> Result<()> {
     if json {
-        let line = serde_json::json!({ "path": path.to_string_lossy(), "error": reason });
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", cbr::classifier::failure_json(path, reason))?;
     } else {
         eprintln!("{}: {}", cbr::printable::path(path), printable(reason));
     }

@@ -13,10 +13,10 @@ mod schema_generated;
 #[rustfmt::skip]
 mod metadata_schema_generated;
 
-/// The TFLite model schema (root table `Model`, file identifier `TFL3`).
-pub use schema_generated::tflite as model;
+/// The runtime crate the generated code is written against.
+pub use flatbuffers;
 /// TFLite Model Metadata (root table `ModelMetadata`, file identifier `M001`), stored in a model's
 /// `TFLITE_METADATA` metadata buffer.
 pub use metadata_schema_generated::tflite as metadata;
-/// The runtime crate the generated code is written against.
-pub use flatbuffers;
+/// The TFLite model schema (root table `Model`, file identifier `TFL3`).
+pub use schema_generated::tflite as model;
