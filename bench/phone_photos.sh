@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Phone-size photos (issue 16): what `cbr build` reaches on 12-megapixel JPEGs against the
+# inference-only ceiling, measured in the same run, plus the decode alone.
+#   1. N phone-size JPEGs (4032x3024, quality 90) made from CUB photos (PIL, bicubic), 5 classes;
+#   2. decode + resize per image, one thread: full decode vs the reduced (DCT-scaled) one cbr uses,
+#      and how far apart the two 224x224 inputs are (examples/decode_speed.rs);
+#   3. `cbr build --no-cache` on them (images/s, median of REPS);
+#   4. the ceiling: ONNX Runtime from Python on the default embedder, batch 32, both cores,
+#      random input (no decode).
+# Prints a Markdown table. Knobs: N=60 REPS=3 DATASETS=<repo>/../shared/datasets
+#
+#   bench/phone_photos.sh     # ~3 minutes
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+PY=${CBR_PYTHON:-$REPO/.venv/bin/python}
+N=${N:-60}
+REPS=${REPS:-3}
+DATASETS=${DATASETS:-$REPO/../shared/datasets}
+CUB=$DATASETS/cub200_010
+die() { echo "phone_photos.sh: error: $*" >&2; exit 2; }
+[ -d "$CUB" ] || die "$CUB is missing"
+"$PY" -c "import onnxruntime, numpy, PIL" 2>/dev/null || die "$PY needs onnxruntime, numpy, Pillow (scripts/setup.sh)"
+(cd "$REPO" && cargo build --release -q --bin cbr --example decode_speed) || die "cannot build cbr"
+CBR=$REPO/target/release/cbr
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+"$PY" - "$CUB" "$WORK/photos" "$N" <<'PY'
+import os, sys
+from PIL import Image
+src, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+classes = sorted(os.listdir(src))[:5]
+for k in range(n):
+    c = classes[k % len(classes)]
+    files = sorted(os.listdir(os.path.join(src, c)))
+    f = files[(k // len(classes)) % len(files)]
+    os.makedirs(os.path.join(out, c), exist_ok=True)
+    Image.open(os.path.join(src, c, f)).convert("RGB").resize((4032, 3024), Image.BICUBIC).save(
+        os.path.join(out, c, f"{k:03d}.jpg"), quality=90)
+PY
+
+DECODE=$("$REPO/target/release/examples/decode_speed" 224 "$WORK"/photos/*/*.jpg)
+d() { echo "$DECODE" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+
+times=()
+for _ in $(seq "$REPS"); do
+  t0=$(date +%s.%N)
+  "$CBR" build "$WORK/photos" -o "$WORK/m.onnx" --no-cache --quiet
+  times+=("$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.2f", a - b}')")
+done
+BUILD_S=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((REPS + 1) / 2))p")
+BUILD_RATE=$(awk -v n="$N" -v s="$BUILD_S" 'BEGIN {printf "%.1f", n / s}')
+
+EMBEDDER=${CBR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cbr}/models/efficientnet-lite0.onnx
+[ -f "$EMBEDDER" ] || die "no default embedder at $EMBEDDER (cbr models pull)"
+CEILING=$("$PY" - "$EMBEDDER" <<'PY'
+import sys, time
+import numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+name = s.get_inputs()[0].name
+x = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
+s.run(None, {name: x})
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < 15:
+    s.run(None, {name: x})
+    n += 32
+print("%.1f" % (n / (time.perf_counter() - t0)))
+PY
+)
+
+cat <<EOF
+## Phone-size photos: $N JPEGs, 4032x3024, quality 90 ($(nproc) cores, $(date -u +%Y-%m-%d))
+
+| what | value |
+|---|---|
+| decode + resize to 224x224, one thread: full decode | $(d full_ms) ms/image |
+| same, reduced (DCT-scaled) decode, as cbr does | $(d reduced_ms) ms/image ($(d speedup)x) |
+| difference of the two inputs | mean $(d mean_abs_diff_grey), max $(d max_abs_diff_grey) grey levels |
+| \`cbr build --no-cache\` (median of $REPS) | $BUILD_S s, **$BUILD_RATE images/s** |
+| inference-only ceiling (ONNX Runtime, Python, batch 32, no decode) | $CEILING images/s |
+| cbr build / ceiling | **$(awk -v b="$BUILD_RATE" -v c="$CEILING" 'BEGIN {printf "%.0f", 100 * b / c}')%** |
+EOF
