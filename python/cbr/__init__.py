@@ -138,7 +138,8 @@ def _head_args(
     power: float,
     center: bool,
     calibrate: bool,
-    target_precision: float,
+    known_target: Optional[float],
+    target_precision: Optional[float],
     threshold: Optional[float],
     index_dtype: str,
     original: bool,
@@ -148,7 +149,8 @@ def _head_args(
         "power": float(power),
         "center": bool(center),
         "calibrate": bool(calibrate),
-        "target_precision": float(target_precision),
+        "known_target": None if known_target is None else float(known_target),
+        "target_precision": None if target_precision is None else float(target_precision),
         "threshold": None if threshold is None else float(threshold),
         "index_dtype": index_dtype,
         "original": bool(original),
@@ -464,7 +466,8 @@ def build(
     power: float = 0.5,
     center: bool = True,
     calibrate: bool = True,
-    target_precision: float = 0.9,
+    known_target: Optional[float] = 0.95,
+    target_precision: Optional[float] = None,
     threshold: Optional[float] = None,
     index_dtype: str = "f32",
     original: bool = False,
@@ -490,7 +493,8 @@ def build(
     ``(paths, labels)``. The options are ``cbr build``'s, with the same names and defaults
     (``cbr build --help`` explains each): ``aggregate`` is ``"discriminant"``, ``"centroid"``,
     ``"max"`` or ``"blend"``; ``index_dtype`` ``"f32"``, ``"f16"`` or ``"int8"``; ``original``
-    is the original classification-by-retrieval; ``cache=False`` is ``--no-cache``.
+    is the original classification-by-retrieval; ``cache=False`` is ``--no-cache``;
+    ``known_target=None`` is ``--no-unknown``.
     Unreadable images are skipped and listed in ``build_report["skipped"]`` (``strict=True``
     stops at the first instead).
     """
@@ -502,7 +506,8 @@ def build(
         None,
         _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize),
         _head_args(
-            aggregate, power, center, calibrate, target_precision, threshold, index_dtype, original
+            aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
+            original,
         ),
         _input_args(strict, max_pixels, cache),
         _output_args(
@@ -530,7 +535,8 @@ def build_from_shards(
     power: float = 0.5,
     center: bool = True,
     calibrate: bool = True,
-    target_precision: float = 0.9,
+    known_target: Optional[float] = 0.95,
+    target_precision: Optional[float] = None,
     threshold: Optional[float] = None,
     index_dtype: str = "f32",
     original: bool = False,
@@ -550,7 +556,8 @@ def build_from_shards(
         patterns,
         _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize),
         _head_args(
-            aggregate, power, center, calibrate, target_precision, threshold, index_dtype, original
+            aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
+            original,
         ),
         _input_args(False, DEFAULT_MAX_PIXELS, True),
         _output_args(format, index, ivf_nprobe, "float", None, None, None, None, None),
@@ -571,7 +578,8 @@ def build_from_embeddings(
     power: float = 0.5,
     center: bool = True,
     calibrate: bool = True,
-    target_precision: float = 0.9,
+    known_target: Optional[float] = 0.95,
+    target_precision: Optional[float] = None,
     threshold: Optional[float] = None,
     index_dtype: str = "f32",
     original: bool = False,
@@ -601,7 +609,8 @@ def build_from_embeddings(
         None if image_ids is None else [str(i) for i in image_ids],
         args,
         _head_args(
-            aggregate, power, center, calibrate, target_precision, threshold, index_dtype, original
+            aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
+            original,
         ),
         _output_args(format, index, 0, "float", None, None, None, None, None),
     )

@@ -7,7 +7,8 @@ use clap::Args;
 
 use cbr::build::{self, BuildReport};
 use cbr::format::ModelFormat;
-use cbr::head::{Aggregation, HeadOptions, IndexDtype};
+use cbr::head::{Aggregation, IndexDtype};
+use cbr::meta::HeadFlags;
 use cbr::search::IvfParams;
 use cbr::sidecar::IndexChoice;
 use cbr::tflite::{About, TfliteBlock, TfliteOptions};
@@ -126,25 +127,18 @@ pub fn run(a: BuildArgs) -> Result<()> {
     };
     build::check_format_options(format, &tflite)?;
     let mut embedder = build::open_embedder_for(&a.embedder.choice()?, format)?;
-    let head = if a.original {
-        HeadOptions {
-            threshold: a.threshold,
-            index_dtype: a.index_dtype,
-            ..HeadOptions::original()
-        }
-    } else {
-        HeadOptions {
-            aggregation: a.aggregate,
-            power: a.power,
-            center: a.center,
-            calibrate: a.calibrate,
-            target_precision: a.target_precision,
-            threshold: a.threshold,
-            index_dtype: a.index_dtype,
-            known_target: (!a.no_unknown && a.calibrate).then_some(a.known_target),
-            ..HeadOptions::default()
-        }
-    };
+    let head = HeadFlags {
+        aggregation: a.aggregate,
+        power: a.power,
+        center: a.center,
+        calibrate: a.calibrate,
+        known_target: (!a.no_unknown).then_some(a.known_target),
+        target_precision: a.target_precision,
+        threshold: a.threshold,
+        index_dtype: a.index_dtype,
+        original: a.original,
+    }
+    .options();
     let opts = build::BuildOptions {
         index: a.index,
         ivf: IvfParams { nprobe: a.ivf_nprobe, ..IvfParams::default() },

@@ -150,7 +150,8 @@ impl InputArgs {
 }
 
 /// The head, as `cbr build`'s `--aggregate`, `--power`, `--center`, `--calibrate`,
-/// `--target-precision`, `--threshold`, `--index-dtype` and `--original` give it.
+/// `--known-target`/`--no-unknown`, `--target-precision`, `--threshold`, `--index-dtype` and
+/// `--original` give it.
 #[derive(FromPyObject)]
 struct HeadArgs {
     #[pyo3(item)]
@@ -162,7 +163,9 @@ struct HeadArgs {
     #[pyo3(item)]
     calibrate: bool,
     #[pyo3(item)]
-    target_precision: f32,
+    known_target: Option<f32>,
+    #[pyo3(item)]
+    target_precision: Option<f32>,
     #[pyo3(item)]
     threshold: Option<f32>,
     #[pyo3(item)]
@@ -172,22 +175,20 @@ struct HeadArgs {
 }
 
 impl HeadArgs {
-    /// The same mapping as `cbr build` (src/cli/build.rs).
+    /// Through the command line's own mapping ([`cbr::meta::HeadFlags`]).
     fn options(&self) -> Result<HeadOptions> {
-        let index_dtype = choice(&self.index_dtype, "index dtype")?;
-        Ok(if self.original {
-            HeadOptions { threshold: self.threshold, index_dtype, ..HeadOptions::original() }
-        } else {
-            HeadOptions {
-                aggregation: choice(&self.aggregate, "aggregation")?,
-                power: self.power,
-                center: self.center,
-                calibrate: self.calibrate,
-                target_precision: Some(self.target_precision),
-                threshold: self.threshold,
-                index_dtype,
-            }
-        })
+        Ok(cbr::meta::HeadFlags {
+            aggregation: choice(&self.aggregate, "aggregation")?,
+            power: self.power,
+            center: self.center,
+            calibrate: self.calibrate,
+            known_target: self.known_target,
+            target_precision: self.target_precision,
+            threshold: self.threshold,
+            index_dtype: choice(&self.index_dtype, "index dtype")?,
+            original: self.original,
+        }
+        .options())
     }
 }
 
@@ -732,6 +733,7 @@ fn evaluate(
             name.as_deref().unwrap_or("(paths, labels)"),
             &model.info.name,
             &embedded,
+            None,
             augment,
             &opts,
             &|_| {},
