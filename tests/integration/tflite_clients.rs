@@ -170,13 +170,15 @@ fn embed_split(embedder: &Embedder, set: &Path, queries_per_class: usize, tmp: &
 }
 
 fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> ClassifierInfo {
-    let info = EmbedderInfo {
-        name: embedder.name(),
-        sha256: cbr::cache::sha256_hex(bytes),
-        input: "input".into(),
-        output: "embedding".into(),
-        dim: head.dim,
-    };
+    // The embedder's real input and output names, as `cbr build` records them.
+    let opened = cbr::embedder::Embedder::from_bytes(
+        bytes,
+        &embedder.name(),
+        None,
+        embedder.preprocess.clone(),
+    )
+    .expect("opening the embedder in LiteRT");
+    let info = EmbedderInfo { dim: head.dim, ..opened.info };
     cbr::format::classifier_info(&info, &embedder.preprocess, head, false)
 }
 

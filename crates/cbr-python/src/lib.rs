@@ -721,6 +721,8 @@ fn evaluate(
         let name = source.as_ref().map(|s| s.to_string_lossy().into_owned());
         let images = images_of(source, pairs)?;
         let mut model = cbr::models::open_embedder(&embedder.choice()?)?;
+        // As `cbr eval`: the embedder's calibration prior applies at one image per class.
+        let opts = cbr::eval::EvalOptions { embedder: model.info.name.clone(), ..opts };
         let embed_opts = EmbedOptions { augment, cache, ..Default::default() };
         let embedded = cbr::pipeline::embed_images(
             &mut model,
