@@ -5,6 +5,7 @@
 use crate::common;
 
 use cbr::models::{self, EmbedderChoice};
+use cbr::preprocess::Resample;
 
 #[test]
 fn lite0_tflite_twin_matches_onnx() {
@@ -13,8 +14,17 @@ fn lite0_tflite_twin_matches_onnx() {
     let onnx_choice =
         EmbedderChoice { embedder: "efficientnet-lite0".into(), ..Default::default() };
     let mut onnx = models::open_embedder(&onnx_choice).unwrap();
-    let mut tflite =
-        models::open_embedder(&EmbedderChoice { tflite: true, ..onnx_choice }).unwrap();
+    // The twin resizes as MediaPipe does by default; the runtimes are compared on one input.
+    let default_twin =
+        models::open_embedder(&EmbedderChoice { tflite: true, ..onnx_choice.clone() }).unwrap();
+    assert_eq!(default_twin.preprocess.resample, Resample::Mediapipe);
+    let antialiased = Some(Resample::Antialiased);
+    let mut tflite = models::open_embedder(&EmbedderChoice {
+        tflite: true,
+        resample: antialiased,
+        ..onnx_choice
+    })
+    .unwrap();
     assert!(matches!(tflite.model, cbr::embedder::EmbedderModel::Tflite { .. }));
     assert_eq!((onnx.info.dim, tflite.info.dim), (1280, 1280));
     assert_eq!(tflite.preprocess.layout, cbr::preprocess::Layout::Nhwc);
