@@ -16,6 +16,7 @@ use cbr::head::{HeadOptions, IndexDtype, RetrievalHead, SCORES};
 use cbr::onnx::{self, node, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use cbr::search::synthetic::Clusters;
 use cbr::search::{FlatIndex, Hit, IvfIndex, IvfParams};
+use cbr::serve::lru;
 use clap::{Parser, Subcommand};
 use ort::session::{OutputSelector, RunOptions};
 use ort::value::TensorRef;
@@ -263,7 +264,12 @@ fn main() -> Result<()> {
         }
         Cmd::Onnx { dir, classes, singles, batch, dtype } => {
             cbr::runtime::install()?;
+            // Where the memory goes (docs/scale.md "Known limits"): the peak resident memory of
+            // each phase, and what stays resident after it.
+            let mut phases = serde_json::Map::new();
+            lru::reset_peak_resident();
             let v = load(&dir)?;
+            phase(&mut phases, "read rows");
             let (n, dim) = (v.n, v.dim);
             for &c in &classes {
                 if c > n {
@@ -292,22 +298,27 @@ fn main() -> Result<()> {
                     &HeadOptions { index_dtype: dtype, ..HeadOptions::original() },
                 )?;
                 drop(labels);
+                phase(&mut phases, "head");
                 let embedder = passthrough(dim);
                 let model = head.append_to(&embedder, "features")?;
                 let ops = model.graph.as_ref().map_or(0, |g| g.node.len()) - 1;
                 drop(head);
+                phase(&mut phases, "graph");
                 let bytes = onnx::encode(&model);
                 drop(model);
+                phase(&mut phases, "encode");
                 let path = dir.join("head.onnx");
                 cbr::cache::write_atomic(&path, &bytes)?;
                 let size = bytes.len();
                 drop(bytes);
+                phase(&mut phases, "write");
                 let start = Instant::now();
                 let file = std::fs::read(&path)?;
                 let mut session =
                     cbr::embedder::session_from_bytes(&file, cbr::embedder::SessionMemory::Arena)?;
                 let load_s = start.elapsed().as_secs_f64();
                 drop(file);
+                phase(&mut phases, "load in ONNX Runtime");
                 let options =
                     RunOptions::new()?.with_outputs(OutputSelector::no_default().with(SCORES));
                 let mut run = |q: &[f32], b: usize| -> Result<()> {
@@ -323,17 +334,25 @@ fn main() -> Result<()> {
                 let start = Instant::now();
                 run(batch_q, nb)?;
                 let batch_s = start.elapsed().as_secs_f64();
+                phase(&mut phases, "classify");
                 drop(session);
                 std::fs::remove_file(&path)?;
                 println!(
                     "{}",
                     json!({"what": "onnx-head", "n": n, "classes": c, "dtype": dtype.name(), "ops": ops, "file_bytes": size, "load_s": load_s,
-                           "single_ms": single_ms, "batch": nb, "batch_qps": nb as f64 / batch_s})
+                           "single_ms": single_ms, "batch": nb, "batch_qps": nb as f64 / batch_s, "memory": phases.clone()})
                 );
             }
         }
     }
     Ok(())
+}
+
+/// Records the peak resident memory since the last phase, and what is resident now.
+fn phase(phases: &mut serde_json::Map<String, serde_json::Value>, name: &str) {
+    let (peak, now) = (lru::peak_resident_bytes(), lru::resident_bytes());
+    phases.insert(name.into(), json!({"peak_mb": peak >> 20, "after_mb": now >> 20}));
+    lru::reset_peak_resident();
 }
 
 /// An "embedder" that passes its input through: input [batch, dim] → features.
