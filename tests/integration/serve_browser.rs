@@ -86,6 +86,8 @@ impl Driver {
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
                          "--disable-dev-shm-usage", "--window-size=1100,1400",
+                         // A synthetic webcam, allowed without asking (the live modes).
+                         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                          format!("--user-data-dir={}", profile.display())],
             }
         }}});
@@ -223,6 +225,7 @@ fn web_app_builds_and_classifies_in_chromium() {
     let photos = crate::fixtures::fashion_mnist_jpeg();
     let classes = [("coat", "coat"), ("dress", "dress")];
     let mut held = Vec::new();
+    let mut right = Vec::new();
     for (label, folder) in classes {
         driver.type_into("#new-class", label);
         driver.click("#add-class");
@@ -284,6 +287,45 @@ fn web_app_builds_and_classifies_in_chromium() {
         assert_eq!(shown, *label, "the page shows {shown} for a held-out {label}");
         let bars = driver.js("return document.querySelectorAll('#bars .bar').length");
         assert_eq!(bars, 2, "one bar per class (top 3 of 2 classes)");
+        right.push((label, img));
+    }
+
+    // Run on this device: the model downloaded once, the same photos classified in the page
+    // (onnxruntime-web from the server's /ort/), the same answers.
+    common::run_ok(&["runtime", "install", "--web"]);
+    driver.click("#on-device");
+    for (label, img) in &right {
+        driver.js("document.querySelector('#result-label').textContent = ''");
+        driver.type_into("#try-file", &img.to_string_lossy());
+        let shown = driver.wait_for(
+            "a classification on the device",
+            "return document.querySelector('#result-label').textContent",
+            Duration::from_secs(60),
+        );
+        let status = driver.js("return document.querySelector('#device-status').textContent");
+        assert!(
+            status.as_str().unwrap().starts_with("on this device ("),
+            "the page did not classify on the device: {status}"
+        );
+        assert_eq!(shown, **label, "on the device, the page shows {shown} for a held-out {label}");
+    }
+    // The live webcam (Chromium's synthetic camera) on the device, with frames per second.
+    driver.click("#try-webcam");
+    let fps = driver.wait_for(
+        "frames per second on the device",
+        "const t = document.querySelector('#fps').textContent; return t.endsWith('fps') && t",
+        Duration::from_secs(30),
+    );
+    println!("live webcam on the device: {fps}");
+    driver.click("#try-webcam");
+    // The export as a download: a zip of the site cbr export-web writes.
+    let r = get(server.addr, "/api/models/birds/export-web.zip");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/zip"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(r.body.clone())).unwrap();
+    for f in ["index.html", "model.onnx", "model.json", "sw.js", "ort/ort-wasm-simd-threaded.wasm"]
+    {
+        assert!(zip.by_name(&format!("birds-web/{f}")).is_ok(), "the zip has no birds-web/{f}");
     }
     // The download link serves the model.
     let href = driver.js("return document.querySelector('#download').getAttribute('href')");

@@ -52,21 +52,22 @@ export class DeviceClassifier {
   }
 
   /// Classifies an image file (Blob): decode, then classifyRgba.
-  async classifyBlob(blob, k = 3) {
+  async classifyBlob(blob, k = 3, threshold = null) {
     const { data, width, height } = await decodeImage(blob);
-    return this.classifyRgba(data, width, height, k);
+    return this.classifyRgba(data, width, height, k, threshold);
   }
 
   /// Classifies RGBA pixels (a canvas's ImageData.data): the answer object of
   /// `cbr classify --json` ({label, unknown, top: [{label, score}], unknown_score}).
-  async classifyRgba(rgba, width, height, k = 3) {
+  /// `threshold` (as `cbr classify --threshold`) replaces the model's own decision.
+  async classifyRgba(rgba, width, height, k = 3, threshold = null) {
     const p = this.info.preprocess;
     const rgb = resizeRgb(rgbaToRgb(rgba, width, height), width, height, p.width, p.height, p.resize);
     const tensor = toTensor(rgb, p);
     const dims = p.layout === "nhwc" ? [1, p.height, p.width, 3] : [1, 3, p.height, p.width];
     const out = await this.session.run({ [this.input]: new this.ort.Tensor("float32", tensor, dims) }, ["scores"]);
     const scores = out.scores.data;
-    return predict(this.info, scores, k);
+    return predict(this.info, scores, k, threshold);
   }
 }
 
@@ -289,8 +290,9 @@ export function toTensor(rgb, p) {
 
 /// `scores` (one per class, then the unknown entry when the model has one) to the answer
 /// `cbr classify --json` prints: the best class, unless the unknown entry scores higher
-/// than it or it scores below the model's threshold.
-export function predict(info, scores, k = 3) {
+/// than it or it scores below the model's threshold. A caller's `threshold` replaces the
+/// model's decision (Classifier::predict): unknown exactly when the best class is below it.
+export function predict(info, scores, k = 3, callerThreshold = null) {
   const classes = info.labels.length;
   const known = Array.from(scores.slice(0, classes));
   const unknownScore = scores.length > classes ? scores[classes] : null;
@@ -300,8 +302,9 @@ export function predict(info, scores, k = 3) {
   let label = null;
   if (top.length > 0) {
     const best = top[0];
-    const threshold = info.threshold ?? null;
-    if (unknownScore !== null && unknownScore > best.score) label = null;
+    const own = callerThreshold === null;
+    const threshold = own ? info.threshold ?? null : callerThreshold;
+    if (own && unknownScore !== null && unknownScore > best.score) label = null;
     else if (threshold !== null && best.score < threshold) label = null;
     else label = best.label;
   }
