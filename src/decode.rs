@@ -18,7 +18,7 @@ use image::error::{ImageError, LimitErrorKind};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
-use crate::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use crate::preprocess::{ChannelOrder, Layout, Preprocess, Resample, ResizeMode};
 
 /// Upper bounds that protect the process from hostile or absurd inputs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -388,6 +388,11 @@ pub fn to_tensor(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
         let mut scratch = cell.borrow_mut();
         let Scratch { resizer, resized } = &mut *scratch;
         resized.resize(p.tensor_len(), 0);
+        if p.resample == Resample::Mediapipe {
+            sample_bilinear_like_opencv(img, source_box(sw, sh, p), (p.width, p.height), resized);
+            write_normalised(resized, p, out);
+            return;
+        }
         let src = fr::images::ImageRef::new(sw, sh, img.as_raw(), fr::PixelType::U8x3)
             .expect("an RgbImage buffer always holds width*height*3 bytes");
         let mut dst =
@@ -407,6 +412,76 @@ pub fn to_tensor(img: &RgbImage, p: &Preprocess, out: &mut [f32]) {
             .expect("resizing between two non-empty U8x3 images cannot fail");
         write_normalised(resized, p, out);
     });
+}
+
+/// The part of a `w` x `h` image that `p` maps onto its input: all of it for
+/// [`ResizeMode::Stretch`], the centred box of the input's aspect ratio for
+/// [`ResizeMode::CenterCrop`]. As `(left, top, width, height)` in pixels.
+fn source_box(w: u32, h: u32, p: &Preprocess) -> (f64, f64, f64, f64) {
+    let (w, h) = (f64::from(w), f64::from(h));
+    match p.resize {
+        ResizeMode::Stretch => (0.0, 0.0, w, h),
+        ResizeMode::CenterCrop => {
+            let aspect = f64::from(p.width) / f64::from(p.height);
+            if w / h > aspect {
+                let bw = h * aspect;
+                ((w - bw) / 2.0, 0.0, bw, h)
+            } else {
+                let bh = w / aspect;
+                (0.0, (h - bh) / 2.0, w, bh)
+            }
+        }
+    }
+}
+
+/// [`Resample::Mediapipe`]: MediaPipe's CPU ImageToTensor maps the box's corners
+/// onto the output's (`getPerspectiveTransform` + `warpPerspective` with
+/// `INTER_LINEAR` and a replicated border), so output pixel `x` samples the
+/// source at `left + x · width / out_width` (corners aligned, not centres) with
+/// no antialiasing. OpenCV rounds each position to 1/32 pixel and weighs the
+/// four neighbours in fixed point, `(Σ w·p + 2^14) >> 15` with `w` in units of
+/// 2^-15; the weights here are those divided by 32, so the result is the same
+/// integer.
+fn sample_bilinear_like_opencv(
+    img: &RgbImage,
+    (left, top, bw, bh): (f64, f64, f64, f64),
+    (ow, oh): (u32, u32),
+    out: &mut [u8],
+) {
+    const FRACTION: f64 = 32.0; // OpenCV's INTER_TAB_SIZE
+    let (sw, sh) = (img.width() as i64, img.height() as i64);
+    let src = img.as_raw();
+    // Integer and 1/32 fractional source position of each output column / row; OpenCV
+    // rounds half to even (`cvRound`).
+    let positions = |n: u32, start: f64, span: f64| -> Vec<(i64, i64)> {
+        let step = span / f64::from(n);
+        (0..n)
+            .map(|i| {
+                let fixed = ((start + f64::from(i) * step) * FRACTION).round_ties_even() as i64;
+                (fixed >> 5, fixed & 31)
+            })
+            .collect()
+    };
+    let xs = positions(ow, left, bw);
+    let ys = positions(oh, top, bh);
+    let clamp_x = |x: i64| x.clamp(0, sw - 1) as usize;
+    let clamp_y = |y: i64| y.clamp(0, sh - 1) as usize;
+    let row_len = sw as usize * 3;
+    for (oy, &(iy, fy)) in ys.iter().enumerate() {
+        let (r0, r1) = (clamp_y(iy) * row_len, clamp_y(iy + 1) * row_len);
+        for (ox, &(ix, fx)) in xs.iter().enumerate() {
+            let (c0, c1) = (clamp_x(ix) * 3, clamp_x(ix + 1) * 3);
+            let w = [(32 - fy) * (32 - fx), (32 - fy) * fx, fy * (32 - fx), fy * fx];
+            let o = (oy * ow as usize + ox) * 3;
+            for c in 0..3 {
+                let v = w[0] * i64::from(src[r0 + c0 + c])
+                    + w[1] * i64::from(src[r0 + c1 + c])
+                    + w[2] * i64::from(src[r1 + c0 + c])
+                    + w[3] * i64::from(src[r1 + c1 + c]);
+                out[o + c] = ((v + 512) >> 10).clamp(0, 255) as u8;
+            }
+        }
+    }
 }
 
 /// `out = (pixel - mean[c]) / std[c]`, through a 256-entry table per channel so
@@ -495,7 +570,11 @@ pub fn bytes_to_tensor(
     p: &Preprocess,
     limits: &DecodeLimits,
 ) -> Result<Vec<f32>, DecodeError> {
-    let img = decode_rgb_for(bytes, limits, (p.width, p.height))?;
+    // MediaPipe samples the full-size image, so its resample needs the full decode.
+    let img = match p.resample {
+        Resample::Antialiased => decode_rgb_for(bytes, limits, (p.width, p.height))?,
+        Resample::Mediapipe => decode_rgb(bytes, limits)?,
+    };
     let mut out = vec![0f32; p.tensor_len()];
     to_tensor(&img, p, &mut out);
     Ok(out)
@@ -794,6 +873,7 @@ mod tests {
             mean: [10.0, 20.0, 30.0],
             std: [2.0, 4.0, 5.0],
             resize,
+            resample: Resample::Antialiased,
         }
     }
 
@@ -875,6 +955,56 @@ mod tests {
         assert_eq!(at(0, 5), [255.0, 0.0, 0.0]);
         assert_eq!(at(6, 5), [0.0, 255.0, 0.0]);
         assert_eq!(at(11, 5), [0.0, 0.0, 255.0]);
+    }
+
+    /// A grey row through the MediaPipe resample: `(out, in)` pixel values.
+    fn mediapipe_row(pixels: &[u8], out_width: u32) -> Vec<f32> {
+        let img = RgbImage::from_fn(pixels.len() as u32, 1, |x, _| {
+            let v = pixels[x as usize];
+            Rgb([v, v, v])
+        });
+        let p = Preprocess {
+            resample: Resample::Mediapipe,
+            ..Preprocess::raw(out_width, 1, Layout::Nhwc)
+        };
+        let mut out = vec![0f32; p.tensor_len()];
+        to_tensor(&img, &p, &mut out);
+        out.chunks_exact(3).map(|c| c[0]).collect()
+    }
+
+    #[test]
+    fn mediapipe_resample_samples_corner_aligned_in_opencv_fixed_point() {
+        // Output x samples the source at x·4/3 rounded to 1/32: 0, 1 + 11/32, 2 + 21/32, so
+        // (21·100 + 11·200) / 32 = 134.375 and (11·200 + 21·40) / 32 = 95, rounded to nearest.
+        assert_eq!(mediapipe_row(&[0, 100, 200, 40], 3), [0.0, 134.0, 95.0]);
+        // Halving takes every other pixel (no antialiasing: 100 and 40 are not seen).
+        assert_eq!(mediapipe_row(&[0, 100, 200, 40], 2), [0.0, 200.0]);
+        // Upscaling: positions 0, 0.5, 1, 1.5; past the last pixel the border is replicated.
+        assert_eq!(mediapipe_row(&[10, 250], 4), [10.0, 130.0, 250.0, 250.0]);
+    }
+
+    #[test]
+    fn mediapipe_resample_decodes_large_jpegs_in_full_and_is_recorded_only_when_chosen() {
+        let img = RgbImage::from_fn(2000, 1000, |x, y| {
+            Rgb([(x / 8) as u8, (y / 4) as u8, ((x + y) / 12) as u8])
+        });
+        let bytes = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
+        let limits = DecodeLimits::default();
+        let p =
+            Preprocess { resample: Resample::Mediapipe, ..Preprocess::raw(224, 224, Layout::Nchw) };
+        let mut full = vec![0f32; p.tensor_len()];
+        to_tensor(&decode_rgb(&bytes, &limits).unwrap(), &p, &mut full);
+        assert_eq!(bytes_to_tensor(&bytes, &p, &limits).unwrap(), full);
+
+        // Antialiased (the default) is left out of the JSON, so the metadata and embedding-cache
+        // keys of models from before the field existed do not change; absent reads as it.
+        let json = serde_json::to_string(&Preprocess::raw(2, 2, Layout::Nchw)).unwrap();
+        assert!(!json.contains("resample"), "{json}");
+        let back: Preprocess = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.resample, Resample::Antialiased);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""resample":"mediapipe""#), "{json}");
+        assert_eq!(serde_json::from_str::<Preprocess>(&json).unwrap(), p);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::cache;
 use crate::embedder::{self, Embedder};
 use crate::meta::{HeadOptions, Prior};
-use crate::preprocess::{ChannelOrder, Layout, Preprocess, ResizeMode};
+use crate::preprocess::{ChannelOrder, Layout, Preprocess, Resample, ResizeMode};
 use crate::zoo::{efficientnet, torch_pth};
 
 /// An embedder cbr can fetch and convert by itself.
@@ -117,6 +117,7 @@ impl KnownModel {
             mean: [127.0; 3],
             std: [128.0; 3],
             resize: ResizeMode::Stretch,
+            resample: Resample::Antialiased,
         }
     }
 
@@ -234,6 +235,9 @@ pub struct EmbedderChoice {
     pub std: Option<[f32; 3]>,
     pub bgr: bool,
     pub resize: Option<ResizeMode>,
+    /// Default: [`Resample::Mediapipe`] for a TFLite classifier (`tflite`), so MediaPipe's
+    /// ImageClassifier sees the pixels the model was built and evaluated on; else antialiased.
+    pub resample: Option<Resample>,
 }
 
 /// Opens the chosen embedder (pulling it, and the runtime it needs, if
@@ -298,6 +302,11 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
         mean,
         std,
         resize: choice.resize.or(base.as_ref().map(|b| b.resize)).unwrap_or(ResizeMode::Stretch),
+        resample: choice.resample.unwrap_or(if choice.tflite {
+            Resample::Mediapipe
+        } else {
+            Resample::Antialiased
+        }),
     };
     Embedder::from_bytes(&bytes, &name, choice.output.as_deref(), preprocess)
         .with_context(|| format!("embedder {}", path.display()))

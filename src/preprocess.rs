@@ -35,6 +35,39 @@ pub enum ResizeMode {
     CenterCrop,
 }
 
+/// The filter that brings the decoded image to the input size.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resample {
+    /// Antialiased bilinear: a triangle filter as wide as the scale factor, so every source
+    /// pixel counts (PIL's `Image.resize(size, Image.BILINEAR)`). Large JPEGs may be decoded
+    /// at reduced scale first ([`crate::decode::decode_rgb_for`]).
+    #[default]
+    Antialiased,
+    /// What MediaPipe's ImageClassifier feeds a TFLite model on the CPU, bit for bit: bilinear
+    /// *sampling* of the full-size image (no antialiasing) at `x · width / input_width`, in
+    /// OpenCV's fixed point (`warpPerspective`, `INTER_LINEAR`, replicated border). A model
+    /// built with it answers in MediaPipe as `cbr classify` does.
+    Mediapipe,
+}
+
+impl Resample {
+    pub fn is_antialiased(&self) -> bool {
+        *self == Resample::Antialiased
+    }
+}
+
 /// The complete preprocessing recipe. Pixel values are 0..=255 before
 /// normalisation: `input = (pixel - mean[c]) / std[c]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -46,6 +79,10 @@ pub struct Preprocess {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub resize: ResizeMode,
+    /// Absent from models written before it existed, which all used [`Resample::Antialiased`];
+    /// left out when it is that, so those models' metadata (and embedding-cache keys) stay the same.
+    #[serde(default, skip_serializing_if = "Resample::is_antialiased")]
+    pub resample: Resample,
 }
 
 impl Preprocess {
@@ -60,6 +97,7 @@ impl Preprocess {
             mean: [0.0; 3],
             std: [1.0; 3],
             resize: ResizeMode::Stretch,
+            resample: Resample::Antialiased,
         }
     }
 

@@ -117,6 +117,7 @@ def _embedder_args(
     std: Union[None, float, Sequence[float]],
     bgr: bool,
     resize: Optional[str],
+    resample: Optional[str] = None,
 ) -> Dict[str, Any]:
     return {
         "embedder": os.fspath(embedder),
@@ -126,6 +127,7 @@ def _embedder_args(
         "std": _three(std, "std"),
         "bgr": bool(bgr),
         "resize": resize,
+        "resample": resample,
     }
 
 
@@ -376,7 +378,7 @@ class Embedder:
     """An image embedder: a known model name (``cbr.known_embedders()``) or an ``.onnx`` /
     ``.tflite`` file, with its preprocessing (the same options as ``cbr build``'s
     ``--embedder``, ``--embedding-output``, ``--input-size``, ``--mean``, ``--std``, ``--bgr``,
-    ``--resize``).
+    ``--resize``, ``--resample``).
 
     >>> e = cbr.Embedder()
     >>> e.embed(["a.jpg", "b.jpg"]).shape
@@ -393,9 +395,10 @@ class Embedder:
         std: Union[None, float, Sequence[float]] = None,
         bgr: bool = False,
         resize: Optional[str] = None,
+        resample: Optional[str] = None,
     ) -> None:
         self._args = _embedder_args(
-            name_or_path, embedding_output, input_size, mean, std, bgr, resize
+            name_or_path, embedding_output, input_size, mean, std, bgr, resize, resample
         )
         self._model = _cbr.Embedder(self._args)
 
@@ -462,6 +465,7 @@ def build(
     std: Union[None, float, Sequence[float]] = None,
     bgr: bool = False,
     resize: Optional[str] = None,
+    resample: Optional[str] = None,
     aggregate: str = "discriminant",
     power: float = 0.5,
     center: bool = True,
@@ -504,7 +508,7 @@ def build(
         source,
         pairs,
         None,
-        _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize),
+        _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize, resample),
         _head_args(
             aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
             original,
@@ -531,6 +535,7 @@ def build_from_shards(
     std: Union[None, float, Sequence[float]] = None,
     bgr: bool = False,
     resize: Optional[str] = None,
+    resample: Optional[str] = None,
     aggregate: str = "discriminant",
     power: float = 0.5,
     center: bool = True,
@@ -554,7 +559,7 @@ def build_from_shards(
         None,
         None,
         patterns,
-        _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize),
+        _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize, resample),
         _head_args(
             aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
             original,
@@ -629,6 +634,7 @@ def embed_shard(
     std: Union[None, float, Sequence[float]] = None,
     bgr: bool = False,
     resize: Optional[str] = None,
+    resample: Optional[str] = None,
     augment: bool = False,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -645,7 +651,7 @@ def embed_shard(
             os.fspath(output),
             int(index),
             int(count),
-            _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize),
+            _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize, resample),
             _input_args(strict, max_pixels, cache),
             bool(augment),
             _progress(progress),
@@ -713,6 +719,7 @@ def evaluate(
     std: Union[None, float, Sequence[float]] = None,
     bgr: bool = False,
     resize: Optional[str] = None,
+    resample: Optional[str] = None,
     cache: bool = True,
     progress: Progress = False,
 ) -> Dict[str, Any]:
@@ -727,7 +734,7 @@ def evaluate(
             pairs,
             shots,
             int(seeds),
-            _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize),
+            _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize, resample),
             bool(augment),
             bool(cache),
             _progress(progress),

@@ -48,8 +48,8 @@ fn print_info(info: &ClassifierInfo, path: &std::path::Path) {
         printable::printable(&info.embedder.sha256)
     );
     println!(
-        "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?}",
-        p.width, p.height, p.layout, p.channel_order, p.mean, p.std, p.resize
+        "preprocessing: {}x{} {:?} {:?}, (pixel - {:?}) / {:?}, resize {:?} ({:?})",
+        p.width, p.height, p.layout, p.channel_order, p.mean, p.std, p.resize, p.resample
     );
     if let Some(ix) = &info.index {
         println!(

@@ -20,7 +20,7 @@ use cbr::build::BuildOptions;
 use cbr::decode::DecodeLimits;
 use cbr::head::HeadOptions;
 use cbr::models::EmbedderChoice;
-use cbr::preprocess::ResizeMode;
+use cbr::preprocess::{Resample, ResizeMode};
 
 /// Which embedder, and how images are prepared for it (build, embed, eval).
 #[derive(Args)]
@@ -47,6 +47,11 @@ pub struct EmbedderArgs {
     /// How images are brought to the input size.
     #[arg(long, value_enum)]
     resize: Option<ResizeMode>,
+    /// The resize filter: antialiased (PIL's bilinear), or mediapipe (what MediaPipe's
+    /// ImageClassifier does, so a model answers there as here). Default: mediapipe for TFLite
+    /// classifiers, antialiased otherwise.
+    #[arg(long, value_enum)]
+    resample: Option<Resample>,
 }
 
 impl EmbedderArgs {
@@ -61,6 +66,7 @@ impl EmbedderArgs {
             bgr: self.bgr,
             tflite: false,
             resize: self.resize,
+            resample: self.resample,
         })
     }
 }

@@ -92,6 +92,8 @@ def preprocess(path, p):
     except Exception:
         pass
     img = img.convert("RGB")
+    if p.get("resample", "antialiased") != "antialiased":
+        fail(f"this client resizes as PIL does; the model wants {p['resample']!r} resampling")
     resize = p.get("resize", "stretch")
     if img.size != (w, h):
         if resize == "stretch":

@@ -108,6 +108,8 @@ struct EmbedderArgs {
     bgr: bool,
     #[pyo3(item)]
     resize: Option<String>,
+    #[pyo3(item)]
+    resample: Option<String>,
 }
 
 impl EmbedderArgs {
@@ -121,6 +123,7 @@ impl EmbedderArgs {
             bgr: self.bgr,
             tflite: false,
             resize: self.resize.as_deref().map(|r| choice(r, "resize mode")).transpose()?,
+            resample: self.resample.as_deref().map(|r| choice(r, "resample filter")).transpose()?,
         })
     }
 }
