@@ -109,15 +109,51 @@ impl Drop for StaticServer {
     }
 }
 
-/// A model on the default embedder from 5 photos of each of the 8 scenes classes, exported.
-pub fn exported_site(dir: &Path) -> (PathBuf, PathBuf) {
+/// A model on the default embedder from 5 photos of each of the 8 scenes classes (`extra`: more
+/// `cbr build` flags), exported into `<dir>/<name>-site` with the photographs beside the page.
+pub fn exported_site(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     common::setup();
-    let (index, _) = common::split_folder(&fixtures::scenes(), 5, &dir.join("split"));
-    let model = dir.join("scenes.onnx");
-    common::run_ok(&["build", index.to_str().unwrap(), "-o", model.to_str().unwrap()]);
-    let site = dir.join("site");
+    let split = dir.join("split");
+    if !split.exists() {
+        common::split_folder(&fixtures::scenes(), 5, &split);
+    }
+    let model = dir.join(format!("{name}.onnx"));
+    let mut args =
+        vec!["build", split.join("index").to_str().unwrap(), "-o", model.to_str().unwrap()]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    common::run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let site = dir.join(format!("{name}-site"));
     common::run_ok(&["export-web", model.to_str().unwrap(), "-o", site.to_str().unwrap()]);
+    // The photos are served beside the page (same origin), as a user's would be.
+    std::fs::create_dir(site.join("photos")).unwrap();
+    for p in fixtures::photos() {
+        std::fs::copy(&p, site.join("photos").join(p.file_name().unwrap())).unwrap();
+    }
     (model, site)
+}
+
+/// Classifies every photograph in the page open in `driver` and checks each answer against
+/// `cbr classify`'s.
+fn check_photos_in_page(driver: &Driver, cli: &[(String, Value)], k: usize) {
+    let answers = driver.js_async(&format!(
+        "const out = {{}}; for (const n of {names}) {{ \
+           const blob = await (await fetch('photos/' + n)).blob(); \
+           out[n] = await window.cbrPage.classifier.classifyBlob(blob, {k}); }} return out;",
+        names = json!(cli.iter().map(|(n, _)| n).collect::<Vec<_>>()),
+    ));
+    assert!(answers.get("error").is_none(), "classifying in the page failed: {answers}");
+    for (name, c) in cli {
+        // PNG: the same pixels as cbr, so only the runtimes' arithmetic differs. JPEG: the
+        // browser's decoder (libjpeg-turbo) is not cbr's (zune-jpeg): pixels differ by up to 4
+        // grey levels (tests/integration/decode_formats.rs), and scores by up to 7.4e-3 here
+        // (measured; retina.jpg also takes cbr's 1/2-scale DCT decode).
+        let tolerance = if name.ends_with(".png") { 1e-3 } else { 1.5e-2 };
+        let worst = assert_same_answer(name, &answers[name], c, tolerance);
+        println!("{name}: label {} | max |page - cli| {worst:.2e}", c["label"]);
+    }
 }
 
 /// `cbr classify --json -k K` for `photos`, by file name.
@@ -172,16 +208,11 @@ const RESULT: &str = "return document.querySelector('#result').textContent";
 #[test]
 fn exported_page_answers_as_cbr_classify_offline_in_chromium() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, site) = exported_site(tmp.path());
+    let (model, site) = exported_site(tmp.path(), "scenes", &[]);
     for f in ["index.html", "model.onnx", "model.json", "manifest.json", "sw.js", "cbr-device.js"] {
         assert!(site.join(f).is_file(), "the export has no {f}");
     }
-    // The photos are served beside the page (same origin), as a user's would be.
     let photos = fixtures::photos();
-    std::fs::create_dir(site.join("photos")).unwrap();
-    for p in &photos {
-        std::fs::copy(p, site.join("photos").join(p.file_name().unwrap())).unwrap();
-    }
     let k = 8;
     let cli = cli_answers(&model, &photos, k);
     assert_eq!(cli.len(), photos.len());
@@ -205,22 +236,7 @@ fn exported_page_answers_as_cbr_classify_offline_in_chromium() {
     assert_same_answer("chelsea.png (?image=)", &page, &cli3, 1e-3);
 
     // Every photograph through the page's classifier (the same code path as ?image=).
-    let answers = driver.js_async(&format!(
-        "const out = {{}}; for (const n of {names}) {{ \
-           const blob = await (await fetch('photos/' + n)).blob(); \
-           out[n] = await window.cbrPage.classifier.classifyBlob(blob, {k}); }} return out;",
-        names = json!(cli.iter().map(|(n, _)| n).collect::<Vec<_>>()),
-    ));
-    assert!(answers.get("error").is_none(), "classifying in the page failed: {answers}");
-    for (name, c) in &cli {
-        // PNG: the same pixels as cbr, so only the runtimes' arithmetic differs. JPEG: the
-        // browser's decoder (libjpeg-turbo) is not cbr's (zune-jpeg): pixels differ by up to 4
-        // grey levels (tests/integration/decode_formats.rs), and scores by up to 7.4e-3 here
-        // (measured; retina.jpg also takes cbr's 1/2-scale DCT decode).
-        let tolerance = if name.ends_with(".png") { 1e-3 } else { 1.5e-2 };
-        let worst = assert_same_answer(name, &answers[name], c, tolerance);
-        println!("{name}: label {} | max |page - cli| {worst:.2e}", c["label"]);
-    }
+    check_photos_in_page(&driver, &cli, k);
 
     // Nothing outside the page's origin: every resource it loaded came from the server.
     let loaded = driver.js(
@@ -270,4 +286,26 @@ fn exported_page_answers_as_cbr_classify_offline_in_chromium() {
     c3["top"] = json!(c["top"].as_array().unwrap()[..3]);
     assert_same_answer("rocket.jpg (offline)", &page, &c3, 1.5e-2);
     println!("offline: {state}");
+}
+
+#[test]
+fn exported_page_resamples_like_mediapipe_when_the_model_says_so() {
+    // A model built with MediaPipe's resize (corner-aligned bilinear sampling in OpenCV's fixed
+    // point): the page must port that one too.
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, site) = exported_site(tmp.path(), "mediapipe", &["--resample", "mediapipe"]);
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(site.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["preprocess"]["resample"], "mediapipe", "{}", info["preprocess"]);
+    let k = 8;
+    let cli = cli_answers(&model, &fixtures::photos(), k);
+    let server = StaticServer::start(&site, false);
+    let driver = Driver::start(&tmp.path().join("chromium-profile"));
+    driver.goto(&server.url("index.html"));
+    driver.wait_for(
+        "the page",
+        "return document.body.dataset.state === 'ready' || document.body.dataset.state === 'failed'",
+        Duration::from_secs(60),
+    );
+    check_photos_in_page(&driver, &cli, k);
 }

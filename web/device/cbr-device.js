@@ -62,7 +62,7 @@ export class DeviceClassifier {
   /// `threshold` (as `cbr classify --threshold`) replaces the model's own decision.
   async classifyRgba(rgba, width, height, k = 3, threshold = null) {
     const p = this.info.preprocess;
-    const rgb = resizeRgb(rgbaToRgb(rgba, width, height), width, height, p.width, p.height, p.resize);
+    const rgb = resizeRgb(rgbaToRgb(rgba, width, height), width, height, p.width, p.height, p.resize, p.resample);
     const tensor = toTensor(rgb, p);
     const dims = p.layout === "nhwc" ? [1, p.height, p.width, 3] : [1, 3, p.height, p.width];
     const out = await this.session.run({ [this.input]: new this.ort.Tensor("float32", tensor, dims) }, ["scores"]);
@@ -235,8 +235,12 @@ function centreCrop(sw, sh, dw, dh) {
   return { left: (sw - cw) * 0.5, top: (sh - ch) * 0.5, width: cw, height: ch };
 }
 
-/// `rgb` (sw x sh) resized to dw x dh as cbr does (`mode`: "stretch" or "center-crop").
-export function resizeRgb(rgb, sw, sh, dw, dh, mode) {
+/// `rgb` (sw x sh) resized to dw x dh as cbr does (`mode`: "stretch" or "center-crop";
+/// `resample`: "antialiased", the default, or "mediapipe").
+export function resizeRgb(rgb, sw, sh, dw, dh, mode, resample = "antialiased") {
+  if (sw === dw && sh === dh) return rgb.slice(); // both modes leave a same-sized image as is
+  if (resample === "mediapipe") return sampleLikeOpencv(rgb, sw, sh, sourceBox(sw, sh, dw, dh, mode), dw, dh);
+  if (resample !== "antialiased") throw new Error(`unknown resample ${resample} in the model's metadata`);
   const crop = mode === "center-crop" ? centreCrop(sw, sh, dw, dh) : { left: 0, top: 0, width: sw, height: sh };
   const needH = dw !== crop.width || crop.left !== Math.round(crop.left);
   const needV = dh !== crop.height || crop.top !== Math.round(crop.top);
@@ -262,6 +266,58 @@ export function resizeRgb(rgb, sw, sh, dw, dh, mode) {
   }
   if (h) return horizontal(rgb, sw, crop.top, dh, h);
   return vertical(rgb, sw, crop.left, dw, v);
+}
+
+// ---- Resample::Mediapipe: decode.rs's sample_bilinear_like_opencv ----
+
+/// The part of the image the input shows: all of it, or the centred box of its aspect ratio.
+function sourceBox(w, h, dw, dh, mode) {
+  if (mode !== "center-crop") return [0, 0, w, h];
+  const aspect = dw / dh;
+  if (w / h > aspect) {
+    const bw = h * aspect;
+    return [(w - bw) / 2, 0, bw, h];
+  }
+  const bh = w / aspect;
+  return [0, (h - bh) / 2, w, bh];
+}
+
+// OpenCV's cvRound: halves to even.
+function roundTiesEven(x) {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 ? 2 * Math.round(x / 2) : r;
+}
+
+/// MediaPipe's CPU resize: corner-aligned bilinear sampling (no antialiasing), positions in
+/// 1/32 pixel, weights in fixed point, replicated border.
+function sampleLikeOpencv(rgb, sw, sh, [left, top, bw, bh], dw, dh) {
+  const positions = (n, start, span) => {
+    const step = span / n;
+    return Array.from({ length: n }, (_, i) => {
+      const fixed = roundTiesEven((start + i * step) * 32);
+      return [Math.floor(fixed / 32), fixed & 31];
+    });
+  };
+  const xs = positions(dw, left, bw);
+  const ys = positions(dh, top, bh);
+  const cx = (x) => Math.min(Math.max(x, 0), sw - 1);
+  const cy = (y) => Math.min(Math.max(y, 0), sh - 1);
+  const out = new Uint8Array(dw * dh * 3);
+  for (let oy = 0; oy < dh; oy++) {
+    const [iy, fy] = ys[oy];
+    const r0 = cy(iy) * sw * 3, r1 = cy(iy + 1) * sw * 3;
+    for (let ox = 0; ox < dw; ox++) {
+      const [ix, fx] = xs[ox];
+      const c0 = cx(ix) * 3, c1 = cx(ix + 1) * 3;
+      const w0 = (32 - fy) * (32 - fx), w1 = (32 - fy) * fx, w2 = fy * (32 - fx), w3 = fy * fx;
+      const o = (oy * dw + ox) * 3;
+      for (let c = 0; c < 3; c++) {
+        const v = w0 * rgb[r0 + c0 + c] + w1 * rgb[r0 + c1 + c] + w2 * rgb[r1 + c0 + c] + w3 * rgb[r1 + c1 + c];
+        out[o + c] = Math.min(Math.max((v + 512) >> 10, 0), 255);
+      }
+    }
+  }
+  return out;
 }
 
 /// The input tensor: (pixel - mean[c]) / std[c] in float32, in the model's layout and
