@@ -63,9 +63,10 @@ pub fn default_embedder_tflite(index: &Path, queries: &Path, what: &str, min_acc
     eprintln!("EfficientNet-Lite0 TFLite classifier, 5 shots, {what}: top-1 {:.1}%", 100.0 * acc);
     assert!(acc > min_accuracy, "accuracy {acc} (chance is 0.1)");
 
-    // It scores like the ONNX classifier built from the same images (ONNX Runtime).
+    // It scores like the ONNX classifier built from the same images (ONNX Runtime), given the
+    // TFLite classifier's default resample (MediaPipe's).
     let o = tmp.path().join("default.onnx");
-    run_ok(&["build", s(index), "-o", s(&o), "--quiet"]);
+    run_ok(&["build", s(index), "-o", s(&o), "--resample", "mediapipe", "--quiet"]);
     let some: Vec<_> = images_in(queries).into_iter().step_by(12).collect();
     let scores = |model: &Path| -> Vec<Vec<(String, f64)>> {
         let mut args = vec!["classify", s(model), "--json", "--top-k", "10"];
