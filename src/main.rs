@@ -37,6 +37,9 @@ enum Command {
     Remove(cli::edit::RemoveArgs),
     /// Rename a class of a model (or merge it into another).
     Relabel(cli::edit::RelabelArgs),
+    /// Write a model as a self-contained static web site that classifies on the device
+    /// (onnxruntime-web; installable, works offline).
+    ExportWeb(cli::export_web::ExportWebArgs),
     /// Show what a model contains: labels, images per label, embedder, preprocessing.
     Info(cli::info::InfoArgs),
     /// List or fetch the embedders cbr knows by name.
@@ -81,6 +84,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Add(a) => cli::edit::add(a),
         Command::Remove(a) => cli::edit::remove(a),
         Command::Relabel(a) => cli::edit::relabel(a),
+        Command::ExportWeb(a) => cli::export_web::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Models(c) => cli::models::run(c),
         Command::Runtime(c) => cli::runtime::run(c),

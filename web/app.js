@@ -3,7 +3,7 @@
 
 const $ = (s, root = document) => root.querySelector(s);
 const IMAGE_EXT = /\.(jpe?g|png|gif|bmp|webp|tiff?|pnm|ppm|pgm|pbm)$/i;
-const state = { model: "", limits: { max_upload: 32 << 20 }, live: null, stream: null, cameraLabel: null, lastTry: null };
+const state = { model: "", device: null, limits: { max_upload: 32 << 20 }, live: null, stream: null, cameraLabel: null, lastTry: null };
 
 function api(path) { return "/api/models" + (path || ""); }
 function enc(s) { return encodeURIComponent(s); }
@@ -256,6 +256,10 @@ function renderBuild(b, m) {
   dl.hidden = !b.built || running;
   dl.href = api(`/${enc(state.model)}/model.onnx`);
   dl.setAttribute("download", `${state.model}.onnx`);
+  const web = $("#download-web");
+  web.hidden = dl.hidden;
+  web.href = api(`/${enc(state.model)}/export-web.zip`);
+  web.setAttribute("download", `${state.model}-web.zip`);
   return running;
 }
 
@@ -268,6 +272,7 @@ async function build() {
       const b = await request("GET", api(`/${enc(state.model)}/build`));
       if (!renderBuild(b)) break;
     }
+    state.device = null; // the on-device copy is of the previous build
     await refresh();
     if (state.lastTry) classifyBlob(state.lastTry);
   } catch (e) { say(e.message, true); refresh(); }
@@ -301,7 +306,48 @@ function renderResult(r) {
   });
 }
 
+// ---- on this device: the model downloaded once, run by onnxruntime-web (/cbr-device.js) ----
+
+// The on-device classifier for the open model, loaded on first use (null when not loaded).
+async function deviceClassifier() {
+  if (state.device && state.device.model === state.model) return state.device.classifier;
+  const model = state.model;
+  $("#device-status").textContent = "downloading the model…";
+  const device = await import("/cbr-device.js");
+  const [info, bytes] = await Promise.all([
+    request("GET", api(`/${enc(model)}/info`)),
+    fetch(api(`/${enc(model)}/model.onnx`)).then(r => { if (!r.ok) throw new Error(`model download: HTTP ${r.status}`); return r.arrayBuffer(); }),
+  ]);
+  const ort = await device.loadOrt("/ort/");
+  const classifier = await device.DeviceClassifier.create(ort, bytes, info);
+  state.device = { model, classifier, pixelsOf: device.pixelsOf };
+  const threads = device.ortThreads(ort);
+  $("#device-status").textContent = `on this device (${threads} thread${threads > 1 ? "s" : ""})`;
+  return classifier;
+}
+
+// Whether to classify here; a device that cannot (no WebAssembly, runtime not installed on the
+// server) falls back to the server, saying why.
+async function onDevice() {
+  if (!$("#on-device").checked) return null;
+  try { return await deviceClassifier(); }
+  catch (e) {
+    $("#on-device").checked = false;
+    state.device = null;
+    $("#device-status").textContent = `not on this device (${e.message || e}): using the server`;
+    return null;
+  }
+}
+
 async function classifyBlob(blob) {
+  const local = await onDevice();
+  if (local) {
+    const t = threshold();
+    const r = await local.classifyBlob(blob, 3, t);
+    r.threshold = t ?? local.info.threshold;
+    renderResult(r);
+    return r;
+  }
   const fd = new FormData();
   fd.append("file", blob, blob.name || "image.jpg");
   const t = threshold();
@@ -328,6 +374,10 @@ function setupTry() {
   th.addEventListener("change", again);
   $("#threshold-auto").addEventListener("change", ev => { th.disabled = ev.target.checked; again(); });
   $("#try-webcam").addEventListener("click", () => state.live ? stopLive() : startLive());
+  $("#on-device").addEventListener("change", ev => {
+    if (!ev.target.checked) $("#device-status").textContent = "";
+    again();
+  });
 }
 
 async function startLive() {
@@ -338,11 +388,30 @@ async function startLive() {
     v.hidden = false; $("#try-preview").hidden = true;
     state.live = true;
     $("#try-webcam").textContent = "Stop webcam";
+    let frames = 0, since = performance.now();
     while (state.live) {
       const t0 = performance.now();
-      try { await classifyBlob(await frameBlob(v)); say(""); }
+      try {
+        const local = await onDevice();
+        if (local) {
+          // On the device: the frame's pixels straight from the video, no JPEG round trip.
+          const { data, width, height } = state.device.pixelsOf(v, v.videoWidth, v.videoHeight);
+          const t = threshold();
+          const r = await local.classifyRgba(data, width, height, 3, t);
+          r.threshold = t ?? local.info.threshold;
+          renderResult(r);
+        } else {
+          await classifyBlob(await frameBlob(v));
+        }
+        say("");
+      }
       catch (e) { say(e.message, true); if (e.status !== 503) { stopLive(); break; } }
-      await new Promise(r => setTimeout(r, Math.max(0, 150 - (performance.now() - t0))));
+      frames++;
+      const now = performance.now();
+      if (now - since >= 1000) { $("#fps").textContent = `${(1000 * frames / (now - since)).toFixed(1)} fps`; frames = 0; since = now; }
+      // The server gets a breather between frames; the device runs as fast as it can.
+      const pause = state.device && $("#on-device").checked ? 0 : 150;
+      await new Promise(r => setTimeout(r, Math.max(0, pause - (performance.now() - t0))));
     }
   } catch (e) { say(`Webcam: ${e.message}`, true); stopLive(); }
 }
@@ -351,6 +420,7 @@ function stopLive() {
   if (!state.live) return;
   state.live = false;
   $("#try-webcam").textContent = "Live webcam";
+  $("#fps").textContent = "";
   releaseCamera();
 }
 

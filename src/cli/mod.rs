@@ -6,6 +6,7 @@ pub mod classify;
 pub mod edit;
 pub mod embed;
 pub mod eval;
+pub mod export_web;
 pub mod info;
 pub mod models;
 pub mod output;

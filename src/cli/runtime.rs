@@ -3,20 +3,26 @@
 use anyhow::Result;
 use clap::Subcommand;
 
+use cbr::export_web::ort_web;
 use cbr::{litert, runtime};
 
 #[derive(Subcommand)]
 pub enum RuntimeCommand {
     /// Fetch ONNX Runtime and LiteRT (the TFLite runtime) from PyPI (pip download) into cbr's
     /// cache.
-    Install,
+    Install {
+        /// Also fetch onnxruntime-web (for `cbr export-web` and the web app's on-device mode)
+        /// from npm (npm pack).
+        #[arg(long)]
+        web: bool,
+    },
     /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load.
     Path,
 }
 
 /// Installs (or locates) both runtimes: ONNX Runtime first, then LiteRT.
 pub fn run(command: RuntimeCommand) -> Result<()> {
-    let install = matches!(command, RuntimeCommand::Install);
+    let install = matches!(command, RuntimeCommand::Install { .. });
     let ort = if install { runtime::install()? } else { runtime::library_path()? };
     println!("{}", ort.display());
     match if install { litert::install() } else { litert::library_path() } {
@@ -24,6 +30,9 @@ pub fn run(command: RuntimeCommand) -> Result<()> {
         // Only .tflite models need LiteRT: say so, without failing.
         Err(e) if !install => eprintln!("{e:#}"),
         Err(e) => return Err(e),
+    }
+    if let RuntimeCommand::Install { web: true } = command {
+        println!("{}", ort_web::install()?.display());
     }
     Ok(())
 }

@@ -266,7 +266,19 @@ pub fn router(app: AppState) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), limits))
         .layer(middleware::from_fn_with_state(app.access.clone(), guard::check))
         .layer(middleware::from_fn(json_errors::rewrite))
+        .layer(middleware::from_fn(cross_origin_isolated))
         .with_state(app)
+}
+
+/// Marks every response cross-origin isolated (COOP same-origin, COEP require-corp): the web
+/// app loads nothing from elsewhere, and isolation lets onnxruntime-web use threads in the
+/// "run on this device" mode.
+async fn cross_origin_isolated(req: Request, next: Next) -> Response {
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    h.insert("cross-origin-embedder-policy", HeaderValue::from_static("require-corp"));
+    r
 }
 
 fn handler_for(id: &str, method: &str) -> MethodRouter<AppState> {
@@ -280,6 +292,9 @@ fn handler_for(id: &str, method: &str) -> MethodRouter<AppState> {
         "webApp" => on(f, web::index),
         "webAppScript" => on(f, web::script),
         "webAppStyle" => on(f, web::style),
+        "deviceScript" => on(f, web::device_script),
+        "ortWeb" => on(f, ort_web_file),
+        "exportWeb" => on(f, export_web),
         "openapi" => on(f, openapi_json),
         "health" => on(f, health),
         "listModels" => on(f, list_models),
@@ -1051,6 +1066,50 @@ async fn download_tflite(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     download(&app, &name, ModelFormat::Tflite).await
+}
+
+/// onnxruntime-web's files, from cbr's cache, for the web app's on-device mode.
+async fn ort_web_file(Path(file): Path<String>) -> ApiResult<Response> {
+    use crate::export_web::ort_web;
+    if !ort_web::is_file_name(&file) {
+        return Err(ApiError::not_found("no_file", format!("no onnxruntime-web file {file:?}")));
+    }
+    let files =
+        ort_web::files().map_err(|e| ApiError::not_found("no_ort_web", format!("{e:#}")))?;
+    let path = files.into_iter().find(|(n, _)| *n == file).map(|(_, p)| p).expect("a kept file");
+    let bytes = read_file(path).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, ort_web::content_type(&file)),
+            // The files of a pinned release never change.
+            (header::CACHE_CONTROL, "public, max-age=604800, immutable"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The built model as the site `cbr export-web` writes, zipped (`<model>-web.zip`, one folder).
+async fn export_web(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let bytes = built_bytes(&app, &name).await?;
+    // The server does not fetch onnxruntime-web itself: it is installed, or the answer says how.
+    crate::export_web::ort_web::files()
+        .map_err(|e| ApiError::not_found("no_ort_web", format!("{e:#}")))?;
+    let title = name.clone();
+    let zip = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let files = crate::export_web::site_files(&bytes, &title)?;
+        let root = format!("{title}-web");
+        Ok(crate::export_web::write_zip(&files, &root, std::io::Cursor::new(Vec::new()))?
+            .into_inner())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::bad_request("no_export", format!("{e:#}")))?;
+    let mut r = ([(header::CONTENT_TYPE, "application/zip")], zip).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}-web.zip\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
 }
 
 #[cfg(test)]

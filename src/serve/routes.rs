@@ -27,6 +27,10 @@ pub enum Resp {
     Onnx,
     Tflite,
     Image,
+    /// A zip archive.
+    Zip,
+    /// An onnxruntime-web file: JavaScript or WebAssembly.
+    OrtWeb,
 }
 
 pub struct Route {
@@ -50,6 +54,8 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/", id: "webApp", summary: "The web app (HTML page)", tag: "web", body: ReqBody::None, ok: (200, Resp::Html), errors: &[], query: &[] },
     Route { method: "GET", path: "/app.js", id: "webAppScript", summary: "The web app's script", tag: "web", body: ReqBody::None, ok: (200, Resp::Js), errors: &[], query: &[] },
     Route { method: "GET", path: "/app.css", id: "webAppStyle", summary: "The web app's style sheet", tag: "web", body: ReqBody::None, ok: (200, Resp::Css), errors: &[], query: &[] },
+    Route { method: "GET", path: "/cbr-device.js", id: "deviceScript", summary: "The on-device classifier module (preprocessing, model run and answer as `cbr classify`), shared with `cbr export-web`'s page", tag: "web", body: ReqBody::None, ok: (200, Resp::Js), errors: &[], query: &[] },
+    Route { method: "GET", path: "/ort/{file}", id: "ortWeb", summary: "onnxruntime-web's WebAssembly backend, from cbr's cache (`cbr runtime install --web`): ort.wasm.min.mjs, ort-wasm-simd-threaded.mjs, ort-wasm-simd-threaded.wasm", tag: "web", body: ReqBody::None, ok: (200, Resp::OrtWeb), errors: &[404, 503], query: &[] },
     Route { method: "GET", path: "/openapi.json", id: "openapi", summary: "This document", tag: "meta", body: ReqBody::None, ok: (200, Resp::Json("OpenApi")), errors: &[], query: &[] },
     Route { method: "GET", path: "/api/health", id: "health", summary: "Liveness and limits", tag: "meta", body: ReqBody::None, ok: (200, Resp::Json("Health")), errors: &[], query: &[] },
     Route { method: "GET", path: "/api/models", id: "listModels", summary: "List the models", tag: "models", body: ReqBody::None, ok: (200, Resp::Json("ModelList")), errors: &[503], query: &[] },
@@ -69,6 +75,7 @@ pub const ROUTES: &[Route] = &[
     ] },
     Route { method: "GET", path: "/api/models/{model}/info", id: "modelInfo", summary: "The built model's metadata (as `cbr info --json`)", tag: "models", body: ReqBody::None, ok: (200, Resp::Json("ClassifierInfo")), errors: &[400, 404, 409, 503], query: &[] },
     Route { method: "GET", path: "/api/models/{model}/model.onnx", id: "downloadOnnx", summary: "Download the built ONNX model", tag: "models", body: ReqBody::None, ok: (200, Resp::Onnx), errors: &[400, 404, 409, 503], query: &[] },
+    Route { method: "GET", path: "/api/models/{model}/export-web.zip", id: "exportWeb", summary: "The built model as a self-contained static web site that classifies on the device (as `cbr export-web`), zipped", tag: "models", body: ReqBody::None, ok: (200, Resp::Zip), errors: &[400, 404, 409, 503], query: &[] },
     Route { method: "GET", path: "/api/models/{model}/model.tflite", id: "downloadTflite", summary: "Download the TFLite model where one was built (cbr builds ONNX only today: 404 otherwise)", tag: "models", body: ReqBody::None, ok: (200, Resp::Tflite), errors: E_MODEL, query: &[] },
 ];
 
@@ -128,6 +135,10 @@ pub fn openapi() -> Value {
                 json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
             }
             Resp::Image => json!({"image/*": {"schema": {"type": "string", "format": "binary"}}}),
+            Resp::Zip => {
+                json!({"application/zip": {"schema": {"type": "string", "format": "binary"}}})
+            }
+            Resp::OrtWeb => json!({"text/javascript": {}, "application/wasm": {}}),
         };
         responses.insert(
             r.ok.0.to_string(),

@@ -13,6 +13,7 @@ mod edit;
 mod efficientnet_convert;
 mod efficientnet_tflite;
 mod eval;
+mod export_web;
 mod extended;
 mod golden;
 mod head_graph;

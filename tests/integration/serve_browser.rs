@@ -40,7 +40,8 @@ fn find_program(names: &[&str]) -> PathBuf {
     );
 }
 
-struct Driver {
+/// A headless Chromium session through chromedriver (also used by `export_web`).
+pub struct Driver {
     child: Child,
     addr: SocketAddr,
     session: String,
@@ -57,7 +58,7 @@ impl Drop for Driver {
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Driver {
-    fn start(profile: &Path) -> Driver {
+    pub fn start(profile: &Path) -> Driver {
         let chromium = find_program(&["chromium", "chromium-browser"]);
         let chromedriver = find_program(&["chromedriver"]);
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -85,6 +86,8 @@ impl Driver {
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
                          "--disable-dev-shm-usage", "--window-size=1100,1400",
+                         // A synthetic webcam, allowed without asking (the live modes).
+                         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                          format!("--user-data-dir={}", profile.display())],
             }
         }}});
@@ -101,7 +104,7 @@ impl Driver {
         Driver { child, addr, session }
     }
 
-    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+    pub fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
         let url = format!("/session/{}{path}", self.session);
         let r = if method == "GET" {
             get(self.addr, &url)
@@ -113,31 +116,40 @@ impl Driver {
         v["value"].clone()
     }
 
-    fn goto(&self, url: &str) {
+    pub fn goto(&self, url: &str) {
         self.cmd("POST", "/url", json!({ "url": url }));
     }
 
-    fn find(&self, css: &str) -> String {
+    pub fn find(&self, css: &str) -> String {
         let v = self.cmd("POST", "/element", json!({"using": "css selector", "value": css}));
         v[ELEMENT].as_str().unwrap_or_else(|| panic!("find {css}: {v}")).to_string()
     }
 
-    fn click(&self, css: &str) {
+    pub fn click(&self, css: &str) {
         let e = self.find(css);
         self.cmd("POST", &format!("/element/{e}/click"), json!({}));
     }
 
-    fn type_into(&self, css: &str, text: &str) {
+    pub fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
         self.cmd("POST", &format!("/element/{e}/value"), json!({ "text": text }));
     }
 
-    fn js(&self, script: &str) -> Value {
+    pub fn js(&self, script: &str) -> Value {
         self.cmd("POST", "/execute/sync", json!({"script": script, "args": []}))
     }
 
+    /// Runs `script` as an async function body (it may `await`) and returns what it returns.
+    pub fn js_async(&self, script: &str) -> Value {
+        let wrapped = format!(
+            "const done = arguments[arguments.length - 1]; \
+             (async () => {{ {script} }})().then(done, (e) => done({{error: String(e && e.stack || e)}}));"
+        );
+        self.cmd("POST", "/execute/async", json!({"script": wrapped, "args": []}))
+    }
+
     /// Waits until `script` returns a truthy value; returns it.
-    fn wait_for(&self, what: &str, script: &str, timeout: Duration) -> Value {
+    pub fn wait_for(&self, what: &str, script: &str, timeout: Duration) -> Value {
         let start = Instant::now();
         loop {
             let v = self.js(script);
@@ -145,7 +157,8 @@ impl Driver {
                 return v;
             }
             if start.elapsed() > timeout {
-                let msg = self.js("return [document.querySelector('#message').textContent, document.querySelector('#build-status').textContent, document.querySelector('#build-status').dataset.state, document.querySelector('#build').disabled]");
+                // The web app's message and build state, or the exported page's status.
+                let msg = self.js("const q = (s) => document.querySelector(s); return [q('#message')?.textContent, q('#build-status')?.textContent, q('#build-status')?.dataset.state, q('#build')?.disabled, q('#status')?.textContent, q('#result')?.textContent]");
                 self.screenshot(&screenshot_dir().join("serve_browser_failure.png"));
                 panic!("timed out waiting for {what}; page message, build status, state, build disabled: {msg}");
             }
@@ -153,7 +166,7 @@ impl Driver {
         }
     }
 
-    fn screenshot(&self, path: &Path) {
+    pub fn screenshot(&self, path: &Path) {
         let b64 = self.cmd("GET", "/screenshot", json!({}));
         std::fs::write(path, base64_decode(b64.as_str().unwrap())).unwrap();
         println!("screenshot: {}", path.display());
@@ -184,7 +197,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 /// The cargo target folder of this build (`target/release/` by default, or
 /// under `$CARGO_TARGET_DIR`): the test binary sits in its `deps/`.
-fn screenshot_dir() -> PathBuf {
+pub fn screenshot_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     exe.parent()
         .and_then(Path::parent)
@@ -212,6 +225,7 @@ fn web_app_builds_and_classifies_in_chromium() {
     let photos = crate::fixtures::fashion_mnist_jpeg();
     let classes = [("coat", "coat"), ("dress", "dress")];
     let mut held = Vec::new();
+    let mut right = Vec::new();
     for (label, folder) in classes {
         driver.type_into("#new-class", label);
         driver.click("#add-class");
@@ -273,6 +287,45 @@ fn web_app_builds_and_classifies_in_chromium() {
         assert_eq!(shown, *label, "the page shows {shown} for a held-out {label}");
         let bars = driver.js("return document.querySelectorAll('#bars .bar').length");
         assert_eq!(bars, 2, "one bar per class (top 3 of 2 classes)");
+        right.push((label, img));
+    }
+
+    // Run on this device: the model downloaded once, the same photos classified in the page
+    // (onnxruntime-web from the server's /ort/), the same answers.
+    common::run_ok(&["runtime", "install", "--web"]);
+    driver.click("#on-device");
+    for (label, img) in &right {
+        driver.js("document.querySelector('#result-label').textContent = ''");
+        driver.type_into("#try-file", &img.to_string_lossy());
+        let shown = driver.wait_for(
+            "a classification on the device",
+            "return document.querySelector('#result-label').textContent",
+            Duration::from_secs(60),
+        );
+        let status = driver.js("return document.querySelector('#device-status').textContent");
+        assert!(
+            status.as_str().unwrap().starts_with("on this device ("),
+            "the page did not classify on the device: {status}"
+        );
+        assert_eq!(shown, **label, "on the device, the page shows {shown} for a held-out {label}");
+    }
+    // The live webcam (Chromium's synthetic camera) on the device, with frames per second.
+    driver.click("#try-webcam");
+    let fps = driver.wait_for(
+        "frames per second on the device",
+        "const t = document.querySelector('#fps').textContent; return t.endsWith('fps') && t",
+        Duration::from_secs(30),
+    );
+    println!("live webcam on the device: {fps}");
+    driver.click("#try-webcam");
+    // The export as a download: a zip of the site cbr export-web writes.
+    let r = get(server.addr, "/api/models/birds/export-web.zip");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/zip"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(r.body.clone())).unwrap();
+    for f in ["index.html", "model.onnx", "model.json", "sw.js", "ort/ort-wasm-simd-threaded.wasm"]
+    {
+        assert!(zip.by_name(&format!("birds-web/{f}")).is_ok(), "the zip has no birds-web/{f}");
     }
     // The download link serves the model.
     let href = driver.js("return document.querySelector('#download').getAttribute('href')");
