@@ -3,7 +3,8 @@
 # inference-only ceiling, measured in the same run, plus the decode alone.
 #   1. N phone-size JPEGs (4032x3024, quality 90) made from CUB photos (PIL, bicubic), 5 classes;
 #   2. decode + resize per image, one thread: full decode vs the reduced (DCT-scaled) one cbr uses,
-#      and how far apart the two 224x224 inputs are (examples/decode_speed.rs);
+#      and how far apart the two 224x224 inputs are (examples/decode_speed.rs); the same with
+#      Pillow, in full and with draft(), as a Python user would;
 #   3. `cbr build --no-cache` on them (images/s, median of REPS);
 #   4. the ceiling: ONNX Runtime from Python on the default embedder, batch 32, both cores,
 #      random input (no decode).
@@ -43,6 +44,25 @@ PY
 DECODE=$("$REPO/target/release/examples/decode_speed" 224 "$WORK"/photos/*/*.jpg)
 d() { echo "$DECODE" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
+# What a Python user would write: Pillow (libjpeg-turbo) decode + bilinear resize, one thread,
+# in full and with draft() (Pillow's DCT-scaled decode).
+PIL_MS=$("$PY" - "$WORK"/photos/*/*.jpg <<'PY'
+import sys, time
+from PIL import Image
+files = sys.argv[1:]
+def run(draft):
+    t0 = time.perf_counter()
+    for f in files:
+        im = Image.open(f)
+        if draft:
+            im.draft("RGB", (448, 448))
+        im.convert("RGB").resize((224, 224), Image.BILINEAR)
+    return 1e3 * (time.perf_counter() - t0) / len(files)
+print("full_ms=%.1f draft_ms=%.1f" % (run(False), run(True)))
+PY
+)
+p() { echo "$PIL_MS" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+
 times=()
 for _ in $(seq "$REPS"); do
   t0=$(date +%s.%N)
@@ -76,6 +96,7 @@ cat <<EOF
 |---|---|
 | decode + resize to 224x224, one thread: full decode | $(d full_ms) ms/image |
 | same, reduced (DCT-scaled) decode, as cbr does | $(d reduced_ms) ms/image ($(d speedup)x) |
+| Pillow decode + resize, one thread: full / with draft() | $(p full_ms) / $(p draft_ms) ms/image |
 | difference of the two inputs | mean $(d mean_abs_diff_grey), max $(d max_abs_diff_grey) grey levels |
 | \`cbr build --no-cache\` (median of $REPS) | $BUILD_S s, **$BUILD_RATE images/s** |
 | inference-only ceiling (ONNX Runtime, Python, batch 32, no decode) | $CEILING images/s |

@@ -17,6 +17,7 @@ OUT_DIR/
   formats/<file>                  one photograph (chelsea) in every format cbr reads: JPEG, PNG, WebP
                                   (lossy and lossless), TIFF, GIF, BMP; grey, RGBA, 16-bit, CMYK
   formats/reference/<file>.png    Pillow's decoding of each formats/ file, as 8-bit RGB PNG
+                                  (and chelsea.jpg.quarter.png: chelsea.jpg decoded at 1/4 scale)
   VERSION                         written last: a complete fixture folder has it
 
 Deterministic: a fixed seed, pinned Pillow (scripts/requirements.txt).
@@ -33,7 +34,7 @@ from PIL import Image
 
 import fashion_mnist_folders  # scripts/: the Fashion-MNIST reader
 
-VERSION = "cbr-fixtures 2\n"
+VERSION = "cbr-fixtures 4\n"
 PER_CLASS = 50
 JPEG_PER_CLASS = 60
 # scikit-image's colour photographs (the others are grey, synthetic or microscopy masks).
@@ -109,6 +110,9 @@ def formats(out: str) -> None:
         "chelsea_16bit.png": lambda p: Image.fromarray(
             np.asarray(grey).astype(np.uint16) * 257).save(p),
         "chelsea_cmyk.jpg": lambda p: cat.convert("CMYK").save(p, quality=95),
+        "chelsea_progressive.jpg": lambda p: cat.save(p, quality=85, progressive=True),
+        "chelsea_444.jpg": lambda p: cat.save(p, quality=95, subsampling=0),
+        "chelsea_grey.jpg": lambda p: grey.save(p, quality=90),
     }
     for name, save in variants.items():
         path = os.path.join(out, name)
@@ -117,6 +121,10 @@ def formats(out: str) -> None:
         if ref.mode == "I;16":
             ref = Image.fromarray((np.asarray(ref) >> 8).astype(np.uint8))
         ref.convert("RGB").save(os.path.join(out, "reference", name + ".png"))
+    # The JPEG as Pillow decodes it at 1/4 scale in the DCT domain (draft(), libjpeg's scaling).
+    quarter = Image.open(os.path.join(out, "chelsea.jpg"))
+    quarter.draft("RGB", (112, 75))  # Pillow picks the scale 451 // 112 = 300 // 75 = 4
+    quarter.convert("RGB").save(os.path.join(out, "reference", "chelsea.jpg.quarter.png"))
 
 
 def main(out: str) -> None:

@@ -37,6 +37,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v npm >/dev/null || missing+=(npm)         # onnxruntime-web for cbr export-web (npm pack)
 command -v strace >/dev/null || missing+=(strace)   # the killed-write test (tests/integration/edit.rs)
+command -v nasm >/dev/null || missing+=(nasm)       # libjpeg-turbo's SIMD, compiled into cbr (mozjpeg-sys)
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -6,7 +6,8 @@
 //! Colour conversion follows PIL's `Image.convert("RGB")`, which our Python
 //! reference uses: grey is replicated to three channels, alpha is *dropped*
 //! (not composited on any background), 16-bit samples are scaled to 8 bits and
-//! CMYK JPEGs are converted to RGB.
+//! CMYK JPEGs are converted to RGB. JPEGs are decoded by libjpeg-turbo, PIL's own
+//! decoder ([`jpeg`]), so the pixels are PIL's byte for byte.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -19,6 +20,8 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use crate::preprocess::{ChannelOrder, Layout, Preprocess, Resample, ResizeMode};
+
+mod jpeg;
 
 /// Upper bounds that protect the process from hostile or absurd inputs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,17 +244,25 @@ fn open_checked<'a>(
 /// The format is recognised from the content, never from a file name.
 pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
     let (decoder, format) = open_checked(bytes, limits)?;
-    decode_with(decoder, format)
+    decode_opened(bytes, decoder, format, 1)
 }
 
-/// Decodes the pixels of an opened image, with EXIF orientation applied.
-fn decode_with(
+/// Decodes the pixels of an opened image, with EXIF orientation applied: a JPEG by
+/// libjpeg-turbo at 1/`k` scale ([`jpeg`]), anything else, or a JPEG libjpeg cannot decode (CMYK),
+/// by `image` in full.
+fn decode_opened(
+    bytes: &[u8],
     mut decoder: impl ImageDecoder,
     format: ImageFormat,
+    k: u32,
 ) -> Result<RgbImage, DecodeError> {
     // A damaged EXIF block should not cost us an otherwise good photo.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, format))?;
+    let mut img = match (format == ImageFormat::Jpeg).then(|| jpeg::decode_rgb(bytes, k)).flatten()
+    {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, format))?,
+    };
     img.apply_orientation(orientation);
     // `into_rgb8` is a no-op move for RGB8 and otherwise converts like PIL's
     // convert("RGB"): alpha dropped, grey replicated, 16-bit scaled down.
@@ -264,26 +275,23 @@ const REDUCED_DECODE_MARGIN: u32 = 2;
 
 /// Part of the embedding cache's key: changes whenever the pixels this module
 /// hands the embedder for a given file change.
-pub const PIXELS_VERSION: &str = "jpeg-dct-scaled-2";
+pub const PIXELS_VERSION: &str = "libjpeg-turbo-1";
 
 /// [`decode_rgb`] for an embedder input of `target` (width, height): a JPEG at
 /// least twice as large as the target in both dimensions is decoded at 1/2,
 /// 1/4 or 1/8 scale in the DCT domain (the largest reduction that keeps it at
-/// least twice the target, as PIL's `draft()` and libjpeg's scaled decoding
-/// do), so a 12-megapixel phone photo costs a fraction of a full decode. The
-/// bilinear resize that follows sees at least twice its output size, so its
-/// low-pass filter still decides the result. Any other image, or a JPEG the
-/// scaled decoder cannot read, takes the full decode.
+/// least twice the target, as PIL's `draft()` does), so a 12-megapixel phone photo
+/// costs a fraction of a full decode. The bilinear resize that follows sees at least
+/// twice its output size, so its low-pass filter still decides the result.
 pub fn decode_rgb_for(
     bytes: &[u8],
     limits: &DecodeLimits,
     target: (u32, u32),
 ) -> Result<RgbImage, DecodeError> {
-    let (decoder, format) = open_checked(bytes, limits)?;
+    let (mut decoder, format) = open_checked(bytes, limits)?;
     if format != ImageFormat::Jpeg {
-        return decode_with(decoder, format);
+        return decode_opened(bytes, decoder, format, 1);
     }
-    let mut decoder = decoder;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let (w, h) = decoder.dimensions();
     // The target in the file's own (unrotated) orientation.
@@ -294,36 +302,18 @@ pub fn decode_rgb_for(
         | Orientation::Rotate270FlipH => (target.1, target.0),
         _ => target,
     };
-    let margin = REDUCED_DECODE_MARGIN;
-    let reduction = [8u32, 4, 2].into_iter().find(|k| w / k >= margin * tw && h / k >= margin * th);
-    if let Some(k) = reduction {
-        if let Some(rgb) = decode_jpeg_reduced(bytes, (w, h), k) {
-            let mut img = DynamicImage::ImageRgb8(rgb);
-            img.apply_orientation(orientation);
-            return Ok(img.into_rgb8());
-        }
-    }
-    decode_with(decoder, format)
+    decode_opened(bytes, decoder, format, jpeg_scale_for((w, h), (tw, th)))
 }
 
-/// A JPEG of `size` decoded at 1/`k` scale, or `None` when the scaled decoder
-/// cannot (a colour type other than grey or RGB, or anything it refuses): the
-/// caller then decodes it in full, which gives the real error if there is one.
-fn decode_jpeg_reduced(bytes: &[u8], size: (u32, u32), k: u32) -> Option<RgbImage> {
-    let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    d.read_info().ok()?;
-    let (w, h) = (size.0.div_ceil(k), size.1.div_ceil(k));
-    let (sw, sh) = d.scale(u16::try_from(w).ok()?, u16::try_from(h).ok()?).ok()?;
-    let pixels = d.decode().ok()?;
-    let (sw, sh) = (sw as u32, sh as u32);
-    match d.info()?.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(sw, sh, pixels),
-        jpeg_decoder::PixelFormat::L8 => {
-            let rgb = pixels.iter().flat_map(|&v| [v, v, v]).collect();
-            RgbImage::from_raw(sw, sh, rgb)
-        }
-        _ => None,
-    }
+/// The DCT scale 1/k (k = 1, 2, 4 or 8) at which [`decode_rgb_for`] decodes a JPEG of `size` for
+/// an input of `target`, both in the file's own orientation: the largest reduction that keeps the
+/// picture at least twice the target in both dimensions.
+pub fn jpeg_scale_for(size: (u32, u32), target: (u32, u32)) -> u32 {
+    let m = REDUCED_DECODE_MARGIN;
+    [8u32, 4, 2]
+        .into_iter()
+        .find(|k| size.0 / k >= m * target.0 && size.1 / k >= m * target.1)
+        .unwrap_or(1)
 }
 
 /// Read and decode an image file; see [`decode_rgb`].
@@ -670,6 +660,29 @@ mod tests {
         let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt { .. }), "{err:?}");
         assert!(err.to_string().starts_with("truncated or corrupt JPEG data ("), "{err}");
+    }
+
+    #[test]
+    fn damaged_jpeg_data_neither_panics_nor_prints() {
+        // Garbage in the scan (libjpeg: warnings, silenced) and in the Huffman table (libjpeg: a
+        // fatal error, unwound out of libjpeg and caught): each decodes or is refused, no panic.
+        let bytes = encode(&DynamicImage::ImageRgb8(pattern(64, 64)), ImageFormat::Jpeg);
+        let sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+        let dht = bytes.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap();
+        for at in [sos + 20, sos + 40, dht + 6, dht + 10] {
+            let mut damaged = bytes.clone();
+            for b in &mut damaged[at..at + 8] {
+                *b = 0x5A;
+            }
+            match decode(&damaged) {
+                Ok(img) => assert_eq!(img.dimensions(), (64, 64)),
+                Err(e) => assert!(matches!(e, DecodeError::Corrupt { .. }), "{at}: {e:?}"),
+            }
+            // The reduced (DCT-scaled) decode takes the same path.
+            let _ = decode_rgb_for(&damaged, &DecodeLimits::default(), (8, 8));
+        }
+        // libjpeg's own fatal error comes back as `None`, for the caller to fall back on.
+        assert!(jpeg::decode_rgb(&bytes[..sos], 1).is_none());
     }
 
     #[test]

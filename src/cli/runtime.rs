@@ -1,4 +1,5 @@
-//! `cbr runtime install|path`: ONNX Runtime and LiteRT, the libraries cbr loads at run time.
+//! `cbr runtime install|path`: ONNX Runtime and LiteRT, the libraries cbr loads at run time, and
+//! onnxruntime-web, the files `cbr export-web` puts beside a model.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -16,7 +17,8 @@ pub enum RuntimeCommand {
         #[arg(long)]
         web: bool,
     },
-    /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load.
+    /// Print the paths of the ONNX Runtime and LiteRT libraries cbr would load, and the folder
+    /// of onnxruntime-web's files.
     Path,
 }
 
@@ -31,8 +33,14 @@ pub fn run(command: RuntimeCommand) -> Result<()> {
         Err(e) if !install => eprintln!("{e:#}"),
         Err(e) => return Err(e),
     }
-    if let RuntimeCommand::Install { web: true } = command {
-        println!("{}", ort_web::install()?.display());
+    match command {
+        RuntimeCommand::Install { web: true } => println!("{}", ort_web::install()?.display()),
+        RuntimeCommand::Install { web: false } => {}
+        // Only `cbr export-web` needs it: say where it is, or how to get it, without failing.
+        RuntimeCommand::Path => match ort_web::files() {
+            Ok(_) => println!("{}", ort_web::cached_dir()?.display()),
+            Err(e) => eprintln!("{e:#}"),
+        },
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use cbr::decode::{load_rgb, DecodeLimits};
+use cbr::decode::{decode_rgb_for, load_rgb, DecodeLimits};
 
 use crate::fixtures;
 
@@ -30,9 +30,13 @@ fn every_format_decodes_like_pillow() {
         ("chelsea_grey.png", 0, 0.0),
         ("chelsea_16bit.png", 0, 0.0),
         ("chelsea_rgba.png", 0, 0.0),
-        // Lossy, measured (image 0.25 vs Pillow 13): JPEG max 4, mean 0.176 (zune-jpeg vs
-        // libjpeg-turbo IDCT and upsampling); CMYK JPEG max 1, mean 0.006; lossy WebP 0, 0.
-        ("chelsea.jpg", 8, 0.5),
+        // JPEGs are decoded by libjpeg-turbo, Pillow's own decoder: exactly Pillow's pixels,
+        // baseline, progressive, 4:4:4 and grey alike. CMYK JPEGs go through image's decoder:
+        // measured max 1, mean 0.006. Lossy WebP: 0, 0.
+        ("chelsea.jpg", 0, 0.0),
+        ("chelsea_progressive.jpg", 0, 0.0),
+        ("chelsea_444.jpg", 0, 0.0),
+        ("chelsea_grey.jpg", 0, 0.0),
         ("chelsea_cmyk.jpg", 4, 0.05),
         ("chelsea.webp", 2, 0.05),
     ];
@@ -61,6 +65,20 @@ fn every_format_decodes_like_pillow() {
             "{file}: does not look like the photograph (mean |diff| {vs_original:.1})"
         );
     }
+}
+
+#[test]
+fn large_jpeg_decodes_at_reduced_scale_exactly_as_pillow_draft() {
+    // For a 56x37 input, 451x300 is at least twice the input at 1/4 scale (113x75), not at 1/8:
+    // cbr decodes it at 1/4 in the DCT domain, as Pillow's draft() does.
+    let dir = fixtures::formats();
+    let bytes = std::fs::read(dir.join("chelsea.jpg")).unwrap();
+    let ours = decode_rgb_for(&bytes, &DecodeLimits::default(), (56, 37)).unwrap();
+    let (w, h, pillow) = rgb(&dir.join("reference").join("chelsea.jpg.quarter.png"));
+    assert_eq!(ours.dimensions(), (w, h), "reduced decode size differs from Pillow's draft()");
+    assert_eq!((w, h), (113, 75));
+    let max = ours.as_raw().iter().zip(&pillow).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert_eq!(max, 0, "reduced decode differs from Pillow's draft() by up to {max}");
 }
 
 #[test]

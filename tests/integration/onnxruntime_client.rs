@@ -3,10 +3,11 @@
 //! model's own metadata (`tests/clients/onnxruntime_scores.py`). Its scores
 //! must match `cbr classify`.
 //!
-//! JPEG decoders differ slightly (image-rs vs libjpeg in PIL: a few grey
-//! levels), so scores are compared exactly (<= 1e-4) on lossless PNGs already
-//! at the model's input size (identical input tensors in both clients), and by
-//! top-1 agreement on the JPEGs.
+//! Both decode with libjpeg-turbo, but the resizes differ slightly (PIL's
+//! bilinear vs fast_image_resize's: a grey level or two), so scores are compared
+//! exactly (<= 1e-4) on lossless PNGs already at the model's input size
+//! (identical input tensors in both clients), and by top-1 agreement on the
+//! JPEGs, which need resizing.
 
 use crate::common;
 
@@ -241,7 +242,7 @@ fn python_onnxruntime_client_gets_the_same_scores() {
          worst {png_max:.2e} at {png_where}"
     );
 
-    // JPEGs: decoders differ by a few grey levels; the decision must not.
+    // JPEGs: the resizes differ by a grey level or two; the decision must not.
     let jpeg_cbr: Scores = cbr
         .iter()
         .filter(|(p, _)| !p.ends_with(".png"))
@@ -258,7 +259,7 @@ fn python_onnxruntime_client_gets_the_same_scores() {
     assert!(agreement >= 0.95, "cbr and the Python client must pick the same top-1 class for >= 95% of the JPEGs, got {agreement:.2}");
     assert!(
         jpeg_max <= 0.05,
-        "JPEG decoder differences move scores by ~1e-2 at most; {jpeg_max:.3} ({jpeg_where}) means the preprocessing differs"
+        "resize differences move scores by ~1e-2 at most; {jpeg_max:.3} ({jpeg_where}) means the preprocessing differs"
     );
 }
 
