@@ -5,7 +5,8 @@
 #   2. decode + resize per image, one thread: full decode vs the reduced (DCT-scaled) one cbr uses,
 #      and how far apart the two 224x224 inputs are (examples/decode_speed.rs); the same with
 #      Pillow, in full and with draft(), as a Python user would;
-#   3. `cbr build --no-cache` on them (images/s, median of REPS);
+#   3. `cbr build --no-cache` on them (images/s, median of REPS), and the same build with the
+#      embeddings cached, whose difference is the embed phase (decode + inference);
 #   4. the ceiling: ONNX Runtime from Python on the default embedder, batch 32, both cores,
 #      random input (no decode).
 # Prints a Markdown table. Knobs: N=60 REPS=3 DATASETS=<repo>/../shared/datasets
@@ -71,6 +72,13 @@ for _ in $(seq "$REPS"); do
 done
 BUILD_S=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(((REPS + 1) / 2))p")
 BUILD_RATE=$(awk -v n="$N" -v s="$BUILD_S" 'BEGIN {printf "%.1f", n / s}')
+# The same build with every embedding cached: what is not decode + inference (hashing the files,
+# loading the embedder, the head, writing the model). The embed phase is the difference.
+"$CBR" build "$WORK/photos" -o "$WORK/m.onnx" --quiet
+t0=$(date +%s.%N)
+"$CBR" build "$WORK/photos" -o "$WORK/m.onnx" --quiet
+CACHED_S=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.2f", a - b}')
+EMBED_RATE=$(awk -v n="$N" -v s="$BUILD_S" -v c="$CACHED_S" 'BEGIN {printf "%.1f", n / (s - c)}')
 
 EMBEDDER=${CBR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cbr}/models/efficientnet-lite0.onnx
 [ -f "$EMBEDDER" ] || die "no default embedder at $EMBEDDER (cbr models pull)"
@@ -101,4 +109,6 @@ cat <<EOF
 | \`cbr build --no-cache\` (median of $REPS) | $BUILD_S s, **$BUILD_RATE images/s** |
 | inference-only ceiling (ONNX Runtime, Python, batch 32, no decode) | $CEILING images/s |
 | cbr build / ceiling | **$(awk -v b="$BUILD_RATE" -v c="$CEILING" 'BEGIN {printf "%.0f", 100 * b / c}')%** |
+| the same build with every embedding cached (the part that is not decode + inference) | $CACHED_S s |
+| embed phase: N / (build - cached build) | $EMBED_RATE images/s, **$(awk -v b="$EMBED_RATE" -v c="$CEILING" 'BEGIN {printf "%.0f", 100 * b / c}')%** of the ceiling |
 EOF
