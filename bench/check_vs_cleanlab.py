@@ -13,8 +13,9 @@
    `LogisticRegression(max_iter=1000)` (sklearn's `cross_val_predict`, stratified folds), then
    `cleanlab.filter.find_label_issues(labels, pred_probs)` with its defaults (wall time of
    embed + cross-validation + find_label_issues).
-4. Prints precision, recall and F1 of the flagged images against the flipped ones, and wall
-   time, for both, as a Markdown table.
+4. Prints precision, recall and F1 of the flagged images against the flipped ones, wall time
+   and CPU time (user + sys of the processes and their threads: robust to a busy machine), for
+   both, as a Markdown table. `--scale` adds cleanlab on standardised embeddings.
 
 Both read embeddings from cbr's embedding cache when it has them (run each once first to warm
 it, or see the `embed s` column): the times compare the analyses, not the embedder.
@@ -25,6 +26,7 @@ seed other than the one you report.
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,24 +78,30 @@ def scores(flagged, flipped):
     return p, r, f
 
 
+def child_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_cbr(cbr, folder, extra):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), child_cpu()
     out = subprocess.run([cbr, "check", "--json", "-q", folder] + extra, check=True,
                          capture_output=True, text=True)
     seconds = time.perf_counter() - t
+    cpu = child_cpu() - c
     report = json.loads(out.stdout)
     assert report["schema"] == "cbr-check/1", report["schema"]
     flagged = {os.path.abspath(m["path"]) for m in report["mislabelled"]}
-    return flagged, seconds, report
+    return flagged, seconds, cpu, report
 
 
-def run_cleanlab(cbr, folder, folds, tmp):
+def run_cleanlab(cbr, folder, folds, tmp, scale):
     import pyarrow.parquet as pq
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    t = time.perf_counter()
+    t, c, own = time.perf_counter(), child_cpu(), time.process_time()
     parquet = os.path.join(tmp, "embeddings.parquet")
     subprocess.run([cbr, "embed", "-q", folder, "-o", parquet], check=True)
     embed_seconds = time.perf_counter() - t
@@ -103,16 +111,23 @@ def run_cleanlab(cbr, folder, folds, tmp):
     x = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
     classes = sorted(set(given))
     y = np.array([classes.index(l) for l in given])
+    model = LogisticRegression(max_iter=1000)
+    if scale:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        model = make_pipeline(StandardScaler(), model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence chatter
         probs = cross_val_predict(
-            LogisticRegression(max_iter=1000), x, y,
+            model, x, y,
             cv=StratifiedKFold(folds, shuffle=True, random_state=0), method="predict_proba")
     issues = find_label_issues(labels=y, pred_probs=probs)
     seconds = time.perf_counter() - t
+    # Threads of numpy's BLAS count in this process's CPU time.
+    cpu = child_cpu() - c + time.process_time() - own
     flagged = {paths[i] for i in np.flatnonzero(issues)}
     accuracy = float((probs.argmax(1) == y).mean())
-    return flagged, seconds, embed_seconds, accuracy
+    return flagged, seconds, cpu, embed_seconds, accuracy
 
 
 def main():
@@ -124,6 +139,8 @@ def main():
     ap.add_argument("--cbr", default=os.environ.get("CBR", "target/release/cbr"))
     ap.add_argument("--cbr-args", default="", help="extra flags for `cbr check`")
     ap.add_argument("--skip-cleanlab", action="store_true")
+    ap.add_argument("--scale", action="store_true",
+                    help="also run cleanlab with StandardScaler before the logistic regression")
     a = ap.parse_args()
 
     items = listing(a.dataset)
@@ -135,19 +152,21 @@ def main():
         print(f"{name}: {len(items)} images, {len({l for _, l in items})} classes, "
               f"{len(flipped)} labels flipped (seed {a.seed})", file=sys.stderr)
         rows = []
-        flagged, seconds, report = run_cbr(a.cbr, folder, a.cbr_args.split())
+        flagged, seconds, cpu, report = run_cbr(a.cbr, folder, a.cbr_args.split())
         p, r, f = scores(flagged, flipped)
         loo = report["leave_one_out"]["accuracy"]
-        rows.append(("cbr check", len(flagged), p, r, f, seconds, report["embed_seconds"], loo))
-        if not a.skip_cleanlab:
-            flagged, seconds, embed_seconds, acc = run_cleanlab(a.cbr, folder, a.folds, tmp)
+        rows.append(("cbr check", len(flagged), p, r, f, seconds, cpu, report["embed_seconds"], loo))
+        variants = [] if a.skip_cleanlab else [False, True] if a.scale else [False]
+        for scale in variants:
+            flagged, seconds, cpu, embed_seconds, acc = run_cleanlab(a.cbr, folder, a.folds, tmp, scale)
             p, r, f = scores(flagged, flipped)
-            rows.append(("cleanlab 2.9 + logreg CV", len(flagged), p, r, f, seconds, embed_seconds, acc))
+            tool = "cleanlab 2.9 + logreg CV" + (" (standardised)" if scale else "")
+            rows.append((tool, len(flagged), p, r, f, seconds, cpu, embed_seconds, acc))
     print(f"\n{name}, {len(flipped)} of {len(items)} labels flipped (seed {a.seed})\n")
-    print("| tool | flagged | precision | recall | F1 | wall s | of which embed s | out-of-sample accuracy |")
-    print("|---|---|---|---|---|---|---|---|")
-    for t, n, p, r, f, s, e, acc in rows:
-        print(f"| {t} | {n} | {p:.2f} | {r:.2f} | {f:.2f} | {s:.1f} | {e:.1f} | {100 * acc:.1f}% |")
+    print("| tool | flagged | precision | recall | F1 | wall s | CPU s | of which embed s | out-of-sample accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for t, n, p, r, f, s, c, e, acc in rows:
+        print(f"| {t} | {n} | {p:.2f} | {r:.2f} | {f:.2f} | {s:.1f} | {c:.1f} | {e:.1f} | {100 * acc:.1f}% |")
 
 
 if __name__ == "__main__":

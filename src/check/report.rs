@@ -96,7 +96,7 @@ pub fn text(r: &CheckReport, limit: usize) -> String {
     } else {
         let _ = writeln!(o, "\nlook at first:");
         for (k, (n, what)) in todo.iter().enumerate() {
-            let _ = writeln!(o, "  {}. {n} {what}", k + 1);
+            let _ = writeln!(o, "  {}. {what}: {n}", k + 1);
         }
     }
 
@@ -270,7 +270,7 @@ pub fn html(r: &CheckReport) -> String {
     }
     o.push_str("<h2>Look at first</h2><ol>");
     for (n, what) in priorities(r) {
-        let _ = write!(o, "<li>{n} {}</li>", esc(&what));
+        let _ = write!(o, "<li>{}: {n}</li>", esc(&what));
     }
     o.push_str("</ol>");
 
@@ -318,7 +318,7 @@ pub fn html(r: &CheckReport) -> String {
         let _ = write!(
             o,
             "<h2>Likely mislabelled</h2><p class=\"note\">Leave-one-out puts another class first \
-             and gives the label at most {} × chance (1/{}).{}</p><table><tr><th>image</th>\
+             and gives the label at most {} × chance (1/{}).{}</p><table><tr><th class=\"l\">image</th>\
              <th class=\"l\">labelled</th><th class=\"l\">looks like</th><th>p</th>\
              <th>label p</th></tr>",
             t.mislabel_fraction,
@@ -326,7 +326,7 @@ pub fn html(r: &CheckReport) -> String {
             shown(r.mislabelled.len())
         );
         for m in r.mislabelled.iter().take(HTML_ITEMS) {
-            o.push_str("<tr><td>");
+            o.push_str("<tr><td class=\"l\">");
             thumb(&mut o, &m.path, file_name(&m.path));
             let _ = write!(
                 o,

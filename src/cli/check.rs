@@ -38,10 +38,6 @@ pub struct CheckArgs {
     /// Classes with fewer images need more.
     #[arg(long, default_value_t = Thresholds::default().min_images, value_name = "N")]
     min_images: usize,
-    /// One leave-one-out pass only: do not score again without the images the first pass
-    /// flags as mislabelled.
-    #[arg(long)]
-    single_pass: bool,
     /// The rule whose leave-one-out is used, as `cbr build --aggregate`.
     #[arg(long, value_enum, default_value_t = Aggregation::Discriminant)]
     aggregate: Aggregation,
@@ -79,7 +75,6 @@ pub fn run(a: CheckArgs) -> Result<()> {
             min_images: a.min_images,
             ..Thresholds::default()
         },
-        second_round: !a.single_pass,
     };
     let report = check::check(&embedded, &a.input.to_string_lossy(), &embedder.info.name, &opts)?;
     if let Some(path) = &a.report {

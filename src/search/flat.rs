@@ -158,7 +158,7 @@ const SELF_BLOCK: usize = 256;
 /// each tile feeding both sides, so the work is half of `n` searches and the
 /// memory one tile per task plus each thread's top-k lists, never `n x n`.
 pub fn self_join(rows: &[f32], dim: usize, k: usize) -> Vec<Vec<Hit>> {
-    assert!(dim > 0 && rows.len() % dim == 0, "rows are not rows of {dim}");
+    assert!(dim > 0 && rows.len().is_multiple_of(dim), "rows are not rows of {dim}");
     let n = rows.len() / dim;
     let blocks = n.div_ceil(SELF_BLOCK);
     let block = |b: usize| (b * SELF_BLOCK, ((b + 1) * SELF_BLOCK).min(n));
