@@ -3,6 +3,7 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 pub mod build;
 pub mod cache;
+pub mod check;
 pub mod classifier;
 pub mod dataset;
 pub mod decode;

@@ -50,6 +50,9 @@ enum Command {
     Runtime(cli::runtime::RuntimeCommand),
     /// Serve the HTTP API and the web app to build and try classifiers (see /openapi.json).
     Serve(cli::serve::ServeArgs),
+    /// Check a labelled image set before shipping a model: likely mislabelled images,
+    /// duplicates, outliers, confusable classes, classes that need more images.
+    Check(cli::check::CheckArgs),
     /// Measure accuracy on a labelled image set: K images per class as the index, the rest as
     /// queries, over random splits.
     Eval(cli::eval::EvalArgs),
@@ -90,5 +93,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Runtime(c) => cli::runtime::run(c),
         Command::Serve(a) => cli::serve::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Check(a) => cli::check::run(a),
     }
 }

@@ -46,6 +46,8 @@ impl Default for EmbedOptions {
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,
+    /// For an exact duplicate (same bytes, same class): the file kept in its place.
+    pub duplicate_of: Option<PathBuf>,
 }
 
 /// The embeddings of the images that could be read.
@@ -175,10 +177,15 @@ pub fn embed_images(
                 ))
                 .into())
             }
-            Err(e) => out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() }),
+            Err(e) => out.skipped.push(Skipped {
+                path: img.path.clone(),
+                reason: e.to_string(),
+                duplicate_of: None,
+            }),
             Ok(id) if known.contains(&(img.label.clone(), id)) => out.skipped.push(Skipped {
                 path: img.path.clone(),
                 reason: format!("already in the model (class {:?})", img.label),
+                duplicate_of: None,
             }),
             Ok(id) => match first_seen.entry((img.label.as_str(), id)) {
                 std::collections::hash_map::Entry::Occupied(e) => out.skipped.push(Skipped {
@@ -188,6 +195,7 @@ pub fn embed_images(
                         e.get().display(),
                         img.label
                     ),
+                    duplicate_of: Some(e.get().to_path_buf()),
                 }),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     e.insert(&img.path);
@@ -242,7 +250,11 @@ pub fn embed_images(
                     .into())
                 }
                 Err(e) => {
-                    out.skipped.push(Skipped { path: img.path.clone(), reason: e.to_string() });
+                    out.skipped.push(Skipped {
+                        path: img.path.clone(),
+                        reason: e.to_string(),
+                        duplicate_of: None,
+                    });
                     failed[k] = true;
                 }
             }

@@ -74,6 +74,7 @@ mod tests {
         let skipped = vec![Skipped {
             path: "photos/cat/x.jpg: bad\nskipped photos/dog/y.jpg".into(),
             reason: "not an image".into(),
+            duplicate_of: None,
         }];
         let lines = skip_report(&skipped, false);
         assert_eq!(lines.len(), 1);

@@ -316,6 +316,7 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
                     out.skipped.push(crate::pipeline::Skipped {
                         path: PathBuf::from(&strings[0][i]),
                         reason: format!("same content as an image already read (class {label:?})"),
+                        duplicate_of: None,
                     });
                     continue;
                 }

@@ -2,6 +2,7 @@
 //! Argument groups several commands share (the embedder, how images are read) live here.
 
 pub mod build;
+pub mod check;
 pub mod classify;
 pub mod edit;
 pub mod embed;

@@ -182,7 +182,8 @@ pub fn base64(bytes: &[u8]) -> String {
     o
 }
 
-fn esc(s: &str) -> String {
+/// `s` escaped for HTML text and attribute values.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -367,7 +368,8 @@ fn reliability_svg(bins: &[super::ReliabilityBin]) -> String {
     o
 }
 
-const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}\
+/// The reports' shared style sheet (`cbr eval`, `cbr check`).
+pub const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
 th{background:#f0f0f0}td.l,th.l{text-align:left}tr.def{font-weight:bold}\
 .pair{border:1px solid #ddd;padding:6px;margin:6px 0}.pair img{margin:2px;vertical-align:middle;border:1px solid #ccc}\

@@ -29,11 +29,8 @@ pub struct Sample {
     pub novelty: Option<f32>,
 }
 
-/// Scores every (sampled) index image against the rest of the index.
-pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
-    let dim = head.dim;
-    let n = head.len();
-    // One query per source image: the first row of each image.
+/// The first row of each source image, in row order: one leave-one-out query per image.
+pub fn image_rows(head: &RetrievalHead) -> Vec<usize> {
     let mut firsts = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, &img) in head.row_image.iter().enumerate() {
@@ -41,6 +38,13 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
             firsts.push(i);
         }
     }
+    firsts
+}
+
+/// Scores every (sampled) index image against the rest of the index.
+pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
+    let n = head.len();
+    let firsts = image_rows(head);
     let cap = if head.aggregation.uses_max() {
         MAX_LOO_QUERIES.min((LOO_BUDGET / n.max(1)).max(50))
     } else {
@@ -51,6 +55,15 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
     } else {
         firsts
     };
+    leave_one_out_rows(head, &queries).into_iter().flatten().collect()
+}
+
+/// Scores index rows `queries` (first rows of their images, as [`image_rows`] gives) against
+/// the rest of the index, each with its whole image left out, with no cap (`cbr check` scores
+/// every image). `None` for an image whose class has no other image.
+pub fn leave_one_out_rows(head: &RetrievalHead, queries: &[usize]) -> Vec<Option<Sample>> {
+    let dim = head.dim;
+    let n = head.len();
     let sums = head.class_sums();
     let sizes = head.class_sizes();
     // Per-class sums of the unit rows, for the novelty of a query whose own
@@ -59,9 +72,18 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
     let plan = rules::plan(head);
     let centroids = plan.linear(CENTROIDS);
     let discriminant = plan.linear(DISCRIMINANT);
+    // Class means for the discriminant's correction, computed once for all queries.
+    let means: Vec<f64> = if discriminant.is_some() {
+        sums.chunks_exact(dim)
+            .zip(&sizes)
+            .flat_map(|(s, &k)| s.iter().map(move |x| *x as f64 / k.max(1) as f64))
+            .collect()
+    } else {
+        Vec::new()
+    };
     queries
         .par_iter()
-        .filter_map(|&i| {
+        .map(|&i| {
             let q = &head.rows()[i * dim..(i + 1) * dim];
             let image = head.row_image[i];
             let truth = head.row_class[i] as usize;
@@ -89,7 +111,7 @@ pub fn leave_one_out(head: &RetrievalHead) -> Vec<Sample> {
                 e.set(c, s);
             }
             if let Some(d) = discriminant {
-                e.set(d, discriminant_loo(head, q, &own, truth, &sums, &sizes));
+                e.set(d, discriminant_loo(head, q, &own, truth, &sums, &sizes, &means));
             }
             let scores = e.value(plan.class_similarities).to_vec();
             let novelty = (!unit_sums.is_empty()).then(|| {
@@ -126,6 +148,7 @@ fn discriminant_loo(
     truth: usize,
     sums: &[f32],
     sizes: &[usize],
+    means: &[f64],
 ) -> Vec<f32> {
     let dim = head.dim;
     let d = head.discriminant.as_ref().expect("discriminant heads have one");
@@ -166,10 +189,7 @@ fn discriminant_loo(
         if k == truth {
             continue;
         }
-        // μ_k = class mean; z·μ_k needs it: recover from the class sum.
-        let mu: Vec<f64> =
-            sums[k * dim..(k + 1) * dim].iter().map(|x| *x as f64 / sizes[k] as f64).collect();
-        let zm = dot64(&z, &mu);
+        let zm = dot64(&z, &means[k * dim..(k + 1) * dim]);
         let score = q.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
             + *b as f64
             + gamma * qz * zm

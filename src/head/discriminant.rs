@@ -14,6 +14,9 @@ use rayon::prelude::*;
 pub const SHRINKAGE: f64 = 0.5;
 /// The covariance is estimated from at most this many rows (evenly spaced).
 const MAX_COVARIANCE_ROWS: usize = 20_000;
+/// Rows of the covariance matrix per task: a band (32 x 1,280 f64 = 320 KB) stays in cache
+/// while every centred row passes once.
+const COVARIANCE_BAND: usize = 32;
 
 /// The discriminant for `classes` classes over `dim`-dimensional rows.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,22 +65,27 @@ impl Discriminant {
             })
             .collect();
         let count = centred.len().max(1) as f64;
-        // Within-class covariance, one row of the matrix per task.
-        let mut sigma: Vec<f64> = (0..dim)
-            .into_par_iter()
-            .flat_map_iter(|i| {
-                let mut row = vec![0f64; dim];
-                for v in &centred {
-                    let vi = v[i];
+        // Within-class covariance. Each task owns a band of rows of the matrix and streams the
+        // centred rows once for the whole band, not once per matrix row (at 10,000 rows of
+        // 1,280 values that was ~100 GB of memory traffic, most of a build's head time). Every
+        // element still sums the rows in the same order: the result is the same, bit for bit.
+        let mut sigma = vec![0f64; dim * dim];
+        sigma.par_chunks_mut(COVARIANCE_BAND * dim).enumerate().for_each(|(b, band)| {
+            let first = b * COVARIANCE_BAND;
+            for v in &centred {
+                for (k, row) in band.chunks_exact_mut(dim).enumerate() {
+                    let vi = v[first + k];
                     if vi != 0.0 {
                         for (r, x) in row.iter_mut().zip(v) {
                             *r += vi * x;
                         }
                     }
                 }
-                row.into_iter().map(move |r| r / count)
-            })
-            .collect();
+            }
+            for r in band.iter_mut() {
+                *r /= count;
+            }
+        });
         let trace: f64 = (0..dim).map(|i| sigma[i * dim + i]).sum();
         let scale = if trace > 1e-12 { trace / dim as f64 } else { 1.0 / dim as f64 };
         for (k, s) in sigma.iter_mut().enumerate() {

@@ -149,6 +149,69 @@ pub fn search_rows_batch(rows: &[f32], dim: usize, queries: &[f32], k: usize) ->
     out.into_iter().map(TopK::into_hits).collect()
 }
 
+/// Rows per block of a self-join (the score tile is SELF_BLOCK x SELF_BLOCK).
+const SELF_BLOCK: usize = 256;
+
+/// Each row's `k` nearest *other* rows by inner product, best first: the
+/// self-join of `rows` (near-duplicates, neighbourhoods). The rows are cut
+/// into blocks and only block pairs `(a, b)` with `a <= b` are multiplied,
+/// each tile feeding both sides, so the work is half of `n` searches and the
+/// memory one tile per task plus each thread's top-k lists, never `n x n`.
+pub fn self_join(rows: &[f32], dim: usize, k: usize) -> Vec<Vec<Hit>> {
+    assert!(dim > 0 && rows.len().is_multiple_of(dim), "rows are not rows of {dim}");
+    let n = rows.len() / dim;
+    let blocks = n.div_ceil(SELF_BLOCK);
+    let block = |b: usize| (b * SELF_BLOCK, ((b + 1) * SELF_BLOCK).min(n));
+    (0..blocks)
+        .into_par_iter()
+        .fold(
+            || (0..n).map(|_| TopK::new(k)).collect::<Vec<TopK>>(),
+            |mut tops, a| {
+                let (a0, a1) = block(a);
+                let an = a1 - a0;
+                let mut scores = vec![0f32; SELF_BLOCK * SELF_BLOCK];
+                for b in a..blocks {
+                    let (b0, b1) = block(b);
+                    let bn = b1 - b0;
+                    let out = &mut scores[..an * bn];
+                    scores_tile(
+                        &rows[a0 * dim..a1 * dim],
+                        an,
+                        &rows[b0 * dim..b1 * dim],
+                        bn,
+                        dim,
+                        out,
+                    );
+                    for (i, s) in out.chunks_exact(bn).enumerate() {
+                        let row = a0 + i;
+                        for (j, &score) in s.iter().enumerate() {
+                            let other = b0 + j;
+                            // The diagonal tile holds each pair twice and every row against itself.
+                            if other <= row && a == b {
+                                continue;
+                            }
+                            tops[row].push(Hit { row: other as u32, score });
+                            tops[other].push(Hit { row: row as u32, score });
+                        }
+                    }
+                }
+                tops
+            },
+        )
+        .reduce(
+            || (0..n).map(|_| TopK::new(k)).collect(),
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    x.merge(y);
+                }
+                a
+            },
+        )
+        .into_iter()
+        .map(TopK::into_hits)
+        .collect()
+}
+
 /// `out` (qn x rn, row-major) = queries (qn x dim) · block (rn x dim)ᵀ.
 fn scores_tile(queries: &[f32], qn: usize, block: &[f32], rn: usize, dim: usize, out: &mut [f32]) {
     assert!(queries.len() >= qn * dim && block.len() >= rn * dim && out.len() >= qn * rn);
@@ -189,6 +252,34 @@ mod tests {
             .collect();
         s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         s.into_iter().take(k).map(|x| x.1).collect()
+    }
+
+    #[test]
+    fn self_join_finds_each_rows_nearest_others() {
+        // Several blocks, a last partial block, and an exact duplicate pair.
+        let dim = 24;
+        let g = Clusters { dim, clusters: 12, spread: 1.0, seed: 3 };
+        let (mut rows, _) = g.sample(600, 0);
+        for r in rows.chunks_exact_mut(dim) {
+            crate::head::l2_normalize(r);
+        }
+        let copy = rows[17 * dim..18 * dim].to_vec();
+        rows[530 * dim..531 * dim].copy_from_slice(&copy);
+        let got = self_join(&rows, dim, 4);
+        assert_eq!(got.len(), 600);
+        for (i, hits) in got.iter().enumerate() {
+            let q = &rows[i * dim..(i + 1) * dim];
+            let want: Vec<u32> = reference(&rows, dim, q, 6)
+                .into_iter()
+                .filter(|&r| r as usize != i)
+                .take(4)
+                .collect();
+            let rows_got: Vec<u32> = hits.iter().map(|h| h.row).collect();
+            assert_eq!(rows_got, want, "row {i}");
+        }
+        assert_eq!(got[17][0].row, 530);
+        assert_eq!(got[530][0].row, 17);
+        assert!(self_join(&[], dim, 3).is_empty());
     }
 
     #[test]

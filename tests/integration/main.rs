@@ -7,6 +7,7 @@ mod common;
 mod fixtures;
 mod support;
 
+mod check;
 mod cli;
 mod decode_formats;
 mod edit;
