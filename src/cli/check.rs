@@ -9,7 +9,7 @@ use clap::Args;
 use cbr::check::{self, CheckOptions, Thresholds};
 use cbr::head::{Aggregation, HeadOptions};
 
-use super::output::progress_bar;
+use super::output::embed_with_progress;
 use super::{EmbedderArgs, InputArgs};
 
 #[derive(Args)]
@@ -55,16 +55,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         &embedder.info.name,
     );
     let embed_opts = a.input_args.build_options(head.clone(), false).embedding();
-    let bar = progress_bar(images.len(), a.input_args.quiet);
-    let progress = |done: usize| bar.set_position(done as u64);
-    let embedded = cbr::pipeline::embed_images(
-        &mut embedder,
-        &images,
-        &embed_opts,
-        &Default::default(),
-        &progress,
-    )?;
-    bar.finish_and_clear();
+    let embedded = embed_with_progress(&mut embedder, &images, &embed_opts, a.input_args.quiet)?;
     // Skipped images (unreadable ones, exact duplicates) are part of the report, not stderr.
     let opts = CheckOptions {
         head,

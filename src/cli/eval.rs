@@ -9,7 +9,7 @@ use clap::Args;
 use cbr::eval;
 use cbr::pipeline::EmbedOptions;
 
-use super::output::{print_skipped, progress_bar};
+use super::output::{embed_with_progress, print_skipped};
 use super::EmbedderArgs;
 
 #[derive(Args)]
@@ -57,32 +57,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         a.unknown.as_deref().map(|d| cbr::dataset::unlabelled(d, "unknown")).transpose()?;
     let mut embedder = cbr::models::open_embedder(&a.embedder.choice()?)?;
     opts.embedder = embedder.info.name.clone();
-    let bar = progress_bar(images.len(), a.quiet);
     let embed_opts = EmbedOptions { augment: a.augment, cache: !a.no_cache, ..Default::default() };
-    let progress = |done: usize| bar.set_position(done as u64);
-    let embedded = cbr::pipeline::embed_images(
-        &mut embedder,
-        &images,
-        &embed_opts,
-        &Default::default(),
-        &progress,
-    )?;
-    bar.finish_and_clear();
+    let embedded = embed_with_progress(&mut embedder, &images, &embed_opts, a.quiet)?;
     print_skipped(&embedded.skipped, a.quiet);
     let unknown_embedded = match &unknown_images {
         Some(images) => {
-            let bar = progress_bar(images.len(), a.quiet);
-            let progress = |done: usize| bar.set_position(done as u64);
             // The photos only: queries are never mirrored.
             let opts = EmbedOptions { augment: false, ..embed_opts.clone() };
-            let e = cbr::pipeline::embed_images(
-                &mut embedder,
-                images,
-                &opts,
-                &Default::default(),
-                &progress,
-            )?;
-            bar.finish_and_clear();
+            let e = embed_with_progress(&mut embedder, images, &opts, a.quiet)?;
             print_skipped(&e.skipped, a.quiet);
             Some(e)
         }

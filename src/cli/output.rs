@@ -7,8 +7,25 @@ use std::path::Path;
 use anyhow::Result;
 
 use cbr::classifier::Prediction;
-use cbr::pipeline::Skipped;
+use cbr::dataset::LabelledImage;
+use cbr::embedder::Embedder;
+use cbr::pipeline::{EmbedOptions, Embedded, Skipped};
 use cbr::printable::printable;
+
+/// [`cbr::pipeline::embed_images`] (nothing known in advance) with a progress bar on stderr.
+pub fn embed_with_progress(
+    embedder: &mut Embedder,
+    images: &[LabelledImage],
+    opts: &EmbedOptions,
+    quiet: bool,
+) -> Result<Embedded> {
+    let bar = progress_bar(images.len(), quiet);
+    let progress = |done: usize| bar.set_position(done as u64);
+    let embedded =
+        cbr::pipeline::embed_images(embedder, images, opts, &Default::default(), &progress)?;
+    bar.finish_and_clear();
+    Ok(embedded)
+}
 
 /// A progress bar over `total` images on stderr; hidden when quiet or stderr is not a terminal.
 pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
