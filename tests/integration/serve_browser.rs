@@ -293,6 +293,29 @@ fn web_app_builds_and_classifies_in_chromium() {
     // Run on this device: the model downloaded once, the same photos classified in the page
     // (onnxruntime-web from the server's /ort/), the same answers.
     common::run_ok(&["runtime", "install", "--web"]);
+    // A device that cannot (here: the model download fails) falls back to the server, says why,
+    // and still answers.
+    driver.js(
+        "window.realFetch = window.fetch; window.fetch = (u, o) => String(u).endsWith('/model.onnx') \
+           ? Promise.reject(new Error('no network for the model')) : window.realFetch(u, o)",
+    );
+    driver.click("#on-device");
+    let (label, img) = &right[0];
+    driver.js("document.querySelector('#result-label').textContent = ''");
+    driver.type_into("#try-file", &img.to_string_lossy());
+    let shown = driver.wait_for(
+        "a classification by the server after the device failed",
+        "return document.querySelector('#result-label').textContent",
+        Duration::from_secs(60),
+    );
+    let status = driver.js("return document.querySelector('#device-status').textContent");
+    assert!(
+        status.as_str().unwrap().starts_with("not on this device (no network for the model)"),
+        "the page did not say it fell back to the server: {status}"
+    );
+    assert_eq!(driver.js("return document.querySelector('#on-device').checked"), false);
+    assert_eq!(shown, **label, "after the fallback, the page shows {shown} for a held-out {label}");
+    driver.js("window.fetch = window.realFetch");
     driver.click("#on-device");
     for (label, img) in &right {
         driver.js("document.querySelector('#result-label').textContent = ''");
