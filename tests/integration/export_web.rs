@@ -248,6 +248,19 @@ fn exported_page_answers_as_cbr_classify_offline_in_chromium() {
     // Every photograph through the page's classifier (the same code path as ?image=).
     check_photos_in_page(&driver, &cli, k);
 
+    // The camera (Chromium's synthetic one), classified on the device with frames per second.
+    driver.js("document.querySelector('#label').textContent = ''");
+    driver.click("#camera");
+    let fps = driver.wait_for(
+        "frames per second from the camera",
+        "const t = document.querySelector('#fps').textContent; return t.endsWith('fps') && t",
+        Duration::from_secs(30),
+    );
+    let shown = driver.js("return document.querySelector('#label').textContent");
+    assert!(!shown.as_str().unwrap_or_default().is_empty(), "no answer shown for camera frames");
+    driver.click("#camera");
+    println!("camera in the exported page: {fps}, showing {shown}");
+
     // Nothing outside the page's origin: every resource it loaded came from the server.
     let loaded = driver.js(
         "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])",

@@ -79,6 +79,9 @@ async function camera(classifier) {
       frames = 0;
       since = now;
     }
+    // Back to the event loop between frames: without it the page cannot paint, nor take the
+    // click that stops the camera (the runtime's run resolves without ever yielding).
+    await new Promise((r) => setTimeout(r, 0));
   }
 }
 
