@@ -38,10 +38,13 @@ done
 
 echo "== cbr build $photos (5 per class) -o classifier.onnx"
 $cbr build "$work/index" -o classifier.onnx
-$cbr info classifier.onnx | head -6
+# Not `| head`: under pipefail, head closing the pipe early would fail the script (SIGPIPE).
+info=$($cbr info classifier.onnx)
+sed -n 1,6p <<<"$info"
 echo "== cbr classify (held-out photos; first lines shown)"
 $cbr classify classifier.onnx "$work"/heldout/*/* --top-k 1 --json > "$work/predictions.jsonl"
-$cbr classify classifier.onnx $(ls -d "$work"/heldout/*/* | head -3) --top-k 3
+heldout=("$work"/heldout/*/*)
+$cbr classify classifier.onnx "${heldout[@]:0:3}" --top-k 3
 "$CBR_PYTHON" - "$work/predictions.jsonl" <<'PY'
 import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
