@@ -18,9 +18,22 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn more(o: &mut String, shown: usize, total: usize) {
-    if total > shown {
-        let _ = writeln!(o, "  ... and {} more (--json or --report lists them all)", total - shown);
+/// One section of the text report: its title, then at most `limit` of `lines`, then how many
+/// more there are. Nothing when there are no lines.
+fn section(o: &mut String, title: &str, lines: Vec<String>, limit: usize) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\n{title}");
+    for line in lines.iter().take(limit) {
+        let _ = writeln!(o, "  {line}");
+    }
+    if lines.len() > limit {
+        let _ = writeln!(
+            o,
+            "  ... and {} more (--json or --report lists them all)",
+            lines.len() - limit
+        );
     }
 }
 
@@ -100,79 +113,81 @@ pub fn text(r: &CheckReport, limit: usize) -> String {
         }
     }
 
-    let conflicts: Vec<&Duplicate> = r.duplicates.iter().filter(|d| d.across_classes).collect();
-    if !conflicts.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nlabel conflicts (cosine >= {} in different classes; keep one label):",
+    let (conflicts, within): (Vec<&Duplicate>, Vec<&Duplicate>) =
+        r.duplicates.iter().partition(|d| d.across_classes);
+    section(
+        &mut o,
+        &format!(
+            "label conflicts (cosine >= {} in different classes; keep one label):",
             t.duplicate_cosine
-        );
-        for d in conflicts.iter().take(limit) {
-            let _ = writeln!(o, "  {}", dup_line(d));
-        }
-        more(&mut o, limit, conflicts.len());
-    }
-    if !r.mislabelled.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nlikely mislabelled (leave-one-out: another class is best and the label gets \
+        ),
+        conflicts.iter().map(|d| dup_line(d)).collect(),
+        limit,
+    );
+    section(
+        &mut o,
+        &format!(
+            "likely mislabelled (leave-one-out: another class is best and the label gets \
              <= {} x chance):",
             t.mislabel_fraction
-        );
-        for m in r.mislabelled.iter().take(limit) {
-            let _ = writeln!(
-                o,
-                "  {}: labelled {}, looks like {} (p {:.2}; label p {:.4})",
-                printable(&m.path),
-                printable(&m.label),
-                printable(&m.suggested),
-                m.p_suggested,
-                m.p_label
-            );
-        }
-        more(&mut o, limit, r.mislabelled.len());
-    }
-    let within: Vec<&Duplicate> = r.duplicates.iter().filter(|d| !d.across_classes).collect();
-    if !within.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nduplicates within a class (same file, or cosine >= {}; exact copies were skipped):",
+        ),
+        r.mislabelled
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}: labelled {}, looks like {} (p {:.2}; label p {:.4})",
+                    printable(&m.path),
+                    printable(&m.label),
+                    printable(&m.suggested),
+                    m.p_suggested,
+                    m.p_label
+                )
+            })
+            .collect(),
+        limit,
+    );
+    section(
+        &mut o,
+        &format!(
+            "duplicates within a class (same file, or cosine >= {}; exact copies were skipped):",
             t.duplicate_cosine
-        );
-        for d in within.iter().take(limit) {
-            let _ = writeln!(o, "  {}", dup_line(d));
-        }
-        more(&mut o, limit, within.len());
-    }
-    if !r.outliers.is_empty() {
-        let _ = writeln!(
-            o,
-            "\noutliers (cosine to their class mean at least {} robust deviations below the \
+        ),
+        within.iter().map(|d| dup_line(d)).collect(),
+        limit,
+    );
+    section(
+        &mut o,
+        &format!(
+            "outliers (cosine to their class mean at least {} robust deviations below the \
              class's median; wrong content, or a part of the class with too few examples):",
             t.outlier_z
-        );
-        for x in r.outliers.iter().take(limit) {
-            let _ = writeln!(
-                o,
-                "  {} [{}]: {:.3} to its class (median {:.3}, z {:.1}; nearest in class {:.3})",
-                printable(&x.path),
-                printable(&x.label),
-                x.class_similarity,
-                x.class_median,
-                x.z,
-                x.nearest_in_class
-            );
-        }
-        more(&mut o, limit, r.outliers.len());
-    }
-    let needs: Vec<_> = r.classes_health.iter().filter(|c| c.needs_more).collect();
-    if !needs.is_empty() {
-        let _ = writeln!(o, "\nclasses that need more images:");
-        for c in needs.iter().take(limit) {
-            let _ = writeln!(o, "  {}: {}", printable(&c.label), c.reasons.join("; "));
-        }
-        more(&mut o, limit, needs.len());
-    }
+        ),
+        r.outliers
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} [{}]: {:.3} to its class (median {:.3}, z {:.1}; nearest in class {:.3})",
+                    printable(&x.path),
+                    printable(&x.label),
+                    x.class_similarity,
+                    x.class_median,
+                    x.z,
+                    x.nearest_in_class
+                )
+            })
+            .collect(),
+        limit,
+    );
+    section(
+        &mut o,
+        "classes that need more images:",
+        r.classes_health
+            .iter()
+            .filter(|c| c.needs_more)
+            .map(|c| format!("{}: {}", printable(&c.label), c.reasons.join("; ")))
+            .collect(),
+        limit,
+    );
     if !r.confusable_pairs.is_empty() {
         let _ = writeln!(
             o,
@@ -193,13 +208,15 @@ pub fn text(r: &CheckReport, limit: usize) -> String {
             );
         }
     }
-    if !r.skipped.is_empty() {
-        let _ = writeln!(o, "\nunreadable images (skipped, as cbr build skips them):");
-        for s in r.skipped.iter().take(limit) {
-            let _ = writeln!(o, "  {}: {}", printable(&s.path), printable(&s.reason));
-        }
-        more(&mut o, limit, r.skipped.len());
-    }
+    section(
+        &mut o,
+        "unreadable images (skipped, as cbr build skips them):",
+        r.skipped
+            .iter()
+            .map(|s| format!("{}: {}", printable(&s.path), printable(&s.reason)))
+            .collect(),
+        limit,
+    );
     let _ = writeln!(o, "\nembedding {:.1} s, check {:.1} s", r.embed_seconds, r.check_seconds);
     o
 }
