@@ -6,20 +6,29 @@
 //! Only the operations the zoo graphs use are translated: `Conv` (plain or
 //! depthwise, TensorFlow SAME padding) optionally followed by `Clip(0, 6)`
 //! (fused as RELU6), `Add`, and `GlobalAveragePool` + `Flatten` (MEAN over H
-//! and W). Anything else is an error naming the node. Batch size 1, float32.
+//! and W). Anything else is an error naming the node. Batch size 1.
+//!
+//! Given the [`Ranges`] of a quantized embedder ([`super::quantize`]), the
+//! twin is fully quantized, as the original classification-by-retrieval's
+//! models were: a float input QUANTIZEd to int8, int8 convolutions (weights
+//! int8 per channel, biases int32) and adds, then DEQUANTIZE before the
+//! float MEAN, so the embedding (and the head after it) is float. The scales
+//! are the ONNX QDQ graph's own: the two formats compute the same network.
 
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
+use super::quantize::{self, Affine, Ranges};
 use crate::onnx::{self, ModelProto, NodeProto, TensorProto};
 use crate::tflite::schema::flatbuffers::FlatBufferBuilder;
 use crate::tflite::schema::model as tfl;
 
 /// Converts a zoo ONNX embedder with input `[batch, 3, S, S]` to a
 /// `.tflite` file with input `input` `[1, S, S, 3]` and output named like the
-/// ONNX output, `[1, channels]`. Deterministic: same graph, same bytes.
-pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
+/// ONNX output, `[1, channels]`; int8 inside when `ranges` are given.
+/// Deterministic: same graph and ranges, same bytes.
+pub fn embedder_tflite(model: &ModelProto, ranges: Option<&Ranges>) -> Result<Vec<u8>> {
     let graph = model.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
     let inits: HashMap<&str, &TensorProto> =
         graph.initializer.iter().map(|t| (t.name(), t)).collect();
@@ -34,10 +43,29 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
     };
 
     let mut w = Writer::default();
-    let x = w.tensor(&input, &[1, size, size, channels], None);
+    let in_shape = [1, size, size, channels];
+    let x = w.tensor(&input, &in_shape, None);
+    // The int8 quantization of an ONNX value, for a fully quantized twin.
+    let affine = |name: &str| -> Result<Option<Affine>> {
+        match ranges {
+            None => Ok(None),
+            Some(r) => r
+                .affine(name)
+                .map(Some)
+                .ok_or_else(|| anyhow!("the ranges have no entry for {name}")),
+        }
+    };
+    let first = match affine(&input)? {
+        Some(a) => {
+            let q = w.activation(&format!("{input}.q"), &in_shape, Some(a));
+            w.op(tfl::BuiltinOperator::QUANTIZE, vec![x], q, tfl::BuiltinOptionsT::NONE);
+            q
+        }
+        None => x,
+    };
     // ONNX value name -> (TFLite tensor, NHWC shape).
     let mut values: HashMap<String, (i32, [usize; 4])> =
-        HashMap::from([(input.clone(), (x, [1, size, size, channels]))]);
+        HashMap::from([(input.clone(), (first, in_shape))]);
     let uses = use_counts(&graph.node);
     let value = |values: &HashMap<String, (i32, [usize; 4])>,
                  name: &str,
@@ -67,8 +95,13 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
                     check_relu6(c, &inits).with_context(ctx)?;
                 }
                 let out_name = relu6.map_or(&n.output[0], |c| &c.output[0]).clone();
-                let (t, out_shape) =
-                    w.conv(n, x, shape, &inits, &out_name, relu6.is_some()).with_context(ctx)?;
+                let quant = match (affine(&n.input[0])?, affine(&out_name)?) {
+                    (Some(a), Some(b)) => Some((a, b)),
+                    _ => None,
+                };
+                let (t, out_shape) = w
+                    .conv(n, x, shape, &inits, &out_name, relu6.is_some(), quant)
+                    .with_context(ctx)?;
                 values.insert(out_name, (t, out_shape));
                 i += if relu6.is_some() { 2 } else { 1 };
                 continue;
@@ -77,7 +110,7 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
                 let (a, sa) = value(&values, &n.input[0], n)?;
                 let (b, sb) = value(&values, &n.input[1], n)?;
                 ensure!(sa == sb, "{}: adds shapes {sa:?} and {sb:?}", ctx());
-                let out = w.tensor(&n.output[0], &sa, None);
+                let out = w.activation(&n.output[0], &sa, affine(&n.output[0])?);
                 w.op(
                     tfl::BuiltinOperator::ADD,
                     vec![a, b],
@@ -93,7 +126,13 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
                 let f = flatten.ok_or_else(|| {
                     anyhow!("{}: only GlobalAveragePool followed by Flatten is supported", ctx())
                 })?;
-                let (x, s) = value(&values, &n.input[0], n)?;
+                let (mut x, s) = value(&values, &n.input[0], n)?;
+                if ranges.is_some() {
+                    // The embedding is float: dequantize, then average.
+                    let f = w.tensor(&format!("{}.dq", n.input[0]), &s, None);
+                    w.op(tfl::BuiltinOperator::DEQUANTIZE, vec![x], f, tfl::BuiltinOptionsT::NONE);
+                    x = f;
+                }
                 let axes = w.constant_i32(&format!("{}.axes", n.name()), &[2], &[1, 2]);
                 let out = w.tensor(&f.output[0], &[1, s[3]], None);
                 let mut keep = Box::<tfl::ReducerOptionsT>::default();
@@ -118,10 +157,15 @@ pub fn embedder_tflite(model: &ModelProto) -> Result<Vec<u8>> {
     let (out, _) = *values
         .get(&output)
         .ok_or_else(|| anyhow!("the graph never computes its output {output}"))?;
+    let kind = if ranges.is_some() { "int8 " } else { "" };
     Ok(w.finish(
         x,
         out,
-        &format!("{} (TFLite twin written by cbr {})", graph.name(), env!("CARGO_PKG_VERSION")),
+        &format!(
+            "{} ({kind}TFLite twin written by cbr {})",
+            graph.name(),
+            env!("CARGO_PKG_VERSION")
+        ),
     ))
 }
 
@@ -165,6 +209,8 @@ struct Writer {
     buffers: Vec<tfl::BufferT>,
     codes: Vec<tfl::BuiltinOperator>,
     operators: Vec<tfl::OperatorT>,
+    /// Whether any tensor is int8 (the operator versions depend on it).
+    int8: bool,
 }
 
 impl Writer {
@@ -195,6 +241,26 @@ impl Writer {
         t.name = Some(name.to_string());
         self.tensors.push(t);
         self.tensors.len() as i32 - 1
+    }
+
+    /// An activation tensor: float, or int8 with `q`'s scale (TFLite's int8
+    /// zero point is the uint8 one minus 128: the same real values).
+    fn activation(&mut self, name: &str, shape: &[usize], q: Option<Affine>) -> i32 {
+        let t = self.tensor(name, shape, None);
+        if let Some(a) = q {
+            self.quantize(t, vec![a.scale], vec![a.zero_point as i64 - 128], 0);
+            self.tensors[t as usize].type_ = tfl::TensorType::INT8;
+            self.int8 = true;
+        }
+        t
+    }
+
+    fn quantize(&mut self, t: i32, scale: Vec<f32>, zero_point: Vec<i64>, dim: i32) {
+        let mut q = tfl::QuantizationParametersT::default();
+        q.scale = Some(scale);
+        q.zero_point = Some(zero_point);
+        q.quantized_dimension = dim;
+        self.tensors[t as usize].quantization = Some(Box::new(q));
     }
 
     fn constant_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> i32 {
@@ -229,7 +295,9 @@ impl Writer {
         self.operators.push(op);
     }
 
-    /// An ONNX Conv (group 1 or depthwise) as CONV_2D / DEPTHWISE_CONV_2D.
+    /// An ONNX Conv (group 1 or depthwise) as CONV_2D / DEPTHWISE_CONV_2D; int8 with `quant`
+    /// (the input's and the output's quantization).
+    #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
         n: &NodeProto,
@@ -238,6 +306,7 @@ impl Writer {
         inits: &HashMap<&str, &TensorProto>,
         out_name: &str,
         relu6: bool,
+        quant: Option<(Affine, Affine)>,
     ) -> Result<(i32, [usize; 4])> {
         let get = |k: usize| -> Result<(&TensorProto, Vec<f32>)> {
             let name = n.input.get(k).ok_or_else(|| anyhow!("missing input {k}"))?;
@@ -291,7 +360,8 @@ impl Writer {
                     }
                 }
             }
-            let t = self.constant_f32(&format!("{name}.filter"), &[out_c, k, k, c], &f);
+            let t =
+                self.filter(&format!("{name}.filter"), &[out_c, k, k, c], &f, &wv, out_c, 0, quant);
             let mut o = tfl::Conv2DOptionsT::default();
             o.padding = tfl::Padding::SAME;
             o.stride_w = stride as i32;
@@ -314,7 +384,7 @@ impl Writer {
                     }
                 }
             }
-            let t = self.constant_f32(&format!("{name}.filter"), &[1, k, k, c], &f);
+            let t = self.filter(&format!("{name}.filter"), &[1, k, k, c], &f, &wv, c, 3, quant);
             let mut o = tfl::DepthwiseConv2DOptionsT::default();
             o.padding = tfl::Padding::SAME;
             o.stride_w = stride as i32;
@@ -329,24 +399,79 @@ impl Writer {
                 tfl::BuiltinOptionsT::DepthwiseConv2DOptions(Box::new(o)),
             )
         };
-        let b = self.constant_f32(&format!("{name}.bias"), &[out_c], &bias);
-        let out = self.tensor(out_name, &out_shape, None);
+        let b = match quant {
+            None => self.constant_f32(&format!("{name}.bias"), &[out_c], &bias),
+            Some((x_q, _)) => {
+                let (q, scales) =
+                    quantize::quantize_bias(&bias, x_q.scale, &quantize::weight_scales(&wv, out_c));
+                let b = self.constant_i32(&format!("{name}.bias"), &[out_c], &q);
+                self.quantize(b, scales, vec![0; out_c], 0);
+                b
+            }
+        };
+        let out = self.activation(out_name, &out_shape, quant.map(|q| q.1));
         self.op(code, vec![x, filter, b], out, options);
         Ok((out, out_shape))
     }
 
-    fn finish(self, input: i32, output: i32, description: &str) -> Vec<u8> {
-        let codes = self
-            .codes
+    /// A convolution filter `f` (already in TFLite's layout) of the ONNX weight `onnx_w`: float, or
+    /// int8 with the ONNX QDQ graph's per-channel scales (computed on the ONNX layout, whose
+    /// first dimension is the output channel), channel dimension `dim` of the TFLite layout.
+    #[allow(clippy::too_many_arguments)]
+    fn filter(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        f: &[f32],
+        onnx_w: &[f32],
+        channels: usize,
+        dim: i32,
+        quant: Option<(Affine, Affine)>,
+    ) -> i32 {
+        if quant.is_none() {
+            return self.constant_f32(name, shape, f);
+        }
+        let scales = quantize::weight_scales(onnx_w, channels);
+        // Channel of each element of `f`: first dimension (OHWI) or last (1HWC).
+        let per = f.len() / channels;
+        let q: Vec<u8> = f
             .iter()
-            .map(|&c| {
-                let mut code = tfl::OperatorCodeT::default();
-                code.deprecated_builtin_code = c.0.min(127) as i8;
-                code.version = 1;
-                code.builtin_code = c;
-                code
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = if dim == 0 { i / per } else { i % channels };
+                (v / scales[ch]).round().clamp(-127.0, 127.0) as i8 as u8
             })
             .collect();
+        let t = self.tensor(name, shape, Some((tfl::TensorType::INT8, q)));
+        self.quantize(t, scales, vec![0; channels], dim);
+        t
+    }
+
+    fn finish(self, input: i32, output: i32, description: &str) -> Vec<u8> {
+        let codes =
+            self.codes
+                .iter()
+                .map(|&c| {
+                    let mut code = tfl::OperatorCodeT::default();
+                    code.deprecated_builtin_code = c.0.min(127) as i8;
+                    // The versions that introduced int8 (per-channel) kernels, for a fully quantized
+                    // twin; 1 (float) otherwise. Runtimes refuse a version they lack.
+                    code.version = if self.int8 {
+                        match c {
+                            tfl::BuiltinOperator::CONV_2D
+                            | tfl::BuiltinOperator::DEPTHWISE_CONV_2D => 3,
+                            tfl::BuiltinOperator::ADD
+                            | tfl::BuiltinOperator::QUANTIZE
+                            | tfl::BuiltinOperator::DEQUANTIZE => 2,
+                            _ => 1,
+                        }
+                    } else {
+                        1
+                    };
+                    code.builtin_code = c;
+                    code
+                })
+                .collect();
         let mut subgraph = tfl::SubGraphT::default();
         subgraph.tensors = Some(self.tensors);
         subgraph.inputs = Some(vec![input]);
@@ -415,8 +540,12 @@ mod tests {
 
     #[test]
     fn writes_nhwc_conv_with_fused_relu6_and_mean() {
-        let bytes = embedder_tflite(&graph(&[0, 0, 1, 1], None)).unwrap();
-        assert_eq!(bytes, embedder_tflite(&graph(&[0, 0, 1, 1], None)).unwrap(), "deterministic");
+        let bytes = embedder_tflite(&graph(&[0, 0, 1, 1], None), None).unwrap();
+        assert_eq!(
+            bytes,
+            embedder_tflite(&graph(&[0, 0, 1, 1], None), None).unwrap(),
+            "deterministic"
+        );
         let model = tfl::root_as_model(&bytes).unwrap();
         let sub = model.subgraphs().unwrap().get(0);
         let tensors = sub.tensors().unwrap();
@@ -449,12 +578,12 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_translate() {
-        let err = embedder_tflite(&graph(&[1, 1, 1, 1], None)).unwrap_err();
+        let err = embedder_tflite(&graph(&[1, 1, 1, 1], None), None).unwrap_err();
         assert!(format!("{err:#}").contains("not TensorFlow SAME padding"), "{err:#}");
-        let err = embedder_tflite(&graph(
-            &[0, 0, 1, 1],
-            Some(node("Sigmoid", "s", &["e"], &["s"], vec![])),
-        ))
+        let err = embedder_tflite(
+            &graph(&[0, 0, 1, 1], Some(node("Sigmoid", "s", &["e"], &["s"], vec![]))),
+            None,
+        )
         .unwrap_err();
         assert!(err.to_string().contains("node s is Sigmoid"), "{err}");
     }

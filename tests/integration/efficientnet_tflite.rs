@@ -58,6 +58,6 @@ fn lite0_tflite_twin_matches_onnx() {
 
     // Writing the twin is deterministic.
     let graph = cbr::onnx::load(&models::pull("efficientnet-lite0").unwrap()).unwrap();
-    let again = cbr::zoo::tflite_twin::embedder_tflite(&graph).unwrap();
+    let again = cbr::zoo::tflite_twin::embedder_tflite(&graph, None).unwrap();
     assert_eq!(again, std::fs::read(models::pull_tflite("efficientnet-lite0").unwrap()).unwrap());
 }
