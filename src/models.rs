@@ -293,8 +293,9 @@ pub fn calibration_tensors(p: &Preprocess) -> Result<(Vec<f32>, usize)> {
 }
 
 /// Quantizes the float embedder of `model` to int8 (`zoo::quantize`), calibrated on
-/// [`calibration_tensors`].
-fn quantize(
+/// [`calibration_tensors`]. Deterministic on a given machine (and, with the ranges rounded to
+/// 8 significant bits, almost always across machines).
+pub fn quantize(
     model: &KnownModel,
     float: &crate::onnx::ModelProto,
 ) -> Result<crate::onnx::ModelProto> {

@@ -448,6 +448,60 @@ mod tests {
     }
 
     #[test]
+    fn rewrites_a_float_graph_in_qdq_form() {
+        use crate::onnx::{attr_int, value_info, Dim, GraphProto};
+        // x -> Conv -> Clip(0, 6) -> Add(x) -> GlobalAveragePool -> Flatten.
+        let w: Vec<f32> = (0..4).map(|v| v as f32 - 1.5).collect();
+        let graph = GraphProto {
+            name: Some("t".into()),
+            node: vec![
+                node("Conv", "c", &["x", "w", "b"], &["c"], vec![attr_int("group", 1)]),
+                node("Clip", "r", &["c", "lo", "hi"], &["r"], vec![]),
+                node("Add", "a", &["r", "x"], &["a"], vec![]),
+                node("GlobalAveragePool", "p", &["a"], &["p"], vec![]),
+                node("Flatten", "e", &["p"], &["e"], vec![attr_int("axis", 1)]),
+            ],
+            initializer: vec![
+                tensor_f32("w", &[2, 2, 1, 1], &w),
+                tensor_f32("b", &[2], &[0.5, -0.5]),
+                tensor_f32("lo", &[], &[0.0]),
+                tensor_f32("hi", &[], &[6.0]),
+            ],
+            input: vec![value_info("x", DataType::Float, &[Dim::Fixed(1), Dim::Fixed(2)])],
+            output: vec![value_info("e", DataType::Float, &[Dim::Fixed(1), Dim::Fixed(2)])],
+            ..Default::default()
+        };
+        let model = ModelProto { graph: Some(graph), ..Default::default() };
+        let g = model.graph.as_ref().unwrap();
+        let wanted = quantized_activations(g);
+        assert_eq!(
+            wanted,
+            [("x".into(), None), ("r".into(), Some(6.0)), ("a".into(), None)],
+            "the Conv feeding a ReLU6 is quantized after it; the pooling stays float"
+        );
+        let ranges = Ranges(
+            [("x", (-1.0, 1.0)), ("r", (0.0, 6.0)), ("a", (-1.0, 7.0))]
+                .into_iter()
+                .map(|(n, r)| (n.to_string(), r))
+                .collect(),
+        );
+        let q = quantize_onnx(&model, &ranges).unwrap();
+        assert_eq!(q, quantize_onnx(&model, &ranges).unwrap(), "deterministic");
+        assert_eq!(ranges_of(&q).unwrap(), ranges);
+        let qg = q.graph.as_ref().unwrap();
+        let find = |name: &str| qg.node.iter().find(|n| n.name() == name).unwrap();
+        assert_eq!(find("c").input, ["x.dq", "w", "b"]);
+        assert_eq!(find("w").op_type(), "DequantizeLinear");
+        assert_eq!(find("a").input, ["r.dq", "x.dq"]);
+        assert_eq!(find("p").input, ["a.dq"]);
+        let init = |name: &str| qg.initializer.iter().find(|t| t.name() == name).unwrap();
+        assert_eq!(init("w.q").data_type, Some(DataType::Int8 as i32));
+        assert_eq!(init("b.q").data_type, Some(DataType::Int32 as i32));
+        assert!(qg.initializer.iter().all(|t| t.name() != "w"), "no float copy of the weights");
+        assert_eq!(init("lo").data_type, Some(DataType::Float as i32));
+    }
+
+    #[test]
     fn round_out_is_coarse_and_outward() {
         assert_eq!(round_out(6.0), 6.0);
         assert!(round_out(1.0001) > 1.0001 && round_out(1.0001) < 1.01);

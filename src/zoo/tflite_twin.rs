@@ -577,6 +577,55 @@ mod tests {
     }
 
     #[test]
+    fn writes_a_fully_quantized_twin_with_the_qdq_scales() {
+        let ranges = Ranges(
+            [("x".to_string(), (-1.0, 1.0)), ("r".to_string(), (0.0, 6.0))].into_iter().collect(),
+        );
+        let bytes = embedder_tflite(&graph(&[0, 0, 1, 1], None), Some(&ranges)).unwrap();
+        let model = tfl::root_as_model(&bytes).unwrap();
+        let codes: Vec<_> = model
+            .operator_codes()
+            .unwrap()
+            .iter()
+            .map(|c| (c.builtin_code(), c.version()))
+            .collect();
+        let sub = model.subgraphs().unwrap().get(0);
+        let (tensors, ops) = (sub.tensors().unwrap(), sub.operators().unwrap());
+        let op_codes: Vec<_> = ops.iter().map(|o| codes[o.opcode_index() as usize]).collect();
+        assert_eq!(
+            op_codes,
+            [
+                (tfl::BuiltinOperator::QUANTIZE, 2),
+                (tfl::BuiltinOperator::CONV_2D, 3),
+                (tfl::BuiltinOperator::DEQUANTIZE, 2),
+                (tfl::BuiltinOperator::MEAN, 1)
+            ]
+        );
+        let conv = ops.get(1);
+        let t = |k: usize| tensors.get(conv.inputs().unwrap().get(k) as usize);
+        let (x, filter, bias) = (t(0), t(1), t(2));
+        assert_eq!(
+            (x.type_(), filter.type_(), bias.type_()),
+            (tfl::TensorType::INT8, tfl::TensorType::INT8, tfl::TensorType::INT32)
+        );
+        let xq = x.quantization().unwrap();
+        let x_affine = quantize::affine(-1.0, 1.0);
+        assert_eq!(xq.scale().unwrap().get(0), x_affine.scale);
+        assert_eq!(xq.zero_point().unwrap().get(0), x_affine.zero_point as i64 - 128);
+        // Per output channel: max |w| / 127 of the ONNX weight rows (values 0..53).
+        let fq = filter.quantization().unwrap();
+        let scales: Vec<f32> = fq.scale().unwrap().iter().collect();
+        assert_eq!(scales, [17.0 / 127.0, 35.0 / 127.0, 53.0 / 127.0]);
+        assert_eq!(fq.quantized_dimension(), 0);
+        let bq: Vec<f32> = bias.quantization().unwrap().scale().unwrap().iter().collect();
+        assert_eq!(bq[2], x_affine.scale * scales[2]);
+        let out = tensors.get(conv.outputs().unwrap().get(0) as usize);
+        assert_eq!((out.name(), out.type_()), (Some("r"), tfl::TensorType::INT8));
+        let output = tensors.get(sub.outputs().unwrap().get(0) as usize);
+        assert_eq!(output.type_(), tfl::TensorType::FLOAT32, "the embedding stays float");
+    }
+
+    #[test]
     fn refuses_what_it_cannot_translate() {
         let err = embedder_tflite(&graph(&[1, 1, 1, 1], None), None).unwrap_err();
         assert!(format!("{err:#}").contains("not TensorFlow SAME padding"), "{err:#}");

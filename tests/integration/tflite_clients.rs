@@ -104,6 +104,18 @@ impl Embedder {
         Embedder { path, preprocess }
     }
 
+    /// The fully quantized (int8) TFLite twin of `efficientnet-lite0-int8`, quantized by cbr.
+    pub fn lite0_int8() -> Self {
+        common::setup();
+        let path = cbr::models::pull_tflite("efficientnet-lite0-int8")
+            .expect("writing the EfficientNet-Lite0 int8 TFLite twin");
+        let preprocess = Preprocess {
+            layout: Layout::Nhwc,
+            ..cbr::models::find("efficientnet-lite0-int8").unwrap().preprocess()
+        };
+        Embedder { path, preprocess }
+    }
+
     pub fn name(&self) -> String {
         self.path.file_name().unwrap().to_string_lossy().into_owned()
     }
@@ -310,6 +322,12 @@ pub fn int8_block_within_tolerance(embedder: Embedder, set: &Path) {
 #[test]
 fn mediapipe_image_classifier_reads_the_metadata_and_agrees_on_top1_float_embedder() {
     mediapipe_agrees(Embedder::lite0_float(), &fixtures::fashion_mnist());
+}
+
+/// The int8 twin cbr quantizes itself (issue 16) runs in LiteRT inside MediaPipe too.
+#[test]
+fn mediapipe_image_classifier_agrees_on_top1_with_the_int8_embedder_cbr_quantized() {
+    mediapipe_agrees(Embedder::lite0_int8(), &fixtures::fashion_mnist());
 }
 
 pub fn mediapipe_agrees(embedder: Embedder, set: &Path) {
