@@ -23,7 +23,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
                 let state = if m.is_cached() { "cached" } else { "not pulled" };
                 let default = if m.name == DEFAULT_MODEL { " (default)" } else { "" };
                 println!(
-                    "{:<20} {:<11} {}{default}  [{}; pip {}]",
+                    "{:<24} {:<11} {}{default}  [{}; pip {}]",
                     m.name, state, m.description, m.license, m.pip_spec
                 );
             }
