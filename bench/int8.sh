@@ -33,19 +33,7 @@ MODELS=${CBR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cbr}/models
 "$CBR" models pull "$INT8" >/dev/null
 
 ceiling() {
-  "$PY" - "$1" <<'PY'
-import sys, time
-import numpy as np, onnxruntime as ort
-s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-name = s.get_inputs()[0].name
-x = np.random.default_rng(0).uniform(-1, 1, (32, 3, 224, 224)).astype(np.float32)
-s.run(None, {name: x})
-n, t0 = 0, time.perf_counter()
-while time.perf_counter() - t0 < 15:
-    s.run(None, {name: x})
-    n += 32
-print("%.1f" % (n / (time.perf_counter() - t0)))
-PY
+  "$PY" "$HERE/ceiling.py" "$1"
 }
 
 secs() { # secs COMMAND...: wall seconds

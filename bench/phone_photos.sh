@@ -85,20 +85,7 @@ EMBED_RATE=$(awk -v n="$N" -v s="$BUILD_S" -v c="$CACHED_S" 'BEGIN {printf "%.1f
 "$CBR" models pull "$EMBEDDER" >/dev/null
 MODEL=${CBR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cbr}/models/$EMBEDDER.onnx
 [ -f "$MODEL" ] || die "no embedder at $MODEL (cbr models pull $EMBEDDER)"
-CEILING=$("$PY" - "$MODEL" <<'PY'
-import sys, time
-import numpy as np, onnxruntime as ort
-s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-name = s.get_inputs()[0].name
-x = np.random.default_rng(0).uniform(-1, 1, (32, 3, 224, 224)).astype(np.float32)
-s.run(None, {name: x})
-n, t0 = 0, time.perf_counter()
-while time.perf_counter() - t0 < 15:
-    s.run(None, {name: x})
-    n += 32
-print("%.1f" % (n / (time.perf_counter() - t0)))
-PY
-)
+CEILING=$("$PY" "$HERE/ceiling.py" "$MODEL")
 
 cat <<EOF
 ## Phone-size photos: $N JPEGs, 4032x3024, quality 90, $EMBEDDER ($(nproc) cores, $(date -u +%Y-%m-%d))

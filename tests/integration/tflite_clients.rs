@@ -94,25 +94,21 @@ impl Embedder {
 
     /// The float32 TFLite twin of the default embedder, EfficientNet-Lite0: (x - 127) / 128.
     pub fn lite0_float() -> Self {
-        common::setup();
-        let path = cbr::models::pull_tflite("efficientnet-lite0")
-            .expect("writing the EfficientNet-Lite0 TFLite twin");
-        let preprocess = Preprocess {
-            layout: Layout::Nhwc,
-            ..cbr::models::find("efficientnet-lite0").unwrap().preprocess()
-        };
-        Embedder { path, preprocess }
+        Self::twin("efficientnet-lite0")
     }
 
     /// The fully quantized (int8) TFLite twin of `efficientnet-lite0-int8`, quantized by cbr.
     pub fn lite0_int8() -> Self {
+        Self::twin("efficientnet-lite0-int8")
+    }
+
+    /// The TFLite twin cbr writes of the known model `name`.
+    fn twin(name: &str) -> Self {
         common::setup();
-        let path = cbr::models::pull_tflite("efficientnet-lite0-int8")
-            .expect("writing the EfficientNet-Lite0 int8 TFLite twin");
-        let preprocess = Preprocess {
-            layout: Layout::Nhwc,
-            ..cbr::models::find("efficientnet-lite0-int8").unwrap().preprocess()
-        };
+        let path = cbr::models::pull_tflite(name)
+            .unwrap_or_else(|e| panic!("writing the TFLite twin of {name}: {e:#}"));
+        let preprocess =
+            Preprocess { layout: Layout::Nhwc, ..cbr::models::find(name).unwrap().preprocess() };
         Embedder { path, preprocess }
     }
 
