@@ -3,7 +3,7 @@
 # and the exported ONNX head in ONNX Runtime, beside FAISS IndexFlatIP on the
 # same synthetic vectors (1280-d, clustered), in one run.
 #
-#   bench/scale.sh           # N = 10k, 100k, 1M  (~20-30 min, ~12 GB peak memory)
+#   bench/scale.sh           # N = 10k, 100k, 1M  (~25-35 min, ~12 GB peak memory)
 #   bench/scale.sh --quick   # N = 10k, 100k      (~2 min)
 #
 # Needs FAISS (bench only), in the repository's virtual environment (scripts/setup.sh):
@@ -35,6 +35,7 @@ run_size() {
     OMP_NUM_THREADS=1 "$PY" bench/scale_faiss.py --dir "$dir" --singles "$singles" --batch "$batch" >>"$out"
     "$bin" search --dir "$dir" --singles "$singles" --batch "$batch" $ivf >>"$out"
     "$bin" onnx --dir "$dir" --classes "$classes" --singles "$singles" --batch "$batch" >>"$out"
+    "$bin" onnx --dir "$dir" --classes "$classes" --singles "$singles" --batch "$batch" --dtype int8 >>"$out"
     rm -rf "$dir"
 }
 

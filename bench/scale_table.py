@@ -34,16 +34,24 @@ for n, rs in sorted(by.items()):
           f"| {fmt(flat.get('top1_agrees_with_faiss'), 3)} |")
 print("\nRatios compare with FAISS's better thread setting.\n")
 
-print("Exported ONNX head in ONNX Runtime (embedding input -> scores; ratios vs FAISS's best, >1 = head faster)\n")
-print("| N | classes | head ops | file MB | load s | single ms | vs FAISS single | batch q/s | vs FAISS batch |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("Exported ONNX head in ONNX Runtime (embedding input -> scores; ratios vs FAISS's best, >1 = head faster;")
+print("peak memory: of building the head and writing the file, and of ONNX Runtime loading it from the file)\n")
+print("| N | rows | classes | head ops | file MB | build peak MB | load s | load peak MB | single ms | vs FAISS single | batch q/s | vs FAISS batch |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+BUILD = ("read rows into the index", "head", "graph", "encode", "write")
 for n, rs in sorted(by.items()):
     for r in (r for r in rs if r["what"] == "onnx-head"):
+        dtype = r.get("dtype", "f32")
         if "skipped" in r:
-            print(f"| {n_str(n)} | {r['classes']} | - | - | - | - | - | - | {r['skipped']} |")
+            print(f"| {n_str(n)} | {dtype} | {r['classes']} | - | - | - | - | - | - | - | - | {r['skipped']} |")
             continue
         fs, fb = best.get(n, (None, None))
-        print(f"| {n_str(n)} | {r['classes']} | {r['ops']} | {r['file_bytes'] / 1e6:.0f} | {r['load_s']:.2f} | {fmt(r['single_ms'])} "
+        mem = r.get("memory", {})
+        build = max((mem[p]["peak_mb"] for p in BUILD if p in mem), default=None)
+        load = mem.get("load in ONNX Runtime from the file", {}).get("peak_mb")
+        file_mb = r["file_bytes"] / 1e6
+        times = lambda mb: "-" if mb is None else f"{mb} ({mb * 2**20 / r['file_bytes']:.1f}x)"
+        print(f"| {n_str(n)} | {dtype} | {r['classes']} | {r['ops']} | {file_mb:.0f} | {times(build)} | {r['load_s']:.2f} | {times(load)} | {fmt(r['single_ms'])} "
               f"| {fs / r['single_ms']:.2f} | {r['batch_qps']:.0f} | {r['batch_qps'] / fb:.2f} |")
 
 print("\nApproximate search: cbr IVF index (top-10; recall@1 against exact search on the same queries; * = the index's default probes)\n")

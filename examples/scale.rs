@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cbr::head::{HeadOptions, IndexDtype, RetrievalHead, SCORES};
+use cbr::head::{HeadOptions, ImageId, Index, IndexDtype, RetrievalHead, SCORES};
 use cbr::onnx::{self, node, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use cbr::search::synthetic::Clusters;
 use cbr::search::{FlatIndex, Hit, IvfIndex, IvfParams};
@@ -120,12 +120,55 @@ fn read_words<T>(path: &Path, convert: impl Fn([u8; 4]) -> T) -> Result<Vec<T>> 
     Ok(out)
 }
 
-fn load(dir: &Path) -> Result<Vectors> {
+/// Rows and dimension from `dir/meta.json`.
+fn shape(dir: &Path) -> Result<(usize, usize)> {
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("meta.json")).context("meta.json (run `gen` first)")?,
     )?;
     let n = meta["n"].as_u64().ok_or_else(|| anyhow!("meta.json: no n"))? as usize;
     let dim = meta["dim"].as_u64().ok_or_else(|| anyhow!("meta.json: no dim"))? as usize;
+    Ok((n, dim))
+}
+
+/// The rows of `dir/rows.f32` as a `dtype` index in `classes` contiguous
+/// classes, read 8192 rows at a time.
+fn read_index(
+    dir: &Path,
+    n: usize,
+    dim: usize,
+    classes: usize,
+    dtype: IndexDtype,
+) -> Result<Index> {
+    let path = dir.join("rows.f32");
+    let mut f =
+        std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    if f.metadata()?.len() != (n * dim * 4) as u64 {
+        bail!("{} does not hold {n} rows of {dim}", path.display());
+    }
+    let mut index = Index::empty(dim, dtype);
+    index.reserve(n);
+    let mut bytes = vec![0u8; 8192 * dim * 4];
+    let mut start = 0;
+    while start < n {
+        let rows = (n - start).min(8192);
+        let bytes = &mut bytes[..rows * dim * 4];
+        f.read_exact(bytes).with_context(|| format!("cannot read {}", path.display()))?;
+        let block: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let labels: Vec<String> =
+            (start..start + rows).map(|i| format!("c{:06}", i * classes / n)).collect();
+        let ids: Vec<ImageId> =
+            (start..start + rows).map(|i| ImageId::from_index(i as u32)).collect();
+        index.push_embeddings(&block, &labels, &ids, None)?;
+        start += rows;
+    }
+    Ok(index)
+}
+
+fn load(dir: &Path) -> Result<Vectors> {
+    let (n, dim) = shape(dir)?;
     let rows = read_words(&dir.join("rows.f32"), f32::from_le_bytes)?;
     let classes = read_words(&dir.join("classes.u32"), u32::from_le_bytes)?;
     let queries = read_words(&dir.join("queries.f32"), f32::from_le_bytes)?;
@@ -268,9 +311,8 @@ fn main() -> Result<()> {
             // each phase, and what stays resident after it.
             let mut phases = serde_json::Map::new();
             lru::reset_peak_resident();
-            let v = load(&dir)?;
-            phase(&mut phases, "read rows");
-            let (n, dim) = (v.n, v.dim);
+            let (n, dim) = shape(&dir)?;
+            let queries = read_words(&dir.join("queries.f32"), f32::from_le_bytes)?;
             for &c in &classes {
                 if c > n {
                     bail!("{c} classes need at least {c} rows");
@@ -290,14 +332,12 @@ fn main() -> Result<()> {
                 }
                 // Contiguous classes (row i in class i·c/n), so the rows are in
                 // canonical order and the head need not copy them to sort.
-                let labels: Vec<String> = (0..n).map(|i| format!("c{:06}", i * c / n)).collect();
-                let head = RetrievalHead::new(
-                    &v.rows,
-                    dim,
-                    &labels,
-                    &HeadOptions { index_dtype: dtype, ..HeadOptions::original() },
-                )?;
-                drop(labels);
+                // The rows are read a block at a time into the index, as a
+                // build from embedding shards does: no f32 copy of all of them.
+                let opts = HeadOptions { index_dtype: dtype, ..HeadOptions::original() };
+                let index = read_index(&dir, n, dim, c, dtype)?;
+                phase(&mut phases, "read rows into the index");
+                let head = RetrievalHead::from_index(index, &opts)?;
                 phase(&mut phases, "head");
                 let embedder = passthrough(dim);
                 let model = head.append_to(&embedder, "features")?;
@@ -312,13 +352,22 @@ fn main() -> Result<()> {
                 let size = bytes.len();
                 drop(bytes);
                 phase(&mut phases, "write");
+                // Loaded twice: from the file's bytes (as `Classifier::from_bytes` and a
+                // server's upload do), then by ONNX Runtime from the path (as `Classifier::open`).
                 let start = Instant::now();
                 let file = std::fs::read(&path)?;
-                let mut session =
+                let session =
                     cbr::embedder::session_from_bytes(&file, cbr::embedder::SessionMemory::Arena)?;
-                let load_s = start.elapsed().as_secs_f64();
+                let load_bytes_s = start.elapsed().as_secs_f64();
                 drop(file);
-                phase(&mut phases, "load in ONNX Runtime");
+                drop(session);
+                lru::release_free_memory();
+                phase(&mut phases, "load in ONNX Runtime from bytes");
+                let start = Instant::now();
+                let mut session =
+                    cbr::embedder::session_from_file(&path, cbr::embedder::SessionMemory::Arena)?;
+                let load_s = start.elapsed().as_secs_f64();
+                phase(&mut phases, "load in ONNX Runtime from the file");
                 let options =
                     RunOptions::new()?.with_outputs(OutputSelector::no_default().with(SCORES));
                 let mut run = |q: &[f32], b: usize| -> Result<()> {
@@ -327,9 +376,9 @@ fn main() -> Result<()> {
                     std::hint::black_box(out[SCORES].try_extract_tensor::<f32>()?);
                     Ok(())
                 };
-                let single_ms = time_singles(&v.queries, dim, singles, |q| run(q, 1))?;
-                let nb = batch.min(v.queries.len() / dim);
-                let batch_q = &v.queries[..nb * dim];
+                let single_ms = time_singles(&queries, dim, singles, |q| run(q, 1))?;
+                let nb = batch.min(queries.len() / dim);
+                let batch_q = &queries[..nb * dim];
                 run(&batch_q[..dim * nb.min(8)], nb.min(8))?;
                 let start = Instant::now();
                 run(batch_q, nb)?;
@@ -339,7 +388,7 @@ fn main() -> Result<()> {
                 std::fs::remove_file(&path)?;
                 println!(
                     "{}",
-                    json!({"what": "onnx-head", "n": n, "classes": c, "dtype": dtype.name(), "ops": ops, "file_bytes": size, "load_s": load_s,
+                    json!({"what": "onnx-head", "n": n, "classes": c, "dtype": dtype.name(), "ops": ops, "file_bytes": size, "load_s": load_s, "load_from_bytes_s": load_bytes_s,
                            "single_ms": single_ms, "batch": nb, "batch_qps": nb as f64 / batch_s, "memory": phases.clone()})
                 );
             }

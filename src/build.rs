@@ -220,7 +220,11 @@ pub fn build_from_embedded(
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
     let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
-    let head = RetrievalHead::from_index(embedded.index(&head_opts)?, &head_opts)?;
+    let index = embedded.index(&head_opts)?;
+    // The raw embeddings are not needed past this point: let them go before
+    // the head and the model file are made (5 GB at a million rows).
+    let Embedded { paths, cached, skipped, seconds, .. } = embedded;
+    let head = RetrievalHead::from_index(index, &head_opts)?;
     let index = match opts.index.resolve(&head, &opts.ivf)? {
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
@@ -238,10 +242,10 @@ pub fn build_from_embedded(
     )?;
     let report = BuildReport {
         classes: head.labels.len(),
-        images: embedded.paths.len(),
-        cached: embedded.cached,
-        skipped: embedded.skipped,
-        seconds: embedded.seconds,
+        images: paths.len(),
+        cached,
+        skipped,
+        seconds,
         calibration: head.calibration.clone(),
         threshold: head.threshold,
         novelty: head.novelty.clone(),

@@ -57,10 +57,33 @@ impl Classifier {
     }
 
     /// [`Classifier::open`], with a choice of how the runtime keeps its working memory.
+    ///
+    /// ONNX Runtime reads an ONNX file itself, after cbr has checked its
+    /// metadata and let go of its bytes: a model is never in memory twice
+    /// beside ONNX Runtime's copy (a million-row head peaks at about twice
+    /// its file, not three times). Since the file is read twice, a model
+    /// replaced in between (`cbr add` renames a new file over it) is read again.
     pub fn open_with(path: &Path, memory: SessionMemory) -> Result<Self> {
-        let (bytes, file) = format::read_file(path)?;
-        let mut classifier = Self::load(&file, &bytes, memory)
-            .with_context(|| format!("model {}", path.display()))?;
+        let mut tries = 0;
+        let mut classifier = loop {
+            let before = FileVersion::of(path)?;
+            let (bytes, file) = format::read_file(path)?;
+            let runner = match file.format {
+                ModelFormat::Onnx => {
+                    drop(bytes);
+                    crate::embedder::session_from_file(path, memory).map(Runner::Onnx)
+                }
+                ModelFormat::Tflite => Runner::open(&file, &bytes, memory),
+            };
+            let runner = runner.with_context(|| format!("model {}", path.display()))?;
+            tries += 1;
+            if FileVersion::of(path)? == before {
+                break Self::with_runner(&file, runner);
+            }
+            if tries == 3 {
+                bail!("model {} changed three times while it was being loaded", path.display());
+            }
+        };
         if let Some(index) = &classifier.info.index {
             let info = &classifier.info;
             classifier.sidecar =
@@ -74,15 +97,18 @@ impl Classifier {
     }
 
     fn load(file: &ModelFile, bytes: &[u8], memory: SessionMemory) -> Result<Self> {
-        let runner = Runner::open(file, bytes, memory)?;
+        Ok(Self::with_runner(file, Runner::open(file, bytes, memory)?))
+    }
+
+    fn with_runner(file: &ModelFile, runner: Runner) -> Self {
         let max_batch = runner.max_batch(file);
-        Ok(Classifier {
+        Classifier {
             runner,
             info: file.info.clone(),
             format: file.format,
             max_batch,
             sidecar: None,
-        })
+        }
     }
 
     /// The `scores` rows for `n` preprocessed images concatenated in
@@ -282,5 +308,32 @@ mod tests {
         // Without an unknown entry, only the threshold can say unknown.
         let p = predict_row(&labels, &[0.6, 0.4], 2, 1, None, true);
         assert_eq!(p.label.as_deref(), Some("a"));
+    }
+}
+
+/// What tells two versions of a file apart: an atomic replacement is a new
+/// inode (Unix), any write changes the length or the modification time.
+#[derive(PartialEq)]
+struct FileVersion {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl FileVersion {
+    fn of(path: &Path) -> Result<FileVersion> {
+        let m = std::fs::metadata(path).map_err(|e| {
+            crate::error::Error::from_io(e, format!("cannot read model {}", path.display()))
+        })?;
+        Ok(FileVersion {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            inode: {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            },
+        })
     }
 }

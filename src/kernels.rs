@@ -1,7 +1,8 @@
-//! The one f32 dot-product kernel, for the head and search alike: an
-//! AVX2+FMA version chosen at run time (the release build targets baseline
+//! The dot-product kernels, for the head and search alike: f32 (an AVX2+FMA
+//! version chosen at run time, since the release build targets baseline
 //! x86-64, whose SSE2 code is about half as fast and has no fused
-//! multiply-add), and a portable one.
+//! multiply-add, and a portable one) and int8 (an int8 index's rows against
+//! the quantized query; integer sums are exact, so every version agrees).
 
 /// Dot product of two equal-length slices.
 #[inline]
@@ -35,6 +36,38 @@ pub fn dots(rows: &[f32], dim: usize, query: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Exact dot product of two equal-length int8 slices.
+#[inline]
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { x86::dot_i8_avx2(a, b) };
+        }
+    }
+    dot_i8_portable(a, b)
+}
+
+/// Sums of 16 lanes of i8 x i8 products in i32: a loop the compiler
+/// vectorises (`pmaddwd`). A 1280-long row cannot overflow (|sum| ≤ 1280 · 127²).
+#[inline(always)]
+fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0i32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: i32 =
+        ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x as i32 * y as i32).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..16 {
+            acc[k] += x[k] as i32 * y[k] as i32;
+        }
+    }
+    acc.iter().sum::<i32>() + tail
+}
+
 /// Dot product with eight independent partial sums, which the compiler turns
 /// into SIMD (a single running sum cannot be reordered, so it stays scalar).
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -65,6 +98,15 @@ fn has_avx2_fma() -> bool {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// The portable int8 loop, compiled with AVX2 enabled (twice as wide).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+        super::dot_i8_portable(a, b)
+    }
 
     /// Four independent 8-lane accumulators hide the FMA latency.
     ///
@@ -119,6 +161,10 @@ mod tests {
             for got in [dot(&a, &b) as f64, dot_portable(&a, &b) as f64] {
                 assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "n={n}: {got} vs {want}");
             }
+            let ai: Vec<i8> = (0..n).map(|i| ((i * 7 % 255) as i32 - 127) as i8).collect();
+            let bi: Vec<i8> = (0..n).map(|i| ((i * 5 % 255) as i32 - 127) as i8).collect();
+            let want_i: i32 = ai.iter().zip(&bi).map(|(x, y)| *x as i32 * *y as i32).sum();
+            assert_eq!((dot_i8(&ai, &bi), dot_i8_portable(&ai, &bi)), (want_i, want_i), "n={n}");
             let mut out = vec![0f32; 1];
             if n > 0 {
                 dots(&a, n, &b, &mut out);

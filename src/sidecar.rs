@@ -50,7 +50,7 @@ impl IndexChoice {
             IndexChoice::Single => Ok(None),
             IndexChoice::Ivf if head.aggregation == Aggregation::Max => Ok(Some(params.clone())),
             IndexChoice::Ivf => bail!("an approximate index (--index ivf) serves the max rule only: add --aggregate max (this head uses {})", head.aggregation),
-            IndexChoice::Auto if head.rows().len() * value_bytes(head.options.index_dtype) > AUTO_ROWS_BYTES && head.aggregation == Aggregation::Max => {
+            IndexChoice::Auto if head.len() * head.dim * value_bytes(head.options.index_dtype) > AUTO_ROWS_BYTES && head.aggregation == Aggregation::Max => {
                 Ok(Some(params.clone()))
             }
             IndexChoice::Auto => Ok(None),
@@ -76,7 +76,7 @@ pub fn index_path(model: &Path) -> PathBuf {
 /// Builds the approximate index over the head's rows (row ids are head rows;
 /// each carries its class).
 pub fn build_index(head: &RetrievalHead, params: &IvfParams) -> Result<IvfIndex> {
-    IvfIndex::build(head.rows(), head.dim, &head.row_class, params)
+    IvfIndex::build(&head.rows(), head.dim, &head.row_class, params)
 }
 
 /// The embedder alone, with its (flattened) embedding as the one output

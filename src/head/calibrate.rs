@@ -84,7 +84,8 @@ pub fn leave_one_out_rows(head: &RetrievalHead, queries: &[usize]) -> Vec<Option
     queries
         .par_iter()
         .map(|&i| {
-            let q = &head.rows()[i * dim..(i + 1) * dim];
+            let q = head.row(i);
+            let q = &q[..];
             let image = head.row_image[i];
             let truth = head.row_class[i] as usize;
             // Rows of the query's own image, all in its class.
@@ -102,7 +103,7 @@ pub fn leave_one_out_rows(head: &RetrievalHead, queries: &[usize]) -> Vec<Option
                 let mut s = e.value(c).to_vec();
                 let mut own_class = sums[truth * dim..(truth + 1) * dim].to_vec();
                 for &j in &own {
-                    for (a, x) in own_class.iter_mut().zip(&head.rows()[j * dim..(j + 1) * dim]) {
+                    for (a, x) in own_class.iter_mut().zip(head.row(j).iter()) {
                         *a -= x;
                     }
                 }
@@ -115,12 +116,11 @@ pub fn leave_one_out_rows(head: &RetrievalHead, queries: &[usize]) -> Vec<Option
             }
             let scores = e.value(plan.class_similarities).to_vec();
             let novelty = (!unit_sums.is_empty()).then(|| {
-                let unit = &head.index.units[i * dim..(i + 1) * dim];
+                let unit = head.index.row(i);
+                let unit = &unit[..];
                 let mut own_class = unit_sums[truth * dim..(truth + 1) * dim].to_vec();
                 for &j in &own {
-                    for (a, x) in
-                        own_class.iter_mut().zip(&head.index.units[j * dim..(j + 1) * dim])
-                    {
+                    for (a, x) in own_class.iter_mut().zip(head.index.row(j).iter()) {
                         *a -= x;
                     }
                 }
@@ -159,7 +159,7 @@ fn discriminant_loo(
     // The query image's mean row, its class mean with and without it.
     let mut own_sum = vec![0f64; dim];
     for &j in own {
-        for (a, x) in own_sum.iter_mut().zip(&head.rows()[j * dim..(j + 1) * dim]) {
+        for (a, x) in own_sum.iter_mut().zip(head.row(j).iter()) {
             *a += *x as f64;
         }
     }
@@ -305,8 +305,10 @@ pub fn threshold_for_precision(top: &[f32], correct: &[bool], target: f32) -> Op
 fn unit_class_sums(head: &RetrievalHead) -> Vec<f32> {
     let dim = head.dim;
     let mut s = vec![0f32; head.labels.len() * dim];
-    for (r, &c) in head.index.units.chunks_exact(dim).zip(&head.row_class) {
-        for (a, x) in s[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(r) {
+    for (i, &c) in head.row_class.iter().enumerate() {
+        for (a, x) in
+            s[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(head.index.row(i).iter())
+        {
             *a += x;
         }
     }

@@ -18,6 +18,8 @@ use super::{
 
 /// Initializer names of the stored index (read back by [`read_index`]).
 pub const INDEX_UNITS: &str = "cbr/index_embeddings";
+/// An int8 index's rows, stored transposed (`[dim, rows]`).
+pub const INDEX_UNITS_BY_DIM: &str = "cbr/index_embeddings_by_dim";
 pub const INDEX_SCALES: &str = "cbr/index_scales";
 pub const INDEX_INVERSE_NORMS: &str = "cbr/index_inverse_norms";
 use crate::onnx::{
@@ -190,42 +192,40 @@ impl Lowering<'_> {
                 self.op("Sub", base, &[x, &m], out);
             }
             Op::Similarity { index, centring } => {
-                let units = self.index_units(index);
-                match centring {
-                    Some(c) => {
-                        // Row i is (u_i − m)·k_i, so q·row_i = (q·u_i − q·m)·k_i: the
-                        // stored units are used as they are, at the cost of two
-                        // [B, N] element-wise operations.
-                        let (qu, qm, centred) = (
-                            format!("{base}_units"),
-                            format!("{base}_query_dot_mean"),
-                            format!("{base}_centered"),
-                        );
-                        self.graph.node.push(node(
-                            "Gemm",
-                            &qu,
-                            &[x, &units],
-                            &[&qu],
-                            vec![attr_int("transB", 1)],
-                        ));
-                        let column = format!("{base}_mean_column");
-                        self.constant(&column, &[c.mean.len() as i64, 1], c.mean);
-                        self.op("MatMul", &qm, &[x, &column], &qm);
-                        self.op("Sub", &centred, &[&qu, &qm], &centred);
-                        let k = self.constant(
-                            INDEX_INVERSE_NORMS,
-                            &[c.inverse_norms.len() as i64],
-                            c.inverse_norms,
-                        );
-                        self.op("Mul", base, &[&centred, &k], out);
-                    }
-                    None => self.graph.node.push(node(
+                // q·uᵢ for every stored row: into `out` directly unless centring follows.
+                let products = match centring {
+                    Some(_) => format!("{base}_units"),
+                    None => out.to_string(),
+                };
+                let node_name = if centring.is_some() { products.as_str() } else { base };
+                if index.dtype == IndexDtype::Int8 {
+                    self.int8_products(index, x, base, node_name, &products);
+                } else {
+                    let units = self.index_units(index);
+                    self.graph.node.push(node(
                         "Gemm",
-                        base,
+                        node_name,
                         &[x, &units],
-                        &[out],
+                        &[&products],
                         vec![attr_int("transB", 1)],
-                    )),
+                    ));
+                }
+                if let Some(c) = centring {
+                    // Row i is (u_i − m)·k_i, so q·row_i = (q·u_i − q·m)·k_i: the
+                    // stored units are used as they are, at the cost of two
+                    // [B, N] element-wise operations.
+                    let (qm, centred) =
+                        (format!("{base}_query_dot_mean"), format!("{base}_centered"));
+                    let column = format!("{base}_mean_column");
+                    self.constant(&column, &[c.mean.len() as i64, 1], c.mean);
+                    self.op("MatMul", &qm, &[x, &column], &qm);
+                    self.op("Sub", &centred, &[&products, &qm], &centred);
+                    let k = self.constant(
+                        INDEX_INVERSE_NORMS,
+                        &[c.inverse_norms.len() as i64],
+                        c.inverse_norms,
+                    );
+                    self.op("Mul", base, &[&centred, &k], out);
                 }
             }
             Op::ClassMax { levels } => {
@@ -308,7 +308,7 @@ impl Lowering<'_> {
     fn index_units(&mut self, index: &Index) -> String {
         let (n, d) = (index.len() as i64, index.dim as i64);
         match index.dtype {
-            IndexDtype::F32 => self.constant(INDEX_UNITS, &[n, d], &index.units),
+            IndexDtype::F32 => self.constant(INDEX_UNITS, &[n, d], &index.units()),
             IndexDtype::F16 => {
                 self.graph.initializer.push(onnx::tensor_f16_bits(
                     INDEX_UNITS,
@@ -324,24 +324,69 @@ impl Lowering<'_> {
                 ));
                 "cbr/index_f32".to_string()
             }
-            IndexDtype::Int8 => {
-                self.graph.initializer.push(onnx::tensor_i8(
-                    INDEX_UNITS,
-                    &[n, d],
-                    &index.int8_values(),
-                ));
-                self.constant(INDEX_SCALES, &[n, 1], &index.scales);
-                self.graph.node.push(node(
-                    "Cast",
-                    "cbr/index_cast",
-                    &[INDEX_UNITS],
-                    &["cbr/index_cast"],
-                    vec![attr_int("to", DataType::Float as i64)],
-                ));
-                self.op("Mul", "cbr/index_f32", &["cbr/index_cast", INDEX_SCALES], "cbr/index_f32");
-                "cbr/index_f32".to_string()
+            IndexDtype::Int8 => unreachable!("int8 rows are matched by `int8_products`"),
+        }
+    }
+
+    /// `q·uᵢ` over an int8 index as [`Op::Similarity`] defines it, into
+    /// `out`: the query quantized to int8 (one scale per query, stored as
+    /// uint8 + 128 so ONNX Runtime takes its fast uint8 × int8 kernel),
+    /// `MatMulInteger` with the rows, then both scales (the last node is
+    /// `node_name`). The rows are stored transposed (`[dim, rows]`, the
+    /// layout `MatMulInteger` reads), so no runtime widens or copies them at load.
+    fn int8_products(&mut self, index: &Index, x: &str, base: &str, node_name: &str, out: &str) {
+        let (n, d) = (index.len(), index.dim);
+        let mut by_dim = vec![0u8; n * d];
+        for (r, row) in index.int8_values().chunks_exact(d).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                by_dim[k * n + r] = v as u8;
             }
         }
+        self.graph.initializer.push(onnx::TensorProto {
+            name: Some(INDEX_UNITS_BY_DIM.to_string()),
+            dims: vec![d as i64, n as i64],
+            data_type: Some(DataType::Int8 as i32),
+            raw_data: Some(by_dim),
+            ..Default::default()
+        });
+        self.constant(INDEX_SCALES, &[n as i64], &index.scales);
+        let q = |s: &str| format!("{base}_query_{s}");
+        self.op("Abs", &q("abs"), &[x], &q("abs"));
+        emit_reduce_max(self.graph, &q("max"), &q("abs"), &q("max"), 1, true, self.opset);
+        self.constant(&q("levels"), &[], &[127.0]);
+        self.op("Div", &q("max_step"), &[&q("max"), &q("levels")], &q("max_step"));
+        self.constant(&q("smallest_step"), &[], &[f32::MIN_POSITIVE]);
+        self.op("Max", &q("scale"), &[&q("max_step"), &q("smallest_step")], &q("scale"));
+        self.op("Div", &q("steps"), &[x, &q("scale")], &q("steps"));
+        self.op("Round", &q("int8"), &[&q("steps")], &q("int8"));
+        self.constant(&q("offset"), &[], &[128.0]);
+        self.op("Add", &q("shifted"), &[&q("int8"), &q("offset")], &q("shifted"));
+        self.graph.node.push(node(
+            "Cast",
+            &q("uint8"),
+            &[&q("shifted")],
+            &[&q("uint8")],
+            vec![attr_int("to", DataType::Uint8 as i64)],
+        ));
+        self.graph.initializer.push(onnx::tensor_u8(&q("zero_point"), &[], &[128]));
+        let (sums, sums_f32, scaled) =
+            (format!("{base}_sums"), format!("{base}_sums_f32"), format!("{base}_query_scaled"));
+        self.graph.node.push(node(
+            "MatMulInteger",
+            &sums,
+            &[&q("uint8"), INDEX_UNITS_BY_DIM, &q("zero_point")],
+            &[&sums],
+            vec![],
+        ));
+        self.graph.node.push(node(
+            "Cast",
+            &sums_f32,
+            &[&sums],
+            &[&sums_f32],
+            vec![attr_int("to", DataType::Float as i64)],
+        ));
+        self.op("Mul", &scaled, &[&sums_f32, &q("scale")], &scaled);
+        self.op("Mul", node_name, &[&scaled, INDEX_SCALES], out);
     }
 }
 
@@ -405,36 +450,58 @@ pub fn read_index(
 ) -> Result<Index> {
     let graph = model.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
     let find = |name: &str| graph.initializer.iter().find(|t| t.name.as_deref() == Some(name));
-    let units = find(INDEX_UNITS).ok_or_else(|| {
-        anyhow!("the model has no stored index ({INDEX_UNITS}): it was not built by `cbr build`")
-    })?;
-    let (n, dim) = match units.dims[..] {
-        [n, d] if n > 0 && d > 0 => (n as usize, d as usize),
-        _ => bail!("{INDEX_UNITS} has shape {:?}, expected [rows, dim]", units.dims),
+    // int8 rows are stored transposed ([dim, rows]); f32 and f16 rows, and
+    // the int8 rows of files from before the int8 query, as [rows, dim].
+    let (units, by_dim) = match (find(INDEX_UNITS), find(INDEX_UNITS_BY_DIM)) {
+        (Some(t), _) => (t, false),
+        (None, Some(t)) => (t, true),
+        (None, None) => {
+            bail!("the model has no stored index ({INDEX_UNITS}): it was not built by `cbr build`")
+        }
     };
-    let mut values = onnx::tensor_values_as_f32(units)?;
-    if values.len() != n * dim {
-        bail!("{INDEX_UNITS} holds {} values, expected {n} x {dim}", values.len());
-    }
+    let (n, dim) = match (&units.dims[..], by_dim) {
+        (&[n, d], false) | (&[d, n], true) if n > 0 && d > 0 => (n as usize, d as usize),
+        _ => bail!("the stored index has shape {:?}, expected [rows, dim]", units.dims),
+    };
     let dtype = match units.data_type.and_then(|d| DataType::try_from(d).ok()) {
         Some(DataType::Float16) => IndexDtype::F16,
         Some(DataType::Int8) => IndexDtype::Int8,
+        _ if by_dim => bail!("{INDEX_UNITS_BY_DIM} must hold int8 values"),
         _ => IndexDtype::F32,
     };
+    let stored = |values: usize| -> Result<()> {
+        if values != n * dim {
+            bail!("the stored index holds {values} values, expected {n} x {dim}");
+        }
+        Ok(())
+    };
+    let mut int8 = Vec::new();
+    let mut values = Vec::new();
     let mut scales = Vec::new();
     if dtype == IndexDtype::Int8 {
+        let raw =
+            units.raw_data.as_deref().ok_or_else(|| anyhow!("the int8 index has no raw data"))?;
+        stored(raw.len())?;
+        int8 = if by_dim {
+            let mut rows = vec![0i8; n * dim];
+            for (k, column) in raw.chunks_exact(n).enumerate() {
+                for (r, &v) in column.iter().enumerate() {
+                    rows[r * dim + k] = v as i8;
+                }
+            }
+            rows
+        } else {
+            raw.iter().map(|&v| v as i8).collect()
+        };
         let s = find(INDEX_SCALES)
             .ok_or_else(|| anyhow!("an int8 index needs {INDEX_SCALES}, which the model lacks"))?;
         scales = onnx::tensor_f32_values(s)?;
         if scales.len() != n {
             bail!("{INDEX_SCALES} has {} values for {n} rows", scales.len());
         }
-        // The same product the head made when it rounded the rows.
-        for (r, &sc) in values.chunks_exact_mut(dim).zip(&scales) {
-            for x in r.iter_mut() {
-                *x *= sc;
-            }
-        }
+    } else {
+        values = onnx::tensor_values_as_f32(units)?;
+        stored(values.len())?;
     }
     if labels.len() != rows_per_label.len() || rows_per_label.iter().sum::<usize>() != n {
         bail!(
@@ -454,7 +521,11 @@ pub fn read_index(
     }
     let images =
         (0..n).map(|i| ImageId::parse(&ids[32 * i..32 * (i + 1)])).collect::<Result<Vec<_>>>()?;
-    Ok(Index { dim, dtype, units: values, scales, labels: row_labels, images })
+    if dtype == IndexDtype::Int8 {
+        Index::from_int8(dim, int8, scales, row_labels, images)
+    } else {
+        Index::from_units(dim, dtype, values, row_labels, images)
+    }
 }
 
 /// The embedder a cbr model was built on: the model without the head's
@@ -527,23 +598,38 @@ fn emit_max_level(
         &[&blocks],
         vec![],
     ));
+    emit_reduce_max(graph, prefix, &blocks, output, 2, false, opset);
+}
+
+/// `ReduceMax` of `input` over `axis` into `output`, as the opset spells it
+/// (axes an input from opset 18, an attribute before); named `{prefix}_reduce`.
+fn emit_reduce_max(
+    graph: &mut GraphProto,
+    prefix: &str,
+    input: &str,
+    output: &str,
+    axis: i64,
+    keepdims: bool,
+    opset: i64,
+) {
+    let keepdims = attr_int("keepdims", keepdims as i64);
     if opset >= 18 {
         let axes = format!("{prefix}_axes");
-        graph.initializer.push(tensor_i64(&axes, &[1], &[2]));
+        graph.initializer.push(tensor_i64(&axes, &[1], &[axis]));
         graph.node.push(node(
             "ReduceMax",
             &format!("{prefix}_reduce"),
-            &[&blocks, &axes],
+            &[input, &axes],
             &[output],
-            vec![attr_int("keepdims", 0)],
+            vec![keepdims],
         ));
     } else {
         graph.node.push(node(
             "ReduceMax",
             &format!("{prefix}_reduce"),
-            &[&blocks],
+            &[input],
             &[output],
-            vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)],
+            vec![attr_ints("axes", &[axis]), keepdims],
         ));
     }
 }

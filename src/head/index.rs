@@ -10,6 +10,7 @@
 //! ([`IndexDtype`]); the head then computes from the stored (rounded) values,
 //! so a fresh build and an edit see exactly the same numbers.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use anyhow::{bail, Result};
@@ -61,13 +62,20 @@ impl fmt::Display for ImageId {
 pub use crate::meta::IndexDtype;
 
 /// Index rows with their labels and source images, in any order.
+///
+/// Rows are kept in their stored form: f32 and f16 rows as f32 values (f16
+/// ones rounded to f16), int8 rows as the int8 values and one scale per row
+/// (a unit value is `value · scale`). A million int8 rows of 1280 take 1.3 GB
+/// here, not the 5 GB their f32 values would.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Index {
     pub dim: usize,
     pub dtype: IndexDtype,
-    /// `labels.len()` rows of `dim`: power-transformed, L2-normalised
-    /// embeddings, rounded to `dtype` (these exact values are what is stored).
-    pub units: Vec<f32>,
+    /// f32 and f16 rows: `len()` rows of `dim` power-transformed,
+    /// L2-normalised embeddings, rounded to `dtype`. Empty for int8.
+    units: Vec<f32>,
+    /// int8 rows: the stored values, row-major. Empty otherwise.
+    int8: Vec<i8>,
     /// For [`IndexDtype::Int8`], each row's scale (`stored = round(unit / scale)`); else empty.
     pub scales: Vec<f32>,
     pub labels: Vec<String>,
@@ -84,6 +92,41 @@ impl Index {
         power: Option<f32>,
         dtype: IndexDtype,
     ) -> Result<Index> {
+        let mut index = Index::empty(dim, dtype);
+        index.reserve(labels.len());
+        index.push_embeddings(embeddings, labels, images, power)?;
+        Ok(index)
+    }
+
+    /// An index with no rows yet (add them with [`Index::push_embeddings`]).
+    pub fn empty(dim: usize, dtype: IndexDtype) -> Index {
+        Index { dim, dtype, ..Default::default() }
+    }
+
+    /// Makes room for `rows` more rows, so that an index built in pieces
+    /// (a million rows read a shard at a time) never holds two copies.
+    pub fn reserve(&mut self, rows: usize) {
+        match self.dtype {
+            IndexDtype::Int8 => {
+                self.int8.reserve_exact(rows * self.dim);
+                self.scales.reserve_exact(rows);
+            }
+            _ => self.units.reserve_exact(rows * self.dim),
+        }
+        self.labels.reserve_exact(rows);
+        self.images.reserve_exact(rows);
+    }
+
+    /// Appends rows made from raw embeddings (`labels.len()` x `dim`): the
+    /// power transform, L2 normalisation, then rounding to the dtype.
+    pub fn push_embeddings(
+        &mut self,
+        embeddings: &[f32],
+        labels: &[String],
+        images: &[ImageId],
+        power: Option<f32>,
+    ) -> Result<()> {
+        let dim = self.dim;
         if dim == 0 || embeddings.len() != labels.len() * dim || images.len() != labels.len() {
             bail!(
                 "{} embedding values do not make {} rows of {dim}",
@@ -91,26 +134,74 @@ impl Index {
                 labels.len()
             );
         }
-        let mut index = Index {
-            dim,
-            dtype,
-            units: Vec::with_capacity(embeddings.len()),
-            scales: Vec::new(),
-            labels: labels.to_vec(),
-            images: images.to_vec(),
-        };
+        let mut u = vec![0f32; dim];
         for e in embeddings.chunks_exact(dim) {
-            let mut u = e.to_vec();
+            u.copy_from_slice(e);
             if let Some(p) = power {
                 power_transform(&mut u, p);
             }
             l2_normalize(&mut u);
-            if let Some(s) = round_to(dtype, &mut u) {
-                index.scales.push(s);
+            match self.dtype {
+                IndexDtype::F32 => self.units.extend_from_slice(&u),
+                IndexDtype::F16 => {
+                    self.units.extend(u.iter().map(|&x| half::f16::from_f32(x).to_f32()))
+                }
+                IndexDtype::Int8 => {
+                    let scale = quantize_row(&u, &mut self.int8);
+                    self.scales.push(scale);
+                }
             }
-            index.units.extend_from_slice(&u);
+        }
+        self.labels.extend_from_slice(labels);
+        self.images.extend_from_slice(images);
+        Ok(())
+    }
+
+    /// Rows as stored: f32 or f16 values (as f32), `labels.len()` x `dim`.
+    pub fn from_units(
+        dim: usize,
+        dtype: IndexDtype,
+        units: Vec<f32>,
+        labels: Vec<String>,
+        images: Vec<ImageId>,
+    ) -> Result<Index> {
+        if dtype == IndexDtype::Int8 {
+            bail!("int8 rows are stored as int8 values and scales (Index::from_int8)");
+        }
+        let index = Index { dim, dtype, units, labels, images, ..Default::default() };
+        index.check_shape(index.units.len())?;
+        Ok(index)
+    }
+
+    /// int8 rows as stored: `labels.len()` x `dim` values and a scale per row.
+    pub fn from_int8(
+        dim: usize,
+        values: Vec<i8>,
+        scales: Vec<f32>,
+        labels: Vec<String>,
+        images: Vec<ImageId>,
+    ) -> Result<Index> {
+        let index = Index {
+            dim,
+            dtype: IndexDtype::Int8,
+            int8: values,
+            scales,
+            labels,
+            images,
+            ..Default::default()
+        };
+        index.check_shape(index.int8.len())?;
+        if index.scales.len() != index.len() {
+            bail!("{} int8 row scales for {} rows", index.scales.len(), index.len());
         }
         Ok(index)
+    }
+
+    fn check_shape(&self, values: usize) -> Result<()> {
+        if self.dim == 0 || values != self.len() * self.dim || self.images.len() != self.len() {
+            bail!("{values} index values do not make {} rows of {}", self.len(), self.dim);
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -121,8 +212,51 @@ impl Index {
         self.labels.is_empty()
     }
 
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.units[i * self.dim..(i + 1) * self.dim]
+    /// Unit row `i` as f32 (int8 rows widened: `value · scale`, the same
+    /// product the model computes).
+    pub fn row(&self, i: usize) -> Cow<'_, [f32]> {
+        let span = i * self.dim..(i + 1) * self.dim;
+        match self.dtype {
+            IndexDtype::Int8 => {
+                let s = self.scales[i];
+                Cow::Owned(self.int8[span].iter().map(|&v| v as f32 * s).collect())
+            }
+            _ => Cow::Borrowed(&self.units[span]),
+        }
+    }
+
+    /// All unit rows as f32 (`len()` x `dim`); int8 rows are widened into a copy.
+    pub fn units(&self) -> Cow<'_, [f32]> {
+        match self.dtype {
+            IndexDtype::Int8 => {
+                Cow::Owned((0..self.len()).flat_map(|i| self.row(i).into_owned()).collect())
+            }
+            _ => Cow::Borrowed(&self.units),
+        }
+    }
+
+    /// The stored int8 values, row-major (`round(unit / scale)`); empty unless int8.
+    pub fn int8_values(&self) -> &[i8] {
+        &self.int8
+    }
+
+    /// Row `i`'s stored int8 values.
+    pub fn int8_row(&self, i: usize) -> &[i8] {
+        &self.int8[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Appends row `i` of `other` (same dim and dtype).
+    fn push_row(&mut self, other: &Index, i: usize) {
+        let span = i * other.dim..(i + 1) * other.dim;
+        match self.dtype {
+            IndexDtype::Int8 => {
+                self.int8.extend_from_slice(&other.int8[span]);
+                self.scales.push(other.scales[i]);
+            }
+            _ => self.units.extend_from_slice(&other.units[span]),
+        }
+        self.labels.push(other.labels[i].clone());
+        self.images.push(other.images[i]);
     }
 
     /// Appends the rows of `other` (same dim and dtype).
@@ -137,6 +271,7 @@ impl Index {
             );
         }
         self.units.extend_from_slice(&other.units);
+        self.int8.extend_from_slice(&other.int8);
         self.scales.extend_from_slice(&other.scales);
         self.labels.extend_from_slice(&other.labels);
         self.images.extend_from_slice(&other.images);
@@ -148,12 +283,7 @@ impl Index {
         let mut out = Index { dim: self.dim, dtype: self.dtype, ..Default::default() };
         for i in 0..self.len() {
             if keep(&self.labels[i], &self.images[i]) {
-                out.units.extend_from_slice(self.row(i));
-                if !self.scales.is_empty() {
-                    out.scales.push(self.scales[i]);
-                }
-                out.labels.push(self.labels[i].clone());
-                out.images.push(self.images[i]);
+                out.push_row(self, i);
             }
         }
         *self = out;
@@ -175,27 +305,9 @@ impl Index {
         }); // stable
         let mut out = Index { dim: self.dim, dtype: self.dtype, ..Default::default() };
         for i in order {
-            out.units.extend_from_slice(self.row(i));
-            if !self.scales.is_empty() {
-                out.scales.push(self.scales[i]);
-            }
-            out.labels.push(self.labels[i].clone());
-            out.images.push(self.images[i]);
+            out.push_row(self, i);
         }
         out
-    }
-
-    /// The stored form of the int8 rows (`round(unit / scale)`); exact, since
-    /// the units were made as `q · scale`.
-    pub fn int8_values(&self) -> Vec<i8> {
-        assert_eq!(self.dtype, IndexDtype::Int8);
-        self.units
-            .chunks_exact(self.dim)
-            .zip(&self.scales)
-            .flat_map(|(r, &s)| {
-                r.iter().map(move |&x| if s > 0.0 { (x / s).round() as i8 } else { 0 })
-            })
-            .collect()
     }
 
     /// The stored form of f16 rows (exact: the units are f16 values).
@@ -204,29 +316,19 @@ impl Index {
     }
 }
 
-/// Rounds a unit row to what `dtype` stores, in place; returns the int8 scale.
-fn round_to(dtype: IndexDtype, u: &mut [f32]) -> Option<f32> {
-    match dtype {
-        IndexDtype::F32 => None,
-        IndexDtype::F16 => {
-            for x in u.iter_mut() {
-                *x = half::f16::from_f32(*x).to_f32();
-            }
-            None
+/// Quantizes a unit row symmetrically to int8 (scale `max |x| / 127`),
+/// appending the values to `out`; returns the scale.
+fn quantize_row(u: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = u.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = max / 127.0;
+    out.extend(u.iter().map(|&x| {
+        if scale > 0.0 {
+            (x / scale).round().clamp(-127.0, 127.0) as i8
+        } else {
+            0
         }
-        IndexDtype::Int8 => {
-            let max = u.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let scale = max / 127.0;
-            for x in u.iter_mut() {
-                *x = if scale > 0.0 {
-                    (*x / scale).round().clamp(-127.0, 127.0) * scale
-                } else {
-                    0.0
-                };
-            }
-            Some(scale)
-        }
-    }
+    }));
+    scale
 }
 
 #[cfg(test)]
@@ -251,9 +353,9 @@ mod tests {
             let exact =
                 Index::from_embeddings(&e, 16, &labels, &ids, Some(0.5), IndexDtype::F32).unwrap();
             let err = index
-                .units
+                .units()
                 .iter()
-                .zip(&exact.units)
+                .zip(exact.units().iter())
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             match dtype {
@@ -265,7 +367,7 @@ mod tests {
                         .iter()
                         .map(|&b| half::f16::from_bits(b).to_f32())
                         .collect();
-                    assert_eq!(back, index.units);
+                    assert_eq!(back, &index.units()[..]);
                 }
                 IndexDtype::Int8 => {
                     assert!(err > 0.0 && err < 0.01, "{err}");
@@ -275,7 +377,7 @@ mod tests {
                         .zip(&index.scales)
                         .flat_map(|(r, &s)| r.iter().map(move |&v| v as f32 * s))
                         .collect();
-                    assert_eq!(back, index.units);
+                    assert_eq!(back, &index.units()[..]);
                     assert!(q.iter().any(|&v| v.abs() == 127));
                 }
             }

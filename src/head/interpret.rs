@@ -8,9 +8,9 @@
 //! class similarities its search found) and may leave index rows out of the
 //! similarities (leave-one-out's exclusions).
 
-use super::plan::{HeadPlan, Op, ValueId};
-use super::{l2_normalize, power_transform, softmax};
-use crate::kernels::dot;
+use super::plan::{Centring, HeadPlan, Op, ValueId};
+use super::{l2_normalize, power_transform, softmax, Index, IndexDtype};
+use crate::kernels::{dot, dot_i8};
 
 /// The values of one query's evaluation, computed on demand.
 pub struct Evaluation<'p, 'a> {
@@ -92,10 +92,21 @@ impl<'p, 'a> Evaluation<'p, 'a> {
             }
             Op::Similarity { index, centring } => {
                 let q = self.input(i, 0);
-                // The centred rows, computed once, rather than (q·u − q·m)·k:
-                // the same up to the last bits, and one dot product per row.
-                let rows = centring.as_ref().map_or(&index.units[..], |c| c.rows);
-                let mut s: Vec<f32> = rows.chunks_exact(dim).map(|r| dot(r, q)).collect();
+                let mut s = if index.dtype == IndexDtype::Int8 {
+                    similarities_int8(index, centring.as_ref(), q)
+                } else {
+                    // The centred rows, computed once, rather than (q·u − q·m)·k:
+                    // the same up to the last bits, and one dot product per row.
+                    let units;
+                    let rows = match centring {
+                        Some(c) => c.rows,
+                        None => {
+                            units = index.units();
+                            &units[..]
+                        }
+                    };
+                    rows.chunks_exact(dim).map(|r| dot(r, q)).collect()
+                };
                 for &r in self.excluded_rows {
                     s[r] = f32::NEG_INFINITY;
                 }
@@ -144,6 +155,36 @@ impl<'p, 'a> Evaluation<'p, 'a> {
     }
 }
 
+/// The query as an int8 similarity reads it: symmetric int8 with one scale,
+/// `max |q| / 127` (at least the smallest normal f32, so a zero query stays
+/// zero), values `q / scale` rounded half to even, as ONNX `Round` does.
+/// Returns the values and the scale.
+pub fn quantize_query(q: &[f32]) -> (Vec<i8>, f32) {
+    let max = q.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = (max / 127.0).max(f32::MIN_POSITIVE);
+    let values =
+        q.iter().map(|&x| (x / scale).round_ties_even().clamp(-127.0, 127.0) as i8).collect();
+    (values, scale)
+}
+
+/// [`Op::Similarity`] over an int8 index: the quantized query's exact
+/// integer products with the stored rows, times both scales; a centring head
+/// then subtracts the query's product with the mean and rescales,
+/// `(q·uᵢ − q·m)·kᵢ`, as the ONNX lowering does.
+fn similarities_int8(index: &Index, centring: Option<&Centring>, q: &[f32]) -> Vec<f32> {
+    let (values, scale) = quantize_query(q);
+    let query_dot_mean = centring.map(|c| dot(q, c.mean));
+    (0..index.len())
+        .map(|r| {
+            let s = dot_i8(index.int8_row(r), &values) as f32 * scale * index.scales[r];
+            match (centring, query_dot_mean) {
+                (Some(c), Some(qm)) => (s - qm) * c.inverse_norms[r],
+                _ => s,
+            }
+        })
+        .collect()
+}
+
 /// `1 / (1 + e^−x)`, without overflow for large |x|.
 pub fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 {
@@ -162,7 +203,7 @@ pub fn evaluate(plan: &HeadPlan, embedding: &[f32], output: ValueId) -> Vec<f32>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::{HeadOptions, RetrievalHead};
+    use crate::head::{HeadOptions, IndexDtype, RetrievalHead};
 
     #[test]
     fn excluded_rows_match_nothing_and_set_values_are_not_recomputed() {
@@ -186,5 +227,46 @@ mod tests {
         let mut e = Evaluation::empty(&plan);
         e.set(plan.query, vec![0.0, 2.0]);
         assert_eq!(e.value(plan.class_similarities), &[0.0, 2.0]);
+    }
+
+    #[test]
+    fn the_query_is_quantized_symmetrically_with_ties_to_even() {
+        let (v, s) = quantize_query(&[1.0, -0.25, 0.0, 2.5 / 127.0]);
+        assert_eq!(s, 1.0 / 127.0);
+        // -0.25·127 = -31.75 → -32; 2.5 → 2 (half to even, as ONNX Round).
+        assert_eq!(v, vec![127, -32, 0, 2]);
+        let (v, s) = quantize_query(&[0.0; 3]);
+        assert_eq!((v, s), (vec![0; 3], f32::MIN_POSITIVE));
+    }
+
+    #[test]
+    fn int8_similarities_are_exact_integer_products_near_the_float_ones() {
+        let dim = 64;
+        let rows: Vec<f32> =
+            (0..40 * dim).map(|i| ((i * 7919 % 1013) as f32 / 506.0) - 1.0).collect();
+        let labels: Vec<String> = (0..40).map(|i| format!("c{}", i % 4)).collect();
+        let query: Vec<f32> = (0..dim).map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0).collect();
+        for center in [false, true] {
+            let opts = |index_dtype| HeadOptions { index_dtype, center, ..HeadOptions::original() };
+            let int8 = RetrievalHead::new(&rows, dim, &labels, &opts(IndexDtype::Int8)).unwrap();
+            let f32s = RetrievalHead::new(&rows, dim, &labels, &opts(IndexDtype::F32)).unwrap();
+            let got = int8.similarities(&query);
+            let q = int8.project(&query);
+            let (qv, qs) = quantize_query(&q);
+            let qm = int8.center.as_ref().map(|m| dot(&q, m));
+            for (r, &g) in got.iter().enumerate() {
+                let products =
+                    dot_i8(int8.index.int8_row(r), &qv) as f32 * qs * int8.index.scales[r];
+                let want = match qm {
+                    Some(qm) => (products - qm) * int8.inverse_norms[r],
+                    None => products,
+                };
+                assert_eq!(g, want, "row {r}, center {center}");
+            }
+            // Both roundings together move a cosine by well under 1% of its range.
+            let float = f32s.similarities(&query);
+            let worst = got.iter().zip(&float).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 0.01, "center {center}: int8 differs from f32 by {worst}");
+        }
     }
 }

@@ -38,6 +38,8 @@ pub mod interpret;
 pub mod plan;
 pub mod rules;
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Result};
 
 pub use index::{ImageId, Index, IndexDtype};
@@ -79,8 +81,8 @@ pub struct RetrievalHead {
     /// The stored index in canonical order (by class, then image id): what
     /// the model carries and every other field is computed from.
     pub index: Index,
-    /// With `center`, the index rows centred and renormalised (row `i` is
-    /// `(units[i] − center) · inverse_norms[i]`); else empty, since the rows
+    /// With `center` over an f32 or f16 index, the index rows centred and
+    /// renormalised (row `i` is `(units[i] − center) · inverse_norms[i]`); else empty, since the rows
     /// are the units themselves (see [`RetrievalHead::rows`]).
     centred_rows: Vec<f32>,
     /// With `center`, `1 / |units[i] − center|` per row; else empty.
@@ -216,23 +218,27 @@ impl RetrievalHead {
         let (rows, inverse_norms, center) = if opts.center {
             let n = index.len() as f64;
             let mut mean = vec![0f64; dim];
-            for r in index.units.chunks_exact(dim) {
-                for (m, x) in mean.iter_mut().zip(r) {
+            for i in 0..index.len() {
+                for (m, x) in mean.iter_mut().zip(index.row(i).iter()) {
                     *m += *x as f64;
                 }
             }
             let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
-            let mut rows = index.units.clone();
+            // An int8 index is matched from its stored rows (see `plan::Centring`):
+            // only f32 and f16 heads keep the centred rows, computed once.
+            let keep_rows = index.dtype != IndexDtype::Int8;
+            let mut rows = Vec::with_capacity(if keep_rows { index.len() * dim } else { 0 });
             let mut inverse_norms = Vec::with_capacity(index.len());
-            for r in rows.chunks_exact_mut(dim) {
-                for (x, m) in r.iter_mut().zip(&mean) {
-                    *x -= m;
+            let mut r = vec![0f32; dim];
+            for i in 0..index.len() {
+                for ((x, u), m) in r.iter_mut().zip(index.row(i).iter()).zip(&mean) {
+                    *x = u - m;
                 }
                 let norm = r.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
                 // A row equal to the mean has no direction: it matches nothing.
                 let k = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
-                for x in r.iter_mut() {
-                    *x *= k;
+                if keep_rows {
+                    rows.extend(r.iter().map(|x| x * k));
                 }
                 inverse_norms.push(k);
             }
@@ -268,7 +274,7 @@ impl RetrievalHead {
         }
         if opts.aggregation == Aggregation::Discriminant {
             head.discriminant = Some(discriminant::Discriminant::fit(
-                head.rows(),
+                &head.rows(),
                 dim,
                 &head.row_class,
                 head.labels.len(),
@@ -302,8 +308,10 @@ impl RetrievalHead {
     pub fn unit_class_means(&self) -> Vec<f32> {
         let dim = self.dim;
         let mut s = vec![0f32; self.labels.len() * dim];
-        for (r, &c) in self.index.units.chunks_exact(dim).zip(&self.row_class) {
-            for (a, x) in s[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(r) {
+        for (i, &c) in self.row_class.iter().enumerate() {
+            for (a, x) in
+                s[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(self.index.row(i).iter())
+            {
                 *a += x;
             }
         }
@@ -313,12 +321,28 @@ impl RetrievalHead {
         s
     }
 
-    /// Index rows as the query meets them (`len()` x `dim`).
-    pub fn rows(&self) -> &[f32] {
-        if self.center.is_some() {
-            &self.centred_rows
-        } else {
-            &self.index.units
+    /// Index rows as the query meets them (`len()` x `dim`); a copy for an
+    /// int8 index (prefer [`RetrievalHead::row`] there).
+    pub fn rows(&self) -> Cow<'_, [f32]> {
+        match self.centring() {
+            Some(c) if self.index.dtype == IndexDtype::Int8 => {
+                Cow::Owned(c.centred_rows(&self.index))
+            }
+            Some(c) => Cow::Borrowed(c.rows),
+            None => self.index.units(),
+        }
+    }
+
+    /// Index row `i` as the query meets it.
+    pub fn row(&self, i: usize) -> Cow<'_, [f32]> {
+        let dim = self.dim;
+        match &self.center {
+            Some(m) if self.index.dtype == IndexDtype::Int8 => {
+                let k = self.inverse_norms[i];
+                Cow::Owned(self.index.row(i).iter().zip(m).map(|(u, m)| (u - m) * k).collect())
+            }
+            Some(_) => Cow::Borrowed(&self.centred_rows[i * dim..(i + 1) * dim]),
+            None => self.index.row(i),
         }
     }
 
@@ -352,8 +376,11 @@ impl RetrievalHead {
     /// Per-class sums of the rows (`labels.len()` x `dim`), not normalised.
     pub fn class_sums(&self) -> Vec<f32> {
         let mut s = vec![0f32; self.labels.len() * self.dim];
-        for (r, &c) in self.rows().chunks_exact(self.dim).zip(&self.row_class) {
-            for (a, x) in s[c as usize * self.dim..(c as usize + 1) * self.dim].iter_mut().zip(r) {
+        for (i, &c) in self.row_class.iter().enumerate() {
+            let r = self.row(i);
+            for (a, x) in
+                s[c as usize * self.dim..(c as usize + 1) * self.dim].iter_mut().zip(r.iter())
+            {
                 *a += x;
             }
         }
@@ -422,7 +449,7 @@ mod tests {
             h.index.images,
             vec![ImageId::from_index(1), ImageId::from_index(0), ImageId::from_index(2)]
         );
-        assert_eq!(h.rows(), vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
+        assert_eq!(&h.rows()[..], [1.0, 0.0, 0.6, 0.8, 0.0, 1.0]);
         assert_eq!(h.class_sizes(), vec![1, 2]);
         // Query along y: class a's only image is orthogonal, class b has (0,1).
         assert_eq!(h.scores(&[0.0, 5.0]), vec![0.0, 1.0]);

@@ -15,6 +15,8 @@
 //! each layer runs in int8 as the original CBR does: QUANTIZE the normalised
 //! query (scale 1/128) → int8 FULLY_CONNECTED → DEQUANTIZE.
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Result};
 
 use super::edit::ModelEditor;
@@ -24,7 +26,7 @@ use super::schema::model::{
 };
 use crate::head::plan::{Centring, HeadPlan, Op};
 use crate::head::rules::CLASS_MEANS;
-use crate::head::{Index, MaxLevel, RetrievalHead, SCORES};
+use crate::head::{Index, IndexDtype, MaxLevel, RetrievalHead, SCORES};
 
 /// How the similarity layers of the head are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -198,7 +200,7 @@ pub fn lower(
             Op::Similarity { .. } | Op::Linear { .. } => {
                 let (weights, bias) = match &step.op {
                     Op::Similarity { index, centring } => (similarity_rows(index, centring), None),
-                    Op::Linear { weights, bias, .. } => (*weights, *bias),
+                    Op::Linear { weights, bias, .. } => (Cow::Borrowed(*weights), *bias),
                     _ => unreachable!("matched above"),
                 };
                 // The novelty layer stays float: it is small (one row per
@@ -208,7 +210,7 @@ pub fn lower(
                     _ => block,
                 };
                 match block {
-                    TfliteBlock::Float => similarity_float(ed, &name, x, weights, bias, shape, d),
+                    TfliteBlock::Float => similarity_float(ed, &name, x, &weights, bias, shape, d),
                     TfliteBlock::Int8 => {
                         let input = step.inputs[0];
                         let q = match quantized[input] {
@@ -229,8 +231,8 @@ pub fn lower(
                                 q
                             }
                         };
-                        let rows = sample_queries.unwrap_or(weights);
-                        similarity_int8(ed, &name, q, rows, weights, bias, shape, d)
+                        let rows = sample_queries.as_deref().unwrap_or(&weights);
+                        similarity_int8(ed, &name, q, rows, &weights, bias, shape, d)
                     }
                 }
             }
@@ -309,9 +311,15 @@ pub fn lower(
 }
 
 /// The rows a similarity layer matches: a TFLite file keeps no editable
-/// index, so a centring head's layer holds the centred rows themselves.
-fn similarity_rows<'a>(index: &'a Index, centring: &Option<Centring<'a>>) -> &'a [f32] {
-    centring.as_ref().map_or(&index.units[..], |c| c.rows)
+/// index, so a centring head's layer holds the centred rows themselves
+/// (an int8 index's rows widened to f32: a TFLite layer is float or int8 as
+/// `--tflite-block` says, whatever the index dtype).
+fn similarity_rows<'a>(index: &'a Index, centring: &Option<Centring<'a>>) -> Cow<'a, [f32]> {
+    match centring {
+        Some(c) if index.dtype != IndexDtype::Int8 => Cow::Borrowed(c.rows),
+        Some(c) => Cow::Owned(c.centred_rows(index)),
+        None => index.units(),
+    }
 }
 
 pub(crate) fn per_tensor(scale: f32, zero_point: i64) -> QuantizationParametersT {

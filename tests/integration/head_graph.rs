@@ -227,3 +227,51 @@ fn stored_index_and_embedder_read_back_exactly() {
         }
     }
 }
+
+/// An int8 index stays int8 in the file (transposed, as `MatMulInteger`
+/// reads it; no float copy for a runtime to fold), and models written before
+/// the int8 query (rows `[rows, dim]` under the f32 name) still read back.
+#[test]
+fn int8_rows_are_stored_once_as_int8_and_the_older_layout_reads_back() {
+    common::setup_runtime();
+    let embedder =
+        Embedder::from_bytes(&onnx::encode(&tiny_embedder(13)), "tiny", None, preprocess())
+            .unwrap();
+    let labels: Vec<String> = (0..30).map(|i| format!("c{}", i % 3)).collect();
+    let opts = HeadOptions { index_dtype: IndexDtype::Int8, ..HeadOptions::default() };
+    let head = RetrievalHead::new(&noise(5, 30 * DIM), DIM, &labels, &opts).unwrap();
+    let mut model = onnx::decode(&model_bytes(&embedder, &head, false).unwrap()).unwrap();
+    let g = model.graph.as_mut().unwrap();
+    let big: Vec<(&str, Vec<i64>, i32)> = g
+        .initializer
+        .iter()
+        .filter(|t| t.dims.iter().product::<i64>() >= (30 * DIM) as i64)
+        .map(|t| (t.name.as_deref().unwrap_or(""), t.dims.clone(), t.data_type.unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        big,
+        vec![(graph::INDEX_UNITS_BY_DIM, vec![DIM as i64, 30], onnx::DataType::Int8 as i32)]
+    );
+    assert!(g.node.iter().any(|n| n.op_type.as_deref() == Some("MatMulInteger")));
+    assert!(!g.node.iter().any(|n| n.input.iter().any(|i| i == graph::INDEX_UNITS_BY_DIM)
+        && n.op_type.as_deref() != Some("MatMulInteger")));
+
+    // The older layout: the same values as [rows, dim] under INDEX_UNITS.
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some(graph::INDEX_UNITS_BY_DIM))
+        .unwrap();
+    let by_dim = t.raw_data.clone().unwrap();
+    let mut rows = vec![0u8; by_dim.len()];
+    for (k, column) in by_dim.chunks_exact(30).enumerate() {
+        for (r, &v) in column.iter().enumerate() {
+            rows[r * DIM + k] = v;
+        }
+    }
+    t.name = Some(graph::INDEX_UNITS.to_string());
+    t.dims = vec![30, DIM as i64];
+    t.raw_data = Some(rows);
+    let index = graph::read_index(&model, &head.labels, &head.class_sizes()).unwrap();
+    assert_eq!(index, head.index);
+}
