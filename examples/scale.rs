@@ -6,6 +6,7 @@
 //!   cargo run --release --example scale -- gen --dir D --n N --clusters C --queries Q
 //!   cargo run --release --example scale -- search --dir D --singles S --batch B [--ivf]
 //!   cargo run --release --example scale -- onnx --dir D --classes C1,C2 --singles S --batch B
+//!   cargo run --release --example scale -- shards --dir D --classes C --parts P --out PARTS
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,19 @@ enum Cmd {
         /// How the index rows are stored (f32, f16, int8).
         #[arg(long, default_value = "f32")]
         dtype: IndexDtype,
+    },
+    /// Write the rows in --dir as `cbr embed` shards of the default embedder
+    /// (C contiguous classes, one made-up path per row), for timing
+    /// `cbr build --embeddings` on them.
+    Shards {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        classes: usize,
+        #[arg(long, default_value_t = 8)]
+        parts: usize,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -304,6 +318,42 @@ fn main() -> Result<()> {
                     json!({"what": "cbr-ivf-file", "n": n, "file_bytes": size, "save_s": save_s, "load_s": load_s})
                 );
             }
+        }
+        Cmd::Shards { dir, classes, parts, out } => {
+            let (n, dim) = shape(&dir)?;
+            let embedder = cbr::models::open_embedder(&Default::default())?;
+            if embedder.info.dim != dim {
+                bail!(
+                    "the rows are {dim}-d, the default embedder's embeddings {}-d",
+                    embedder.info.dim
+                );
+            }
+            std::fs::create_dir_all(&out)?;
+            let mut f = std::fs::File::open(dir.join("rows.f32"))?;
+            for part in 0..parts {
+                let (a, b) = (part * n / parts, (part + 1) * n / parts);
+                let mut bytes = vec![0u8; (b - a) * dim * 4];
+                f.read_exact(&mut bytes)?;
+                let label = |i: usize| format!("c{:06}", i * classes / n);
+                let embedded = cbr::pipeline::Embedded {
+                    embeddings: bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                        .collect(),
+                    dim,
+                    labels: (a..b).map(label).collect(),
+                    images: (0..(b - a) as u32).collect(),
+                    paths: (a..b)
+                        .map(|i| PathBuf::from(format!("{}/{i:07}.jpg", label(i))))
+                        .collect(),
+                    ids: (a..b).map(|i| ImageId::from_index(i as u32)).collect(),
+                    ..Default::default()
+                };
+                let shard = cbr::shard::Shard { index: part, count: parts };
+                let path = out.join(format!("part-{part}.parquet"));
+                cbr::shard::write(&path, &embedded, &embedder.info, &embedder.preprocess, shard)?;
+            }
+            println!("{}", json!({"what": "shards", "n": n, "classes": classes, "parts": parts}));
         }
         Cmd::Onnx { dir, classes, singles, batch, dtype } => {
             cbr::runtime::install()?;

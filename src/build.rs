@@ -13,7 +13,7 @@ use crate::decode::DecodeLimits;
 use crate::embedder::Embedder;
 use crate::error::Error;
 use crate::format::{self, EmbedderGraph, ModelFormat, RowsIn, WriteOptions};
-use crate::head::{HeadOptions, RetrievalHead};
+use crate::head::{HeadOptions, Index, RetrievalHead};
 use crate::models::EmbedderChoice;
 use crate::pipeline::{check_classes, embed_images, EmbedOptions, Embedded, Skipped};
 use crate::search::{IvfIndex, IvfParams};
@@ -180,7 +180,9 @@ pub fn build_from_shards(
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
     let start = Instant::now();
-    let (info, preprocess, mut embedded) = crate::shard::read(shards)?;
+    let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
+    let (info, preprocess, mut embedded, index) =
+        crate::shard::read_index(shards, head_opts.power_exponent(), head_opts.index_dtype)?;
     if info.sha256 != embedder.info.sha256
         || info.output != embedder.info.output
         || preprocess != embedder.preprocess
@@ -210,7 +212,7 @@ pub fn build_from_shards(
     labels.dedup();
     check_class_count(labels.len(), labels.first().map_or("", |l| l), &opts.head)?;
     embedded.seconds = start.elapsed().as_secs_f64();
-    build_from_embedded(embedder, embedded, opts)
+    build_from_index(embedder, index, embedded, opts)
 }
 
 /// The model for already embedded images.
@@ -221,8 +223,19 @@ pub fn build_from_embedded(
 ) -> Result<(Built, BuildReport)> {
     let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
     let index = embedded.index(&head_opts)?;
-    // The raw embeddings are not needed past this point: let them go before
-    // the head and the model file are made (5 GB at a million rows).
+    build_from_index(embedder, index, embedded, opts)
+}
+
+/// The model for index rows already made (from `embedded`'s images, whose
+/// raw embeddings are not needed any more: they are let go before the head
+/// and the model file are made).
+fn build_from_index(
+    embedder: &Embedder,
+    index: Index,
+    embedded: Embedded,
+    opts: &BuildOptions,
+) -> Result<(Built, BuildReport)> {
+    let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
     let Embedded { paths, cached, skipped, seconds, .. } = embedded;
     let head = RetrievalHead::from_index(index, &head_opts)?;
     let index = match opts.index.resolve(&head, &opts.ivf)? {

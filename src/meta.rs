@@ -313,6 +313,13 @@ pub struct HeadOptions {
     pub prior: Option<Prior>,
 }
 
+impl HeadOptions {
+    /// The power transform's exponent, unless it is 1 (no transform).
+    pub fn power_exponent(&self) -> Option<f32> {
+        (self.power != 1.0).then_some(self.power)
+    }
+}
+
 impl Default for HeadOptions {
     /// The defaults chosen by measurement (see README, "Accuracy").
     fn default() -> Self {

@@ -73,7 +73,7 @@ impl Embedded {
     /// The index rows of these embeddings, as `opts` store them.
     pub fn index(&self, opts: &HeadOptions) -> Result<Index> {
         let ids: Vec<ImageId> = self.images.iter().map(|&i| self.ids[i as usize]).collect();
-        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
+        let power = opts.power_exponent();
         Index::from_embeddings(
             &self.embeddings,
             self.dim,

@@ -24,7 +24,7 @@ use parquet::schema::parser::parse_message_type;
 
 use crate::dataset::LabelledImage;
 use crate::embedder::EmbedderInfo;
-use crate::head::ImageId;
+use crate::head::{ImageId, Index, IndexDtype};
 use crate::pipeline::Embedded;
 use crate::preprocess::Preprocess;
 
@@ -227,6 +227,39 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
 /// preprocessing. An image whose (label, content) was already read is
 /// skipped, as `cbr build` skips duplicates.
 pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
+    let mut embeddings = Vec::new();
+    let (info, preprocess, mut out) = read_each(paths, |e, _, _| {
+        embeddings.extend_from_slice(e);
+        Ok(())
+    })?;
+    out.embeddings = embeddings;
+    Ok((info, preprocess, out))
+}
+
+/// [`read`] for a build: each row goes straight into an index of `dtype`
+/// rows (after the power transform), so the raw f32 embeddings are never all
+/// in memory (5 GB at a million rows; an int8 index of them is 1.3 GB). The
+/// returned [`Embedded`] has everything but the embeddings.
+pub fn read_index(
+    paths: &[PathBuf],
+    power: Option<f32>,
+    dtype: IndexDtype,
+) -> Result<(EmbedderInfo, Preprocess, Embedded, Index)> {
+    let mut index: Option<Index> = None;
+    let (info, preprocess, out) = read_each(paths, |e, label, id| {
+        let index = index.get_or_insert_with(|| Index::empty(e.len(), dtype));
+        index.push_embeddings(e, std::slice::from_ref(label), &[id], power)
+    })?;
+    let index = index.unwrap_or_else(|| Index::empty(info.dim, dtype));
+    Ok((info, preprocess, out, index))
+}
+
+/// Reads shards as [`read`] does, handing each kept row's embedding (with its
+/// label and image id) to `row` instead of keeping it.
+fn read_each(
+    paths: &[PathBuf],
+    mut row: impl FnMut(&[f32], &String, ImageId) -> Result<()>,
+) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
     let mut out = Embedded::default();
     let mut source: Option<(EmbedderInfo, Preprocess, PathBuf)> = None;
     let mut rows_per_image = 0;
@@ -322,7 +355,7 @@ pub fn read(paths: &[PathBuf]) -> Result<(EmbedderInfo, Preprocess, Embedded)> {
                 }
                 let image = out.paths.len() as u32;
                 for e in &embeddings {
-                    out.embeddings.extend_from_slice(&e[i * dim..(i + 1) * dim]);
+                    row(&e[i * dim..(i + 1) * dim], &label, id)?;
                     out.labels.push(label.clone());
                     out.images.push(image);
                 }

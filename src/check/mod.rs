@@ -421,7 +421,7 @@ fn leave_one_out_probabilities(
 ) -> Result<(Vec<Probabilities>, Option<f32>)> {
     let n = embedded.paths.len();
     let ids: Vec<ImageId> = (0..n as u32).map(ImageId::from_index).collect();
-    let power = (head_opts.power != 1.0).then_some(head_opts.power);
+    let power = head_opts.power_exponent();
     let index = Index::from_embeddings(
         &embedded.embeddings,
         embedded.dim,

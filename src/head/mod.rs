@@ -172,7 +172,7 @@ impl RetrievalHead {
         opts: &HeadOptions,
     ) -> Result<Self> {
         let ids: Vec<ImageId> = images.iter().map(|&i| ImageId::from_index(i)).collect();
-        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
+        let power = opts.power_exponent();
         let index = Index::from_embeddings(embeddings, dim, labels, &ids, power, opts.index_dtype)?;
         Self::from_index(index, opts)
     }
@@ -214,7 +214,7 @@ impl RetrievalHead {
                 }
             }));
         }
-        let power = if opts.power != 1.0 { Some(opts.power) } else { None };
+        let power = opts.power_exponent();
         let (rows, inverse_norms, center) = if opts.center {
             let n = index.len() as f64;
             let mut mean = vec![0f64; dim];
