@@ -109,13 +109,15 @@ impl Built {
 }
 
 /// The complete model file for `head` on top of `embedder` (see
-/// [`format::write_classifier`]), with default TFLite choices.
+/// [`format::write_classifier`]), with default TFLite choices. It writes a
+/// copy of the head; a build that cares about memory gives its head away to
+/// `write_classifier` instead.
 pub fn model_bytes(embedder: &Embedder, head: &RetrievalHead, augment: bool) -> Result<Vec<u8>> {
     format::write_classifier(
         EmbedderGraph::of(&embedder.model),
         &embedder.info,
         &embedder.preprocess,
-        head,
+        head.clone(),
         &WriteOptions { augment, ..WriteOptions::default() },
     )
 }
@@ -242,17 +244,6 @@ fn build_from_index(
         Some(params) => Some(sidecar::build_index(&head, &params)?),
         None => None,
     };
-    let bytes = format::write_classifier(
-        EmbedderGraph::of(&embedder.model),
-        &embedder.info,
-        &embedder.preprocess,
-        &head,
-        &WriteOptions {
-            augment: opts.augment,
-            rows: if index.is_some() { RowsIn::Sidecar } else { RowsIn::Model },
-            tflite: opts.tflite.clone(),
-        },
-    )?;
     let report = BuildReport {
         classes: head.labels.len(),
         images: paths.len(),
@@ -263,5 +254,16 @@ fn build_from_index(
         threshold: head.threshold,
         novelty: head.novelty.clone(),
     };
+    let bytes = format::write_classifier(
+        EmbedderGraph::of(&embedder.model),
+        &embedder.info,
+        &embedder.preprocess,
+        head,
+        &WriteOptions {
+            augment: opts.augment,
+            rows: if index.is_some() { RowsIn::Sidecar } else { RowsIn::Model },
+            tflite: opts.tflite.clone(),
+        },
+    )?;
     Ok((Built { model: bytes, index }, report))
 }

@@ -77,7 +77,7 @@ impl EditableModel {
             EmbedderGraph::Onnx(&self.embedder),
             &self.info.embedder,
             &self.info.preprocess,
-            &head,
+            head,
             &WriteOptions { augment: self.info.augment, ..WriteOptions::default() },
         )
     }

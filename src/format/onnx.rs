@@ -101,7 +101,7 @@ fn classifier_doc(head: &RetrievalHead, embedder: &str) -> String {
 pub(super) fn write_onnx(
     embedder: &ModelProto,
     mut info: ClassifierInfo,
-    head: &RetrievalHead,
+    head: RetrievalHead,
     rows: RowsIn,
 ) -> Result<Vec<u8>> {
     let mut model = match rows {
@@ -124,6 +124,8 @@ pub(super) fn write_onnx(
     onnx::set_metadata(&mut model, METADATA_KEY, &info.to_json());
     model.producer_name = Some("cbr".into());
     model.producer_version = Some(env!("CARGO_PKG_VERSION").into());
-    model.doc_string = Some(classifier_doc(head, &info.embedder.name));
+    model.doc_string = Some(classifier_doc(&head, &info.embedder.name));
+    // The graph has its own copy of the rows now (see `write_classifier`).
+    drop(head);
     Ok(onnx::encode(&model))
 }

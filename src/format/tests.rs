@@ -34,7 +34,7 @@ fn classifier(opts: &HeadOptions) -> Vec<u8> {
         EmbedderGraph::Onnx(&testing::tiny_onnx_embedder(DIM, 17, 7)),
         &info,
         &preprocess,
-        &head,
+        head.clone(),
         &WriteOptions::default(),
     )
     .unwrap()
