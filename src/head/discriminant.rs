@@ -8,6 +8,8 @@
 //! per class there is no within-class spread and this reduces to the
 //! nearest centroid.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 /// Weight of the identity in the shrunk covariance.
@@ -30,13 +32,18 @@ pub struct Discriminant {
     pub cholesky: Vec<f64>,
 }
 
-/// Class means (`classes` x `dim`) of rows labelled by `row_class`.
-pub fn class_means(rows: &[f32], dim: usize, row_class: &[u32], classes: usize) -> Vec<f64> {
+/// Class means (`classes` x `dim`) of the rows labelled by `row_class` (row `i` is `row(i)`).
+fn class_means<'r>(
+    row: &impl Fn(usize) -> Cow<'r, [f32]>,
+    dim: usize,
+    row_class: &[u32],
+    classes: usize,
+) -> Vec<f64> {
     let mut m = vec![0f64; classes * dim];
     let mut n = vec![0usize; classes];
-    for (r, &c) in rows.chunks_exact(dim).zip(row_class) {
+    for (i, &c) in row_class.iter().enumerate() {
         n[c as usize] += 1;
-        for (a, x) in m[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(r) {
+        for (a, x) in m[c as usize * dim..(c as usize + 1) * dim].iter_mut().zip(row(i).iter()) {
             *a += *x as f64;
         }
     }
@@ -49,15 +56,22 @@ pub fn class_means(rows: &[f32], dim: usize, row_class: &[u32], classes: usize) 
 }
 
 impl Discriminant {
-    pub fn fit(rows: &[f32], dim: usize, row_class: &[u32], classes: usize) -> Discriminant {
-        let means = class_means(rows, dim, row_class, classes);
+    /// The discriminant of `row_class.len()` rows, row `i` being `row(i)`: rows are
+    /// read one at a time, so an int8 index is never widened whole (5 GB at a million rows).
+    pub fn fit<'r>(
+        row: impl Fn(usize) -> Cow<'r, [f32]>,
+        dim: usize,
+        row_class: &[u32],
+        classes: usize,
+    ) -> Discriminant {
+        let means = class_means(&row, dim, row_class, classes);
         let n = row_class.len();
         let step = n.div_ceil(MAX_COVARIANCE_ROWS).max(1);
         let centred: Vec<Vec<f64>> = (0..n)
             .step_by(step)
             .map(|i| {
                 let c = row_class[i] as usize;
-                rows[i * dim..(i + 1) * dim]
+                row(i)
                     .iter()
                     .zip(&means[c * dim..(c + 1) * dim])
                     .map(|(x, m)| *x as f64 - m)
@@ -191,7 +205,7 @@ mod tests {
         // Two classes in 2-D, two rows each.
         let rows = [1.0f32, 0.0, 0.8, 0.2, 0.0, 1.0, 0.2, 0.8];
         let cls = [0, 0, 1, 1];
-        let d = Discriminant::fit(&rows, 2, &cls, 2);
+        let d = Discriminant::fit(|i| Cow::Borrowed(&rows[2 * i..2 * i + 2]), 2, &cls, 2);
         // Means (0.9, 0.1) and (0.1, 0.9); deviations ±(0.1, -0.1) in both.
         // S_w = [[0.01, -0.01], [-0.01, 0.01]]; trace/2 = 0.01;
         // Σ = 0.5 S_w + 0.5 * 0.01 I = [[0.01, -0.005], [-0.005, 0.01]].
@@ -213,7 +227,7 @@ mod tests {
     #[test]
     fn one_image_per_class_reduces_to_nearest_centroid() {
         let rows = [0.6f32, 0.8, 1.0, 0.0];
-        let d = Discriminant::fit(&rows, 2, &[0, 1], 2);
+        let d = Discriminant::fit(|i| Cow::Borrowed(&rows[2 * i..2 * i + 2]), 2, &[0, 1], 2);
         // Σ = 0.5/2 I: w = 4 m, b = -2 |m|^2 = -2; scores rank like cosines.
         assert!(
             (d.weights[0] - 2.4).abs() < 1e-5 && (d.weights[1] - 3.2).abs() < 1e-5,

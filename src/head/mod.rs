@@ -273,12 +273,13 @@ impl RetrievalHead {
             }
         }
         if opts.aggregation == Aggregation::Discriminant {
-            head.discriminant = Some(discriminant::Discriminant::fit(
-                &head.rows(),
+            let d = discriminant::Discriminant::fit(
+                |i| head.row(i),
                 dim,
                 &head.row_class,
                 head.labels.len(),
-            ));
+            );
+            head.discriminant = Some(d);
         }
         if opts.calibrate && head.labels.len() > 1 {
             if opts.known_target.is_some() {
