@@ -342,13 +342,10 @@ impl Lowering<'_> {
                 by_dim[k * n + r] = v as u8;
             }
         }
-        self.graph.initializer.push(onnx::TensorProto {
-            name: Some(INDEX_UNITS_BY_DIM.to_string()),
-            dims: vec![d as i64, n as i64],
-            data_type: Some(DataType::Int8 as i32),
-            raw_data: Some(by_dim),
-            ..Default::default()
-        });
+        // Built as bytes in place: a million rows are 1.3 GB, not to be copied again.
+        let rows =
+            onnx::tensor_raw(INDEX_UNITS_BY_DIM, &[d as i64, n as i64], DataType::Int8, 1, by_dim);
+        self.graph.initializer.push(rows);
         self.constant(INDEX_SCALES, &[n as i64], &index.scales);
         let q = |s: &str| format!("{base}_query_{s}");
         self.op("Abs", &q("abs"), &[x], &q("abs"));

@@ -110,39 +110,40 @@ pub fn attr_string(name: &str, value: &str) -> AttributeProto {
 
 /// A float32 tensor stored as little-endian `raw_data`.
 pub fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
-    assert_eq!(
-        dims.iter().product::<i64>() as usize,
-        data.len(),
-        "tensor {name}: dims do not match data"
-    );
     let mut raw = Vec::with_capacity(data.len() * 4);
     for v in data {
         raw.extend_from_slice(&v.to_le_bytes());
     }
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Float as i32),
-        raw_data: Some(raw),
-        ..Default::default()
-    }
+    tensor_raw(name, dims, DataType::Float, 4, raw)
 }
 
 /// An int64 tensor stored as little-endian `raw_data`.
 pub fn tensor_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
-    assert_eq!(
-        dims.iter().product::<i64>() as usize,
-        data.len(),
-        "tensor {name}: dims do not match data"
-    );
     let mut raw = Vec::with_capacity(data.len() * 8);
     for v in data {
         raw.extend_from_slice(&v.to_le_bytes());
     }
+    tensor_raw(name, dims, DataType::Int64, 8, raw)
+}
+
+/// A tensor of `data_type` whose values are `raw` (little-endian, `element_bytes` each):
+/// what every typed constructor below makes.
+pub fn tensor_raw(
+    name: &str,
+    dims: &[i64],
+    data_type: DataType,
+    element_bytes: usize,
+    raw: Vec<u8>,
+) -> TensorProto {
+    assert_eq!(
+        dims.iter().product::<i64>() as usize * element_bytes,
+        raw.len(),
+        "tensor {name}: dims do not match data"
+    );
     TensorProto {
         name: Some(name.to_string()),
         dims: dims.to_vec(),
-        data_type: Some(DataType::Int64 as i32),
+        data_type: Some(data_type as i32),
         raw_data: Some(raw),
         ..Default::default()
     }
@@ -150,66 +151,24 @@ pub fn tensor_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
 
 /// A float16 tensor from IEEE half bit patterns, as little-endian `raw_data`.
 pub fn tensor_f16_bits(name: &str, dims: &[i64], bits: &[u16]) -> TensorProto {
-    assert_eq!(
-        dims.iter().product::<i64>() as usize,
-        bits.len(),
-        "tensor {name}: dims do not match data"
-    );
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Float16 as i32),
-        raw_data: Some(bits.iter().flat_map(|b| b.to_le_bytes()).collect()),
-        ..Default::default()
-    }
+    let raw = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+    tensor_raw(name, dims, DataType::Float16, 2, raw)
 }
 
 /// An int8 tensor as `raw_data`.
 pub fn tensor_i8(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
-    assert_eq!(
-        dims.iter().product::<i64>() as usize,
-        data.len(),
-        "tensor {name}: dims do not match data"
-    );
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Int8 as i32),
-        raw_data: Some(data.iter().map(|&v| v as u8).collect()),
-        ..Default::default()
-    }
+    tensor_raw(name, dims, DataType::Int8, 1, data.iter().map(|&v| v as u8).collect())
 }
 
 /// A uint8 tensor as `raw_data`.
 pub fn tensor_u8(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
-    assert_eq!(
-        dims.iter().product::<i64>() as usize,
-        data.len(),
-        "tensor {name}: dims do not match data"
-    );
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Uint8 as i32),
-        raw_data: Some(data.to_vec()),
-        ..Default::default()
-    }
+    tensor_raw(name, dims, DataType::Uint8, 1, data.to_vec())
 }
 
 /// An int32 tensor as little-endian `raw_data`.
 pub fn tensor_i32(name: &str, dims: &[i64], data: &[i32]) -> TensorProto {
-    assert_eq!(
-        dims.iter().product::<i64>() as usize,
-        data.len(),
-        "tensor {name}: dims do not match data"
-    );
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.to_vec(),
-        data_type: Some(DataType::Int32 as i32),
-        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ..Default::default()
-    }
+    let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tensor_raw(name, dims, DataType::Int32, 4, raw)
 }
 
 /// The values of a float, float16 or int8 tensor as f32 (exact widening).
