@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cbr::head::{HeadOptions, ImageId, Index, IndexDtype, RetrievalHead, SCORES};
-use cbr::onnx::{self, node, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use cbr::search::synthetic::Clusters;
 use cbr::search::{FlatIndex, Hit, IvfIndex, IvfParams};
-use cbr::serve::lru;
+use cbr_cli::serve::lru;
+use cbr_core::head::{HeadOptions, ImageId, Index, IndexDtype, RetrievalHead, SCORES};
+use cbr_core::onnx::{self, node, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use clap::{Parser, Subcommand};
 use ort::session::{OutputSelector, RunOptions};
 use ort::value::TensorRef;

@@ -6,12 +6,12 @@ use anyhow::Result;
 use clap::Args;
 
 use cbr::build::{self, BuildReport};
-use cbr::format::ModelFormat;
-use cbr::head::{Aggregation, IndexDtype};
-use cbr::meta::HeadFlags;
 use cbr::search::IvfParams;
-use cbr::sidecar::IndexChoice;
-use cbr::tflite::{About, TfliteBlock, TfliteOptions};
+use cbr_core::build::IndexChoice;
+use cbr_core::format::ModelFormat;
+use cbr_core::head::{Aggregation, IndexDtype};
+use cbr_core::meta::HeadFlags;
+use cbr_core::tflite::{About, TfliteBlock, TfliteOptions};
 
 use super::output::{print_skipped, progress_bar};
 use super::{EmbedderArgs, InputArgs};
@@ -76,7 +76,7 @@ pub struct BuildArgs {
     /// none of the classes, from its similarity to the class means) is tuned so that this share of
     /// photos of the known classes is answered (leave-one-out on the index; with one image per
     /// class, the embedder's prior).
-    #[arg(long, default_value_t = cbr::meta::DEFAULT_KNOWN_TARGET, value_name = "SHARE")]
+    #[arg(long, default_value_t = cbr_core::meta::DEFAULT_KNOWN_TARGET, value_name = "SHARE")]
     known_target: f32,
     /// No "unknown" entry in `scores` (one score per class, as before).
     #[arg(long, conflicts_with = "known_target")]

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use cbr::check::{self, CheckOptions, Thresholds};
-use cbr::head::{Aggregation, HeadOptions};
+use cbr_core::head::{Aggregation, HeadOptions};
 
 use super::output::embed_with_progress;
 use super::{EmbedderArgs, InputArgs};

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use cbr::head::HeadOptions;
 use cbr::shard::Shard;
+use cbr_core::head::HeadOptions;
 
 use super::output::{print_skipped, progress_bar};
 use super::{EmbedderArgs, InputArgs};

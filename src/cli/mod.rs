@@ -19,9 +19,9 @@ use clap::Args;
 
 use cbr::build::BuildOptions;
 use cbr::decode::DecodeLimits;
-use cbr::head::HeadOptions;
 use cbr::models::EmbedderChoice;
-use cbr::preprocess::{Resample, ResizeMode};
+use cbr_core::head::HeadOptions;
+use cbr_core::preprocess::{Resample, ResizeMode};
 
 /// Which embedder, and how images are prepared for it (build, embed, eval).
 #[derive(Args)]

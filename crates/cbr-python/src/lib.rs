@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::Result;
-use clap::ValueEnum;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyType};
@@ -23,9 +22,9 @@ use cbr::dataset::LabelledImage;
 use cbr::decode::DecodeLimits;
 use cbr::embedder::Embedder;
 use cbr::error::{kind_of, ErrorKind};
-use cbr::head::{HeadOptions, ImageId};
 use cbr::models::EmbedderChoice;
 use cbr::pipeline::{EmbedOptions, Embedded};
+use cbr_core::head::{HeadOptions, ImageId};
 
 /// A cbr error as the Python exception of its kind (`cbr._errors`), message as the CLI prints it.
 fn to_py(e: anyhow::Error) -> PyErr {
@@ -75,18 +74,13 @@ fn progress_of(callback: &Option<Py<PyAny>>, total: usize) -> impl Fn(usize) + S
     }
 }
 
-/// A value of one of the command line's option enums, by the name the command line takes.
-fn choice<T: ValueEnum>(value: &str, what: &str) -> Result<T> {
-    T::from_str(value, true).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
-            .collect();
-        cbr::error::Error::bad_input(format!(
-            "unknown {what} {value:?}: use one of {}",
-            names.join(", ")
-        ))
-        .into()
+/// A value of one of the option enums, by the name the command line and the JSON requests take
+/// (their serde names, which are clap's).
+fn choice<T: serde::de::DeserializeOwned>(value: &str, what: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|e| {
+        let e = e.to_string();
+        let expected = e.split_once(", expected ").map_or(e.as_str(), |(_, x)| x);
+        cbr::error::Error::bad_input(format!("unknown {what} {value:?}: use {expected}")).into()
     })
 }
 
@@ -178,9 +172,9 @@ struct HeadArgs {
 }
 
 impl HeadArgs {
-    /// Through the command line's own mapping ([`cbr::meta::HeadFlags`]).
+    /// Through the command line's own mapping ([`cbr_core::meta::HeadFlags`]).
     fn options(&self) -> Result<HeadOptions> {
-        Ok(cbr::meta::HeadFlags {
+        Ok(cbr_core::meta::HeadFlags {
             aggregation: choice(&self.aggregate, "aggregation")?,
             power: self.power,
             center: self.center,
@@ -275,13 +269,13 @@ fn build(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     py.detach(|| -> Result<String> {
-        let format = cbr::format::ModelFormat::for_output(
+        let format = cbr_core::format::ModelFormat::for_output(
             &output,
             out.format.as_deref().map(|f| choice(f, "model format")).transpose()?,
         );
-        let tflite = cbr::tflite::TfliteOptions {
+        let tflite = cbr_core::tflite::TfliteOptions {
             block: choice(&out.tflite_block, "TFLite block")?,
-            about: cbr::tflite::About {
+            about: cbr_core::tflite::About {
                 name: out.name.clone(),
                 description: out.description.clone(),
                 author: out.author.clone(),
@@ -337,7 +331,7 @@ fn build_from_embeddings(
 ) -> PyResult<String> {
     let values = f32s_of(embeddings.as_bytes());
     py.detach(|| -> Result<String> {
-        let format = cbr::format::ModelFormat::for_output(
+        let format = cbr_core::format::ModelFormat::for_output(
             &output,
             out.format.as_deref().map(|f| choice(f, "model format")).transpose()?,
         );
@@ -629,14 +623,15 @@ fn embed_shard(
 }
 
 /// What an edit did, as JSON.
-fn edit_report_json(r: &cbr::edit::EditReport) -> String {
+fn edit_report_json(a: &cbr::edit::Added) -> String {
+    let r = &a.report;
     serde_json::json!({
         "classes": r.classes,
         "rows": r.rows,
         "added": r.added,
-        "cached": r.cached,
+        "cached": a.cached,
         "removed_rows": r.removed_rows,
-        "skipped": r.skipped.iter()
+        "skipped": a.skipped.iter()
             .map(|s| serde_json::json!({"path": s.path.to_string_lossy(), "reason": s.reason}))
             .collect::<Vec<_>>(),
     })
@@ -662,7 +657,7 @@ fn add(
         let progress = progress_of(&progress, images.len());
         let report = cbr::edit::edit_file(&model, output.as_deref(), |m| {
             let opts = input.build_options(m.options.clone(), augment);
-            m.add(&images, &opts, &progress)
+            cbr::edit::add(m, &images, &opts, &progress)
         })?;
         Ok(edit_report_json(&report))
     })
@@ -679,7 +674,9 @@ fn remove(
     output: Option<PathBuf>,
 ) -> PyResult<String> {
     py.detach(|| -> Result<String> {
-        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| m.remove_labels(&labels))?;
+        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| {
+            m.remove_labels(&labels).map(cbr::edit::Added::from)
+        })?;
         Ok(edit_report_json(&report))
     })
     .or_py()
@@ -696,7 +693,9 @@ fn relabel(
     output: Option<PathBuf>,
 ) -> PyResult<String> {
     py.detach(|| -> Result<String> {
-        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| m.relabel(&from, &to))?;
+        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| {
+            m.relabel(&from, &to).map(cbr::edit::Added::from)
+        })?;
         Ok(edit_report_json(&report))
     })
     .or_py()

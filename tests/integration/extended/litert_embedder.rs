@@ -51,7 +51,7 @@ fn uint8_mobilenet_v3_matches_python_litert() {
     assert_eq!(embedder.info.dim, 1024);
     // The uint8 input is fed raw pixels: normalisation (p - 128) / (1 / 0.007874).
     let p = embedder.preprocess.clone();
-    assert_eq!((p.width, p.height, p.layout), (224, 224, cbr::preprocess::Layout::Nhwc));
+    assert_eq!((p.width, p.height, p.layout), (224, 224, cbr_core::preprocess::Layout::Nhwc));
     assert_eq!(p.mean, [128.0; 3]);
 
     let images: Vec<_> =
