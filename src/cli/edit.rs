@@ -55,7 +55,7 @@ pub fn add(a: AddArgs) -> Result<()> {
     let bar = progress_bar(images.len(), a.input_args.quiet);
     // Under the model's lock from the read to the write: concurrent edits all land.
     let added = cbr::edit::edit_file(&a.model, a.output.as_deref(), |model| {
-        let opts = a.input_args.build_options(model.options.clone(), a.augment);
+        let opts = a.input_args.options_with_head(model.options.clone(), a.augment);
         cbr::edit::add(model, &images, &opts, &|done| bar.set_position(done as u64))
     })?;
     bar.finish_and_clear();

@@ -48,8 +48,9 @@ use tokio::sync::{oneshot, Semaphore};
 use cbr::build::{self, BuildOptions};
 use cbr::classifier::{Classifier, Prediction};
 use cbr::decode::{self, DecodeLimits};
-use cbr::embedder::{Embedder, SessionMemory};
+use cbr::embedder::Embedder;
 use cbr::models::{self, EmbedderChoice};
+use cbr::runtime::onnxruntime::SessionMemory;
 use cbr_core::format::ModelFormat;
 use cbr_core::preprocess::Preprocess;
 
@@ -178,7 +179,7 @@ impl App {
 /// Runs the server until Ctrl-C or SIGTERM. Prints
 /// `cbr serve: listening on http://ADDR` on stdout once it accepts connections.
 pub fn run(cfg: Config) -> Result<()> {
-    cbr::runtime::ensure()?;
+    cbr::runtime::onnxruntime::ensure()?;
     let store = Store::open(&cfg.models_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

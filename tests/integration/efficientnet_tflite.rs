@@ -11,7 +11,7 @@ use cbr_core::preprocess::Resample;
 #[test]
 fn lite0_tflite_twin_matches_onnx() {
     common::setup_runtime();
-    cbr::litert::install().expect("installing LiteRT");
+    cbr::runtime::litert::install().expect("installing LiteRT");
     let onnx_choice =
         EmbedderChoice { embedder: "efficientnet-lite0".into(), ..Default::default() };
     let mut onnx = models::open_embedder(&onnx_choice).unwrap();
@@ -75,7 +75,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn lite0_int8_twins_agree_and_stay_near_the_float_embedder() {
     common::setup_runtime();
-    cbr::litert::install().expect("installing LiteRT");
+    cbr::runtime::litert::install().expect("installing LiteRT");
     let choice = |name: &str, tflite: bool| EmbedderChoice {
         embedder: name.into(),
         tflite,

@@ -5,7 +5,7 @@
 //! Embedding new images is the caller's (`cbr::edit` on a machine, the
 //! browser's onnxruntime-web on a device): they arrive here as an [`Index`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 
@@ -87,8 +87,9 @@ impl EditableModel {
 
     /// Adds index rows made from new images (the model's own embedder, its
     /// head options: [`Index::from_embeddings`] or the pipeline's
-    /// `Embedded::index`). `images` is how many images they came from.
-    pub fn add_rows(&mut self, rows: &Index, images: usize) -> Result<EditReport> {
+    /// `Embedded::index`). Rows of an image the model has under the same
+    /// label already are skipped, as `cbr add` skips such images.
+    pub fn add_rows(&mut self, rows: &Index) -> Result<EditReport> {
         if rows.dim != self.index.dim {
             return Err(Error::bad_input(format!(
                 "the new rows are {}-d but the model's index rows are {}-d",
@@ -96,9 +97,21 @@ impl EditableModel {
             ))
             .into());
         }
-        self.index.extend(rows)?;
+        let known: HashSet<(&str, ImageId)> = self
+            .index
+            .labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.index.images.iter().copied())
+            .collect();
+        let mut new = rows.clone();
+        new.retain(|label, id| !known.contains(&(label, *id)));
+        let images: HashSet<(&str, ImageId)> =
+            new.labels.iter().map(String::as_str).zip(new.images.iter().copied()).collect();
+        let added = images.len();
+        self.index.extend(&new)?;
         self.check()?;
-        Ok(EditReport { added: images, ..self.report() })
+        Ok(EditReport { added, ..self.report() })
     }
 
     /// Removes every image of the given classes.

@@ -1,8 +1,13 @@
-//! The dot-product kernels, for the head and search alike: f32 (an AVX2+FMA
+//! The dot-product kernels, for the head and search alike: f32 (an AVX2
 //! version chosen at run time, since the release build targets baseline
-//! x86-64, whose SSE2 code is about half as fast and has no fused
-//! multiply-add, and a portable one) and int8 (an int8 index's rows against
-//! the quantized query; integer sums are exact, so every version agrees).
+//! x86-64, whose SSE2 code is about half as fast, and a portable one) and int8
+//! (an int8 index's rows against the quantized query; integer sums are exact).
+//!
+//! Every version of a kernel gives the same bits: a model file is the same
+//! whichever machine builds it, natively or in WebAssembly. So the f32 dot
+//! product is defined by one order of operations ([`dot_portable`]: 32
+//! running sums, each a multiply then an add, no fused multiply-add, reduced
+//! in a fixed tree), which the AVX2 version performs in four 8-lane registers.
 
 /// Dot product of two equal-length slices.
 #[inline]
@@ -10,8 +15,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 (checked above).
             return unsafe { x86::dot_avx2(a, b) };
         }
     }
@@ -23,7 +28,7 @@ pub fn dots(rows: &[f32], dim: usize, query: &[f32], out: &mut [f32]) {
     debug_assert_eq!(rows.len(), out.len() * dim);
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma() {
+        if has_avx2() {
             for (o, r) in out.iter_mut().zip(rows.chunks_exact(dim)) {
                 // SAFETY: as in `dot`.
                 *o = unsafe { x86::dot_avx2(r, query) };
@@ -68,31 +73,45 @@ fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
     acc.iter().sum::<i32>() + tail
 }
 
-/// Dot product with eight independent partial sums, which the compiler turns
-/// into SIMD (a single running sum cannot be reordered, so it stays scalar).
+/// Dot product with 32 running sums (element `i` goes to sum `i % 32` while
+/// whole blocks of 32 remain, then blocks of 8 to the first 8 sums), reduced
+/// as the AVX2 version reduces its four registers, then the last elements
+/// added one by one. Independent sums let the compiler use SIMD; the fixed
+/// order makes every version agree to the bit.
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
+    let mut acc = [[0f32; 8]; 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            for (l, s) in acc.iter_mut().enumerate() {
+                *s += a[i + 8 * k + l] * b[i + 8 * k + l];
+            }
         }
+        i += 32;
     }
-    let mut tail = 0f32;
-    for i in chunks * 8..n {
-        tail += a[i] * b[i];
+    while i + 8 <= n {
+        for (l, s) in acc[0].iter_mut().enumerate() {
+            *s += a[i + l] * b[i + l];
+        }
+        i += 8;
     }
-    acc.iter().sum::<f32>() + tail
+    let s: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+    let q: [f32; 4] = std::array::from_fn(|l| s[l] + s[l + 4]);
+    let mut sum = (q[0] + q[2]) + (q[1] + q[3]);
+    while i < n {
+        sum += a[i] * b[i];
+        i += 1;
+    }
+    sum
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn has_avx2_fma() -> bool {
+fn has_avx2() -> bool {
     // std caches the CPUID result, so this is a load and a test.
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    std::is_x86_feature_detected!("avx2")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -108,11 +127,12 @@ mod x86 {
         super::dot_i8_portable(a, b)
     }
 
-    /// Four independent 8-lane accumulators hide the FMA latency.
+    /// [`super::dot_portable`]'s operations in four 8-lane registers (four
+    /// independent sums hide the add latency): the same bits.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
     pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY (every load below): indices stay below `n`, the length of
         // both slices' common prefix.
@@ -124,13 +144,13 @@ mod x86 {
             for (k, acc) in acc.iter_mut().enumerate() {
                 let x = _mm256_loadu_ps(pa.add(i + 8 * k));
                 let y = _mm256_loadu_ps(pb.add(i + 8 * k));
-                *acc = _mm256_fmadd_ps(x, y, *acc);
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] =
-                _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            let p = _mm256_mul_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+            acc[0] = _mm256_add_ps(acc[0], p);
             i += 8;
         }
         let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -170,6 +190,20 @@ mod tests {
                 dots(&a, n, &b, &mut out);
                 assert!((out[0] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()));
             }
+        }
+    }
+
+    #[test]
+    fn every_dot_version_gives_the_same_bits() {
+        // Values whose products and sums round: any other order of operations shows.
+        let mut rng = crate::rng::SplitMix64::new(5);
+        for n in [1usize, 5, 8, 13, 31, 32, 33, 40, 63, 64, 100, 1280, 1283] {
+            let a = rng.uniform_vec(n, -1.0, 1.0);
+            let b = rng.uniform_vec(n, -1.0, 1.0);
+            assert_eq!(dot(&a, &b).to_bits(), dot_portable(&a, &b).to_bits(), "n={n}");
+            let mut out = vec![0f32; 1];
+            dots(&a, n, &b, &mut out);
+            assert_eq!(out[0].to_bits(), dot_portable(&a, &b).to_bits(), "n={n}");
         }
     }
 }

@@ -352,49 +352,6 @@ impl HeadOptions {
     }
 }
 
-/// The head as `cbr build`'s flags give it (`--aggregate`, `--power`, `--center`, `--calibrate`,
-/// `--known-target`/`--no-unknown`, `--target-precision`, `--threshold`, `--index-dtype`,
-/// `--original`): the one mapping from those flags to [`HeadOptions`], for the command line and
-/// the Python package.
-#[derive(Clone, Debug)]
-pub struct HeadFlags {
-    pub aggregation: Aggregation,
-    pub power: f32,
-    pub center: bool,
-    pub calibrate: bool,
-    /// The share of known photos the unknown entry answers; `None`: no unknown entry.
-    pub known_target: Option<f32>,
-    pub target_precision: Option<f32>,
-    pub threshold: Option<f32>,
-    pub index_dtype: IndexDtype,
-    /// The original classification-by-retrieval; only `threshold` and `index_dtype` apply.
-    pub original: bool,
-}
-
-impl HeadFlags {
-    pub fn options(&self) -> HeadOptions {
-        if self.original {
-            return HeadOptions {
-                threshold: self.threshold,
-                index_dtype: self.index_dtype,
-                ..HeadOptions::original()
-            };
-        }
-        HeadOptions {
-            aggregation: self.aggregation,
-            power: self.power,
-            center: self.center,
-            calibrate: self.calibrate,
-            target_precision: self.target_precision,
-            threshold: self.threshold,
-            index_dtype: self.index_dtype,
-            // The unknown entry is a probability: it needs the calibrated softmax.
-            known_target: self.known_target.filter(|_| self.calibrate),
-            ..HeadOptions::default()
-        }
-    }
-}
-
 /// A metadata field that does not hold what a cbr model needs: `field` is its
 /// path in the JSON (`preprocess.width`, `labels[3]`), `problem` what is wrong.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::meta::ClassifierInfo;
+
 /// One class and its score.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -24,6 +26,23 @@ pub struct Prediction {
     /// The model's probability that the image is of none of its classes
     /// (its unknown entry; none for models without one).
     pub unknown_score: Option<f32>,
+}
+
+/// The answer of the model `info` for one row of its `scores`, as `cbr
+/// classify` gives it: the model's own decision (its unknown entry, then its
+/// threshold), or, when the caller gives a `threshold`, "unknown" exactly when
+/// the best class scores below it.
+pub fn answer(
+    info: &ClassifierInfo,
+    scores: &[f32],
+    k: usize,
+    threshold: Option<f32>,
+) -> Prediction {
+    let (labels, classes) = (&info.labels, info.labels.len());
+    match threshold {
+        Some(t) => predict_row(labels, scores, classes, k, Some(t), false),
+        None => predict_row(labels, scores, classes, k, info.threshold, true),
+    }
 }
 
 /// The answer for one row of `scores` whose first `classes` entries are the

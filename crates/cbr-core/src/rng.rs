@@ -45,11 +45,11 @@ impl SplitMix64 {
     pub fn fill_normal(&mut self, out: &mut [f32]) {
         for pair in out.chunks_mut(2) {
             let (u, v) = (self.uniform(), self.uniform());
-            let r = (-2.0 * u.ln()).sqrt();
+            let r = (-2.0 * libm::log(u)).sqrt();
             let t = std::f64::consts::TAU * v;
-            pair[0] = (r * t.cos()) as f32;
+            pair[0] = (r * libm::cos(t)) as f32;
             if pair.len() > 1 {
-                pair[1] = (r * t.sin()) as f32;
+                pair[1] = (r * libm::sin(t)) as f32;
             }
         }
     }

@@ -24,6 +24,7 @@ use cbr::embedder::Embedder;
 use cbr::error::{kind_of, ErrorKind};
 use cbr::models::EmbedderChoice;
 use cbr::pipeline::{EmbedOptions, Embedded};
+use cbr_core::build::BuildRequest;
 use cbr_core::head::{HeadOptions, ImageId};
 
 /// A cbr error as the Python exception of its kind (`cbr._errors`), message as the CLI prints it.
@@ -134,83 +135,33 @@ struct InputArgs {
 }
 
 impl InputArgs {
-    fn build_options(&self, head: HeadOptions, augment: bool) -> BuildOptions {
+    /// The options of `request` with these input choices.
+    fn build_options(&self, request: &BuildRequest) -> BuildOptions {
         BuildOptions {
-            head,
-            augment,
             strict: self.strict,
             limits: DecodeLimits { max_pixels: self.max_pixels, ..DecodeLimits::default() },
             cache: self.cache,
-            ..BuildOptions::default()
+            ..BuildOptions::of_request(request)
         }
+    }
+
+    /// The options for embedding with `head` (an edit keeps its model's head).
+    fn options_with_head(&self, head: HeadOptions, augment: bool) -> BuildOptions {
+        BuildOptions { head, augment, ..self.build_options(&BuildRequest::default()) }
     }
 }
 
-/// The head, as `cbr build`'s `--aggregate`, `--power`, `--center`, `--calibrate`,
-/// `--known-target`/`--no-unknown`, `--target-precision`, `--threshold`, `--index-dtype` and
-/// `--original` give it.
-#[derive(FromPyObject)]
-struct HeadArgs {
-    #[pyo3(item)]
-    aggregate: String,
-    #[pyo3(item)]
-    power: f32,
-    #[pyo3(item)]
-    center: bool,
-    #[pyo3(item)]
-    calibrate: bool,
-    #[pyo3(item)]
-    known_target: Option<f32>,
-    #[pyo3(item)]
-    target_precision: Option<f32>,
-    #[pyo3(item)]
-    threshold: Option<f32>,
-    #[pyo3(item)]
-    index_dtype: String,
-    #[pyo3(item)]
-    original: bool,
+/// The build request of a JSON object of `cbr build`'s options (Python's keyword arguments,
+/// the same names as the command line's flags); what it leaves out takes the one default.
+fn request_of(json: &str) -> Result<BuildRequest> {
+    serde_json::from_str(json)
+        .map_err(|e| cbr::error::Error::bad_input(format!("build options: {e}")).into())
 }
 
-impl HeadArgs {
-    /// Through the command line's own mapping ([`cbr_core::meta::HeadFlags`]).
-    fn options(&self) -> Result<HeadOptions> {
-        Ok(cbr_core::meta::HeadFlags {
-            aggregation: choice(&self.aggregate, "aggregation")?,
-            power: self.power,
-            center: self.center,
-            calibrate: self.calibrate,
-            known_target: self.known_target,
-            target_precision: self.target_precision,
-            threshold: self.threshold,
-            index_dtype: choice(&self.index_dtype, "index dtype")?,
-            original: self.original,
-        }
-        .options())
-    }
-}
-
-/// Where the model goes and in which format, as `cbr build`'s `--format`, `--index`,
-/// `--ivf-nprobe`, `--tflite-block` and the TFLite Model Metadata flags give it.
-#[derive(FromPyObject)]
-struct OutputArgs {
-    #[pyo3(item)]
-    format: Option<String>,
-    #[pyo3(item)]
-    index: String,
-    #[pyo3(item)]
-    ivf_nprobe: usize,
-    #[pyo3(item)]
-    tflite_block: String,
-    #[pyo3(item)]
-    name: Option<String>,
-    #[pyo3(item)]
-    description: Option<String>,
-    #[pyo3(item)]
-    author: Option<String>,
-    #[pyo3(item)]
-    model_version: Option<String>,
-    #[pyo3(item)]
-    license: Option<String>,
+/// The default build request, as JSON (`cbr.BUILD_DEFAULTS`).
+#[pyfunction]
+fn build_defaults() -> String {
+    serde_json::to_string(&BuildRequest::default()).expect("a request serializes")
 }
 
 /// Labelled images from a folder or CSV manifest (`source`), or from `(path, label)` pairs.
@@ -253,7 +204,7 @@ fn build_report_json(report: &BuildReport, index: Option<PathBuf>) -> String {
 /// `cbr build`: from images (folder, manifest or pairs) or, with `shards`, from Parquet
 /// embedding shards (`cbr build --embeddings`). Writes `output` and returns the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (output, source, pairs, shards, embedder, head, input, out, augment, progress))]
+#[pyo3(signature = (output, source, pairs, shards, embedder, request, input, progress))]
 #[allow(clippy::too_many_arguments)]
 fn build(
     py: Python<'_>,
@@ -262,38 +213,16 @@ fn build(
     pairs: Option<Vec<(PathBuf, String)>>,
     shards: Option<Vec<String>>,
     embedder: EmbedderArgs,
-    head: HeadArgs,
+    request: &str,
     input: InputArgs,
-    out: OutputArgs,
-    augment: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     py.detach(|| -> Result<String> {
-        let format = cbr_core::format::ModelFormat::for_output(
-            &output,
-            out.format.as_deref().map(|f| choice(f, "model format")).transpose()?,
-        );
-        let tflite = cbr_core::tflite::TfliteOptions {
-            block: choice(&out.tflite_block, "TFLite block")?,
-            about: cbr_core::tflite::About {
-                name: out.name.clone(),
-                description: out.description.clone(),
-                author: out.author.clone(),
-                version: out.model_version.clone(),
-                license: out.license.clone(),
-            },
-        };
-        cbr::build::check_format_options(format, &tflite)?;
+        let request = request_of(request)?;
+        let format = cbr_core::format::ModelFormat::for_output(&output, request.format);
+        request.check_format(format)?;
         let mut model = cbr::build::open_embedder_for(&embedder.choice()?, format)?;
-        let opts = BuildOptions {
-            index: choice(&out.index, "index")?,
-            ivf: cbr::search::IvfParams {
-                nprobe: out.ivf_nprobe,
-                ..cbr::search::IvfParams::default()
-            },
-            tflite,
-            ..input.build_options(head.options()?, augment)
-        };
+        let opts = input.build_options(&request);
         let (built, report) = match shards {
             Some(patterns) => {
                 let files = cbr::shard::expand(&patterns)?;
@@ -316,7 +245,7 @@ fn build(
 /// `embeddings`, little-endian), which must come from `embedder` with its preprocessing, as
 /// the model will run that embedder on the images it classifies.
 #[pyfunction]
-#[pyo3(signature = (output, embeddings, dim, labels, image_ids, embedder, head, out))]
+#[pyo3(signature = (output, embeddings, dim, labels, image_ids, embedder, request))]
 #[allow(clippy::too_many_arguments)]
 fn build_from_embeddings(
     py: Python<'_>,
@@ -326,15 +255,13 @@ fn build_from_embeddings(
     labels: Vec<String>,
     image_ids: Option<Vec<String>>,
     embedder: EmbedderArgs,
-    head: HeadArgs,
-    out: OutputArgs,
+    request: &str,
 ) -> PyResult<String> {
     let values = f32s_of(embeddings.as_bytes());
     py.detach(|| -> Result<String> {
-        let format = cbr_core::format::ModelFormat::for_output(
-            &output,
-            out.format.as_deref().map(|f| choice(f, "model format")).transpose()?,
-        );
+        let request = request_of(request)?;
+        let format = cbr_core::format::ModelFormat::for_output(&output, request.format);
+        request.check_format(format)?;
         let model = cbr::build::open_embedder_for(&embedder.choice()?, format)?;
         let bad = |m: String| -> anyhow::Error { cbr::error::Error::bad_input(m).into() };
         if dim != model.info.dim {
@@ -365,7 +292,7 @@ fn build_from_embeddings(
         cbr::build::check_class_count(
             sorted.len(),
             sorted.first().map_or("", |l| l),
-            &head.options()?,
+            &request.head_options(),
         )?;
         let embedded = Embedded {
             embeddings: values,
@@ -376,11 +303,7 @@ fn build_from_embeddings(
             ids,
             ..Default::default()
         };
-        let opts = BuildOptions {
-            head: head.options()?,
-            index: choice(&out.index, "index")?,
-            ..BuildOptions::default()
-        };
+        let opts = BuildOptions::of_request(&request);
         let (built, report) = cbr::build::build_from_embedded(&model, embedded, &opts)?;
         built.write(&output)?;
         let index = built.index.as_ref().map(|_| cbr::sidecar::index_path(&output));
@@ -602,7 +525,7 @@ fn embed_shard(
             .map_err(|e: anyhow::Error| cbr::error::Error::bad_input(format!("{e:#}")))?;
         let images = cbr::dataset::from_path(&source)?;
         let mut model = cbr::models::open_embedder(&embedder.choice()?)?;
-        let opts = input.build_options(HeadOptions::default(), augment).embedding();
+        let opts = input.options_with_head(HeadOptions::default(), augment).embedding();
         let progress = progress_of(&progress, shard.of(&images).len());
         let embedded =
             cbr::shard::embed_to_file(&mut model, &images, shard, &opts, &output, &progress)?;
@@ -656,7 +579,7 @@ fn add(
         let images = images_of(source, pairs)?;
         let progress = progress_of(&progress, images.len());
         let report = cbr::edit::edit_file(&model, output.as_deref(), |m| {
-            let opts = input.build_options(m.options.clone(), augment);
+            let opts = input.options_with_head(m.options.clone(), augment);
             cbr::edit::add(m, &images, &opts, &progress)
         })?;
         Ok(edit_report_json(&report))
@@ -762,10 +685,11 @@ fn known_embedders() -> Vec<&'static str> {
 #[pymodule]
 fn _cbr(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // As the command line does first thing: keep ONNX Runtime's telemetry off.
-    cbr::runtime::disable_telemetry();
+    cbr::runtime::onnxruntime::disable_telemetry();
     m.add_class::<PyClassifier>()?;
     m.add_class::<PyEmbedder>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
+    m.add_function(wrap_pyfunction!(build_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(build_from_embeddings, m)?)?;
     m.add_function(wrap_pyfunction!(embed_shard, m)?)?;
     m.add_function(wrap_pyfunction!(add, m)?)?;

@@ -11,12 +11,11 @@ use anyhow::{bail, Result};
 use crate::dataset::LabelledImage;
 use crate::decode::DecodeLimits;
 use crate::embedder::Embedder;
-use crate::error::Error;
 use crate::models::EmbedderChoice;
 use crate::pipeline::{check_classes, embed_images, EmbedOptions, Embedded, Skipped};
 use crate::search::{IvfIndex, IvfParams};
 use crate::sidecar;
-use cbr_core::build::IndexChoice;
+use cbr_core::build::{BuildRequest, IndexChoice};
 use cbr_core::format::{self, ModelFormat, RowsIn, WriteOptions};
 use cbr_core::head::{HeadOptions, Index, RetrievalHead};
 
@@ -40,6 +39,18 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
+    /// The options of `request`, with the defaults for reading images.
+    pub fn of_request(request: &BuildRequest) -> BuildOptions {
+        BuildOptions {
+            head: request.head_options(),
+            augment: request.augment,
+            tflite: request.tflite_options(),
+            index: request.index,
+            ivf: IvfParams { nprobe: request.ivf_nprobe, ..IvfParams::default() },
+            ..BuildOptions::default()
+        }
+    }
+
     /// The part of the options that decoding and embedding use.
     pub fn embedding(&self) -> EmbedOptions {
         EmbedOptions {
@@ -64,21 +75,6 @@ impl Default for BuildOptions {
             ivf: IvfParams::default(),
         }
     }
-}
-
-/// Refuses TFLite-only choices (block arithmetic, Model Metadata) for another format.
-pub fn check_format_options(
-    format: ModelFormat,
-    tflite: &cbr_core::tflite::TfliteOptions,
-) -> Result<()> {
-    if format != ModelFormat::Tflite && *tflite != cbr_core::tflite::TfliteOptions::default() {
-        return Err(Error::bad_input(
-            "--tflite-block, --name, --description, --author, --model-version and --license apply \
-             to TFLite output: use -o NAME.tflite or --format tflite",
-        )
-        .into());
-    }
-    Ok(())
 }
 
 /// Opens the embedder for a classifier in `format`: a classifier is written in its embedder's

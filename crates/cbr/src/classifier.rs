@@ -9,14 +9,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 
 use crate::decode::{DecodeError, DecodeLimits};
-use crate::embedder::SessionMemory;
+use crate::runtime::onnxruntime::SessionMemory;
 use crate::runtime::Runner;
 use crate::sidecar::Sidecar;
 use cbr_core::format::{self, ModelFile, ModelFormat};
 use cbr_core::head::{EMBEDDING, SCORES};
 
 pub use cbr_core::meta::{ClassifierInfo, FORMAT_VERSION, METADATA_KEY};
-pub use cbr_core::predict::{predict_row, top_k, Prediction, Scored};
+pub use cbr_core::predict::{answer, predict_row, top_k, Prediction, Scored};
 
 /// [`format::read`] of a file, its errors naming the file; also returns the bytes.
 pub fn read_model_file(path: &Path) -> Result<(Vec<u8>, ModelFile)> {
@@ -60,7 +60,7 @@ impl Classifier {
             let runner = match file.format {
                 ModelFormat::Onnx => {
                     drop(bytes);
-                    crate::embedder::session_from_file(path, memory).map(Runner::Onnx)
+                    crate::runtime::onnxruntime::session_from_file(path, memory).map(Runner::Onnx)
                 }
                 ModelFormat::Tflite => Runner::open(&file, &bytes, memory),
             };
@@ -131,16 +131,7 @@ impl Classifier {
         threshold: Option<f32>,
     ) -> Result<Vec<Prediction>> {
         let scores = self.scores(tensors, n)?;
-        let classes = self.info.labels.len();
-        let labels = &self.info.labels;
-        Ok(scores
-            .iter()
-            .map(|s| match threshold {
-                // The caller's threshold replaces the model's decision.
-                Some(t) => predict_row(labels, s, classes, k, Some(t), false),
-                None => predict_row(labels, s, classes, k, self.threshold(), true),
-            })
-            .collect())
+        Ok(scores.iter().map(|s| answer(&self.info, s, k, threshold)).collect())
     }
 
     /// The model's own unknown threshold, if it has one.

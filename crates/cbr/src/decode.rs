@@ -390,7 +390,7 @@ mod tests {
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data").join(name)
     }
 
     /// An image whose every pixel differs, so format round trips are meaningful.

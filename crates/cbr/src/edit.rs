@@ -86,7 +86,7 @@ pub fn add(
     if !new_labels.is_empty() {
         check_classes(&new_labels, &embedded)?; // each new class got a readable image
     }
-    let report = model.add_rows(&embedded.index(&model.options)?, embedded.paths.len())?;
+    let report = model.add_rows(&embedded.index(&model.options)?)?;
     Ok(Added { report, cached: embedded.cached, skipped: embedded.skipped })
 }
 

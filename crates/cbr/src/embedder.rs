@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::{builder::GraphOptimizationLevel, OutputSelector, RunOptions, Session};
-use ort::value::TensorRef;
+use ort::session::Session;
 
-use crate::litert::{self, Quantization};
-use crate::runtime;
+use crate::runtime::litert::run_tflite;
+use crate::runtime::litert::{self, Quantization};
+use crate::runtime::onnxruntime::{run_batched, session_from_bytes, SessionMemory};
 use cbr_core::format::{EmbedderGraph, ModelFormat};
 use cbr_core::onnx::{self, DataType, ModelProto};
 use cbr_core::preprocess::{Layout, Preprocess};
@@ -307,44 +307,6 @@ impl Embedder {
     }
 }
 
-/// Runs `n` preprocessed images through a fixed-batch TFLite model, `batch`
-/// images per run (the last run padded with blank images), and returns
-/// output `output` of every image, concatenated. Shared by the embedder and
-/// the classifier.
-pub fn run_tflite(
-    model: &mut litert::Model,
-    output: usize,
-    per: usize,
-    batch: usize,
-    tensors: &[f32],
-    n: usize,
-) -> Result<Vec<f32>> {
-    assert_eq!(tensors.len(), n * per, "run_tflite: tensor buffer does not hold {n} images");
-    let mut out = Vec::new();
-    let mut padded = Vec::new();
-    for start in (0..n).step_by(batch) {
-        let count = (n - start).min(batch);
-        let chunk = &tensors[start * per..(start + count) * per];
-        let input = if count == batch {
-            chunk
-        } else {
-            padded.clear();
-            padded.extend_from_slice(chunk);
-            padded.resize(batch * per, 0.0);
-            &padded[..]
-        };
-        let values = model.run(input, output)?;
-        if values.len() % batch != 0 {
-            bail!(
-                "the model's output has {} values, not a multiple of its batch {batch}",
-                values.len()
-            );
-        }
-        out.extend_from_slice(&values[..values.len() / batch * count]);
-    }
-    Ok(out)
-}
-
 fn check_preprocess(shape: &InputShape, p: &Preprocess) -> Result<()> {
     if shape.layout != p.layout {
         bail!("the model's input is {:?} but the preprocessing says {:?}", shape.layout, p.layout);
@@ -360,98 +322,4 @@ fn check_preprocess(shape: &InputShape, p: &Preprocess) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs `n` preprocessed images (concatenated in `tensors`) through
-/// `session` in runs of at most `max_batch`, and returns output `output` of
-/// every image, concatenated. Shared by the embedder and the classifier.
-pub fn run_batched(
-    session: &mut Session,
-    preprocess: &Preprocess,
-    input: &str,
-    output: &str,
-    max_batch: usize,
-    tensors: &[f32],
-    n: usize,
-) -> Result<Vec<f32>> {
-    let per = preprocess.tensor_len();
-    assert_eq!(tensors.len(), n * per, "run_batched: tensor buffer does not hold {n} images");
-    // Only the wanted output: ONNX Runtime then skips the nodes no one needs
-    // (e.g. the index similarities when only the embedding is asked for).
-    let options = RunOptions::new()
-        .map_err(|e| anyhow!("cannot create ONNX Runtime run options: {e}"))?
-        .with_outputs(OutputSelector::no_default().with(output));
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let count = (n - start).min(max_batch.max(1));
-        let chunk = &tensors[start * per..(start + count) * per];
-        let tensor = TensorRef::from_array_view((preprocess.batch_shape(count), chunk))
-            .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
-        let outputs = session
-            .run_with_options(ort::inputs![input => tensor], &options)
-            .map_err(|e| anyhow!("ONNX Runtime failed to run the model: {e}"))?;
-        let value =
-            outputs.get(output).ok_or_else(|| anyhow!("the model produced no output {output}"))?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("output {output} is not a float tensor: {e}"))?;
-        if shape.first().copied() != Some(count as i64) || data.len() % count != 0 {
-            bail!("output {output} has shape {:?}, expected a batch of {count}", &shape[..]);
-        }
-        out.extend_from_slice(data);
-        start += count;
-    }
-    Ok(out)
-}
-
-/// How an ONNX Runtime session keeps its working memory between runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SessionMemory {
-    /// ONNX Runtime's default: an arena that keeps the buffers of the largest batch run for the
-    /// next run. Fastest when one model stays loaded (build, classify).
-    #[default]
-    Arena,
-    /// No arena and no memory pattern: each run's buffers are freed when it ends, so an idle
-    /// session holds little more than its weights. For a server that keeps many models loaded
-    /// (`cbr serve`, whose memory bound counts what a loaded model keeps).
-    Lean,
-}
-
-/// An ONNX Runtime session for a model given as bytes, with full graph optimisation.
-pub fn session_from_bytes(bytes: &[u8], memory: SessionMemory) -> Result<Session> {
-    session_builder(memory)?
-        .commit_from_memory(bytes)
-        .map_err(|e| anyhow!("ONNX Runtime cannot load the model: {e}"))
-}
-
-/// [`session_from_bytes`] for a model file that ONNX Runtime reads itself:
-/// the file's bytes are never held beside ONNX Runtime's copy (a 1.3 GB
-/// model peaks at about twice its size, not three times).
-pub fn session_from_file(path: &Path, memory: SessionMemory) -> Result<Session> {
-    session_builder(memory)?
-        .commit_from_file(path)
-        .map_err(|e| anyhow!("ONNX Runtime cannot load the model {}: {e}", path.display()))
-}
-
-/// The session options every cbr session uses.
-fn session_builder(memory: SessionMemory) -> Result<ort::session::builder::SessionBuilder> {
-    let env = runtime::environment()?;
-    let mut builder = Session::builder(env)
-        .map_err(|e| anyhow!("cannot create an ONNX Runtime session: {e}"))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| anyhow!("cannot set the optimisation level: {e}"))?
-        // Decoding runs on the same cores; spinning inference threads would
-        // steal its time (measured 15-20% faster builds on a busy machine).
-        .with_intra_op_spinning(false)
-        .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
-    if memory == SessionMemory::Lean {
-        let no_arena = ort::ep::CPU::default().with_arena_allocator(false).build();
-        builder = builder
-            .with_memory_pattern(false)
-            .map_err(|e| anyhow!("cannot configure ONNX Runtime memory: {e}"))?
-            .with_execution_providers([no_arena])
-            .map_err(|e| anyhow!("cannot configure ONNX Runtime memory: {e}"))?;
-    }
-    Ok(builder)
 }

@@ -19,7 +19,6 @@ pub mod embedding_cache;
 pub mod error;
 pub mod eval;
 pub mod export_web;
-pub mod litert;
 pub mod lock;
 pub mod models;
 pub mod pipeline;
@@ -31,9 +30,6 @@ pub mod shard;
 pub mod sidecar;
 pub mod testing;
 pub mod zoo;
-
-#[cfg(test)]
-mod module_graph;
 
 #[cfg(test)]
 mod format_tests;

@@ -337,7 +337,7 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
     let spec = if choice.embedder.is_empty() { DEFAULT_MODEL } else { choice.embedder.as_str() };
     let source = resolve(spec)?;
     if matches!(source, EmbedderSource::Known(_)) {
-        crate::runtime::ensure()?;
+        crate::runtime::onnxruntime::ensure()?;
     }
     let (path, name, base) = match source {
         EmbedderSource::Known(m) if choice.tflite => {
@@ -351,10 +351,10 @@ pub fn open_embedder(choice: &EmbedderChoice) -> Result<Embedder> {
     };
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read embedder {}", path.display()))?;
-    if crate::litert::is_tflite(&bytes) {
-        crate::litert::ensure()?;
+    if crate::runtime::litert::is_tflite(&bytes) {
+        crate::runtime::litert::ensure()?;
     } else {
-        crate::runtime::ensure()?;
+        crate::runtime::onnxruntime::ensure()?;
     }
     let declared =
         embedder::declared_input(&bytes).with_context(|| format!("embedder {}", path.display()))?;

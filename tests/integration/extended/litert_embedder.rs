@@ -40,7 +40,7 @@ fn python_embeddings(model: &Path, tensors: &[f32], n: usize, dir: &Path) -> Vec
 #[test]
 #[ignore = "extended tier: needs ../shared (scripts/test.sh runs it when ../shared/datasets exists)"]
 fn uint8_mobilenet_v3_matches_python_litert() {
-    cbr::litert::install().expect("installing LiteRT");
+    cbr::runtime::litert::install().expect("installing LiteRT");
     let model = common::shared().join("models/mobilenet_v3_small_224_1.0_uint8_embedder.tflite");
     assert!(model.is_file(), "{} is missing", model.display());
     let mut embedder = models::open_embedder(&EmbedderChoice {

@@ -220,7 +220,10 @@ fn argmax(s: &[f32]) -> usize {
 
 /// Mean negative log-likelihood of the true classes under softmax(s / t).
 fn nll(samples: &[Sample], t: f32) -> f64 {
-    samples.iter().map(|s| -(softmax(&s.scores, t)[s.truth].max(1e-12) as f64).ln()).sum::<f64>()
+    samples
+        .iter()
+        .map(|s| -libm::log(softmax(&s.scores, t)[s.truth].max(1e-12) as f64))
+        .sum::<f64>()
         / samples.len() as f64
 }
 
@@ -240,18 +243,18 @@ pub fn fit_temperature(samples: &[Sample]) -> f32 {
         }
         (total / samples.len().max(1) as f64).max(1e-6)
     };
-    let (mut a, mut b) = ((spread * 1e-3).ln(), (spread * 1e2).ln());
+    let (mut a, mut b) = (libm::log(spread * 1e-3), libm::log(spread * 1e2));
     let g = (5f64.sqrt() - 1.0) / 2.0;
     for _ in 0..60 {
         let c = b - g * (b - a);
         let d = a + g * (b - a);
-        if nll(samples, c.exp() as f32) < nll(samples, d.exp() as f32) {
+        if nll(samples, libm::exp(c) as f32) < nll(samples, libm::exp(d) as f32) {
             b = d;
         } else {
             a = c;
         }
     }
-    ((a + b) / 2.0).exp() as f32
+    libm::exp((a + b) / 2.0) as f32
 }
 
 /// Expected calibration error of top-1 confidence, 15 equal-width bins.
@@ -352,7 +355,7 @@ pub fn fit_novelty(samples: &[Sample], t: f32, known_target: f32) -> Option<Nove
     };
     let lowest_answered = quantile(&s, 1.0 - known_target);
     let median = quantile(&s, 0.5);
-    let logit = (MEDIAN_KNOWN / (1.0 - MEDIAN_KNOWN)).ln() as f32;
+    let logit = libm::log(MEDIAN_KNOWN / (1.0 - MEDIAN_KNOWN)) as f32;
     let scale = if median > lowest_answered {
         (logit / (median - lowest_answered)).clamp(SCALE_RANGE.0, SCALE_RANGE.1)
     } else {
@@ -363,7 +366,7 @@ pub fn fit_novelty(samples: &[Sample], t: f32, known_target: f32) -> Option<Nove
         .zip(&s)
         .map(|(x, &s)| {
             let m = softmax(&x.scores, t).into_iter().fold(0f32, f32::max).max(1e-12);
-            s + m.ln() / scale
+            s + libm::logf(m) / scale
         })
         .collect();
     margin.sort_by(f32::total_cmp);

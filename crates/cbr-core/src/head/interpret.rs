@@ -188,9 +188,9 @@ fn similarities_int8(index: &Index, centring: Option<&Centring>, q: &[f32]) -> V
 /// `1 / (1 + e^−x)`, without overflow for large |x|.
 pub fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+        1.0 / (1.0 + libm::expf(-x))
     } else {
-        let e = x.exp();
+        let e = libm::expf(x);
         e / (1.0 + e)
     }
 }

@@ -130,7 +130,7 @@ pub fn l2_normalize(v: &mut [f32]) {
 /// The power transform `sign(x)·|x|^p`, in place.
 pub fn power_transform(v: &mut [f32], p: f32) {
     for x in v.iter_mut() {
-        *x = x.signum() * x.abs().powf(p);
+        *x = x.signum() * libm::powf(x.abs(), p);
         if x.is_nan() {
             *x = 0.0;
         }
@@ -140,10 +140,16 @@ pub fn power_transform(v: &mut [f32], p: f32) {
 /// Softmax of `s / temperature`, ignoring `-inf` entries (probability 0).
 pub fn softmax(s: &[f32], temperature: f32) -> Vec<f32> {
     let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = s
-        .iter()
-        .map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { (((x - m) / temperature) as f64).exp() })
-        .collect();
+    let e: Vec<f64> =
+        s.iter()
+            .map(|&x| {
+                if x == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    libm::exp(((x - m) / temperature) as f64)
+                }
+            })
+            .collect();
     let z: f64 = e.iter().sum();
     e.iter().map(|v| (v / z) as f32).collect()
 }

@@ -20,7 +20,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
-use crate::embedder::{session_from_bytes, SessionMemory};
+use crate::runtime::onnxruntime::{session_from_bytes, SessionMemory};
 use cbr_core::onnx::{self, node, tensor_f32, DataType, ModelProto, NodeProto, TensorProto};
 use cbr_core::preprocess::Preprocess;
 

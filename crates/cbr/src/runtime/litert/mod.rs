@@ -514,6 +514,44 @@ fn read_values(info: &TensorInfo, memory: &[u8]) -> Vec<f32> {
     }
 }
 
+/// Runs `n` preprocessed images through a fixed-batch TFLite model, `batch`
+/// images per run (the last run padded with blank images), and returns
+/// output `output` of every image, concatenated. Shared by the embedder and
+/// the classifier.
+pub fn run_tflite(
+    model: &mut Model,
+    output: usize,
+    per: usize,
+    batch: usize,
+    tensors: &[f32],
+    n: usize,
+) -> Result<Vec<f32>> {
+    assert_eq!(tensors.len(), n * per, "run_tflite: tensor buffer does not hold {n} images");
+    let mut out = Vec::new();
+    let mut padded = Vec::new();
+    for start in (0..n).step_by(batch) {
+        let count = (n - start).min(batch);
+        let chunk = &tensors[start * per..(start + count) * per];
+        let input = if count == batch {
+            chunk
+        } else {
+            padded.clear();
+            padded.extend_from_slice(chunk);
+            padded.resize(batch * per, 0.0);
+            &padded[..]
+        };
+        let values = model.run(input, output)?;
+        if values.len() % batch != 0 {
+            bail!(
+                "the model's output has {} values, not a multiple of its batch {batch}",
+                values.len()
+            );
+        }
+        out.extend_from_slice(&values[..values.len() / batch * count]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
