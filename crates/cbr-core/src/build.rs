@@ -106,6 +106,33 @@ fn defaults() -> BuildRequest {
     BuildRequest::default()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_names_only_what_it_changes_and_errors_name_the_option() {
+        let r =
+            BuildRequest::from_json(&serde_json::json!({"aggregate": "max", "power": 1})).unwrap();
+        assert_eq!(
+            r,
+            BuildRequest { aggregate: Aggregation::Max, power: 1.0, ..Default::default() }
+        );
+        assert_eq!(
+            BuildRequest::from_json(&serde_json::json!({})).unwrap(),
+            BuildRequest::default()
+        );
+        let e = BuildRequest::from_json(&serde_json::json!({"aggregate": "mean"})).unwrap_err();
+        assert!(e.to_string().starts_with("build option aggregate: unknown variant `mean`"), "{e}");
+        let e = BuildRequest::from_json(&serde_json::json!({"agregate": "max"})).unwrap_err();
+        assert!(e.to_string().contains("unknown field `agregate`"), "{e}");
+        // The defaults are the head's.
+        assert_eq!(BuildRequest::default().head_options(), HeadOptions::default());
+        let original = BuildRequest { original: true, ..Default::default() }.head_options();
+        assert_eq!(original, HeadOptions::original());
+    }
+}
+
 impl Default for BuildRequest {
     fn default() -> Self {
         let head = HeadOptions::default();
@@ -135,6 +162,26 @@ impl Default for BuildRequest {
 }
 
 impl BuildRequest {
+    /// The request of a JSON object of options (the server's body, Python's keyword
+    /// arguments, JavaScript's object): what it leaves out takes the default; an unknown
+    /// name or a wrong value is an error naming the option.
+    pub fn from_json(json: &serde_json::Value) -> Result<BuildRequest> {
+        let bad = |m: String| -> anyhow::Error { Error::bad_input(m).into() };
+        let options = json
+            .as_object()
+            .ok_or_else(|| bad(format!("build options must be an object, not {json}")))?;
+        // One option at a time, so that an error names the option it is about.
+        for (name, value) in options {
+            let one = serde_json::json!({ name: value });
+            serde_json::from_value::<BuildRequest>(one).map_err(|e| {
+                let e = e.to_string();
+                let e = e.split(" at line ").next().unwrap_or(&e);
+                bad(format!("build option {name}: {e}"))
+            })?;
+        }
+        serde_json::from_value(json.clone()).map_err(|e| bad(format!("build options: {e}")))
+    }
+
     /// The head the request asks for (`original` keeps only `threshold` and `index_dtype`;
     /// the unknown entry is a probability, so it needs `calibrate`).
     pub fn head_options(&self) -> HeadOptions {

@@ -154,8 +154,9 @@ impl InputArgs {
 /// The build request of a JSON object of `cbr build`'s options (Python's keyword arguments,
 /// the same names as the command line's flags); what it leaves out takes the one default.
 fn request_of(json: &str) -> Result<BuildRequest> {
-    serde_json::from_str(json)
-        .map_err(|e| cbr::error::Error::bad_input(format!("build options: {e}")).into())
+    let value = serde_json::from_str(json)
+        .map_err(|e| cbr::error::Error::bad_input(format!("build options: {e}")))?;
+    BuildRequest::from_json(&value)
 }
 
 /// The default build request, as JSON (`cbr.BUILD_DEFAULTS`).

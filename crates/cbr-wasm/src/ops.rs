@@ -151,7 +151,7 @@ struct BuildArgs {
     embedder: EmbedderInfo,
     preprocess: Preprocess,
     #[serde(default)]
-    request: BuildRequest,
+    request: serde_json::Value,
     #[serde(flatten)]
     rows: Rows,
 }
@@ -159,6 +159,10 @@ struct BuildArgs {
 /// A classifier from embeddings: the head `cbr build` computes, written on
 /// the embedder file in its format.
 fn build(a: BuildArgs, embedder: &[u8], embeddings: &[u8]) -> Result<Frame> {
+    let request = match &a.request {
+        Value::Null => BuildRequest::default(),
+        options => BuildRequest::from_json(options)?,
+    };
     let digest = cbr_core::digest::sha256_hex(embedder);
     if digest != a.embedder.sha256 {
         bail!(Error::bad_input(format!(
@@ -169,13 +173,13 @@ fn build(a: BuildArgs, embedder: &[u8], embeddings: &[u8]) -> Result<Frame> {
         )));
     }
     let has = ModelFormat::sniff(embedder);
-    let format = a.request.format.unwrap_or(has);
-    a.request.check_format(format)?;
+    let format = request.format.unwrap_or(has);
+    request.check_format(format)?;
     format.check_embedder(has, &a.embedder.name)?;
-    if a.request.index == IndexChoice::Ivf {
+    if request.index == IndexChoice::Ivf {
         bail!(Error::unsupported("a sidecar index (--index ivf) is written beside a model file: build it with `cbr build`"));
     }
-    let head = a.request.head_options();
+    let head = request.head_options();
     let mut classes = a.rows.labels.clone();
     classes.sort();
     classes.dedup();
@@ -201,8 +205,8 @@ fn build(a: BuildArgs, embedder: &[u8], embeddings: &[u8]) -> Result<Frame> {
         ModelFormat::Tflite => EmbedderGraph::Tflite(embedder),
     };
     let options = WriteOptions {
-        augment: a.request.augment,
-        tflite: a.request.tflite_options(),
+        augment: request.augment,
+        tflite: request.tflite_options(),
         ..WriteOptions::default()
     };
     let bytes = format::write_classifier(graph, &a.embedder, &a.preprocess, head, &options)?;
