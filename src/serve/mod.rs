@@ -1098,7 +1098,8 @@ async fn export_web(State(app): State<AppState>, Path(name): Path<String>) -> Ap
         .map_err(|e| ApiError::not_found("no_ort_web", format!("{e:#}")))?;
     let title = name.clone();
     let zip = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-        let files = cbr::export_web::site_files(&bytes, &title)?;
+        let embedder = cbr::export_web::SiteEmbedder::of_model(&bytes)?;
+        let files = cbr::export_web::site_files(Some(&bytes), &embedder, &title)?;
         let root = format!("{title}-web");
         Ok(cbr::export_web::write_zip(&files, &root, std::io::Cursor::new(Vec::new()))?
             .into_inner())

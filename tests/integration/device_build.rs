@@ -1,0 +1,218 @@
+//! Building on the device: `cbr export-web -o DIR` without a model writes a site that starts
+//! with no classes; in headless Chromium, `index.html?build=MANIFEST` builds a classifier from
+//! Fashion-MNIST photos in the page (the browser decodes, cbr-core in WebAssembly makes the
+//! pixels and writes the model, onnxruntime-web embeds). Its answers on held-out photos are
+//! compared with `cbr build MANIFEST` + `cbr classify`; the page's model file, taken out of the
+//! page, is run by `cbr classify`; a reload keeps the model; every request is same-origin.
+//! Needs Chromium (see `serve_browser`) and the WebAssembly core (`scripts/wasm.sh`).
+
+use crate::common;
+use crate::export_web::{cli_answers, StaticServer};
+use crate::fixtures;
+use crate::serve_browser::{base64_decode, screenshot_dir, Driver};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const RESULT: &str = "return document.querySelector('#result').textContent";
+
+/// The site for building on the device, written by `cbr export-web -o DIR` (no model).
+fn device_site(dir: &Path) -> PathBuf {
+    common::setup();
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/pkg/cbr_core.wasm");
+    assert!(
+        wasm.is_file() || std::env::var_os("CBR_WASM").is_some(),
+        "{} is missing: run scripts/wasm.sh (or scripts/setup.sh --tests)",
+        wasm.display()
+    );
+    let site = dir.join("site");
+    common::run_ok(&["export-web", "-o", site.to_str().unwrap()]);
+    site
+}
+
+/// Copies `per_class` photos of each Fashion-MNIST class, after skipping `skip`, into
+/// `<site>/photos/<class>/`; writes `<site>/photos/<name>` (path,label relative to it) and
+/// returns the copies.
+fn photos_with_manifest(site: &Path, skip: usize, per_class: usize, name: &str) -> Vec<PathBuf> {
+    let root = fixtures::fashion_mnist();
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    assert_eq!(classes.len(), 10, "Fashion-MNIST has 10 classes: {}", root.display());
+    let mut csv = String::from("path,label\n");
+    let mut out = Vec::new();
+    for c in &classes {
+        let label = c.file_name().unwrap().to_string_lossy().into_owned();
+        let dest = site.join("photos").join(&label);
+        std::fs::create_dir_all(&dest).unwrap();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(c).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().skip(skip).take(per_class) {
+            let to = dest.join(f.file_name().unwrap());
+            std::fs::copy(f, &to).unwrap();
+            csv.push_str(&format!(
+                "{label}/{},{label}\n",
+                f.file_name().unwrap().to_string_lossy()
+            ));
+            out.push(to);
+        }
+    }
+    std::fs::write(site.join("photos").join(name), csv).unwrap();
+    out
+}
+
+fn relative(site: &Path, p: &Path) -> String {
+    p.strip_prefix(site).unwrap().to_string_lossy().into_owned()
+}
+
+/// The page's answers (`cbrPage.classifier.classifyBlob`, k = 3) for `photos` in the site.
+fn page_answers(driver: &Driver, site: &Path, photos: &[PathBuf]) -> Vec<Value> {
+    let urls: Vec<String> = photos.iter().map(|p| relative(site, p)).collect();
+    let v = driver.js_async(&format!(
+        "const out = []; for (const u of {urls}) {{ \
+           const blob = await (await fetch(u)).blob(); \
+           out.push(await window.cbrPage.classifier.classifyBlob(blob, 3)); }} return out;",
+        urls = json!(urls),
+    ));
+    assert!(v.get("error").is_none(), "classifying in the page failed: {v}");
+    v.as_array().unwrap().clone()
+}
+
+/// The model file the page keeps, taken out through WebDriver in base64 pieces.
+fn page_model(driver: &Driver) -> Vec<u8> {
+    let len = driver.js("return window.cbrPage.model().length").as_u64().unwrap() as usize;
+    let mut bytes = Vec::with_capacity(len);
+    let piece = 4 << 20;
+    for offset in (0..len).step_by(piece) {
+        let b64 = driver.js(&format!("return window.cbrPage.modelBase64({offset}, {piece})"));
+        bytes.extend(base64_decode(b64.as_str().unwrap()));
+    }
+    assert_eq!(bytes.len(), len);
+    bytes
+}
+
+#[test]
+fn the_page_builds_a_classifier_as_cbr_build_does_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = device_site(tmp.path());
+    for f in
+        ["index.html", "embedder.onnx", "embedder.json", "cbr_core.wasm", "cbr-core.mjs", "sw.js"]
+    {
+        assert!(site.join(f).is_file(), "the export has no {f}");
+    }
+    assert!(!site.join("model.onnx").exists(), "a site without a model ships none");
+    let described: Value =
+        serde_json::from_slice(&std::fs::read(site.join("embedder.json")).unwrap()).unwrap();
+    assert_eq!(described["embedder"]["name"], "efficientnet-lite0", "{described}");
+    assert!(described["embedder"]["dim"].as_u64().unwrap() > 0, "{described}");
+    // The service worker lists every file of the site (offline).
+    let sw = std::fs::read_to_string(site.join("sw.js")).unwrap();
+    for f in
+        ["embedder.onnx", "embedder.json", "cbr_core.wasm", "cbr-core.mjs", "ort/ort.wasm.min.mjs"]
+    {
+        assert!(sw.contains(&format!("\"{f}\"")), "sw.js does not cache {f}");
+    }
+
+    let train = photos_with_manifest(&site, 0, 5, "train.csv");
+    let held_out = photos_with_manifest(&site, 5, 4, "held-out.csv");
+    assert_eq!((train.len(), held_out.len()), (50, 40));
+    let cli_model = tmp.path().join("cli.onnx");
+    let manifest = site.join("photos/train.csv");
+    common::run_ok(&["build", manifest.to_str().unwrap(), "-o", cli_model.to_str().unwrap(), "-q"]);
+    let cli = cli_answers(&cli_model, &held_out, 3);
+
+    let server = StaticServer::start(&site, false);
+    let origin = format!("http://{}", server.addr);
+    let driver = Driver::start(&tmp.path().join("chromium-profile"));
+    driver.goto(&server.url("index.html"));
+    driver.wait_for(
+        "the empty page",
+        "return document.body.dataset.state",
+        Duration::from_secs(60),
+    );
+    let state = driver.js("return [document.body.dataset.state, document.querySelector('#status').textContent, window.cbrPage?.classifier]");
+    assert_eq!(state[0], "ready", "{state}");
+    assert!(state[2].is_null(), "a site without a model starts with no classifier: {state}");
+
+    driver.goto(&server.url("index.html?build=photos/train.csv"));
+    let text = driver.wait_for("the build from the manifest", RESULT, Duration::from_secs(240));
+    let built: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+    assert!(built.get("error").is_none(), "the page's build failed: {built}");
+    assert_eq!(
+        (built["classes"].as_u64(), built["images"].as_u64()),
+        (Some(10), Some(50)),
+        "{built}"
+    );
+    println!(
+        "in the page: 50 photos, build {:.0} ms (embed {:.0} ms, head fit + write {:.0} ms), {} thread(s)",
+        built["build_ms"].as_f64().unwrap(),
+        built["embed_ms"].as_f64().unwrap(),
+        built["head_ms"].as_f64().unwrap(),
+        driver.js("return window.cbrPage.threads"),
+    );
+
+    // The page's answers against cbr build + cbr classify on the 40 held-out photos.
+    let page = page_answers(&driver, &site, &held_out);
+    let mut same = 0;
+    for ((name, c), p) in cli.iter().zip(&page) {
+        if p["label"] == c["label"] && p["unknown"] == c["unknown"] {
+            same += 1;
+        } else {
+            println!("{name}: page {p} vs cbr {c}");
+        }
+    }
+    println!("page vs cbr build + cbr classify: {same}/40 the same");
+    assert!(same >= 39, "only {same}/40 held-out photos answered as cbr build + cbr classify");
+
+    // The page's own model file, run by cbr classify, answers as the page.
+    let bytes = page_model(&driver);
+    assert_eq!(cbr::cache::sha256_hex(&bytes), built["sha256"].as_str().unwrap());
+    let page_file = tmp.path().join("page.onnx");
+    std::fs::write(&page_file, &bytes).unwrap();
+    let info: Value =
+        serde_json::from_str(&common::run_ok(&["info", "--json", page_file.to_str().unwrap()]))
+            .unwrap();
+    assert_eq!(info["labels"].as_array().map(Vec::len), Some(10), "{info}");
+    println!("the page's model: {} bytes", bytes.len());
+    let run = cli_answers(&page_file, &held_out, 3);
+    for ((name, c), p) in run.iter().zip(&page) {
+        assert_eq!(
+            (&p["label"], &p["unknown"]),
+            (&c["label"], &c["unknown"]),
+            "{name}: page {p} vs cbr classify of the page's model {c}"
+        );
+        let d =
+            (p["top"][0]["score"].as_f64().unwrap() - c["top"][0]["score"].as_f64().unwrap()).abs();
+        assert!(d < 1e-3, "{name}: the page's score and cbr classify's differ by {d}: {p} vs {c}");
+    }
+
+    // Reload: the kept model answers (?image=), as it did before the reload.
+    let (first, answer) = (relative(&site, &held_out[0]), &page[0]);
+    driver.goto(&server.url(&format!("index.html?image={first}")));
+    let text = driver.wait_for("the answer after a reload", RESULT, Duration::from_secs(60));
+    let after: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&after["label"], &after["unknown"], &after["top"]),
+        (&answer["label"], &answer["unknown"], &answer["top"]),
+        "after a reload"
+    );
+
+    // Nothing outside the page's origin.
+    let loaded = driver.js(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])",
+    );
+    let loaded = loaded.as_array().unwrap();
+    assert!(loaded.len() >= 6, "too few resources recorded: {loaded:?}");
+    for url in loaded {
+        assert!(url.as_str().unwrap().starts_with(&origin), "a request outside {origin}: {url}");
+    }
+    driver.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));
+    driver.js("window.scrollTo(0, 0)");
+    driver.screenshot(&screenshot_dir().join("device_build_phone.png"));
+}
