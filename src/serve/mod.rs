@@ -294,6 +294,8 @@ fn handler_for(id: &str, method: &str) -> MethodRouter<AppState> {
         "webAppScript" => on(f, web::script),
         "webAppStyle" => on(f, web::style),
         "deviceScript" => on(f, web::device_script),
+        "coreScript" => on(f, web::core_script),
+        "coreWasm" => on(f, core_wasm),
         "ortWeb" => on(f, ort_web_file),
         "exportWeb" => on(f, export_web),
         "openapi" => on(f, openapi_json),
@@ -1067,6 +1069,15 @@ async fn download_tflite(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     download(&app, &name, ModelFormat::Tflite).await
+}
+
+/// cbr-core as WebAssembly, for the web app's on-device mode ([`cbr::export_web::core_wasm_path`]).
+async fn core_wasm() -> ApiResult<Response> {
+    let path = cbr::export_web::core_wasm_path()
+        .map_err(|e| ApiError::not_found("no_core_wasm", format!("{e:#}")))?;
+    let bytes = read_file(path).await?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm"), (header::CACHE_CONTROL, "no-cache")], bytes)
+        .into_response())
 }
 
 /// onnxruntime-web's files, from cbr's cache, for the web app's on-device mode.
