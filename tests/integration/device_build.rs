@@ -216,3 +216,122 @@ fn the_page_builds_a_classifier_as_cbr_build_does_in_chromium() {
     driver.js("window.scrollTo(0, 0)");
     driver.screenshot(&screenshot_dir().join("device_build_phone.png"));
 }
+
+/// The number of `selector` elements in the page.
+fn count(driver: &Driver, selector: &str) -> u64 {
+    driver
+        .js(&format!("return document.querySelectorAll({}).length", json!(selector)))
+        .as_u64()
+        .unwrap()
+}
+
+fn status_text(driver: &Driver) -> String {
+    driver.js("return document.querySelector('#status').textContent").as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_page_flow_new_classes_camera_build_try_delete_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = device_site(tmp.path());
+    let photos = photos_with_manifest(&site, 0, 4, "all.csv");
+    let of = |class: &str| -> Vec<String> {
+        photos
+            .iter()
+            .filter(|p| p.parent().unwrap().ends_with(class))
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    };
+    let broken = tmp.path().join("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8 not really a JPEG").unwrap();
+    let server = StaticServer::start(&site, false);
+    let driver = Driver::start(&tmp.path().join("chromium-profile"));
+    driver.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));
+    driver.goto(&server.url("index.html"));
+    driver.wait_for("the page", "return document.body.dataset.state", Duration::from_secs(60));
+    assert!(status_text(&driver).starts_with("No classes yet"), "{}", status_text(&driver));
+
+    // Two classes from the file input (several photos at once; one of them not an image).
+    driver.type_into("#class-name", "sneakers");
+    let mut files = of("sneaker")[..3].to_vec();
+    files.push(broken.to_string_lossy().into_owned());
+    driver.type_into("#class-photos", &files.join("\n"));
+    driver.js("document.querySelector('#class-name').value = ''");
+    driver.type_into("#class-name", "bags");
+    driver.type_into("#class-photos", &of("bag")[..3].join("\n"));
+    assert_eq!(count(&driver, ".thumb"), 7, "a thumbnail per photo");
+    // Remove a photo: its thumbnail's button.
+    driver.click("li[data-pending='bags'] .thumb button");
+    assert_eq!(count(&driver, ".thumb"), 6);
+
+    // A class from the live camera (Chromium's synthetic one): the first tap starts it, and a
+    // class with no photo yet cannot be built.
+    driver.js("document.querySelector('#class-name').value = ''");
+    driver.type_into("#class-name", "camera");
+    driver.click("#class-frame");
+    driver.wait_for(
+        "the camera",
+        "return document.querySelector('#class-video').videoWidth > 0",
+        Duration::from_secs(30),
+    );
+    driver.click("#build");
+    driver.wait_for(
+        "the empty class refused",
+        "return document.querySelector('#status').classList.contains('error')",
+        Duration::from_secs(10),
+    );
+    assert!(status_text(&driver).contains("\"camera\" has no photos"), "{}", status_text(&driver));
+    driver.click("#class-frame");
+    driver.click("#class-frame");
+    driver.wait_for(
+        "two camera frames",
+        "return document.querySelectorAll(\"li[data-pending='camera'] .thumb\").length === 2",
+        Duration::from_secs(10),
+    );
+
+    // Build: a progress bar and counts, the broken photo named and skipped.
+    driver.click("#build");
+    let built = driver.wait_for(
+        "the build",
+        "const t = document.querySelector('#build-status').textContent; return t.includes('built in') && t",
+        Duration::from_secs(120),
+    );
+    println!("built: {built}");
+    assert!(built.as_str().unwrap().starts_with("3 classes, 7 photos"), "{built}");
+    let errors = driver.js("return document.querySelector('#errors').textContent");
+    assert!(errors.as_str().unwrap().contains("broken.jpg skipped"), "{errors}");
+    assert_eq!(count(&driver, ".thumb"), 0, "the new classes are built");
+    let labels = driver.js("return document.querySelector('#classes').textContent");
+    assert_eq!(labels, "bags, camera, sneakers");
+    let download =
+        driver.js("const a = document.querySelector('#download'); return !a.hidden && a.href");
+    assert!(download.as_str().unwrap_or_default().starts_with("blob:"), "{download}");
+
+    // Try: a photo picked from the library answers.
+    driver.type_into("#file", &of("sneaker")[3]);
+    let text = driver.wait_for("the answer", RESULT, Duration::from_secs(60));
+    let answer: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+    assert_eq!(answer["top"].as_array().map(Vec::len), Some(3), "{answer}");
+    println!("a held-out sneaker: {answer}");
+
+    // Add a class to the built model (core.add), then delete one (core.remove).
+    driver.js("document.querySelector('#class-name').value = ''");
+    driver.type_into("#class-name", "boots");
+    driver.type_into("#class-photos", &of("ankle-boot")[..2].join("\n"));
+    driver.click("#build");
+    driver.wait_for(
+        "the added class",
+        "return document.querySelector('#classes').textContent === 'bags, boots, camera, sneakers'",
+        Duration::from_secs(120),
+    );
+    driver.click("#class-list li:nth-child(3) button:nth-of-type(2)");
+    driver.wait_for(
+        "the deleted class",
+        "return document.querySelector('#classes').textContent === 'bags, boots, sneakers'",
+        Duration::from_secs(30),
+    );
+    let overflow = driver
+        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth");
+    assert!(overflow.as_i64().unwrap() <= 0, "the page is wider than a phone by {overflow} px");
+    driver.js("window.scrollTo(0, 0)");
+    driver.screenshot(&screenshot_dir().join("device_flow_phone.png"));
+}
