@@ -335,3 +335,100 @@ fn the_page_flow_new_classes_camera_build_try_delete_in_chromium() {
     driver.js("window.scrollTo(0, 0)");
     driver.screenshot(&screenshot_dir().join("device_flow_phone.png"));
 }
+
+/// Figures for the README (printed): photos embedded per second in the page with 1 and 2
+/// threads, the head's fit + write for 10 x 5 and 100 x 5 photos in WebAssembly, the sizes of
+/// the module and the site, and `cbr build` on the same photos.
+#[test]
+fn device_build_figures_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = device_site(tmp.path());
+    let train = photos_with_manifest(&site, 0, 5, "train.csv");
+    let size = |p: &Path| -> u64 { walk(p).iter().map(|f| f.metadata().unwrap().len()).sum() };
+    fn walk(p: &Path) -> Vec<PathBuf> {
+        if p.is_file() {
+            return vec![p.to_path_buf()];
+        }
+        std::fs::read_dir(p).unwrap().flat_map(|e| walk(&e.unwrap().path())).collect()
+    }
+    let site_bytes = size(&site) - size(&site.join("photos"));
+    let wasm = std::fs::metadata(site.join("cbr_core.wasm")).unwrap().len();
+    println!(
+        "site: {:.1} MB (cbr_core.wasm {:.2} MB, embedder.onnx {:.1} MB, ort/ {:.1} MB)",
+        site_bytes as f64 / 1e6,
+        wasm as f64 / 1e6,
+        std::fs::metadata(site.join("embedder.onnx")).unwrap().len() as f64 / 1e6,
+        size(&site.join("ort")) as f64 / 1e6
+    );
+
+    let server = StaticServer::start(&site, false);
+    let driver = Driver::start(&tmp.path().join("chromium-profile"));
+    driver.goto(&server.url("index.html"));
+    driver.wait_for(
+        "the service worker",
+        "return navigator.serviceWorker.controller !== null || (location.reload(), false)",
+        Duration::from_secs(60),
+    );
+    for threads in [1, 2] {
+        driver.js_async("await new Promise((r) => { const q = indexedDB.deleteDatabase('cbr-device'); q.onsuccess = q.onerror = q.onblocked = r; }); return 1");
+        driver.goto(&server.url(&format!("index.html?threads={threads}&build=photos/train.csv")));
+        let text = driver.wait_for("the build", RESULT, Duration::from_secs(240));
+        let r: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+        assert!(r.get("error").is_none(), "{r}");
+        assert_eq!(r["embedded"], 50, "every photo embedded (none from storage): {r}");
+        let used = driver.js("return window.cbrPage.threads");
+        assert_eq!(used, threads, "the page ran with {used} threads, not {threads}");
+        println!(
+            "page, {threads} thread(s): 50 photos embedded in {:.0} ms ({:.1} photos/s); head fit + write (10 x 5) {:.0} ms; build {:.0} ms",
+            r["embed_ms"].as_f64().unwrap(),
+            50.0 / (r["embed_ms"].as_f64().unwrap() / 1e3),
+            r["head_ms"].as_f64().unwrap(),
+            r["build_ms"].as_f64().unwrap(),
+        );
+    }
+    // 100 classes x 5 photos: the head on made-up embeddings (the head's cost depends on the
+    // rows, not on where they came from).
+    let ms = driver.js_async(
+        "const e = window.cbrPage.embedder, dim = e.info.dim, n = 500; \
+         const emb = new Float32Array(n * dim); let s = 7; \
+         for (let i = 0; i < emb.length; i++) { s = (s * 1103515245 + 12345) % 2147483648; emb[i] = s / 2147483648; } \
+         const labels = [], ids = []; \
+         for (let i = 0; i < n; i++) { labels.push('c' + String(Math.floor(i / 5)).padStart(3, '0')); ids.push(i.toString(16).padStart(32, '0')); } \
+         const t0 = performance.now(); \
+         const { model } = window.cbrPage.core.build({ embedder: e.bytes, embedderInfo: e.info, preprocess: e.preprocess, labels, imageIds: ids, embeddings: emb }); \
+         return [performance.now() - t0, model.length];",
+    );
+    assert!(ms.get("error").is_none(), "{ms}");
+    println!("page: head fit + write (100 x 5) {:.0} ms, {} bytes", ms[0].as_f64().unwrap(), ms[1]);
+
+    // cbr build on the same photos, natively (no embedding cache), and its head alone.
+    let manifest = site.join("photos/train.csv");
+    let t = std::time::Instant::now();
+    common::run_ok(&[
+        "build",
+        manifest.to_str().unwrap(),
+        "--no-cache",
+        "-q",
+        "-o",
+        tmp.path().join("cli.onnx").to_str().unwrap(),
+    ]);
+    let full = t.elapsed();
+    let shard = tmp.path().join("train.parquet");
+    common::run_ok(&["embed", manifest.to_str().unwrap(), "-q", "-o", shard.to_str().unwrap()]);
+    let t = std::time::Instant::now();
+    common::run_ok(&[
+        "build",
+        "--embeddings",
+        shard.to_str().unwrap(),
+        "-q",
+        "-o",
+        tmp.path().join("emb.onnx").to_str().unwrap(),
+    ]);
+    let head = t.elapsed();
+    println!(
+        "cbr build (native): 10 x 5 photos {:.0} ms end to end (process start, embedder load, decode, embed, head, write); cbr build --embeddings {:.0} ms",
+        full.as_secs_f64() * 1e3,
+        head.as_secs_f64() * 1e3
+    );
+    assert_eq!(train.len(), 50);
+}

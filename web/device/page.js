@@ -304,6 +304,7 @@ async function edit(fn) {
   try {
     const bytes = fn();
     if (bytes) await keepModel(bytes);
+    status(`Ready: ${page.info.labels.length} classes.`);
   } catch (e) {
     status(message(e), true);
   }
@@ -473,6 +474,7 @@ async function start() {
     /// The model file's bytes from `offset`, at most `len`, in base64 (for WebDriver).
     modelBase64: (offset, len) => btoa(Array.from(page.model.subarray(offset, offset + len), (b) => String.fromCharCode(b)).join("")),
     embedPhoto,
+    embedder: page.embedder,
   };
   // The kept model, else the one the site was exported with, else none.
   let model = await loadStored().catch(() => null);
