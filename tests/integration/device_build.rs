@@ -203,6 +203,36 @@ fn the_page_builds_a_classifier_as_cbr_build_does_in_chromium() {
         "after a reload"
     );
 
+    // Adding a class edits the kept file: the result is the file a build of all classes writes
+    // from the same embeddings (the page's own, kept in IndexedDB: none is embedded again).
+    let urls: Vec<String> = train.iter().map(|p| relative(&site, p)).collect();
+    let labels: Vec<String> = train
+        .iter()
+        .map(|p| p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let v = driver.js_async(&format!(
+        "const b = window.cbrPage, core = b.core, e = b.embedder, urls = {urls}, labels = {labels}; \
+         const ids = [], rows = []; let fresh = 0; \
+         for (const u of urls) {{ const r = await b.embedPhoto(await (await fetch(u)).blob()); \
+           ids.push(r.id); rows.push(r.embedding); if (!r.cached) fresh++; }} \
+         const pick = (keep) => {{ const i = labels.map((l, i) => keep(l) ? i : -1).filter((i) => i >= 0); \
+           const emb = new Float32Array(i.length * e.info.dim); i.forEach((r, k) => emb.set(rows[r], k * e.info.dim)); \
+           return {{ labels: i.map((r) => labels[r]), imageIds: i.map((r) => ids[r]), embeddings: emb }}; }}; \
+         const last = labels[labels.length - 1]; \
+         const build = (rows) => core.build({{ embedder: e.bytes, embedderInfo: e.info, preprocess: e.preprocess, ...rows }}).model; \
+         const nine = build(pick((l) => l !== last)); \
+         const added = core.add(nine, pick((l) => l === last)).model; \
+         const all = build(pick(() => true)); \
+         const hex = async (m) => Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', m)), (x) => x.toString(16).padStart(2, '0')).join(''); \
+         return {{ fresh, added: await hex(added), all: await hex(all), kept: await hex(b.model()) }};",
+        urls = json!(urls),
+        labels = json!(labels),
+    ));
+    assert!(v.get("error").is_none(), "{v}");
+    assert_eq!(v["fresh"], 0, "photos embedded again: {v}");
+    assert_eq!(v["added"], v["all"], "adding a class wrote other bytes than building all: {v}");
+    assert_eq!(v["all"], built["sha256"], "the kept model is the build of all classes: {v}");
+
     // Nothing outside the page's origin.
     let loaded = driver.js(
         "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])",
