@@ -242,9 +242,33 @@ fn the_page_builds_a_classifier_as_cbr_build_does_in_chromium() {
     for url in loaded {
         assert!(url.as_str().unwrap().starts_with(&origin), "a request outside {origin}: {url}");
     }
-    driver.cmd("POST", "/window/rect", json!({"width": 390, "height": 844}));
-    driver.js("window.scrollTo(0, 0)");
-    driver.screenshot(&screenshot_dir().join("device_build_phone.png"));
+    // Offline: with the server gone, the page loads from its service worker and the kept
+    // model answers a photo from the file input as before.
+    driver.wait_for(
+        "the service worker",
+        "return navigator.serviceWorker.controller !== null",
+        Duration::from_secs(30),
+    );
+    let served = server.url("index.html");
+    drop(server);
+    driver.goto(&served);
+    driver.wait_for(
+        "the page, offline",
+        "return document.body.dataset.state",
+        Duration::from_secs(60),
+    );
+    let state = driver
+        .js("return [document.body.dataset.state, document.querySelector('#status').textContent]");
+    assert_eq!(state[0], "ready", "offline, the page did not load: {state}");
+    driver.type_into("#file", held_out[1].to_str().unwrap());
+    let text = driver.wait_for("the answer offline", RESULT, Duration::from_secs(60));
+    let offline: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&offline["label"], &offline["unknown"], &offline["top"]),
+        (&page[1]["label"], &page[1]["unknown"], &page[1]["top"]),
+        "offline"
+    );
+    println!("offline: {state}");
 }
 
 /// The number of `selector` elements in the page.
@@ -364,6 +388,40 @@ fn the_page_flow_new_classes_camera_build_try_delete_in_chromium() {
     assert!(overflow.as_i64().unwrap() <= 0, "the page is wider than a phone by {overflow} px");
     driver.js("window.scrollTo(0, 0)");
     driver.screenshot(&screenshot_dir().join("device_flow_phone.png"));
+
+    // A 12-megapixel photo (4000 x 3000 JPEG): answered, the tab not frozen.
+    let big = tmp.path().join("big.jpg");
+    let chelsea = fixtures::photos().into_iter().find(|p| p.ends_with("chelsea.png")).unwrap();
+    image::open(&chelsea)
+        .unwrap()
+        .resize_exact(4000, 3000, image::imageops::FilterType::Triangle)
+        .to_rgb8()
+        .save(&big)
+        .unwrap();
+    driver.js("document.querySelector('#result').textContent = ''");
+    let t = std::time::Instant::now();
+    driver.type_into("#file", big.to_str().unwrap());
+    let text = driver.wait_for("the 12-megapixel answer", RESULT, Duration::from_secs(60));
+    println!("12-megapixel photo answered in {:.1} s: {text}", t.elapsed().as_secs_f64());
+    assert!(!text.as_str().unwrap().contains("error"), "{text}");
+
+    // Storage refused (IndexedDB writes fail, as when the quota is full): said so, and the
+    // previous model kept.
+    driver.js("IDBObjectStore.prototype.put = function () { \
+           throw new DOMException('the quota is exceeded', 'QuotaExceededError'); }");
+    driver.js("document.querySelector('#class-name').value = ''");
+    driver.type_into("#class-name", "coats");
+    driver.type_into("#class-photos", &of("coat")[..2].join("\n"));
+    driver.click("#build");
+    driver.wait_for(
+        "storage refused",
+        "return document.querySelector('#status').classList.contains('error')",
+        Duration::from_secs(60),
+    );
+    let said = status_text(&driver);
+    assert!(said.contains("storage refused") && said.contains("previous model is kept"), "{said}");
+    let labels = driver.js("return document.querySelector('#classes').textContent");
+    assert_eq!(labels, "bags, boots, sneakers", "the previous model is kept");
 }
 
 /// Figures for the README (printed): photos embedded per second in the page with 1 and 2
