@@ -520,3 +520,46 @@ fn device_build_figures_in_chromium() {
     );
     assert_eq!(train.len(), 50);
 }
+
+/// `cbr serve`'s web app offers "build on this device": the same site, served at /device/, builds
+/// from a manifest there.
+#[test]
+fn the_web_app_offers_build_on_this_device_in_chromium() {
+    common::setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = crate::support::Server::start(&tmp.path().join("models"), &[]);
+    let driver = Driver::start(&tmp.path().join("chromium-profile"));
+    driver.goto(&server.url("/"));
+    driver.wait_for(
+        "the link",
+        "return document.querySelector('#build-on-device')?.href",
+        Duration::from_secs(20),
+    );
+    driver.click("#build-on-device");
+    driver.wait_for(
+        "the device page",
+        "return document.body.dataset.state",
+        Duration::from_secs(60),
+    );
+    let state = driver.js("return [location.pathname, document.body.dataset.state, document.querySelector('#status').textContent]");
+    assert_eq!((&state[0], &state[1]), (&json!("/device/"), &json!("ready")), "{state}");
+    // Two classes built in the page from photos picked in the file input.
+    let root = fixtures::fashion_mnist();
+    for class in ["bag", "sneaker"] {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(root.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        driver.js("document.querySelector('#class-name').value = ''");
+        driver.type_into("#class-name", class);
+        let paths: Vec<String> =
+            files[..3].iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        driver.type_into("#class-photos", &paths.join("\n"));
+    }
+    driver.click("#build");
+    let built = driver.wait_for(
+        "the build",
+        "const t = document.querySelector('#build-status').textContent; return t.includes('built in') && t",
+        Duration::from_secs(120),
+    );
+    assert!(built.as_str().unwrap().starts_with("2 classes, 6 photos"), "{built}");
+}
