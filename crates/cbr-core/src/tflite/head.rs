@@ -31,6 +31,7 @@ use crate::head::{Index, IndexDtype, MaxLevel, RetrievalHead, SCORES};
 /// How the similarity layers of the head are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TfliteBlock {
     /// float32 weights and arithmetic: the same scores as cbr's ONNX head.
