@@ -131,7 +131,9 @@ pub fn site_files(
     embedder: &SiteEmbedder,
     title: &str,
 ) -> Result<Vec<SiteFile>> {
-    if ModelFormat::sniff(&embedder.bytes) != ModelFormat::Onnx {
+    if ModelFormat::sniff(&embedder.bytes) != ModelFormat::Onnx
+        || cbr_core::onnx::decode(&embedder.bytes).is_err()
+    {
         bail!("the browser runs ONNX embedders (onnxruntime-web); this embedder is not ONNX");
     }
     let model = match model_bytes {
@@ -393,6 +395,6 @@ mod tests {
             preprocess: Preprocess::raw(224, 224, cbr_core::preprocess::Layout::Nchw),
         };
         let err = site_files(None, &embedder, "m").err().expect("garbage is refused");
-        assert!(!format!("{err:#}").is_empty());
+        assert!(format!("{err:#}").contains("not ONNX"), "{err:#}");
     }
 }
