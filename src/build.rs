@@ -39,6 +39,13 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
+    /// Refuses options no readable model can hold (a NaN or infinite power, a share or
+    /// precision outside 0..=1, a NaN threshold), before any work is done: `BadInput`, named
+    /// as the command line's flag.
+    pub fn validate(&self) -> Result<()> {
+        validate_head_options(&self.head)
+    }
+
     /// The part of the options that decoding and embedding use.
     pub fn embedding(&self) -> EmbedOptions {
         EmbedOptions {
@@ -63,6 +70,14 @@ impl Default for BuildOptions {
             ivf: IvfParams::default(),
         }
     }
+}
+
+/// [`BuildOptions::validate`] of the head's options alone.
+pub fn validate_head_options(head: &HeadOptions) -> Result<()> {
+    head.validate().map_err(|e| {
+        let flag = e.field.replace('_', "-").replace('.', "-");
+        Error::bad_input(format!("invalid build option --{flag}: it {}", e.problem)).into()
+    })
 }
 
 /// Refuses TFLite-only choices (block arithmetic, Model Metadata) for another format.
@@ -164,6 +179,7 @@ pub fn build(
     opts: &BuildOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<(Built, BuildReport)> {
+    opts.validate()?;
     check_class_count(
         crate::dataset::class_counts(images).len(),
         images.first().map_or("", |i| &i.label),
@@ -181,6 +197,7 @@ pub fn build_from_shards(
     shards: &[PathBuf],
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
+    opts.validate()?;
     let start = Instant::now();
     let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
     let (info, preprocess, mut embedded, index) =
@@ -223,6 +240,7 @@ pub fn build_from_embedded(
     embedded: Embedded,
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
+    opts.validate()?;
     let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
     let index = embedded.index(&head_opts)?;
     build_from_index(embedder, index, embedded, opts)

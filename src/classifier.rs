@@ -75,13 +75,16 @@ impl Classifier {
                 }
                 ModelFormat::Tflite => Runner::open(&file, &bytes, memory),
             };
-            let runner = runner.with_context(|| format!("model {}", path.display()))?;
+            let runner = runner.with_context(|| format!("model {}", crate::printable::path(path)))?;
             tries += 1;
             if FileVersion::of(path)? == before {
                 break Self::with_runner(&file, runner);
             }
             if tries == 3 {
-                bail!("model {} changed three times while it was being loaded", path.display());
+                bail!(
+                    "model {} changed three times while it was being loaded",
+                    crate::printable::path(path)
+                );
             }
         };
         if let Some(index) = &classifier.info.index {
@@ -141,6 +144,7 @@ impl Classifier {
         k: usize,
         threshold: Option<f32>,
     ) -> Result<Vec<Prediction>> {
+        check_threshold(threshold)?;
         let scores = self.scores(tensors, n)?;
         let classes = self.info.labels.len();
         let labels = &self.info.labels;
@@ -176,6 +180,7 @@ impl Classifier {
         limits: &DecodeLimits,
         mut each: impl FnMut(usize, Result<Prediction, DecodeError>) -> Result<()>,
     ) -> Result<()> {
+        check_threshold(threshold)?;
         let preprocess = self.info.preprocess.clone();
         crate::pipeline::decode_ahead(paths, &preprocess, limits, |range, decoded| {
             let mut batch = Vec::new();
@@ -220,6 +225,18 @@ impl Classifier {
             out.extend(self.predict(&batch, chunk.len(), k, threshold)?);
         }
         Ok(out)
+    }
+}
+
+/// Refuses a caller's threshold that is not a number (NaN, infinite): `BadInput`, before any
+/// image is read. A NaN compares false with every score, so it would silently answer every image.
+pub fn check_threshold(threshold: Option<f32>) -> Result<()> {
+    match threshold {
+        Some(t) if !t.is_finite() => Err(crate::error::Error::bad_input(format!(
+            "the threshold is {t}; it must be a finite number (0 answers every image)"
+        ))
+        .into()),
+        _ => Ok(()),
     }
 }
 
@@ -324,7 +341,7 @@ struct FileVersion {
 impl FileVersion {
     fn of(path: &Path) -> Result<FileVersion> {
         let m = std::fs::metadata(path).map_err(|e| {
-            crate::error::Error::from_io(e, format!("cannot read model {}", path.display()))
+            crate::error::Error::from_io(e, format!("cannot read model {}", crate::printable::path(path)))
         })?;
         Ok(FileVersion {
             len: m.len(),

@@ -324,8 +324,21 @@ pub fn load_rgb(path: impl AsRef<Path>, limits: &DecodeLimits) -> Result<RgbImag
 
 /// Read a whole file, refusing it from its size before reading.
 pub fn read_limited(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>, DecodeError> {
-    let file = std::fs::File::open(path).map_err(DecodeError::Io)?;
-    let len = file.metadata().map_err(DecodeError::Io)?.len();
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    // Opening a FIFO for reading blocks until a writer appears (forever, for `mkfifo x.jpg` in
+    // a class folder): open without blocking, then refuse anything but a regular file.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, libc::O_NONBLOCK);
+    let file = open.open(path).map_err(DecodeError::Io)?;
+    let meta = file.metadata().map_err(DecodeError::Io)?;
+    if !meta.is_file() {
+        return Err(DecodeError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, FIFO, socket or device)",
+        )));
+    }
+    let len = meta.len();
     if len > limits.max_file_bytes {
         return Err(DecodeError::FileTooLarge { bytes: len, max_bytes: limits.max_file_bytes });
     }
@@ -690,6 +703,23 @@ mod tests {
         let bytes = encode(&DynamicImage::ImageRgb8(pattern(64, 64)), ImageFormat::Png);
         let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p.jpg");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_rgb(&fifo, &DecodeLimits::default()).map(|_| ()));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("reading a FIFO hung");
+        let err = got.unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -43,8 +43,8 @@ impl EditableModel {
     /// Opens the model file at `path` (errors name the file).
     pub fn open(path: &std::path::Path) -> Result<Self> {
         let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-        Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+            std::fs::read(path).with_context(|| format!("cannot read model {}", crate::printable::path(path)))?;
+        Self::from_bytes(&bytes).with_context(|| format!("model {}", crate::printable::path(path)))
     }
 
     /// Writes the model file for the current index to `path`, atomically.
@@ -129,6 +129,14 @@ impl EditableModel {
                 self.index.dim
             );
         }
+        if embedder.info.dim != self.info.embedder.dim {
+            return Err(Error::bad_input(format!(
+                "invalid cbr metadata: embedder.dim is {} but the model's embedder gives {}-d \
+                 embeddings; the file is damaged or was edited: rebuild it with `cbr build`",
+                self.info.embedder.dim, embedder.info.dim
+            ))
+            .into());
+        }
         // Keep the identity of the original embedder: the cache is keyed by it.
         embedder.info = self.info.embedder.clone();
         let known: HashSet<(String, ImageId)> =
@@ -156,7 +164,7 @@ impl EditableModel {
             if !present.contains(l) {
                 return Err(Error::not_found(format!(
                     "the model has no class {l:?} (it has: {})",
-                    present.join(", ")
+                    quoted(&present)
                 ))
                 .into());
             }
@@ -181,13 +189,14 @@ impl EditableModel {
         if !present.iter().any(|l| l == from) {
             return Err(Error::not_found(format!(
                 "the model has no class {from:?} (it has: {})",
-                present.join(", ")
+                quoted(&present)
             ))
             .into());
         }
         if to.is_empty() {
             return Err(Error::bad_input("the new class name is empty").into());
         }
+        crate::dataset::check_label(to).map_err(Error::bad_input)?;
         let before = self.index.len();
         for l in self.index.labels.iter_mut().filter(|l| *l == from) {
             *l = to.to_string();
@@ -204,6 +213,12 @@ impl EditableModel {
         self.check()?;
         Ok(EditReport { removed_rows: before - self.index.len(), ..self.report() })
     }
+}
+
+/// Labels for an error message, each as a Rust string literal: a label holding a control
+/// character (from a model written before labels were checked) cannot drive the terminal.
+fn quoted(labels: &[String]) -> String {
+    labels.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Edits the model file `model` with `edit` and writes the result atomically

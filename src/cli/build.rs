@@ -25,7 +25,7 @@ pub struct BuildArgs {
     /// patterns like 'parts/*.parquet'.
     #[arg(long, num_args = 1.., value_name = "PARQUET")]
     embeddings: Vec<String>,
-    /// Where to write the model (.onnx or .tflite).
+    /// Where to write the model (.onnx or .tflite); missing folders are created.
     #[arg(short, long)]
     output: PathBuf,
     /// The model file format; default: from the output's extension (.tflite, else onnx).
@@ -126,7 +126,6 @@ pub fn run(a: BuildArgs) -> Result<()> {
         },
     };
     build::check_format_options(format, &tflite)?;
-    let mut embedder = build::open_embedder_for(&a.embedder.choice()?, format)?;
     let head = HeadFlags {
         aggregation: a.aggregate,
         power: a.power,
@@ -145,6 +144,9 @@ pub fn run(a: BuildArgs) -> Result<()> {
         tflite,
         ..a.input_args.build_options(head, a.augment)
     };
+    // Before any work: no embedder is loaded, no image read, for options no model can hold.
+    opts.validate()?;
+    let mut embedder = build::open_embedder_for(&a.embedder.choice()?, format)?;
     let (built, report) = match &a.input {
         Some(input) => {
             let images = cbr::dataset::from_path(input)?;

@@ -9,7 +9,8 @@ use clap::Args;
 pub struct ExportWebArgs {
     /// A model built by `cbr build` (ONNX, single file).
     model: PathBuf,
-    /// The folder to write the site into (replaced if it holds an earlier export).
+    /// The folder to write the site into (replaced if it holds an earlier export and nothing
+    /// else; missing folders are created).
     #[arg(short, long)]
     out: PathBuf,
 }

@@ -6,12 +6,14 @@
 //!
 //! - [`read`] is the one reader of a classifier's metadata: it checks every
 //!   field ([`ClassifierInfo::validate`]) and the fields against the graph
-//!   ([`ClassifierInfo::validate_against`]) before anything is allocated or run.
+//!   ([`ClassifierInfo::validate_against`]) and the head's stored tensors (shapes, finite
+//!   values, int8 scales above 0: `stored`) before anything is allocated or run.
 //! - [`write_classifier`] is the one writer: the embedder's graph, the head and
 //!   the metadata, in the embedder's format.
 //! - [`Runner`] runs a classifier in ONNX Runtime or LiteRT.
 
 mod onnx;
+mod stored;
 mod tflite;
 
 use std::path::Path;
@@ -162,14 +164,19 @@ pub fn read(bytes: &[u8]) -> Result<ModelFile> {
     };
     let info = ClassifierInfo::from_json(&json).map_err(|e| Error::bad_input(format!("{e:#}")))?;
     info.validate_against(&signature).map_err(Error::from)?;
+    if format == ModelFormat::Onnx {
+        let tensors = stored::head_tensors(bytes)
+            .map_err(|e| Error::bad_input(format!("not a valid ONNX model ({e})")))?;
+        stored::check(&tensors, &info).map_err(|e| Error::bad_input(format!("{e:#}")))?;
+    }
     Ok(ModelFile { format, info, signature, operations })
 }
 
 /// [`read`] of a file, its errors naming the file; also returns the bytes.
 pub fn read_file(path: &Path) -> Result<(Vec<u8>, ModelFile)> {
     let bytes = std::fs::read(path)
-        .map_err(|e| Error::from_io(e, format!("cannot read model {}", path.display())))?;
-    let file = read(&bytes).with_context(|| format!("model {}", path.display()))?;
+        .map_err(|e| Error::from_io(e, format!("cannot read model {}", crate::printable::path(path))))?;
+    let file = read(&bytes).with_context(|| format!("model {}", crate::printable::path(path)))?;
     Ok((bytes, file))
 }
 
@@ -262,6 +269,8 @@ pub fn write_classifier(
     opts: &WriteOptions,
 ) -> Result<Vec<u8>> {
     let info = classifier_info(embedder_info, preprocess, &head, opts.augment);
+    // Nothing is written that the reader would refuse.
+    info.validate().map_err(Error::from)?;
     match (embedder, opts.rows) {
         (EmbedderGraph::Onnx(model), rows) => write_onnx(model, info, head, rows),
         (EmbedderGraph::Tflite(bytes), RowsIn::Model) => {
