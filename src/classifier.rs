@@ -75,7 +75,8 @@ impl Classifier {
                 }
                 ModelFormat::Tflite => Runner::open(&file, &bytes, memory),
             };
-            let runner = runner.with_context(|| format!("model {}", crate::printable::path(path)))?;
+            let runner =
+                runner.with_context(|| format!("model {}", crate::printable::path(path)))?;
             tries += 1;
             if FileVersion::of(path)? == before {
                 break Self::with_runner(&file, runner);
@@ -341,7 +342,10 @@ struct FileVersion {
 impl FileVersion {
     fn of(path: &Path) -> Result<FileVersion> {
         let m = std::fs::metadata(path).map_err(|e| {
-            crate::error::Error::from_io(e, format!("cannot read model {}", crate::printable::path(path)))
+            crate::error::Error::from_io(
+                e,
+                format!("cannot read model {}", crate::printable::path(path)),
+            )
         })?;
         Ok(FileVersion {
             len: m.len(),

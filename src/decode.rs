@@ -778,11 +778,17 @@ mod tests {
             assert_eq!(&*without_compressed_png_metadata(png), &plain[..]);
             assert_eq!(decode(png).unwrap(), pattern(64, 64));
             check_header(png, &DecodeLimits::default()).unwrap();
-            assert_eq!(decode_rgb_for(png, &DecodeLimits::default(), (8, 8)).unwrap(), pattern(64, 64));
+            assert_eq!(
+                decode_rgb_for(png, &DecodeLimits::default(), (8, 8)).unwrap(),
+                pattern(64, 64)
+            );
         }
         // Other files pass as they are.
         assert!(matches!(without_compressed_png_metadata(&plain), std::borrow::Cow::Borrowed(_)));
-        assert!(matches!(without_compressed_png_metadata(b"GIF89a"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            without_compressed_png_metadata(b"GIF89a"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

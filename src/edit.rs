@@ -42,8 +42,8 @@ pub struct EditReport {
 impl EditableModel {
     /// Opens the model file at `path` (errors name the file).
     pub fn open(path: &std::path::Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read model {}", crate::printable::path(path)))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read model {}", crate::printable::path(path)))?;
         Self::from_bytes(&bytes).with_context(|| format!("model {}", crate::printable::path(path)))
     }
 

@@ -112,7 +112,8 @@ fn manifest(title: &str) -> Result<Vec<u8>> {
 pub fn export_dir(model: &Path, out: &Path) -> Result<()> {
     let (bytes, _) = format::read_file(model)?;
     let title = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let files = site_files(&bytes, &title).with_context(|| format!("model {}", crate::printable::path(model)))?;
+    let files = site_files(&bytes, &title)
+        .with_context(|| format!("model {}", crate::printable::path(model)))?;
     write_dir(&files, out)
 }
 
@@ -178,14 +179,21 @@ fn write_dir(files: &[SiteFile], out: &Path) -> Result<()> {
         }
         let foreign = foreign_entries(out);
         if !empty && !foreign.is_empty() {
-            let shown: Vec<String> =
-                foreign.iter().take(5).map(|f| crate::printable::printable(f).into_owned()).collect();
+            let shown: Vec<String> = foreign
+                .iter()
+                .take(5)
+                .map(|f| crate::printable::printable(f).into_owned())
+                .collect();
             bail!(
                 "{} holds files cbr export-web did not write ({}{}): replacing the export would \
                  delete them; move them elsewhere or choose another folder",
                 out.display(),
                 shown.join(", "),
-                if foreign.len() > 5 { format!(" and {} more", foreign.len() - 5) } else { String::new() }
+                if foreign.len() > 5 {
+                    format!(" and {} more", foreign.len() - 5)
+                } else {
+                    String::new()
+                }
             );
         }
     }

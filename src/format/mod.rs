@@ -174,8 +174,9 @@ pub fn read(bytes: &[u8]) -> Result<ModelFile> {
 
 /// [`read`] of a file, its errors naming the file; also returns the bytes.
 pub fn read_file(path: &Path) -> Result<(Vec<u8>, ModelFile)> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::from_io(e, format!("cannot read model {}", crate::printable::path(path))))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::from_io(e, format!("cannot read model {}", crate::printable::path(path)))
+    })?;
     let file = read(&bytes).with_context(|| format!("model {}", crate::printable::path(path)))?;
     Ok((bytes, file))
 }

@@ -286,7 +286,10 @@ async fn cross_origin_isolated(req: Request, next: Next) -> Response {
     // No other site may frame the app (clickjacking its buttons: delete, build).
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
-        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
     }
     r
 }

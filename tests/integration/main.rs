@@ -17,6 +17,7 @@ mod eval;
 mod export_web;
 mod extended;
 mod golden;
+mod hardening;
 mod head_graph;
 mod litert_cli;
 mod onnxruntime_client;
