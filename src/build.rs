@@ -75,7 +75,7 @@ impl Default for BuildOptions {
 /// [`BuildOptions::validate`] of the head's options alone.
 pub fn validate_head_options(head: &HeadOptions) -> Result<()> {
     head.validate().map_err(|e| {
-        let flag = e.field.replace('_', "-").replace('.', "-");
+        let flag = e.field.replace(['_', '.'], "-");
         Error::bad_input(format!("invalid build option --{flag}: it {}", e.problem)).into()
     })
 }

@@ -79,7 +79,8 @@ pub struct Config {
     pub embedder: EmbedderChoice,
     /// Longest time to receive a classify request's body: 408 after it. The
     /// body is read before an inference slot is taken, so slow or stalled
-    /// clients never hold one.
+    /// clients never hold one. Also the longest a connection may take to send
+    /// a request's headers ([`conn`]): closed after it.
     pub read_timeout: Duration,
     /// Models kept loaded at most (least recently used unloaded first).
     pub max_loaded: usize,

@@ -272,6 +272,8 @@ fn control_characters_in_errors_are_escaped() {
 }
 
 /// Peak resident memory (kB) of `cbr args`, from the kernel's accounting of the child.
+// The child is reaped by wait4 (which std's `wait` cannot do: it gives no rusage).
+#[allow(clippy::zombie_processes)]
 fn peak_rss_kb(args: &[&str]) -> (i64, bool) {
     let child = cbr().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let mut status = 0;
