@@ -465,6 +465,17 @@ impl GraphSignature {
     }
 }
 
+/// Whether `c` ends a line for some reader of a line-based file (TFLite's `labelmap.txt` in
+/// MediaPipe, Python's `str.splitlines`): LF, CR, VT, FF, the file/group/record separators, NEL
+/// and the Unicode line and paragraph separators. No label may hold one. (Other control
+/// characters are kept, and escaped wherever cbr prints a label.)
+pub fn is_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r' | '\x0b' | '\x0c' | '\x1c'..='\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}'
+    )
+}
+
 fn finite(field: &str, v: f32) -> Result<(), InvalidMetadata> {
     if v.is_finite() {
         Ok(())
@@ -539,11 +550,11 @@ impl ClassifierInfo {
             if l.trim().is_empty() {
                 return Err(invalid(format!("labels[{i}]"), "is empty"));
             }
-            if l.chars().any(char::is_control) {
-                // A line break would split TFLite's labelmap.txt into more lines than scores.
+            if l.chars().any(is_line_break) {
+                // It would split TFLite's labelmap.txt into more lines than scores.
                 return Err(invalid(
                     format!("labels[{i}]"),
-                    format!("is {l:?}, which holds a control character (line break, tab, escape)"),
+                    format!("is {l:?}, which holds a line break"),
                 ));
             }
             if !seen.insert(l.as_str()) {
