@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use cbr::decode::{self, DecodeLimits};
-use cbr::preprocess::{Layout, Preprocess};
+use cbr_core::preprocess::{Layout, Preprocess};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let img = decode::decode_rgb(bytes, &limits)?;
         let mut full = vec![0f32; p.tensor_len()];
-        decode::to_tensor(&img, &p, &mut full);
+        cbr_core::pixels::to_tensor(&img, &p, &mut full);
         full_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let reduced = decode::bytes_to_tensor(bytes, &p, &limits)?;

@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use cbr::embedder::EmbedderInfo;
-use cbr::format::{self, EmbedderGraph, WriteOptions};
-use cbr::head::{Aggregation, HeadOptions, ImageId, IndexDtype, RetrievalHead};
-use cbr::preprocess::{Layout, Preprocess};
+use cbr_core::format::{self, EmbedderGraph, WriteOptions};
+use cbr_core::head::{Aggregation, HeadOptions, ImageId, IndexDtype, RetrievalHead};
+use cbr_core::meta::EmbedderInfo;
+use cbr_core::preprocess::{Layout, Preprocess};
 
 const DIM: usize = 8;
 
@@ -32,7 +32,7 @@ fn main() -> Result<()> {
     };
     let preprocess = Preprocess::raw(2, 2, Layout::Nchw);
     let labels: Vec<String> = (0..6).map(|i| format!("class{}", i / 2)).collect();
-    let embeddings = cbr::rng::SplitMix64::new(5).uniform_vec(6 * DIM, 0.0, 4.0);
+    let embeddings = cbr_core::rng::SplitMix64::new(5).uniform_vec(6 * DIM, 0.0, 4.0);
     let embedder = cbr::testing::tiny_onnx_embedder(DIM, 17, 7);
     for aggregation in Aggregation::ALL {
         for dtype in IndexDtype::ALL {

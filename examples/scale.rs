@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cbr::head::{HeadOptions, ImageId, Index, IndexDtype, RetrievalHead, SCORES};
-use cbr::onnx::{self, node, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use cbr::search::synthetic::Clusters;
 use cbr::search::{FlatIndex, Hit, IvfIndex, IvfParams};
-use cbr::serve::lru;
+use cbr_cli::serve::lru;
+use cbr_core::head::{HeadOptions, ImageId, Index, IndexDtype, RetrievalHead, SCORES};
+use cbr_core::onnx::{self, node, value_info, DataType, Dim, ModelProto, OperatorSetIdProto};
 use clap::{Parser, Subcommand};
 use ort::session::{OutputSelector, RunOptions};
 use ort::value::TensorRef;
@@ -356,7 +356,7 @@ fn main() -> Result<()> {
             println!("{}", json!({"what": "shards", "n": n, "classes": classes, "parts": parts}));
         }
         Cmd::Onnx { dir, classes, singles, batch, dtype } => {
-            cbr::runtime::install()?;
+            cbr::runtime::onnxruntime::install()?;
             // Where the memory goes (docs/scale.md "Known limits"): the peak resident memory of
             // each phase, and what stays resident after it.
             let mut phases = serde_json::Map::new();
@@ -406,16 +406,20 @@ fn main() -> Result<()> {
                 // server's upload do), then by ONNX Runtime from the path (as `Classifier::open`).
                 let start = Instant::now();
                 let file = std::fs::read(&path)?;
-                let session =
-                    cbr::embedder::session_from_bytes(&file, cbr::embedder::SessionMemory::Arena)?;
+                let session = cbr::runtime::onnxruntime::session_from_bytes(
+                    &file,
+                    cbr::runtime::onnxruntime::SessionMemory::Arena,
+                )?;
                 let load_bytes_s = start.elapsed().as_secs_f64();
                 drop(file);
                 drop(session);
                 lru::release_free_memory();
                 phase(&mut phases, "load in ONNX Runtime from bytes");
                 let start = Instant::now();
-                let mut session =
-                    cbr::embedder::session_from_file(&path, cbr::embedder::SessionMemory::Arena)?;
+                let mut session = cbr::runtime::onnxruntime::session_from_file(
+                    &path,
+                    cbr::runtime::onnxruntime::SessionMemory::Arena,
+                )?;
                 let load_s = start.elapsed().as_secs_f64();
                 phase(&mut phases, "load in ONNX Runtime from the file");
                 let options =

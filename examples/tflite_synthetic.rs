@@ -7,9 +7,9 @@
 
 use anyhow::{bail, Context, Result};
 use cbr::embedder::EmbedderInfo;
-use cbr::head::{HeadOptions, RetrievalHead};
-use cbr::preprocess::{Layout, Preprocess};
-use cbr::tflite::{self, TfliteOptions};
+use cbr_core::head::{HeadOptions, RetrievalHead};
+use cbr_core::preprocess::{Layout, Preprocess};
+use cbr_core::tflite::{self, TfliteOptions};
 
 fn main() -> Result<()> {
     let a: Vec<String> = std::env::args().collect();
@@ -30,7 +30,7 @@ fn main() -> Result<()> {
     let out = &sub.tensors.as_ref().unwrap()[sub.outputs.as_ref().unwrap()[0] as usize];
     let dim = out.shape.as_ref().unwrap()[1..].iter().product::<i32>() as usize;
     // Skewed towards 0, like pooled ReLU features.
-    let emb: Vec<f32> = cbr::rng::SplitMix64::new(1)
+    let emb: Vec<f32> = cbr_core::rng::SplitMix64::new(1)
         .uniform_vec(rows * dim, 0.0, 1.0)
         .into_iter()
         .map(|u| u.powi(3) * 4.0)
@@ -47,7 +47,7 @@ fn main() -> Result<()> {
         dim,
     };
     let preprocess = Preprocess::raw(224, 224, Layout::Nhwc);
-    let info = cbr::format::classifier_info(&embedder_info, &preprocess, &head, false);
+    let info = cbr_core::format::classifier_info(&embedder_info, &preprocess, &head, false);
     let t = std::time::Instant::now();
     let bytes = tflite::classifier_bytes(
         &embedder,

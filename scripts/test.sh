@@ -7,7 +7,7 @@
 #   it: without the data those tests fail instead of being left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 source scripts/env.sh
 shared=${CBR_SHARED:-../shared}
 log=$(mktemp)

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     // Still one thread: setting the environment is safe here.
-    cbr::runtime::disable_telemetry();
+    cbr::runtime::onnxruntime::disable_telemetry();
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(info) = cbr::meta::ClassifierInfo::from_json(text) {
+        if let Ok(info) = cbr_core::meta::ClassifierInfo::from_json(text) {
             // What validates must also describe a consistent model.
             assert_eq!(info.labels.len(), info.images_per_label.len());
             let _ = info.validate_against(&Default::default());

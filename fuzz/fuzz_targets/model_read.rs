@@ -4,11 +4,11 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = cbr::format::read(data);
+    let _ = cbr_core::format::read(data);
     // The same bytes as the other format.
     let mut tflite = data.to_vec();
     if tflite.len() >= 8 {
         tflite[4..8].copy_from_slice(b"TFL3");
-        let _ = cbr::format::read(&tflite);
+        let _ = cbr_core::format::read(&tflite);
     }
 });

@@ -18,6 +18,7 @@ line's message (:class:`BadInput` is also a ``ValueError``, :class:`NotFound` a
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -46,6 +47,12 @@ __version__: str = _cbr.version()
 DEFAULT_EMBEDDER = "efficientnet-lite0"
 #: Largest accepted ``width * height`` of an image file (``--max-pixels``).
 DEFAULT_MAX_PIXELS = 100_000_000
+#: The build options and their defaults (``cbr build``'s, from the Rust library's one
+#: ``BuildRequest``): ``aggregate``, ``power``, ``center``, ``calibrate``, ``augment``,
+#: ``known_target``, ``no_unknown``, ``target_precision``, ``threshold``, ``original``,
+#: ``index_dtype``, ``index``, ``ivf_nprobe``, ``format``, ``tflite_block``, ``name``,
+#: ``description``, ``author``, ``model_version``, ``license``.
+BUILD_DEFAULTS: Dict[str, Any] = json.loads(_cbr.build_defaults())
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Labelled images: a folder ``<root>/<label>/<images>``, a CSV manifest (``path,label``), or
@@ -57,6 +64,7 @@ Progress = Union[bool, None, Callable[[int, int], None]]
 __all__ = [
     "__version__",
     "DEFAULT_EMBEDDER",
+    "BUILD_DEFAULTS",
     "Classifier",
     "Embedder",
     "build",
@@ -135,52 +143,20 @@ def _input_args(strict: bool, max_pixels: int, cache: bool) -> Dict[str, Any]:
     return {"strict": bool(strict), "max_pixels": int(max_pixels), "cache": bool(cache)}
 
 
-def _head_args(
-    aggregate: str,
-    power: float,
-    center: bool,
-    calibrate: bool,
-    known_target: Optional[float],
-    target_precision: Optional[float],
-    threshold: Optional[float],
-    index_dtype: str,
-    original: bool,
-) -> Dict[str, Any]:
-    return {
-        "aggregate": aggregate,
-        "power": float(power),
-        "center": bool(center),
-        "calibrate": bool(calibrate),
-        "known_target": None if known_target is None else float(known_target),
-        "target_precision": None if target_precision is None else float(target_precision),
-        "threshold": None if threshold is None else float(threshold),
-        "index_dtype": index_dtype,
-        "original": bool(original),
-    }
-
-
-def _output_args(
-    format: Optional[str],
-    index: str,
-    ivf_nprobe: int,
-    tflite_block: str,
-    name: Optional[str],
-    description: Optional[str],
-    author: Optional[str],
-    model_version: Optional[str],
-    license: Optional[str],
-) -> Dict[str, Any]:
-    return {
-        "format": format,
-        "index": index,
-        "ivf_nprobe": int(ivf_nprobe),
-        "tflite_block": tflite_block,
-        "name": name,
-        "description": description,
-        "author": author,
-        "model_version": model_version,
-        "license": license,
-    }
+def _request(options: Dict[str, Any]) -> str:
+    """The build request (JSON) of ``cbr build``'s options given as keyword arguments; the
+    Rust library fills in the defaults and refuses an unknown name. ``known_target=None`` is
+    ``--no-unknown``."""
+    request = dict(options)
+    if "known_target" in request and request["known_target"] is None:
+        del request["known_target"]
+        request["no_unknown"] = True
+    # JSON has no NaN or infinity: such a value is refused here, as the library refuses it.
+    for name, value in request.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = name.replace("_", "-")
+            raise BadInput(f"invalid build option --{flag}: it is {value}; must be a finite number")
+    return json.dumps(request)
 
 
 def _is_path(x: Any) -> bool:
@@ -466,39 +442,21 @@ def build(
     bgr: bool = False,
     resize: Optional[str] = None,
     resample: Optional[str] = None,
-    aggregate: str = "discriminant",
-    power: float = 0.5,
-    center: bool = True,
-    calibrate: bool = True,
-    known_target: Optional[float] = 0.95,
-    target_precision: Optional[float] = None,
-    threshold: Optional[float] = None,
-    index_dtype: str = "f32",
-    original: bool = False,
-    augment: bool = False,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     cache: bool = True,
-    format: Optional[str] = None,
-    index: str = "auto",
-    ivf_nprobe: int = 0,
-    tflite_block: str = "float",
-    name: Optional[str] = None,
-    description: Optional[str] = None,
-    author: Optional[str] = None,
-    model_version: Optional[str] = None,
-    license: Optional[str] = None,
     progress: Progress = False,
+    **options: Any,
 ) -> Classifier:
     """Builds a classifier from labelled images and writes it to ``output`` (``.onnx``, or
     ``.tflite``); returns it loaded, with :attr:`Classifier.build_report`.
 
     ``images``: a folder ``<root>/<label>/<images>``, a CSV manifest (``path,label``), or
-    ``(paths, labels)``. The options are ``cbr build``'s, with the same names and defaults
-    (``cbr build --help`` explains each): ``aggregate`` is ``"discriminant"``, ``"centroid"``,
-    ``"max"`` or ``"blend"``; ``index_dtype`` ``"f32"``, ``"f16"`` or ``"int8"``; ``original``
-    is the original classification-by-retrieval; ``cache=False`` is ``--no-cache``;
-    ``known_target=None`` is ``--no-unknown``.
+    ``(paths, labels)``. ``options`` are ``cbr build``'s, with the same names and defaults
+    (:data:`BUILD_DEFAULTS`; ``cbr build --help`` explains each): ``aggregate`` is
+    ``"discriminant"``, ``"centroid"``, ``"max"`` or ``"blend"``; ``index_dtype`` ``"f32"``,
+    ``"f16"`` or ``"int8"``; ``original=True`` is the original classification-by-retrieval;
+    ``known_target=None`` is ``--no-unknown``. ``cache=False`` is ``--no-cache``.
     Unreadable images are skipped and listed in ``build_report["skipped"]`` (``strict=True``
     stops at the first instead).
     """
@@ -509,16 +467,8 @@ def build(
         pairs,
         None,
         _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize, resample),
-        _head_args(
-            aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
-            original,
-        ),
+        _request(options),
         _input_args(strict, max_pixels, cache),
-        _output_args(
-            format, index, ivf_nprobe, tflite_block, name, description, author, model_version,
-            license,
-        ),
-        bool(augment),
         _progress(progress),
     )
     return _opened(output, report)
@@ -536,23 +486,12 @@ def build_from_shards(
     bgr: bool = False,
     resize: Optional[str] = None,
     resample: Optional[str] = None,
-    aggregate: str = "discriminant",
-    power: float = 0.5,
-    center: bool = True,
-    calibrate: bool = True,
-    known_target: Optional[float] = 0.95,
-    target_precision: Optional[float] = None,
-    threshold: Optional[float] = None,
-    index_dtype: str = "f32",
-    original: bool = False,
-    augment: bool = False,
-    format: Optional[str] = None,
-    index: str = "auto",
-    ivf_nprobe: int = 0,
+    **options: Any,
 ) -> Classifier:
     """``cbr build --embeddings``: a classifier from Parquet embedding shards (files, folders or
     patterns like ``"parts/*.parquet"``, written by :func:`embed_shard` or ``cbr embed``). The
-    embedder and its preprocessing must be those the shards were made with."""
+    embedder and its preprocessing must be those the shards were made with; ``options`` are
+    :func:`build`'s."""
     patterns = [os.fspath(shards)] if _is_path(shards) else [os.fspath(s) for s in shards]
     report = _cbr.build(
         os.fspath(output),
@@ -560,13 +499,8 @@ def build_from_shards(
         None,
         patterns,
         _embedder_args(embedder, embedding_output, input_size, mean, std, bgr, resize, resample),
-        _head_args(
-            aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
-            original,
-        ),
+        _request(options),
         _input_args(False, DEFAULT_MAX_PIXELS, True),
-        _output_args(format, index, ivf_nprobe, "float", None, None, None, None, None),
-        bool(augment),
         None,
     )
     return _opened(output, report)
@@ -579,24 +513,14 @@ def build_from_embeddings(
     *,
     embedder: Union[PathLike, Embedder] = DEFAULT_EMBEDDER,
     image_ids: Optional[Sequence[str]] = None,
-    aggregate: str = "discriminant",
-    power: float = 0.5,
-    center: bool = True,
-    calibrate: bool = True,
-    known_target: Optional[float] = 0.95,
-    target_precision: Optional[float] = None,
-    threshold: Optional[float] = None,
-    index_dtype: str = "f32",
-    original: bool = False,
-    format: Optional[str] = None,
-    index: str = "auto",
+    **options: Any,
 ) -> Classifier:
     """A classifier from embeddings you made: ``embeddings`` of shape ``(n, dim)`` with one
     label each. The model runs ``embedder`` on the images it classifies, so the embeddings must
     come from that embedder with its preprocessing (e.g. :meth:`Embedder.embed`, or your own
     run of the same ``.onnx`` file). ``image_ids`` (32 hex digits each) identify the images,
     which orders the index and lets :func:`add` skip images already in the model; by default
-    the row number."""
+    the row number. ``options`` are :func:`build`'s."""
     e = np.ascontiguousarray(np.asarray(embeddings, dtype="<f4"))
     if e.ndim != 2:
         raise BadInput(f"embeddings must be 2-d (n, dim), got shape {e.shape}")
@@ -613,11 +537,7 @@ def build_from_embeddings(
         labels,
         None if image_ids is None else [str(i) for i in image_ids],
         args,
-        _head_args(
-            aggregate, power, center, calibrate, known_target, target_precision, threshold, index_dtype,
-            original,
-        ),
-        _output_args(format, index, 0, "float", None, None, None, None, None),
+        _request(options),
     )
     return _opened(output, report)
 

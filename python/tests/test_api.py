@@ -246,7 +246,7 @@ def test_errors_are_typed_and_say_what_the_command_says(cli_model, scenes, tmp_p
         cbr.build((scenes["paths"][:2], ["a"]), tmp_path / "w.onnx")
     with pytest.raises(cbr.BadInput, match="not found"):
         cbr.build(([str(tmp_path / "gone.jpg")], ["a"]), tmp_path / "w.onnx")
-    with pytest.raises(cbr.BadInput, match="unknown aggregation"):
+    with pytest.raises(cbr.BadInput, match="build option aggregate: unknown variant `mean`"):
         cbr.build(scenes["manifest"], tmp_path / "w.onnx", aggregate="mean")
 
     # An unreadable image among good ones: raised by default, answered in place on request.

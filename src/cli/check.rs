@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use cbr::check::{self, CheckOptions, Thresholds};
-use cbr::head::{Aggregation, HeadOptions};
+use cbr_core::head::{Aggregation, HeadOptions};
 
 use super::output::embed_with_progress;
 use super::{EmbedderArgs, InputArgs};
@@ -54,7 +54,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
         &HeadOptions { aggregation: a.aggregate, ..HeadOptions::default() },
         &embedder.info.name,
     );
-    let embed_opts = a.input_args.build_options(head.clone(), false).embedding();
+    let embed_opts = a.input_args.options_with_head(head.clone(), false).embedding();
     let embedded = embed_with_progress(&mut embedder, &images, &embed_opts, a.input_args.quiet)?;
     // Skipped images (unreadable ones, exact duplicates) are part of the report, not stderr.
     let opts = CheckOptions {

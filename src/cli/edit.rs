@@ -56,20 +56,21 @@ pub fn add(a: AddArgs) -> Result<()> {
     let images = cbr::dataset::from_path(&a.input)?;
     let bar = progress_bar(images.len(), a.input_args.quiet);
     // Under the model's lock from the read to the write: concurrent edits all land.
-    let report = cbr::edit::edit_file(&a.model, a.output.as_deref(), |model| {
-        let opts = a.input_args.build_options(model.options.clone(), a.augment);
-        model.add(&images, &opts, &|done| bar.set_position(done as u64))
+    let added = cbr::edit::edit_file(&a.model, a.output.as_deref(), |model| {
+        let opts = a.input_args.options_with_head(model.options.clone(), a.augment);
+        cbr::edit::add(model, &images, &opts, &|done| bar.set_position(done as u64))
     })?;
     bar.finish_and_clear();
     let out = a.output.as_deref().unwrap_or(&a.model);
-    print_skipped(&report.skipped, a.input_args.quiet);
+    print_skipped(&added.skipped, a.input_args.quiet);
+    let report = &added.report;
     if !a.input_args.quiet {
         eprintln!(
             "wrote {}: added {} images ({} from the embedding cache); \
              now {} classes, {} index rows",
             out.display(),
             report.added,
-            report.cached,
+            added.cached,
             report.classes,
             report.rows
         );

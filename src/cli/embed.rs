@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use cbr::head::HeadOptions;
 use cbr::shard::Shard;
+use cbr_core::head::HeadOptions;
 
 use super::output::{print_skipped, progress_bar};
 use super::{EmbedderArgs, InputArgs};
@@ -33,7 +33,7 @@ pub struct EmbedArgs {
 pub fn run(a: EmbedArgs) -> Result<()> {
     let images = cbr::dataset::from_path(&a.input)?;
     let mut embedder = cbr::models::open_embedder(&a.embedder.choice()?)?;
-    let opts = a.input_args.build_options(HeadOptions::default(), a.augment);
+    let opts = a.input_args.options_with_head(HeadOptions::default(), a.augment);
     let bar = progress_bar(a.shard.of(&images).len(), a.input_args.quiet);
     let progress = |done: usize| bar.set_position(done as u64);
     let embedded = cbr::shard::embed_to_file(

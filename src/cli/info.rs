@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use cbr::format::ModelFormat;
-use cbr::meta::ClassifierInfo;
 use cbr::printable;
+use cbr_core::format::ModelFormat;
+use cbr_core::meta::ClassifierInfo;
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -18,7 +18,7 @@ pub struct InfoArgs {
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
-    let (bytes, file) = cbr::format::read_file(&a.model)?;
+    let (bytes, file) = cbr::classifier::read_model_file(&a.model)?;
     let info = file.info;
     let operations = match file.format {
         ModelFormat::Onnx => format!("{} graph operations", file.operations),

@@ -19,9 +19,10 @@ use clap::Args;
 
 use cbr::build::BuildOptions;
 use cbr::decode::DecodeLimits;
-use cbr::head::HeadOptions;
 use cbr::models::EmbedderChoice;
-use cbr::preprocess::{Resample, ResizeMode};
+use cbr_core::build::BuildRequest;
+use cbr_core::head::HeadOptions;
+use cbr_core::preprocess::{Resample, ResizeMode};
 
 /// Which embedder, and how images are prepared for it (build, embed, eval).
 #[derive(Args)]
@@ -91,16 +92,20 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
-    /// Build options for `head` with these input flags.
-    pub fn build_options(&self, head: HeadOptions, augment: bool) -> BuildOptions {
+    /// The options of `request` with these input flags.
+    pub fn build_options(&self, request: &BuildRequest) -> BuildOptions {
         BuildOptions {
-            head,
-            augment,
             strict: self.strict,
             limits: DecodeLimits { max_pixels: self.max_pixels, ..DecodeLimits::default() },
             cache: !self.no_cache,
-            ..BuildOptions::default()
+            ..BuildOptions::of_request(request)
         }
+    }
+
+    /// The options for embedding with `head` (an edit keeps its model's head; embed and
+    /// check need only the head's power and dtype).
+    pub fn options_with_head(&self, head: HeadOptions, augment: bool) -> BuildOptions {
+        BuildOptions { head, augment, ..self.build_options(&BuildRequest::default()) }
     }
 }
 

@@ -29,7 +29,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
             }
         }
         ModelsCommand::Pull { name } => {
-            cbr::runtime::ensure()?;
+            cbr::runtime::onnxruntime::ensure()?;
             println!("{}", models::pull(&name)?.display());
         }
     }

@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use cbr::export_web::ort_web;
-use cbr::{litert, runtime};
+use cbr::runtime::{litert, onnxruntime as runtime};
 
 #[derive(Subcommand)]
 pub enum RuntimeCommand {

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 
 use cbr::models::{EmbedderChoice, DEFAULT_MODEL};
-use cbr::serve::Config;
+use cbr_cli::serve::Config;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -37,7 +37,7 @@ pub struct ServeArgs {
     /// Classifier format for builds with a known embedder: `tflite` uses its TFLite twin (run
     /// in LiteRT). A file given as --embedder decides by itself.
     #[arg(long, value_enum)]
-    format: Option<cbr::format::ModelFormat>,
+    format: Option<cbr_core::format::ModelFormat>,
     /// Longest time to receive a classify request's image, in seconds: 408 after it. Also how long
     /// a connection may take to send a request's headers (from its opening or its previous
     /// answer): it is closed after it.
@@ -65,7 +65,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    cbr::serve::run(Config {
+    cbr_cli::serve::run(Config {
         addr: a.addr,
         models_dir: a.models,
         max_upload: a.max_upload,
@@ -74,7 +74,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         timeout: Duration::from_secs_f64(a.timeout.max(0.001)),
         embedder: EmbedderChoice {
             embedder: a.embedder,
-            tflite: a.format == Some(cbr::format::ModelFormat::Tflite),
+            tflite: a.format == Some(cbr_core::format::ModelFormat::Tflite),
             ..EmbedderChoice::default()
         },
         read_timeout: Duration::from_secs_f64(a.read_timeout.max(0.001)),

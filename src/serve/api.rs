@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub use super::store::{BuiltState, LabelImages};
-use crate::classifier::Scored;
+use cbr::classifier::Scored;
 
 /// `GET /api/health`: liveness and the server's limits.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -156,17 +156,17 @@ pub struct ErrorDetail {
     Scored,
     Error,
     ErrorDetail,
-    crate::meta::ClassifierInfo,
-    crate::meta::EmbedderInfo,
-    crate::meta::IndexInfo,
-    crate::meta::Calibration,
-    crate::meta::Aggregation,
-    crate::meta::IndexDtype,
-    crate::meta::HeadOptions,
-    crate::preprocess::Preprocess,
-    crate::preprocess::Layout,
-    crate::preprocess::ChannelOrder,
-    crate::preprocess::ResizeMode,
+    cbr_core::meta::ClassifierInfo,
+    cbr_core::meta::EmbedderInfo,
+    cbr_core::meta::IndexInfo,
+    cbr_core::meta::Calibration,
+    cbr_core::meta::Aggregation,
+    cbr_core::meta::IndexDtype,
+    cbr_core::meta::HeadOptions,
+    cbr_core::preprocess::Preprocess,
+    cbr_core::preprocess::Layout,
+    cbr_core::preprocess::ChannelOrder,
+    cbr_core::preprocess::ResizeMode,
 )))]
 struct Schemas;
 

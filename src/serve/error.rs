@@ -5,8 +5,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::decode::DecodeError;
-use crate::error::{kind_of, ErrorKind};
+use cbr::decode::DecodeError;
+use cbr::error::{kind_of, ErrorKind};
 
 #[derive(Debug)]
 pub struct ApiError {

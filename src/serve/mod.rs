@@ -1,6 +1,6 @@
 //! `cbr serve`: an HTTP API and a web app to build classifiers and try them,
-//! over the same library functions as the command line ([`crate::build::build`],
-//! [`crate::classifier::Classifier::predict`], [`crate::decode`]).
+//! over the same library functions as the command line ([`cbr::build::build`],
+//! [`cbr::classifier::Classifier::predict`], [`cbr::decode`]).
 //!
 //! - Routes come from one table ([`routes::ROUTES`]) that also generates
 //!   `/openapi.json`.
@@ -49,13 +49,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::build::{self, BuildOptions};
-use crate::classifier::{Classifier, Prediction};
-use crate::decode::{self, DecodeLimits};
-use crate::embedder::{Embedder, SessionMemory};
-use crate::format::ModelFormat;
-use crate::models::{self, EmbedderChoice};
-use crate::preprocess::Preprocess;
+use cbr::build::{self, BuildOptions};
+use cbr::classifier::{Classifier, Prediction};
+use cbr::decode::{self, DecodeLimits};
+use cbr::embedder::Embedder;
+use cbr::models::{self, EmbedderChoice};
+use cbr::runtime::onnxruntime::SessionMemory;
+use cbr_core::format::ModelFormat;
+use cbr_core::preprocess::Preprocess;
 
 use api::{Added, BuildState, BuildStatus, Classification, Deleted, Health, Label, ModelList};
 use error::{ApiError, ApiResult};
@@ -183,7 +184,7 @@ impl App {
 /// Runs the server until Ctrl-C or SIGTERM. Prints
 /// `cbr serve: listening on http://ADDR` on stdout once it accepts connections.
 pub fn run(cfg: Config) -> Result<()> {
-    crate::runtime::ensure()?;
+    cbr::runtime::onnxruntime::ensure()?;
     let store = Store::open(&cfg.models_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -722,7 +723,7 @@ async fn start_build(
 fn run_build(
     app: &App,
     name: &str,
-    images: &[crate::dataset::LabelledImage],
+    images: &[cbr::dataset::LabelledImage],
     job: &Job,
     fingerprint: String,
 ) -> Result<()> {
@@ -1037,10 +1038,10 @@ async fn built_bytes(app: &App, name: &str) -> ApiResult<Vec<u8>> {
 async fn model_info(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<crate::meta::ClassifierInfo>> {
+) -> ApiResult<Json<cbr_core::meta::ClassifierInfo>> {
     let bytes = built_bytes(&app, &name).await?;
-    let info = tokio::task::spawn_blocking(move || -> Result<crate::meta::ClassifierInfo> {
-        Ok(crate::format::read(&bytes)?.info)
+    let info = tokio::task::spawn_blocking(move || -> Result<cbr_core::meta::ClassifierInfo> {
+        Ok(cbr_core::format::read(&bytes)?.info)
     })
     .await
     .map_err(ApiError::internal)??;
@@ -1089,7 +1090,7 @@ async fn download_tflite(
 
 /// onnxruntime-web's files, from cbr's cache, for the web app's on-device mode.
 async fn ort_web_file(Path(file): Path<String>) -> ApiResult<Response> {
-    use crate::export_web::ort_web;
+    use cbr::export_web::ort_web;
     if !ort_web::is_file_name(&file) {
         return Err(ApiError::not_found("no_file", format!("no onnxruntime-web file {file:?}")));
     }
@@ -1112,13 +1113,13 @@ async fn ort_web_file(Path(file): Path<String>) -> ApiResult<Response> {
 async fn export_web(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let bytes = built_bytes(&app, &name).await?;
     // The server does not fetch onnxruntime-web itself: it is installed, or the answer says how.
-    crate::export_web::ort_web::files()
+    cbr::export_web::ort_web::files()
         .map_err(|e| ApiError::not_found("no_ort_web", format!("{e:#}")))?;
     let title = name.clone();
     let zip = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-        let files = crate::export_web::site_files(&bytes, &title)?;
+        let files = cbr::export_web::site_files(&bytes, &title)?;
         let root = format!("{title}-web");
-        Ok(crate::export_web::write_zip(&files, &root, std::io::Cursor::new(Vec::new()))?
+        Ok(cbr::export_web::write_zip(&files, &root, std::io::Cursor::new(Vec::new()))?
             .into_inner())
     })
     .await

@@ -17,9 +17,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache;
-use crate::dataset::LabelledImage;
-use crate::format::ModelFormat;
+use cbr::cache;
+use cbr::dataset::LabelledImage;
+use cbr_core::format::ModelFormat;
 
 /// Longest model name or label, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -153,13 +153,13 @@ impl Store {
         Ok(Store { root: root.to_path_buf() })
     }
 
-    /// The model's lock ([`crate::lock::ModelLock`] on model.onnx, the same
+    /// The model's lock ([`cbr::lock::ModelLock`] on model.onnx, the same
     /// one `cbr add` takes), or None when the model does not exist (any more).
-    pub fn lock(&self, name: &str) -> Result<Option<crate::lock::ModelLock>> {
+    pub fn lock(&self, name: &str) -> Result<Option<cbr::lock::ModelLock>> {
         if !self.exists(name) {
             return Ok(None);
         }
-        let lock = match crate::lock::ModelLock::acquire(&self.model_path(name)) {
+        let lock = match cbr::lock::ModelLock::acquire(&self.model_path(name)) {
             Ok(l) => l,
             // Deleted between the check and the lock.
             Err(_) if !self.exists(name) => return Ok(None),
@@ -205,7 +205,7 @@ impl Store {
     pub fn list(&self) -> Result<Vec<String>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(&self.root)
-            .with_context(|| format!("cannot read {}", crate::printable::path(&self.root)))?
+            .with_context(|| format!("cannot read {}", cbr::printable::path(&self.root)))?
         {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -343,7 +343,7 @@ impl Store {
     pub fn install_model(
         &self,
         name: &str,
-        built: &crate::build::Built,
+        built: &cbr::build::Built,
         state: &BuiltState,
     ) -> Result<()> {
         let format = ModelFormat::sniff(&built.model);

@@ -28,7 +28,7 @@ pub async fn device_script() -> impl IntoResponse {
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        crate::export_web::DEVICE_JS,
+        cbr::export_web::DEVICE_JS,
     )
 }
 

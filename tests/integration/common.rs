@@ -54,7 +54,7 @@ pub fn setup() -> &'static Path {
 /// Makes ONNX Runtime available to library calls in this process.
 pub fn setup_runtime() {
     setup();
-    cbr::runtime::install().expect("installing ONNX Runtime");
+    cbr::runtime::onnxruntime::install().expect("installing ONNX Runtime");
 }
 
 /// `../shared` beside the repository (or `$CBR_SHARED`): the big image sets and

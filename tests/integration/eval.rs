@@ -61,7 +61,7 @@ pub fn eval_json_report_and_dump(
     assert_eq!(r["index_images"], 50);
     let configs = r["configs"].as_array().unwrap();
     let names: Vec<&str> = configs.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for a in cbr::head::Aggregation::ALL {
+    for a in cbr_core::head::Aggregation::ALL {
         assert!(names.contains(&a.name()), "{} missing from {names:?}", a.name());
     }
     assert!(names.contains(&"original"), "{names:?}");

@@ -68,23 +68,26 @@ fn fails_with(args: &[&str], want: &str) -> String {
 }
 
 /// `model` with its ONNX protobuf changed by `change`, written to `out`.
-fn tampered(model: &Path, out: &Path, change: impl FnOnce(&mut cbr::onnx::ModelProto)) {
-    let mut m = cbr::onnx::decode(&std::fs::read(model).unwrap()).unwrap();
+fn tampered(model: &Path, out: &Path, change: impl FnOnce(&mut cbr_core::onnx::ModelProto)) {
+    let mut m = cbr_core::onnx::decode(&std::fs::read(model).unwrap()).unwrap();
     change(&mut m);
-    std::fs::write(out, cbr::onnx::encode(&m)).unwrap();
+    std::fs::write(out, cbr_core::onnx::encode(&m)).unwrap();
 }
 
-fn initializer<'a>(m: &'a mut cbr::onnx::ModelProto, name: &str) -> &'a mut cbr::onnx::TensorProto {
+fn initializer<'a>(
+    m: &'a mut cbr_core::onnx::ModelProto,
+    name: &str,
+) -> &'a mut cbr_core::onnx::TensorProto {
     let g = m.graph.as_mut().unwrap();
     g.initializer.iter_mut().find(|t| t.name.as_deref() == Some(name)).unwrap()
 }
 
-fn set_metadata(m: &mut cbr::onnx::ModelProto, pointer: &str, value: serde_json::Value) {
-    let key = cbr::meta::METADATA_KEY;
+fn set_metadata(m: &mut cbr_core::onnx::ModelProto, pointer: &str, value: serde_json::Value) {
+    let key = cbr_core::meta::METADATA_KEY;
     let mut json: serde_json::Value =
-        serde_json::from_str(cbr::onnx::metadata(m, key).unwrap()).unwrap();
+        serde_json::from_str(cbr_core::onnx::metadata(m, key).unwrap()).unwrap();
     *json.pointer_mut(pointer).unwrap() = value;
-    cbr::onnx::set_metadata(m, key, &json.to_string());
+    cbr_core::onnx::set_metadata(m, key, &json.to_string());
 }
 
 #[test]

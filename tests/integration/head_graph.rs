@@ -8,10 +8,10 @@ use crate::common;
 use cbr::build::model_bytes;
 use cbr::classifier::Classifier;
 use cbr::embedder::Embedder;
-use cbr::head::{graph, plan_max, Aggregation, HeadOptions, IndexDtype, RetrievalHead};
-use cbr::onnx::{self, ModelProto};
-use cbr::preprocess::{Layout, Preprocess};
-use cbr::rng::SplitMix64;
+use cbr_core::head::{graph, plan_max, Aggregation, HeadOptions, IndexDtype, RetrievalHead};
+use cbr_core::onnx::{self, ModelProto};
+use cbr_core::preprocess::{Layout, Preprocess};
+use cbr_core::rng::SplitMix64;
 
 /// Deterministic pseudo-random values in (-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {

@@ -36,7 +36,7 @@ pub fn accuracy(model: &Path, queries: &Path) -> f64 {
 }
 
 pub fn is_tflite(path: &Path) -> bool {
-    std::fs::read(path).map(|b| cbr::litert::is_tflite(&b)).unwrap_or(false)
+    std::fs::read(path).map(|b| cbr::runtime::litert::is_tflite(&b)).unwrap_or(false)
 }
 
 #[test]

@@ -430,7 +430,7 @@ fn tflite_embedder_models_are_stored_and_served_as_tflite() {
     let file = tmp.path().join("lite.tflite");
     std::fs::write(&file, &r.body).unwrap();
     let c = cbr::classifier::Classifier::open(&file).unwrap();
-    assert_eq!(c.format, cbr::format::ModelFormat::Tflite);
+    assert_eq!(c.format, cbr_core::format::ModelFormat::Tflite);
     assert_eq!(c.info.labels, &CLASSES[..2]);
 
     let r = get(a, "/api/models/lite/model.onnx");
@@ -457,7 +457,7 @@ fn openapi_documents_exactly_the_routes_served() {
         })
         .collect();
     let table: BTreeSet<(String, String)> =
-        cbr::serve::ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+        cbr_cli::serve::ROUTES.iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
     assert_eq!(documented, table, "the OpenAPI document and the route table differ");
 
     // Every documented operation is routed (answers something other than the

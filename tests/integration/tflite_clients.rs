@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use crate::fixtures;
 use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
-use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
-use cbr::preprocess::{Layout, Preprocess};
-use cbr::tflite::{self, TfliteBlock, TfliteOptions};
+use cbr_core::head::{Aggregation, HeadOptions, RetrievalHead};
+use cbr_core::preprocess::{Layout, Preprocess};
+use cbr_core::tflite::{self, TfliteBlock, TfliteOptions};
 use common::{images_in, shared, split_folder};
 use serde_json::Value;
 
@@ -187,7 +187,7 @@ fn info_for(embedder: &Embedder, bytes: &[u8], head: &RetrievalHead) -> Classifi
     )
     .expect("opening the embedder in LiteRT");
     let info = EmbedderInfo { dim: head.dim, ..opened.info };
-    cbr::format::classifier_info(&info, &embedder.preprocess, head, false)
+    cbr_core::format::classifier_info(&info, &embedder.preprocess, head, false)
 }
 
 fn write_classifier(
@@ -202,7 +202,7 @@ fn write_classifier(
     let model =
         tflite::classifier_bytes(&bytes, head, &info, &opts).expect("writing the classifier");
     std::fs::write(out, &model).unwrap();
-    assert_eq!(cbr::format::read(&model).expect("cbr reads its own .tflite back").info, info);
+    assert_eq!(cbr_core::format::read(&model).expect("cbr reads its own .tflite back").info, info);
     info
 }
 

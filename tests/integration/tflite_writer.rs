@@ -10,10 +10,10 @@ use crate::common;
 
 use cbr::classifier::ClassifierInfo;
 use cbr::embedder::EmbedderInfo;
-use cbr::head::{Aggregation, HeadOptions, RetrievalHead};
-use cbr::preprocess::{Layout, Preprocess};
-use cbr::rng::SplitMix64;
-use cbr::tflite::{self, edit, TfliteBlock, TfliteOptions};
+use cbr_core::head::{Aggregation, HeadOptions, RetrievalHead};
+use cbr_core::preprocess::{Layout, Preprocess};
+use cbr_core::rng::SplitMix64;
+use cbr_core::tflite::{self, edit, TfliteBlock, TfliteOptions};
 const DIM: usize = 1280;
 
 /// The default embedder's TFLite twin.
@@ -60,7 +60,7 @@ fn info(h: &RetrievalHead) -> ClassifierInfo {
     };
     let preprocess =
         Preprocess { mean: [127.0; 3], std: [128.0; 3], ..Preprocess::raw(224, 224, Layout::Nhwc) };
-    cbr::format::classifier_info(&embedder, &preprocess, h, false)
+    cbr_core::format::classifier_info(&embedder, &preprocess, h, false)
 }
 
 fn write(h: &RetrievalHead, block: TfliteBlock) -> Vec<u8> {
@@ -175,8 +175,8 @@ fn int8_block_stores_index_rows_in_a_quarter_of_the_space() {
 fn cbr_reads_its_info_back_and_refuses_other_files() {
     let h = head(4, 2, &HeadOptions::default());
     let bytes = write(&h, TfliteBlock::Float);
-    assert_eq!(cbr::format::read(&bytes).unwrap().info, info(&h));
-    let err = format!("{:#}", cbr::format::read(&embedder()).unwrap_err());
+    assert_eq!(cbr_core::format::read(&bytes).unwrap().info, info(&h));
+    let err = format!("{:#}", cbr_core::format::read(&embedder()).unwrap_err());
     assert!(err.contains("not written by cbr"), "{err}");
     let err =
         tflite::classifier_bytes(b"GARBAGE-not-a-model", &h, &info(&h), &TfliteOptions::default())

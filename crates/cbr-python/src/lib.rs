@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::Result;
-use clap::ValueEnum;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyType};
@@ -23,9 +22,10 @@ use cbr::dataset::LabelledImage;
 use cbr::decode::DecodeLimits;
 use cbr::embedder::Embedder;
 use cbr::error::{kind_of, ErrorKind};
-use cbr::head::{HeadOptions, ImageId};
 use cbr::models::EmbedderChoice;
 use cbr::pipeline::{EmbedOptions, Embedded};
+use cbr_core::build::BuildRequest;
+use cbr_core::head::{HeadOptions, ImageId};
 
 /// A cbr error as the Python exception of its kind (`cbr._errors`), message as the CLI prints it.
 fn to_py(e: anyhow::Error) -> PyErr {
@@ -96,18 +96,13 @@ fn stoppable<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
-/// A value of one of the command line's option enums, by the name the command line takes.
-fn choice<T: ValueEnum>(value: &str, what: &str) -> Result<T> {
-    T::from_str(value, true).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
-            .collect();
-        cbr::error::Error::bad_input(format!(
-            "unknown {what} {value:?}: use one of {}",
-            names.join(", ")
-        ))
-        .into()
+/// A value of one of the option enums, by the name the command line and the JSON requests take
+/// (their serde names, which are clap's).
+fn choice<T: serde::de::DeserializeOwned>(value: &str, what: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|e| {
+        let e = e.to_string();
+        let expected = e.split_once(", expected ").map_or(e.as_str(), |(_, x)| x);
+        cbr::error::Error::bad_input(format!("unknown {what} {value:?}: use {expected}")).into()
     })
 }
 
@@ -161,86 +156,34 @@ struct InputArgs {
 }
 
 impl InputArgs {
-    fn build_options(&self, head: HeadOptions, augment: bool) -> BuildOptions {
+    /// The options of `request` with these input choices.
+    fn build_options(&self, request: &BuildRequest) -> BuildOptions {
         BuildOptions {
-            head,
-            augment,
             strict: self.strict,
             limits: DecodeLimits { max_pixels: self.max_pixels, ..DecodeLimits::default() },
             cache: self.cache,
-            ..BuildOptions::default()
+            ..BuildOptions::of_request(request)
         }
+    }
+
+    /// The options for embedding with `head` (an edit keeps its model's head).
+    fn options_with_head(&self, head: HeadOptions, augment: bool) -> BuildOptions {
+        BuildOptions { head, augment, ..self.build_options(&BuildRequest::default()) }
     }
 }
 
-/// The head, as `cbr build`'s `--aggregate`, `--power`, `--center`, `--calibrate`,
-/// `--known-target`/`--no-unknown`, `--target-precision`, `--threshold`, `--index-dtype` and
-/// `--original` give it.
-#[derive(FromPyObject)]
-struct HeadArgs {
-    #[pyo3(item)]
-    aggregate: String,
-    #[pyo3(item)]
-    power: f32,
-    #[pyo3(item)]
-    center: bool,
-    #[pyo3(item)]
-    calibrate: bool,
-    #[pyo3(item)]
-    known_target: Option<f32>,
-    #[pyo3(item)]
-    target_precision: Option<f32>,
-    #[pyo3(item)]
-    threshold: Option<f32>,
-    #[pyo3(item)]
-    index_dtype: String,
-    #[pyo3(item)]
-    original: bool,
+/// The build request of a JSON object of `cbr build`'s options (Python's keyword arguments,
+/// the same names as the command line's flags); what it leaves out takes the one default.
+fn request_of(json: &str) -> Result<BuildRequest> {
+    let value = serde_json::from_str(json)
+        .map_err(|e| cbr::error::Error::bad_input(format!("build options: {e}")))?;
+    BuildRequest::from_json(&value)
 }
 
-impl HeadArgs {
-    /// Through the command line's own mapping ([`cbr::meta::HeadFlags`]).
-    /// The options, refused (`BadInput`) when no readable model could hold them.
-    fn options(&self) -> Result<HeadOptions> {
-        let options = cbr::meta::HeadFlags {
-            aggregation: choice(&self.aggregate, "aggregation")?,
-            power: self.power,
-            center: self.center,
-            calibrate: self.calibrate,
-            known_target: self.known_target,
-            target_precision: self.target_precision,
-            threshold: self.threshold,
-            index_dtype: choice(&self.index_dtype, "index dtype")?,
-            original: self.original,
-        }
-        .options();
-        cbr::build::validate_head_options(&options)?;
-        Ok(options)
-    }
-}
-
-/// Where the model goes and in which format, as `cbr build`'s `--format`, `--index`,
-/// `--ivf-nprobe`, `--tflite-block` and the TFLite Model Metadata flags give it.
-#[derive(FromPyObject)]
-struct OutputArgs {
-    #[pyo3(item)]
-    format: Option<String>,
-    #[pyo3(item)]
-    index: String,
-    #[pyo3(item)]
-    ivf_nprobe: usize,
-    #[pyo3(item)]
-    tflite_block: String,
-    #[pyo3(item)]
-    name: Option<String>,
-    #[pyo3(item)]
-    description: Option<String>,
-    #[pyo3(item)]
-    author: Option<String>,
-    #[pyo3(item)]
-    model_version: Option<String>,
-    #[pyo3(item)]
-    license: Option<String>,
+/// The default build request, as JSON (`cbr.BUILD_DEFAULTS`).
+#[pyfunction]
+fn build_defaults() -> String {
+    serde_json::to_string(&BuildRequest::default()).expect("a request serializes")
 }
 
 /// Labelled images from a folder or CSV manifest (`source`), or from `(path, label)` pairs.
@@ -283,7 +226,7 @@ fn build_report_json(report: &BuildReport, index: Option<PathBuf>) -> String {
 /// `cbr build`: from images (folder, manifest or pairs) or, with `shards`, from Parquet
 /// embedding shards (`cbr build --embeddings`). Writes `output` and returns the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (output, source, pairs, shards, embedder, head, input, out, augment, progress))]
+#[pyo3(signature = (output, source, pairs, shards, embedder, request, input, progress))]
 #[allow(clippy::too_many_arguments)]
 fn build(
     py: Python<'_>,
@@ -292,38 +235,16 @@ fn build(
     pairs: Option<Vec<(PathBuf, String)>>,
     shards: Option<Vec<String>>,
     embedder: EmbedderArgs,
-    head: HeadArgs,
+    request: &str,
     input: InputArgs,
-    out: OutputArgs,
-    augment: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     py.detach(|| -> Result<String> {
-        let format = cbr::format::ModelFormat::for_output(
-            &output,
-            out.format.as_deref().map(|f| choice(f, "model format")).transpose()?,
-        );
-        let tflite = cbr::tflite::TfliteOptions {
-            block: choice(&out.tflite_block, "TFLite block")?,
-            about: cbr::tflite::About {
-                name: out.name.clone(),
-                description: out.description.clone(),
-                author: out.author.clone(),
-                version: out.model_version.clone(),
-                license: out.license.clone(),
-            },
-        };
-        cbr::build::check_format_options(format, &tflite)?;
+        let request = request_of(request)?;
+        let format = cbr_core::format::ModelFormat::for_output(&output, request.format);
+        request.check_format(format)?;
         let mut model = cbr::build::open_embedder_for(&embedder.choice()?, format)?;
-        let opts = BuildOptions {
-            index: choice(&out.index, "index")?,
-            ivf: cbr::search::IvfParams {
-                nprobe: out.ivf_nprobe,
-                ..cbr::search::IvfParams::default()
-            },
-            tflite,
-            ..input.build_options(head.options()?, augment)
-        };
+        let opts = input.build_options(&request);
         let (built, report) = match shards {
             Some(patterns) => {
                 let files = cbr::shard::expand(&patterns)?;
@@ -346,7 +267,7 @@ fn build(
 /// `embeddings`, little-endian), which must come from `embedder` with its preprocessing, as
 /// the model will run that embedder on the images it classifies.
 #[pyfunction]
-#[pyo3(signature = (output, embeddings, dim, labels, image_ids, embedder, head, out))]
+#[pyo3(signature = (output, embeddings, dim, labels, image_ids, embedder, request))]
 #[allow(clippy::too_many_arguments)]
 fn build_from_embeddings(
     py: Python<'_>,
@@ -356,15 +277,13 @@ fn build_from_embeddings(
     labels: Vec<String>,
     image_ids: Option<Vec<String>>,
     embedder: EmbedderArgs,
-    head: HeadArgs,
-    out: OutputArgs,
+    request: &str,
 ) -> PyResult<String> {
     let values = f32s_of(embeddings.as_bytes());
     py.detach(|| -> Result<String> {
-        let format = cbr::format::ModelFormat::for_output(
-            &output,
-            out.format.as_deref().map(|f| choice(f, "model format")).transpose()?,
-        );
+        let request = request_of(request)?;
+        let format = cbr_core::format::ModelFormat::for_output(&output, request.format);
+        request.check_format(format)?;
         let model = cbr::build::open_embedder_for(&embedder.choice()?, format)?;
         let bad = |m: String| -> anyhow::Error { cbr::error::Error::bad_input(m).into() };
         if dim != model.info.dim {
@@ -395,7 +314,7 @@ fn build_from_embeddings(
         cbr::build::check_class_count(
             sorted.len(),
             sorted.first().map_or("", |l| l),
-            &head.options()?,
+            &request.head_options(),
         )?;
         let embedded = Embedded {
             embeddings: values,
@@ -406,11 +325,7 @@ fn build_from_embeddings(
             ids,
             ..Default::default()
         };
-        let opts = BuildOptions {
-            head: head.options()?,
-            index: choice(&out.index, "index")?,
-            ..BuildOptions::default()
-        };
+        let opts = BuildOptions::of_request(&request);
         let (built, report) = cbr::build::build_from_embedded(&model, embedded, &opts)?;
         built.write(&output)?;
         let index = built.index.as_ref().map(|_| cbr::sidecar::index_path(&output));
@@ -634,7 +549,7 @@ fn embed_shard(
             .map_err(|e: anyhow::Error| cbr::error::Error::bad_input(format!("{e:#}")))?;
         let images = cbr::dataset::from_path(&source)?;
         let mut model = cbr::models::open_embedder(&embedder.choice()?)?;
-        let opts = input.build_options(HeadOptions::default(), augment).embedding();
+        let opts = input.options_with_head(HeadOptions::default(), augment).embedding();
         let progress = progress_of(&progress, shard.of(&images).len());
         let embedded = stoppable(|| {
             cbr::shard::embed_to_file(&mut model, &images, shard, &opts, &output, &progress)
@@ -656,14 +571,15 @@ fn embed_shard(
 }
 
 /// What an edit did, as JSON.
-fn edit_report_json(r: &cbr::edit::EditReport) -> String {
+fn edit_report_json(a: &cbr::edit::Added) -> String {
+    let r = &a.report;
     serde_json::json!({
         "classes": r.classes,
         "rows": r.rows,
         "added": r.added,
-        "cached": r.cached,
+        "cached": a.cached,
         "removed_rows": r.removed_rows,
-        "skipped": r.skipped.iter()
+        "skipped": a.skipped.iter()
             .map(|s| serde_json::json!({"path": s.path.to_string_lossy(), "reason": s.reason}))
             .collect::<Vec<_>>(),
     })
@@ -689,8 +605,8 @@ fn add(
         let progress = progress_of(&progress, images.len());
         let report = stoppable(|| {
             cbr::edit::edit_file(&model, output.as_deref(), |m| {
-                let opts = input.build_options(m.options.clone(), augment);
-                m.add(&images, &opts, &progress)
+                let opts = input.options_with_head(m.options.clone(), augment);
+                cbr::edit::add(m, &images, &opts, &progress)
             })
         })?;
         Ok(edit_report_json(&report))
@@ -708,7 +624,9 @@ fn remove(
     output: Option<PathBuf>,
 ) -> PyResult<String> {
     py.detach(|| -> Result<String> {
-        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| m.remove_labels(&labels))?;
+        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| {
+            m.remove_labels(&labels).map(cbr::edit::Added::from)
+        })?;
         Ok(edit_report_json(&report))
     })
     .or_py()
@@ -725,7 +643,9 @@ fn relabel(
     output: Option<PathBuf>,
 ) -> PyResult<String> {
     py.detach(|| -> Result<String> {
-        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| m.relabel(&from, &to))?;
+        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| {
+            m.relabel(&from, &to).map(cbr::edit::Added::from)
+        })?;
         Ok(edit_report_json(&report))
     })
     .or_py()
@@ -794,10 +714,11 @@ fn known_embedders() -> Vec<&'static str> {
 #[pymodule]
 fn _cbr(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // As the command line does first thing: keep ONNX Runtime's telemetry off.
-    cbr::runtime::disable_telemetry();
+    cbr::runtime::onnxruntime::disable_telemetry();
     m.add_class::<PyClassifier>()?;
     m.add_class::<PyEmbedder>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
+    m.add_function(wrap_pyfunction!(build_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(build_from_embeddings, m)?)?;
     m.add_function(wrap_pyfunction!(embed_shard, m)?)?;
     m.add_function(wrap_pyfunction!(add, m)?)?;

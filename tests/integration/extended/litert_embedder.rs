@@ -40,7 +40,7 @@ fn python_embeddings(model: &Path, tensors: &[f32], n: usize, dir: &Path) -> Vec
 #[test]
 #[ignore = "extended tier: needs ../shared (scripts/test.sh runs it when ../shared/datasets exists)"]
 fn uint8_mobilenet_v3_matches_python_litert() {
-    cbr::litert::install().expect("installing LiteRT");
+    cbr::runtime::litert::install().expect("installing LiteRT");
     let model = common::shared().join("models/mobilenet_v3_small_224_1.0_uint8_embedder.tflite");
     assert!(model.is_file(), "{} is missing", model.display());
     let mut embedder = models::open_embedder(&EmbedderChoice {
@@ -51,7 +51,7 @@ fn uint8_mobilenet_v3_matches_python_litert() {
     assert_eq!(embedder.info.dim, 1024);
     // The uint8 input is fed raw pixels: normalisation (p - 128) / (1 / 0.007874).
     let p = embedder.preprocess.clone();
-    assert_eq!((p.width, p.height, p.layout), (224, 224, cbr::preprocess::Layout::Nhwc));
+    assert_eq!((p.width, p.height, p.layout), (224, 224, cbr_core::preprocess::Layout::Nhwc));
     assert_eq!(p.mean, [128.0; 3]);
 
     let images: Vec<_> =
