@@ -20,10 +20,11 @@ pub use cbr_core::predict::{answer, predict_row, top_k, Prediction, Scored};
 
 /// [`format::read`] of a file, its errors naming the file; also returns the bytes.
 pub fn read_model_file(path: &Path) -> Result<(Vec<u8>, ModelFile)> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        crate::error::Error::from_io(e, format!("cannot read model {}", path.display()))
-    })?;
-    let file = format::read(&bytes).with_context(|| format!("model {}", path.display()))?;
+    // The path escaped: a control character in it cannot forge a line or drive the terminal.
+    let shown = crate::printable::path(path);
+    let bytes = std::fs::read(path)
+        .map_err(|e| crate::error::Error::from_io(e, format!("cannot read model {shown}")))?;
+    let file = format::read(&bytes).with_context(|| format!("model {shown}"))?;
     Ok((bytes, file))
 }
 

@@ -294,7 +294,7 @@ fn a_damaged_stored_index_is_refused_by_the_reader() {
 /// Issue 26, item 4: a label with a line break would split TFLite's labelmap.txt into more
 /// lines than scores: the reader refuses it, and the writer never writes it.
 #[test]
-fn a_label_with_a_control_character_is_neither_read_nor_written() {
+fn a_label_with_a_line_break_is_neither_read_nor_written() {
     let bytes = classifier(&HeadOptions::default());
     let mut json = metadata_json(&bytes);
     set(&mut json, "/labels/1", json!("two\nlines"));

@@ -207,7 +207,7 @@ impl Model {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+        Self::from_bytes(&bytes).with_context(|| format!("model {}", crate::printable::path(path)))
     }
 
     /// Loads and compiles a model from the bytes of a `.tflite` file.
