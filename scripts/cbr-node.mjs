@@ -12,7 +12,8 @@
 // remove` write. The build flags are cbr build's (--original, --aggregate max,
 // --power 1, --center false, --augment, --no-unknown, --index-dtype int8, --format tflite,
 // --tflite-block int8, --name ...); the embedder must be the file the shards were made with
-// (.tflite for a TFLite classifier). Run scripts/wasm.sh once first.
+// (.tflite for a TFLite classifier). --repeat N builds N times and reports each time (benchmarks).
+// Run scripts/wasm.sh once first.
 
 import { readFileSync, readdirSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -36,7 +37,7 @@ function fail(message) {
 function parseArgs(argv) {
   const command = argv[0];
   if (!["build", "add", "remove"].includes(command)) fail(USAGE);
-  const out = { command, model: null, embeddings: [], labels: [], embedder: null, output: null, request: {} };
+  const out = { command, model: null, embeddings: [], labels: [], embedder: null, output: null, request: {}, repeat: 1 };
   let i = 1;
   if (command !== "build") out.model = argv[i++];
   const values = (into) => {
@@ -47,6 +48,7 @@ function parseArgs(argv) {
     if (arg === "--embeddings") values(out.embeddings);
     else if (arg === "--label") values(out.labels);
     else if (arg === "--embedder") out.embedder = argv[++i];
+    else if (arg === "--repeat") out.repeat = Number(argv[++i]);
     else if (arg === "-o" || arg === "--output") out.output = argv[++i];
     else if (arg.startsWith("--")) {
       const [flag, inline] = arg.slice(2).split("=", 2);
@@ -158,12 +160,12 @@ async function main() {
   if (args.command === "add" && core.info(modelBytes).info.embedder.sha256 !== shards.embedder.sha256) {
     fail(`the shards were embedded with ${shards.embedder.name}, not the embedder of ${args.model}`);
   }
-  const started = performance.now();
-  const { model, report } =
+  const embedder = args.embedder && readFileSync(args.embedder);
+  const run = () =>
     args.command === "add"
       ? core.add(modelBytes, shards)
       : core.build({
-          embedder: readFileSync(args.embedder),
+          embedder,
           embedderInfo: shards.embedder,
           preprocess: shards.preprocess,
           labels: shards.labels,
@@ -171,10 +173,18 @@ async function main() {
           embeddings: shards.embeddings,
           request: args.request,
         });
-  const ms = performance.now() - started;
+  const times = [];
+  let result;
+  for (let r = 0; r < Math.max(1, args.repeat); r++) {
+    const started = performance.now();
+    result = run();
+    times.push(performance.now() - started);
+  }
+  const { model, report } = result;
+  const ms = times[0];
   writeAtomic(args.output, model);
   console.error(`wrote ${args.output}: ${report.classes} classes, ${report.rows} rows in ${ms.toFixed(1)} ms`);
-  console.log(JSON.stringify({ ...report, build_ms: ms }));
+  console.log(JSON.stringify({ ...report, build_ms: ms, times_ms: times }));
 }
 
 main().catch((e) => fail(e.kind ? `${e.message} (${e.kind})` : e.stack || String(e)));

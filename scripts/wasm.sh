@@ -18,8 +18,10 @@ lld="$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld"
 
 # A target directory of its own (another compiler), under the workspace's.
 target=${CARGO_TARGET_DIR:-$PWD/target}/wasm
-# Size over debug info: no debug lines, one codegen unit with LTO, symbols stripped.
-RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$target" \
+# Size over debug info: no debug lines, one codegen unit with LTO, symbols stripped. SIMD128
+# (every current browser and Node >= 16) lets the independent sums of the kernels run 4 wide;
+# the order of operations, and so every bit of the result, is unchanged.
+RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$target" RUSTFLAGS="-C target-feature=+simd128" \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$lld" \
   CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
   CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \

@@ -167,6 +167,10 @@ pub struct ErrorDetail {
     cbr_core::preprocess::Layout,
     cbr_core::preprocess::ChannelOrder,
     cbr_core::preprocess::ResizeMode,
+    cbr_core::build::BuildRequest,
+    cbr_core::build::IndexChoice,
+    cbr_core::format::ModelFormat,
+    cbr_core::tflite::TfliteBlock,
 )))]
 struct Schemas;
 

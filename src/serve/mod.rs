@@ -55,6 +55,7 @@ use cbr::decode::{self, DecodeLimits};
 use cbr::embedder::Embedder;
 use cbr::models::{self, EmbedderChoice};
 use cbr::runtime::onnxruntime::SessionMemory;
+use cbr_core::build::BuildRequest;
 use cbr_core::format::ModelFormat;
 use cbr_core::preprocess::Preprocess;
 
@@ -674,8 +675,10 @@ async fn delete_image(
 async fn start_build(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<BuildStatus>)> {
     existing(&app, &name)?;
+    let request = build_request(&body)?;
     let labels = app.store.labels(&name)?;
     if labels.is_empty() {
         return Err(ApiError::bad_request("no_images", "add labelled images before building"));
@@ -709,7 +712,7 @@ async fn start_build(
     let app2 = app.clone();
     let (name2, job2) = (name.clone(), job.clone());
     tokio::task::spawn_blocking(move || {
-        let result = run_build(&app2, &name2, &images, &job2, fingerprint);
+        let result = run_build(&app2, &name2, &images, &request, &job2, fingerprint);
         let mut s = job2.state.lock().unwrap();
         *s = match result {
             Ok(()) => (BuildState::Done, None),
@@ -719,11 +722,32 @@ async fn start_build(
     Ok((StatusCode::ACCEPTED, Json(job_status(&app, &name))))
 }
 
+/// The build options of a build request's body: none (the defaults), or a JSON object of
+/// `cbr build`'s options (the one `BuildRequest`). The server keeps one ONNX file per model, so
+/// options for other files (TFLite, a sidecar index) are refused.
+fn build_request(body: &[u8]) -> ApiResult<BuildRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(BuildRequest::default());
+    }
+    let bad = |e: String| ApiError::bad_request("bad_build_options", e);
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("build options: {e}")))?;
+    let request = BuildRequest::from_json(&json).map_err(|e| bad(format!("{e:#}")))?;
+    request.check_format(cbr_core::format::ModelFormat::Onnx).map_err(|e| bad(format!("{e:#}")))?;
+    if request.format.is_some_and(|f| f != cbr_core::format::ModelFormat::Onnx)
+        || request.index == cbr_core::build::IndexChoice::Ivf
+    {
+        return Err(bad("the server keeps one ONNX file per model: format and index \"ivf\" are for `cbr build`".into()));
+    }
+    Ok(request)
+}
+
 /// The build itself: the library's [`build::build`], then an atomic install.
 fn run_build(
     app: &App,
     name: &str,
     images: &[cbr::dataset::LabelledImage],
+    request: &BuildRequest,
     job: &Job,
     fingerprint: String,
 ) -> Result<()> {
@@ -733,7 +757,7 @@ fn run_build(
         *slot = Some(models::open_embedder(&app.cfg.embedder)?);
     }
     let embedder = slot.as_mut().expect("loaded above");
-    let opts = BuildOptions { limits: app.limits.clone(), ..BuildOptions::default() };
+    let opts = BuildOptions { limits: app.limits.clone(), ..BuildOptions::of_request(request) };
     let (built, report) =
         build::build(embedder, images, &opts, &|done| job.done.store(done, Ordering::Relaxed))?;
     let root = app.store.images_dir(name);

@@ -14,6 +14,8 @@ pub enum ReqBody {
     Images,
     /// One image: multipart/form-data with a file part, or the raw image bytes as the body.
     Image,
+    /// An optional JSON object of build options (`BuildRequest`: `cbr build`'s names and defaults).
+    BuildOptions,
 }
 
 /// What a successful response carries.
@@ -67,7 +69,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/api/models/{model}/labels/{label}/images", id: "addImages", summary: "Upload labelled images (multipart, `file` parts); creates the label if needed. All or nothing: one unreadable file rejects the request.", tag: "images", body: ReqBody::Images, ok: (201, Resp::Json("Added")), errors: &[400, 404, 413, 415, 503], query: &[] },
     Route { method: "GET", path: "/api/models/{model}/labels/{label}/images/{image}", id: "getImage", summary: "One stored image", tag: "images", body: ReqBody::None, ok: (200, Resp::Image), errors: E_MODEL, query: &[] },
     Route { method: "DELETE", path: "/api/models/{model}/labels/{label}/images/{image}", id: "deleteImage", summary: "Remove one image", tag: "images", body: ReqBody::None, ok: (200, Resp::Json("Deleted")), errors: E_MODEL, query: &[] },
-    Route { method: "POST", path: "/api/models/{model}/build", id: "startBuild", summary: "Start building model.onnx from the model's images (runs in the background; poll getBuild)", tag: "build", body: ReqBody::None, ok: (202, Resp::Json("BuildStatus")), errors: &[400, 404, 409, 503], query: &[] },
+    Route { method: "POST", path: "/api/models/{model}/build", id: "startBuild", summary: "Start building model.onnx from the model's images (runs in the background; poll getBuild); an optional JSON body names build options as `cbr build` does (e.g. {\"aggregate\": \"max\"})", tag: "build", body: ReqBody::BuildOptions, ok: (202, Resp::Json("BuildStatus")), errors: &[400, 404, 409, 503], query: &[] },
     Route { method: "GET", path: "/api/models/{model}/build", id: "getBuild", summary: "Build progress: state, done/total images", tag: "build", body: ReqBody::None, ok: (200, Resp::Json("BuildStatus")), errors: E_MODEL, query: &[] },
     Route { method: "POST", path: "/api/models/{model}/classify", id: "classify", summary: "Classify one image: top-k labels with scores, and the label or unknown", tag: "classify", body: ReqBody::Image, ok: (200, Resp::Json("Classification")), errors: &[400, 404, 408, 409, 413, 415, 503], query: &[
         ("k", "integer", "How many classes to return (default 3, at most 100)"),
@@ -166,6 +168,10 @@ pub fn openapi() -> Value {
                 op["requestBody"] = json!({"required": true, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": file}}},
                     "image/*": {"schema": file}}})
+            }
+            ReqBody::BuildOptions => {
+                op["requestBody"] = json!({"required": false, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/BuildRequest"}}}})
             }
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));

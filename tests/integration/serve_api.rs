@@ -177,10 +177,30 @@ fn api_build_classify_download_and_edit() {
     let r = request(a, "POST", "/api/models/birds/build", None, &[]);
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("empty_label")));
     assert_eq!(delete(a, &format!("/api/models/birds/labels/{}", enc("chat noir é"))).status, 200);
+    // Build options are `cbr build`'s, as JSON (the one BuildRequest); a wrong one is a 400
+    // naming it, before any work.
+    let bad = post_json(a, "/api/models/birds/build", &json!({"aggregate": "mean"}));
+    assert_eq!((bad.status, code(&bad)), (400, "bad_build_options".to_string()), "{}", bad.text());
+    assert!(bad.text().contains("build option aggregate"), "{}", bad.text());
+    let tflite = post_json(a, "/api/models/birds/build", &json!({"tflite_block": "int8"}));
+    assert_eq!(tflite.status, 400, "{}", tflite.text());
+    let r =
+        post_json(a, "/api/models/birds/build", &json!({"aggregate": "max", "no_unknown": true}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let b = wait_build(a, "birds", Duration::from_secs(600));
+    assert_eq!(b["state"], "done", "{b}");
+    let info = get(a, "/api/models/birds/info").json();
+    assert_eq!(
+        (info["aggregation"].as_str(), &info["unknown_label"]),
+        (Some("max"), &Value::Null),
+        "{info}"
+    );
+    // No body: the defaults.
     let b = build_ok(a, "birds");
     assert_eq!(b["built"]["classes"], 2);
     let info = get(a, "/api/models/birds/info").json();
     assert_eq!(info["labels"], json!(CLASSES[..2]));
+    assert_eq!(info["aggregation"], "discriminant");
     // The new version is served (the cached session was replaced).
     let r = classify_file(a, "birds", &held[2].1[0]);
     let v = r.json();

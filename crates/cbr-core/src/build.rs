@@ -21,6 +21,7 @@ use crate::tflite::{About, TfliteBlock, TfliteOptions};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildRequest {
     /// How the index becomes class scores: discriminant (a shrinkage linear
     /// discriminant computed from the index; the most accurate), centroid,
@@ -279,6 +280,7 @@ pub fn head_from_index(index: Index, opts: &HeadOptions, embedder: &str) -> Resu
 /// Where the index rows go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum IndexChoice {
     /// In the ONNX file (exact search), unless that cannot hold them and the

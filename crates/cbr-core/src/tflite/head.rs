@@ -16,6 +16,7 @@
 //! query (scale 1/128) → int8 FULLY_CONNECTED → DEQUANTIZE.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
@@ -24,13 +25,14 @@ use super::schema::model::{
     BuiltinOperator as Op_, BuiltinOptionsT as Opt, ConcatenationOptionsT, GatherOptionsT,
     QuantizationParametersT, ReducerOptionsT, ReshapeOptionsT, SoftmaxOptionsT, TensorType,
 };
-use crate::head::plan::{Centring, HeadPlan, Op};
+use crate::head::plan::{Centring, HeadPlan, Op, Step};
 use crate::head::rules::CLASS_MEANS;
 use crate::head::{Index, IndexDtype, MaxLevel, RetrievalHead, SCORES};
 
 /// How the similarity layers of the head are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TfliteBlock {
     /// float32 weights and arithmetic: the same scores as cbr's ONNX head.
@@ -76,78 +78,101 @@ pub fn lower(
     if plan.scores == plan.embedding {
         bail!("the plan's scores are its input: there is no head to append");
     }
+    let (x, b) = float_embedding(ed, embedding, plan.dim)?;
+    let mut l = Lowering {
+        plan,
+        block,
+        b,
+        d: plan.dim as i32,
+        // The index rows as the query meets them: int8 layers size their output
+        // range on them (they are what queries look like).
+        sample_queries: plan.steps.iter().find_map(|s| match &s.op {
+            Op::Similarity { index, centring } => Some(similarity_rows(index, centring)),
+            _ => None,
+        }),
+        tensors: vec![-1i32; plan.steps.len()],
+        quantized: vec![None; plan.steps.len()],
+        used: HashMap::new(),
+    };
+    l.tensors[plan.embedding] = x;
+    let live = plan.live(&[plan.scores]);
+    for (i, step) in plan.steps.iter().enumerate() {
+        if i == plan.embedding || !live[i] {
+            continue;
+        }
+        let base = l.base_name(i, &step.op)?;
+        let name = if i == plan.scores { SCORES.to_string() } else { base.clone() };
+        l.tensors[i] = l.step(ed, step, &base, &name)?;
+    }
+    Ok(l.tensors[plan.scores])
+}
+
+/// The embedder's output as a float `[B, dim]` tensor (dequantized and
+/// flattened when it is not one), and the batch dimension of the head's
+/// tensors (-1, resizable, when the embedder's is or is 1).
+fn float_embedding(ed: &mut ModelEditor, embedding: i32, dim: usize) -> Result<(i32, i32)> {
     let emb = ed.tensors()[embedding as usize].clone();
     let shape = emb.shape.clone().unwrap_or_default();
     if shape.is_empty() {
         bail!("the embedding output has no shape");
     }
     let batch = shape[0];
-    let dim: i64 = shape[1..].iter().map(|&d| d as i64).product();
-    if dim != plan.dim as i64 {
-        bail!("the embedder's output {:?} has shape {shape:?}: {dim} values per image, but the index embeddings have {}", emb.name.unwrap_or_default(), plan.dim);
+    let values: i64 = shape[1..].iter().map(|&d| d as i64).product();
+    if values != dim as i64 {
+        bail!("the embedder's output {:?} has shape {shape:?}: {values} values per image, but the index embeddings have {dim}", emb.name.unwrap_or_default());
     }
-    let d = plan.dim as i32;
     // The batch is resizable when the embedder's is, or when it is 1 (as in most TFLite files).
     let b = if batch == 1 || emb.shape_signature.as_ref().is_some_and(|s| s.first() == Some(&-1)) {
         -1
     } else {
         batch
     };
-
     let mut x = embedding;
     match emb.type_ {
         TensorType::FLOAT32 => {}
         TensorType::UINT8 | TensorType::INT8 => {
             let y = ed.activation("cbr/embedding_dequantized", TensorType::FLOAT32, &shape, None);
             // DEQUANTIZE v1 takes uint8, v2 int8.
-            ed.op(
-                Op_::DEQUANTIZE,
-                if emb.type_ == TensorType::INT8 { 2 } else { 1 },
-                &[x],
-                &[y],
-                Opt::NONE,
-            );
+            let version = if emb.type_ == TensorType::INT8 { 2 } else { 1 };
+            ed.op(Op_::DEQUANTIZE, version, &[x], &[y], Opt::NONE);
             x = y;
         }
         t => bail!("the embedding output is {t:?}; cbr reads float32, uint8 or int8 embeddings"),
     }
     if shape.len() != 2 {
-        let new_shape = [b, d];
+        let new_shape = [b, dim as i32];
         let s = ed.const_i32("cbr/embedding_shape", &[2], &new_shape);
         let y = ed.activation("cbr/embedding", TensorType::FLOAT32, &new_shape, None);
-        ed.op(
-            Op_::RESHAPE,
-            1,
-            &[x, s],
-            &[y],
-            Opt::ReshapeOptions(Box::new(build!(ReshapeOptionsT {
-                new_shape: Some(new_shape.to_vec())
-            }))),
-        );
+        let options = build!(ReshapeOptionsT { new_shape: Some(new_shape.to_vec()) });
+        ed.op(Op_::RESHAPE, 1, &[x, s], &[y], Opt::ReshapeOptions(Box::new(options)));
         x = y;
     }
-    // The index rows as the query meets them: int8 layers size their output
-    // range on them (they are what queries look like).
-    let sample_queries = plan.steps.iter().find_map(|s| match &s.op {
-        Op::Similarity { index, centring } => Some(similarity_rows(index, centring)),
-        _ => None,
-    });
-    let live = plan.live(&[plan.scores]);
-    let mut tensors = vec![-1i32; plan.steps.len()];
-    tensors[plan.embedding] = x;
-    // Quantized copies of layer inputs, made once each.
-    let mut quantized: Vec<Option<i32>> = vec![None; plan.steps.len()];
-    let mut used = std::collections::HashMap::<String, usize>::new();
-    for (i, step) in plan.steps.iter().enumerate() {
-        if i == plan.embedding || !live[i] {
-            continue;
-        }
-        let base = match &step.op {
+    Ok((x, b))
+}
+
+/// The state of one lowering: the tensor of each step done so far, the
+/// quantized copies of layer inputs (made once each), the names used.
+struct Lowering<'p, 'a> {
+    plan: &'p HeadPlan<'a>,
+    block: TfliteBlock,
+    /// The batch dimension (-1: resizable) and the embedding length.
+    b: i32,
+    d: i32,
+    sample_queries: Option<Cow<'p, [f32]>>,
+    tensors: Vec<i32>,
+    quantized: Vec<Option<i32>>,
+    used: HashMap<String, usize>,
+}
+
+impl Lowering<'_, '_> {
+    /// The tensor name of step `i`: its kind's, `_2`, `_3`, … for a second and third of a kind.
+    fn base_name(&mut self, i: usize, op: &Op) -> Result<String> {
+        let base = match op {
             Op::Embedding | Op::Supplied { .. } => {
-                bail!("step {i} ({:?}) has no TFLite form: the plan must compute it", step.op)
+                bail!("step {i} ({op:?}) has no TFLite form: the plan must compute it")
             }
-            _ if i == plan.query => "cbr/query".to_string(),
-            _ if Some(i) == plan.novelty => "cbr/nearest_class_mean".to_string(),
+            _ if i == self.plan.query => "cbr/query".to_string(),
+            _ if Some(i) == self.plan.novelty => "cbr/nearest_class_mean".to_string(),
             Op::Power { .. } => "cbr/embedding_power".to_string(),
             Op::L2Normalize => "cbr/embedding_l2".to_string(),
             Op::Subtract { .. } => "cbr/embedding_centered".to_string(),
@@ -159,18 +184,20 @@ pub fn lower(
             Op::Sigmoid { .. } => "cbr/known".to_string(),
             Op::AppendUnknown => "cbr/with_unknown".to_string(),
         };
-        // A second step of a kind gets `_2`, and so on.
-        let n = used.entry(base.clone()).or_insert(0);
+        let n = self.used.entry(base.clone()).or_insert(0);
         *n += 1;
-        let base = if *n == 1 { base } else { format!("{base}_{n}") };
-        let name = if i == plan.scores { SCORES.to_string() } else { base.clone() };
-        let shape = [b, step.len as i32];
-        let x = tensors[step.inputs[0]];
+        Ok(if *n == 1 { base } else { format!("{base}_{n}") })
+    }
+
+    /// The operators of one step, named `name` (its helpers `base_…`); returns its output tensor.
+    fn step(&mut self, ed: &mut ModelEditor, step: &Step, base: &str, name: &str) -> Result<i32> {
+        let shape = [self.b, step.len as i32];
+        let x = self.tensors[step.inputs[0]];
         let float = |ed: &mut ModelEditor, name: &str| {
             ed.activation(name, TensorType::FLOAT32, &shape, None)
         };
-        let y = match &step.op {
-            Op::Embedding | Op::Supplied { .. } => unreachable!("rejected above"),
+        Ok(match &step.op {
+            Op::Embedding | Op::Supplied { .. } => unreachable!("refused by base_name"),
             Op::Power { exponent } => {
                 // sign(x) * |x|^p, as in the ONNX head.
                 let abs = float(ed, &format!("{base}_abs"));
@@ -184,90 +211,45 @@ pub fn lower(
                 }
                 let sign = float(ed, &format!("{base}_sign"));
                 ed.op(Op_::SIGN, 1, &[x], &[sign], Opt::NONE);
-                let y = float(ed, &name);
+                let y = float(ed, name);
                 ed.op(Op_::MUL, 1, &[pow, sign], &[y], Opt::MulOptions(Box::default()));
                 y
             }
             Op::L2Normalize => {
-                let y = float(ed, &name);
+                let y = float(ed, name);
                 ed.op(Op_::L2_NORMALIZATION, 1, &[x], &[y], Opt::L2NormOptions(Box::default()));
                 y
             }
             Op::Subtract { vector } => {
                 let m = ed.const_f32(&format!("{base}_mean"), &[vector.len() as i32], vector);
-                let y = float(ed, &name);
+                let y = float(ed, name);
                 ed.op(Op_::SUB, 1, &[x, m], &[y], Opt::SubOptions(Box::default()));
                 y
             }
-            Op::Similarity { .. } | Op::Linear { .. } => {
-                let (weights, bias) = match &step.op {
-                    Op::Similarity { index, centring } => (similarity_rows(index, centring), None),
-                    Op::Linear { weights, bias, .. } => (Cow::Borrowed(*weights), *bias),
-                    _ => unreachable!("matched above"),
-                };
-                // The novelty layer stays float: it is small (one row per
-                // class) and its cosines decide "unknown" near a threshold.
-                let block = match &step.op {
-                    Op::Linear { name: CLASS_MEANS, .. } => TfliteBlock::Float,
-                    _ => block,
-                };
-                match block {
-                    TfliteBlock::Float => similarity_float(ed, &name, x, &weights, bias, shape, d),
-                    TfliteBlock::Int8 => {
-                        let input = step.inputs[0];
-                        let q = match quantized[input] {
-                            Some(q) => q,
-                            None => {
-                                let q = ed.activation(
-                                    &format!(
-                                        "{}_int8",
-                                        ed.tensors()[x as usize].name.clone().unwrap_or_default()
-                                    ),
-                                    TensorType::INT8,
-                                    &[b, d],
-                                    Some(per_tensor(QUERY_SCALE, 0)),
-                                );
-                                // QUANTIZE v2 produces int8.
-                                ed.op(Op_::QUANTIZE, 2, &[x], &[q], Opt::NONE);
-                                quantized[input] = Some(q);
-                                q
-                            }
-                        };
-                        let rows = sample_queries.as_deref().unwrap_or(&weights);
-                        similarity_int8(ed, &name, q, rows, &weights, bias, shape, d)
-                    }
-                }
-            }
+            Op::Similarity { .. } | Op::Linear { .. } => self.matmul(ed, step, name, shape)?,
             Op::ClassMax { levels } => {
                 let mut input = x;
                 for (l, level) in levels.iter().enumerate() {
                     let prefix = format!("{base}{l}");
-                    let out = if l + 1 == levels.len() { name.clone() } else { prefix.clone() };
-                    input = max_level(ed, level, input, &prefix, &out, b);
+                    let out = if l + 1 == levels.len() { name.to_string() } else { prefix.clone() };
+                    input = max_level(ed, level, input, &prefix, &out, self.b);
                 }
                 input
             }
             Op::Average => {
                 let sum = float(ed, &format!("{base}_sum"));
-                let inputs = [tensors[step.inputs[0]], tensors[step.inputs[1]]];
+                let inputs = [self.tensors[step.inputs[0]], self.tensors[step.inputs[1]]];
                 ed.op(Op_::ADD, 1, &inputs, &[sum], Opt::AddOptions(Box::default()));
                 let half = ed.const_f32(&format!("{base}_half"), &[], &[0.5]);
-                let y = float(ed, &name);
+                let y = float(ed, name);
                 ed.op(Op_::MUL, 1, &[sum, half], &[y], Opt::MulOptions(Box::default()));
                 y
             }
             Op::Softmax { temperature } => {
-                let y = float(ed, &name);
+                let y = float(ed, name);
                 // softmax(x / τ) = softmax with β = 1/τ.
-                ed.op(
-                    Op_::SOFTMAX,
-                    1,
-                    &[x],
-                    &[y],
-                    Opt::SoftmaxOptions(Box::new(build!(SoftmaxOptionsT {
-                        beta: 1.0 / temperature
-                    }))),
-                );
+                let options = build!(SoftmaxOptionsT { beta: 1.0 / temperature });
+                ed.op(Op_::SOFTMAX, 1, &[x], &[y], Opt::SoftmaxOptions(Box::new(options)));
                 y
             }
             Op::Sigmoid { scale, offset } => {
@@ -277,39 +259,89 @@ pub fn lower(
                 let a = ed.const_f32(&format!("{base}_scale"), &[], &[*scale]);
                 let logit = float(ed, &format!("{base}_logit"));
                 ed.op(Op_::MUL, 1, &[shifted, a], &[logit], Opt::MulOptions(Box::default()));
-                let y = float(ed, &name);
+                let y = float(ed, name);
                 ed.op(Op_::LOGISTIC, 1, &[logit], &[y], Opt::NONE);
                 y
             }
             Op::AppendUnknown => {
-                // [p · x, 1 − p]: x [B, C] times p [B, 1] broadcasts over the classes.
-                let p = tensors[step.inputs[1]];
-                let classes = step.len as i32 - 1;
-                let known = ed.activation(
-                    &format!("{base}_known"),
-                    TensorType::FLOAT32,
-                    &[b, classes],
-                    None,
+                let p = self.tensors[step.inputs[1]];
+                append_unknown(ed, x, p, step.len as i32 - 1, self.b, base, name)
+            }
+        })
+    }
+
+    /// A similarity or linear layer, float or int8 as the block says (the
+    /// novelty layer stays float: it is small, one row per class, and its
+    /// cosines decide "unknown" near a threshold).
+    fn matmul(
+        &mut self,
+        ed: &mut ModelEditor,
+        step: &Step,
+        name: &str,
+        shape: [i32; 2],
+    ) -> Result<i32> {
+        let x = self.tensors[step.inputs[0]];
+        let (weights, bias) = match &step.op {
+            Op::Similarity { index, centring } => (similarity_rows(index, centring), None),
+            Op::Linear { weights, bias, .. } => (Cow::Borrowed(*weights), *bias),
+            _ => unreachable!("called for similarity and linear steps"),
+        };
+        let block = match &step.op {
+            Op::Linear { name: CLASS_MEANS, .. } => TfliteBlock::Float,
+            _ => self.block,
+        };
+        let d = self.d;
+        if block == TfliteBlock::Float {
+            return Ok(similarity_float(ed, name, x, &weights, bias, shape, d));
+        }
+        let input = step.inputs[0];
+        let q = match self.quantized[input] {
+            Some(q) => q,
+            None => {
+                let input_name = ed.tensors()[x as usize].name.clone().unwrap_or_default();
+                let q = ed.activation(
+                    &format!("{input_name}_int8"),
+                    TensorType::INT8,
+                    &[self.b, d],
+                    Some(per_tensor(QUERY_SCALE, 0)),
                 );
-                ed.op(Op_::MUL, 1, &[x, p], &[known], Opt::MulOptions(Box::default()));
-                let one = ed.const_f32(&format!("{base}_one"), &[], &[1.0]);
-                let unknown =
-                    ed.activation(&format!("{base}_unknown"), TensorType::FLOAT32, &[b, 1], None);
-                ed.op(Op_::SUB, 1, &[one, p], &[unknown], Opt::SubOptions(Box::default()));
-                let y = float(ed, &name);
-                ed.op(
-                    Op_::CONCATENATION,
-                    1,
-                    &[known, unknown],
-                    &[y],
-                    Opt::ConcatenationOptions(Box::new(build!(ConcatenationOptionsT { axis: 1 }))),
-                );
-                y
+                // QUANTIZE v2 produces int8.
+                ed.op(Op_::QUANTIZE, 2, &[x], &[q], Opt::NONE);
+                self.quantized[input] = Some(q);
+                q
             }
         };
-        tensors[i] = y;
+        let rows = self.sample_queries.as_deref().unwrap_or(&weights);
+        Ok(similarity_int8(ed, name, q, rows, &weights, bias, shape, d))
     }
-    Ok(tensors[plan.scores])
+}
+
+/// `[p · x, 1 − p]`: the class entries `x` `[B, classes]` times `p` `[B, 1]`
+/// (broadcast over the classes), then the unknown entry.
+fn append_unknown(
+    ed: &mut ModelEditor,
+    x: i32,
+    p: i32,
+    classes: i32,
+    b: i32,
+    base: &str,
+    name: &str,
+) -> i32 {
+    let known = ed.activation(&format!("{base}_known"), TensorType::FLOAT32, &[b, classes], None);
+    ed.op(Op_::MUL, 1, &[x, p], &[known], Opt::MulOptions(Box::default()));
+    let one = ed.const_f32(&format!("{base}_one"), &[], &[1.0]);
+    let unknown = ed.activation(&format!("{base}_unknown"), TensorType::FLOAT32, &[b, 1], None);
+    ed.op(Op_::SUB, 1, &[one, p], &[unknown], Opt::SubOptions(Box::default()));
+    let y = ed.activation(name, TensorType::FLOAT32, &[b, classes + 1], None);
+    let options = build!(ConcatenationOptionsT { axis: 1 });
+    ed.op(
+        Op_::CONCATENATION,
+        1,
+        &[known, unknown],
+        &[y],
+        Opt::ConcatenationOptions(Box::new(options)),
+    );
+    y
 }
 
 /// The rows a similarity layer matches: a TFLite file keeps no editable
