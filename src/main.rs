@@ -73,7 +73,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line: "error: model m.onnx: cannot ...".
-            eprintln!("error: {e:#}");
+            // Control characters from file names or model files are escaped (line by line: a
+            // message may list problems on lines of their own), so none drives the terminal.
+            let message = format!("{e:#}");
+            let lines: Vec<_> = message.split('\n').map(cbr::printable::printable).collect();
+            eprintln!("error: {}", lines.join("\n"));
             ExitCode::FAILURE
         }
     }

@@ -18,6 +18,7 @@ line's message (:class:`BadInput` is also a ``ValueError``, :class:`NotFound` a
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -150,6 +151,11 @@ def _request(options: Dict[str, Any]) -> str:
     if "known_target" in request and request["known_target"] is None:
         del request["known_target"]
         request["no_unknown"] = True
+    # JSON has no NaN or infinity: such a value is refused here, as the library refuses it.
+    for name, value in request.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = name.replace("_", "-")
+            raise BadInput(f"invalid build option --{flag}: it is {value}; must be a finite number")
     return json.dumps(request)
 
 

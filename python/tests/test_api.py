@@ -176,6 +176,35 @@ def test_progress_and_the_gil(scenes):
     assert ticks > 50, f"the main thread ran {ticks} times during the embedding"
 
 
+def test_a_missing_folder_is_not_found_and_bad_options_write_nothing(scenes, tmp_path):
+    # Issue 26: a missing folder was cbr.Internal; power=nan wrote a model nothing could open.
+    with pytest.raises(cbr.NotFound) as e:
+        cbr.build(tmp_path / "no-such-folder", tmp_path / "x.onnx")
+    assert isinstance(e.value, FileNotFoundError)
+    out = tmp_path / "nan.onnx"
+    for bad in [dict(power=float("nan")), dict(known_target=2.0), dict(target_precision=5.0)]:
+        with pytest.raises(cbr.BadInput, match="invalid build option"):
+            cbr.build(scenes["manifest"], out, **bad)
+        assert not out.exists()
+
+
+def test_an_exception_in_the_progress_callback_stops_the_build(scenes, tmp_path):
+    class Enough(Exception):
+        pass
+
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        raise Enough(f"stopped at {done} of {total}")
+
+    out = tmp_path / "m.onnx"
+    with pytest.raises(Enough, match="stopped at .* of 32"):
+        cbr.build(scenes["manifest"], out, progress=progress, cache=False)
+    assert len(calls) == 1, f"the build went on after the callback raised: {calls}"
+    assert not out.exists()
+
+
 def test_errors_are_typed_and_say_what_the_command_says(cli_model, scenes, tmp_path):
     missing = str(tmp_path / "nope.onnx")
     with pytest.raises(cbr.NotFound) as e:

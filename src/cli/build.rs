@@ -21,7 +21,7 @@ pub struct BuildArgs {
     /// patterns like 'parts/*.parquet'.
     #[arg(long, num_args = 1.., value_name = "PARQUET")]
     embeddings: Vec<String>,
-    /// Where to write the model (.onnx or .tflite).
+    /// Where to write the model (.onnx or .tflite); missing folders are created.
     #[arg(short, long)]
     output: PathBuf,
     #[command(flatten)]
@@ -33,6 +33,8 @@ pub struct BuildArgs {
 }
 
 pub fn run(a: BuildArgs) -> Result<()> {
+    // Before any work (no embedder loaded, no image read): options no model can hold.
+    a.request.validate()?;
     let format = ModelFormat::for_output(&a.output, a.request.format);
     a.request.check_format(format)?;
     let mut embedder = build::open_embedder_for(&a.embedder.choice()?, format)?;

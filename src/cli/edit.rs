@@ -17,7 +17,7 @@ pub struct AddArgs {
     /// Images to add: a folder <root>/<label>/<images> or a CSV manifest (path,label); new
     /// labels become new classes.
     input: PathBuf,
-    /// Write the result here instead of over the model.
+    /// Write the result here instead of over the model (missing folders are created).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Also index mirror images (must match how the model was built).
@@ -34,6 +34,7 @@ pub struct RemoveArgs {
     /// A class to remove (repeat for several).
     #[arg(long = "label", required = true, value_name = "LABEL")]
     labels: Vec<String>,
+    /// Write the result here instead of over the model (missing folders are created).
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
@@ -46,6 +47,7 @@ pub struct RelabelArgs {
     from: String,
     /// Its new name; an existing class of that name absorbs it.
     to: String,
+    /// Write the result here instead of over the model (missing folders are created).
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
@@ -92,10 +94,14 @@ fn edit(
 ) -> Result<()> {
     let report = cbr::edit::edit_file(model, output, change)?;
     let out = output.unwrap_or(model);
+    // A rename removes rows only when it merges classes that share images.
+    let removed = match report.removed_rows {
+        0 => String::new(),
+        n => format!("removed {n} index rows; "),
+    };
     eprintln!(
-        "wrote {}: removed {} index rows; now {} classes, {} index rows",
+        "wrote {}: {removed}now {} classes, {} index rows",
         out.display(),
-        report.removed_rows,
         report.classes,
         report.rows
     );

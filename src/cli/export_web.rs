@@ -13,7 +13,8 @@ pub struct ExportWebArgs {
     /// A model built by `cbr build` (ONNX, single file) to start from; without it the site starts
     /// with no classes.
     model: Option<PathBuf>,
-    /// The folder to write the site into (replaced if it holds an earlier export).
+    /// The folder to write the site into (replaced if it holds an earlier export and nothing
+    /// else; missing folders are created).
     #[arg(short, long)]
     out: PathBuf,
     /// The embedder the page embeds photos with (without MODEL; a model brings its own).

@@ -38,7 +38,9 @@ pub struct ServeArgs {
     /// in LiteRT). A file given as --embedder decides by itself.
     #[arg(long, value_enum)]
     format: Option<cbr_core::format::ModelFormat>,
-    /// Longest time to receive a classify request's image, in seconds: 408 after it.
+    /// Longest time to receive a classify request's image, in seconds: 408 after it. Also how long
+    /// a connection may take to send a request's headers (from its opening or its previous
+    /// answer): it is closed after it.
     #[arg(long, default_value_t = 10.0)]
     read_timeout: f64,
     /// Models kept loaded for classification at most; the least recently used is unloaded first.

@@ -62,9 +62,13 @@ impl ApiError {
         }
     }
 
-    /// A failed multipart read: too large (413) or malformed (400).
+    /// A failed multipart read: too large (413) or malformed (400; axum says 500 when the body
+    /// itself cannot be read, such as a bad chunk-size line, which is the client's doing).
     pub fn from_multipart(e: axum::extract::multipart::MultipartError) -> Self {
-        let status = e.status();
+        let status = match e.status() {
+            s if s.is_server_error() => StatusCode::BAD_REQUEST,
+            s => s,
+        };
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Self::too_large(format!("upload too large: {}", e.body_text()))
         } else {
@@ -75,6 +79,18 @@ impl ApiError {
             )
         }
     }
+}
+
+/// Whether reading a body failed on its size limit (413) rather than on its framing (400).
+pub fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl IntoResponse for ApiError {

@@ -115,10 +115,12 @@ impl Access {
             return false;
         };
         let o_port = o_port.unwrap_or(default_port);
-        // Behind a proxy the Host header often has no port: any default port matches.
+        // Behind a proxy the Host header often has no port: any default port matches, over
+        // either scheme (a TLS proxy). With a port, the request came straight to this server,
+        // which speaks plain HTTP: an https origin on that port is not its own page.
         o_name == h_name
             && match h_port {
-                Some(p) => p == o_port,
+                Some(p) => p == o_port && scheme == "http",
                 None => o_port == 80 || o_port == 443,
             }
     }
@@ -165,6 +167,17 @@ fn forbidden(code: &'static str, message: String) -> Response {
 
 /// The middleware: Host, then token, then Origin.
 pub async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+    // Two Host or Origin headers: proxies and this check could each read a different one.
+    for name in [header::HOST, header::ORIGIN] {
+        if req.headers().get_all(&name).iter().count() > 1 {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "duplicate_header",
+                format!("the request has more than one {name} header; send one"),
+            )
+            .into_response();
+        }
+    }
     let host = req
         .uri()
         .authority()
@@ -282,6 +295,10 @@ mod tests {
         assert!(!a.origin_allowed("http://127.0.0.1:9999", "127.0.0.1:8080"));
         assert!(!a.origin_allowed("null", "127.0.0.1:8080"));
         assert!(!a.origin_allowed("file://", "127.0.0.1:8080"));
+        // This server speaks plain HTTP: https on its own port is another origin.
+        assert!(!a.origin_allowed("https://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(!a.origin_allowed("https://localhost:443", "localhost:443"));
+        assert!(a.origin_allowed("http://localhost:443", "localhost:443"));
     }
 
     #[test]

@@ -13,11 +13,15 @@
 //!   of classify requests in flight (503 + Retry-After beyond it); a timeout
 //!   on every request (503 + Retry-After).
 //! - Errors are JSON (`{"error": {"code", "message"}}`) with meaningful statuses
-//!   ([`json_errors`] rewrites the framework's own).
+//!   ([`json_errors`] rewrites the framework's own, [`conn`] hyper's answers to requests it
+//!   cannot parse).
+//! - Connections ([`conn`]): a request's headers must arrive within `read_timeout` of the
+//!   connection's opening (or its previous answer), or it is closed.
 //! - Who may call: [`guard`] (Host, Origin, token). Loaded models are kept in
 //!   an LRU bounded by count and memory ([`lru`]).
 
 pub mod api;
+pub mod conn;
 pub mod error;
 pub mod guard;
 pub mod json_errors;
@@ -77,7 +81,8 @@ pub struct Config {
     pub embedder: EmbedderChoice,
     /// Longest time to receive a classify request's body: 408 after it. The
     /// body is read before an inference slot is taken, so slow or stalled
-    /// clients never hold one.
+    /// clients never hold one. Also the longest a connection may take to send
+    /// a request's headers ([`conn`]): closed after it.
     pub read_timeout: Duration,
     /// Models kept loaded at most (least recently used unloaded first).
     pub max_loaded: usize,
@@ -231,7 +236,8 @@ pub fn run(cfg: Config) -> Result<()> {
             writeln!(out, "cbr serve: listening on http://{addr}")?;
             out.flush()?;
         }
-        axum::serve(listener, router(app)).with_graceful_shutdown(shutdown()).await.context("server error")?;
+        let header_timeout = app.cfg.read_timeout;
+        conn::serve(listener, router(app), header_timeout, shutdown()).await.context("server error")?;
         Ok(())
     });
     // A build still running is abandoned: model.onnx is only ever replaced
@@ -280,6 +286,14 @@ async fn cross_origin_isolated(req: Request, next: Next) -> Response {
     let h = r.headers_mut();
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-embedder-policy", HeaderValue::from_static("require-corp"));
+    // No other site may frame the app (clickjacking its buttons: delete, build).
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
+    }
     r
 }
 
@@ -958,11 +972,16 @@ async fn image_body(app: &AppState, req: Request) -> ApiResult<axum::body::Bytes
         }
         Err(ApiError::bad_request("no_files", "the upload has no file part"))
     } else {
-        axum::body::to_bytes(req.into_body(), app.cfg.max_upload).await.map_err(|_| {
-            ApiError::too_large(format!(
-                "request body above the limit of {} bytes",
-                app.cfg.max_upload
-            ))
+        axum::body::to_bytes(req.into_body(), app.cfg.max_upload).await.map_err(|e| {
+            if error::is_length_limit(&e) {
+                ApiError::too_large(format!(
+                    "request body above the limit of {} bytes",
+                    app.cfg.max_upload
+                ))
+            } else {
+                // A malformed chunked body (a bad chunk-size line), or the client went away.
+                ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
+            }
         })
     }
 }

@@ -205,7 +205,7 @@ impl Store {
     pub fn list(&self) -> Result<Vec<String>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(&self.root)
-            .with_context(|| format!("cannot read {}", self.root.display()))?
+            .with_context(|| format!("cannot read {}", cbr::printable::path(&self.root)))?
         {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();

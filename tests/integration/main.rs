@@ -18,6 +18,7 @@ mod eval;
 mod export_web;
 mod extended;
 mod golden;
+mod hardening;
 mod head_graph;
 mod litert_cli;
 mod module_graph;

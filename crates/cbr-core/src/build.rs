@@ -180,7 +180,16 @@ impl BuildRequest {
                 bad(format!("build option {name}: {e}"))
             })?;
         }
-        serde_json::from_value(json.clone()).map_err(|e| bad(format!("build options: {e}")))
+        let request: BuildRequest =
+            serde_json::from_value(json.clone()).map_err(|e| bad(format!("build options: {e}")))?;
+        request.validate()?;
+        Ok(request)
+    }
+
+    /// Refuses a request no readable model can hold ([`validate_head_options`]), before any
+    /// work: every front end's request passes here ([`BuildRequest::from_json`] calls it).
+    pub fn validate(&self) -> Result<()> {
+        validate_head_options(&self.head_options())
     }
 
     /// The head the request asks for (`original` keeps only `threshold` and `index_dtype`;
@@ -231,6 +240,16 @@ impl BuildRequest {
         }
         Ok(())
     }
+}
+
+/// Refuses head options no readable model can hold (a NaN, infinite or zero power, a share or
+/// precision outside 0..=1, a NaN threshold), before any work is done: `BadInput`, named as the
+/// command line's flag (`--power`), which is also the JSON and Python name with `_`.
+pub fn validate_head_options(head: &HeadOptions) -> Result<()> {
+    head.validate().map_err(|e| {
+        let flag = e.field.replace(['_', '.'], "-");
+        Error::bad_input(format!("invalid build option --{flag}: it {}", e.problem)).into()
+    })
 }
 
 /// Refuses a one-class model without an explicit threshold: every image

@@ -121,7 +121,7 @@ impl EditableModel {
             if !present.contains(l) {
                 return Err(Error::not_found(format!(
                     "the model has no class {l:?} (it has: {})",
-                    present.join(", ")
+                    quoted(&present)
                 ))
                 .into());
             }
@@ -146,12 +146,19 @@ impl EditableModel {
         if !present.iter().any(|l| l == from) {
             return Err(Error::not_found(format!(
                 "the model has no class {from:?} (it has: {})",
-                present.join(", ")
+                quoted(&present)
             ))
             .into());
         }
         if to.is_empty() {
             return Err(Error::bad_input("the new class name is empty").into());
+        }
+        if to.chars().any(crate::meta::is_line_break) {
+            return Err(Error::bad_input(format!(
+                "the label {to:?} holds a line break, which a label may not (a TFLite model's \
+                 labelmap.txt has one label per line)"
+            ))
+            .into());
         }
         let before = self.index.len();
         for l in self.index.labels.iter_mut().filter(|l| *l == from) {
@@ -169,4 +176,10 @@ impl EditableModel {
         self.check()?;
         Ok(EditReport { removed_rows: before - self.index.len(), ..self.report() })
     }
+}
+
+/// Labels for an error message, each as a Rust string literal: a label holding a control
+/// character (from a model written before labels were checked) cannot drive the terminal.
+fn quoted(labels: &[String]) -> String {
+    labels.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", ")
 }

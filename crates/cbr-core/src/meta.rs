@@ -318,6 +318,35 @@ impl HeadOptions {
     }
 }
 
+impl HeadOptions {
+    /// Checks the options a build is asked for, before any work: the power is a finite number
+    /// above 0, shares and precisions are 0..=1, the threshold and the prior finite. A model
+    /// written with options outside these ranges could not be read back.
+    pub fn validate(&self) -> Result<(), InvalidMetadata> {
+        self.validate_fields("")
+    }
+
+    /// [`HeadOptions::validate`], naming fields with `prefix` (`head_options.` in metadata).
+    fn validate_fields(&self, prefix: &str) -> Result<(), InvalidMetadata> {
+        positive(&format!("{prefix}power"), self.power)?;
+        if let Some(t) = self.known_target {
+            unit_share(&format!("{prefix}known_target"), t)?;
+        }
+        if let Some(p) = &self.prior {
+            positive(&format!("{prefix}prior.temperature"), p.temperature)?;
+            finite(&format!("{prefix}prior.novelty_offset"), p.novelty_offset)?;
+            positive(&format!("{prefix}prior.novelty_scale"), p.novelty_scale)?;
+        }
+        if let Some(t) = self.threshold {
+            finite(&format!("{prefix}threshold"), t)?;
+        }
+        if let Some(p) = self.target_precision {
+            unit_share(&format!("{prefix}target_precision"), p)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for HeadOptions {
     /// The defaults chosen by measurement (see README, "Accuracy").
     fn default() -> Self {
@@ -389,6 +418,17 @@ impl GraphSignature {
     fn output(&self, name: &str) -> Option<&TensorDecl> {
         self.outputs.iter().find(|o| o.name == name)
     }
+}
+
+/// Whether `c` ends a line for some reader of a line-based file (TFLite's `labelmap.txt` in
+/// MediaPipe, Python's `str.splitlines`): LF, CR, VT, FF, the file/group/record separators, NEL
+/// and the Unicode line and paragraph separators. No label may hold one. (Other control
+/// characters are kept, and escaped wherever cbr prints a label.)
+pub fn is_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r' | '\x0b' | '\x0c' | '\x1c'..='\x1e' | '\u{85}' | '\u{2028}' | '\u{2029}'
+    )
 }
 
 fn finite(field: &str, v: f32) -> Result<(), InvalidMetadata> {
@@ -464,6 +504,13 @@ impl ClassifierInfo {
         for (i, l) in self.labels.iter().enumerate() {
             if l.trim().is_empty() {
                 return Err(invalid(format!("labels[{i}]"), "is empty"));
+            }
+            if l.chars().any(is_line_break) {
+                // It would split TFLite's labelmap.txt into more lines than scores.
+                return Err(invalid(
+                    format!("labels[{i}]"),
+                    format!("is {l:?}, which holds a line break"),
+                ));
             }
             if !seen.insert(l.as_str()) {
                 return Err(invalid(format!("labels[{i}]"), format!("repeats the label {l:?}")));
@@ -555,27 +602,7 @@ impl ClassifierInfo {
             }
         }
         if let Some(o) = &self.head_options {
-            positive("head_options.power", o.power)?;
-            if let Some(t) = o.known_target {
-                unit_share("head_options.known_target", t)?;
-            }
-            if let Some(p) = &o.prior {
-                positive("head_options.prior.temperature", p.temperature)?;
-                finite("head_options.prior.novelty_offset", p.novelty_offset)?;
-                positive("head_options.prior.novelty_scale", p.novelty_scale)?;
-            }
-            if let Some(t) = o.threshold {
-                finite("head_options.threshold", t)?;
-            }
-            if let Some(p) = o.target_precision {
-                finite("head_options.target_precision", p)?;
-                if !(0.0..=1.0).contains(&p) {
-                    return Err(invalid(
-                        "head_options.target_precision",
-                        format!("is {p}; must be 0..=1"),
-                    ));
-                }
-            }
+            o.validate_fields("head_options.")?;
             if o.aggregation != self.aggregation {
                 return Err(invalid(
                     "head_options.aggregation",

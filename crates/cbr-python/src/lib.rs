@@ -29,6 +29,11 @@ use cbr_core::head::{HeadOptions, ImageId};
 
 /// A cbr error as the Python exception of its kind (`cbr._errors`), message as the CLI prints it.
 fn to_py(e: anyhow::Error) -> PyErr {
+    // An exception a progress callback raised ([`stoppable`]) is raised as it is.
+    let e = match e.downcast::<PyErr>() {
+        Ok(raised) => return raised,
+        Err(e) => e,
+    };
     let class = match kind_of(&e) {
         ErrorKind::BadInput => "BadInput",
         ErrorKind::NotFound => "NotFound",
@@ -62,16 +67,32 @@ impl<T> OrPy<T> for Result<T> {
 }
 
 /// A Python callable `progress(done, total)` as the library's progress callback. An exception
-/// in it is reported (as Python reports exceptions it cannot raise) and does not stop the work.
+/// in it stops the work: it unwinds to [`stoppable`], which returns it as the work's error, so
+/// the call raises it (and writes nothing).
 fn progress_of(callback: &Option<Py<PyAny>>, total: usize) -> impl Fn(usize) + Sync + '_ {
     move |done| {
         if let Some(cb) = callback {
-            Python::attach(|py| {
-                if let Err(e) = cb.call1(py, (done, total)) {
-                    e.write_unraisable(py, None);
-                }
-            });
+            if let Some(e) = Python::attach(|py| cb.call1(py, (done, total)).err()) {
+                // `resume_unwind` runs no panic hook: nothing is printed.
+                std::panic::resume_unwind(Box::new(CallbackRaised(e)));
+            }
         }
+    }
+}
+
+/// The unwind payload of a progress callback's exception ([`progress_of`]).
+struct CallbackRaised(PyErr);
+
+/// Runs `work`, whose progress callback comes from [`progress_of`]: an exception raised by the
+/// callback ends the work where it was (the library's decoding threads stop with it) and is
+/// returned as its error. Any other panic goes on unwinding.
+fn stoppable<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(payload) => match payload.downcast::<CallbackRaised>() {
+            Ok(raised) => Err(anyhow::Error::new(raised.0)),
+            Err(other) => std::panic::resume_unwind(other),
+        },
     }
 }
 
@@ -232,7 +253,7 @@ fn build(
             None => {
                 let images = images_of(source, pairs)?;
                 let progress = progress_of(&progress, images.len());
-                cbr::build::build(&mut model, &images, &opts, &progress)?
+                stoppable(|| cbr::build::build(&mut model, &images, &opts, &progress))?
             }
         };
         built.write(&output)?;
@@ -488,7 +509,9 @@ impl PyEmbedder {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let limits = DecodeLimits { max_pixels, ..DecodeLimits::default() };
         let values = self.with(py, |e| {
-            cbr::pipeline::embed_files(e, &paths, &limits, &progress_of(&progress, paths.len()))
+            stoppable(|| {
+                cbr::pipeline::embed_files(e, &paths, &limits, &progress_of(&progress, paths.len()))
+            })
         })?;
         Ok(bytes_of(py, &values))
     }
@@ -528,8 +551,9 @@ fn embed_shard(
         let mut model = cbr::models::open_embedder(&embedder.choice()?)?;
         let opts = input.options_with_head(HeadOptions::default(), augment).embedding();
         let progress = progress_of(&progress, shard.of(&images).len());
-        let embedded =
-            cbr::shard::embed_to_file(&mut model, &images, shard, &opts, &output, &progress)?;
+        let embedded = stoppable(|| {
+            cbr::shard::embed_to_file(&mut model, &images, shard, &opts, &output, &progress)
+        })?;
         Ok(serde_json::json!({
             "output": output.to_string_lossy(),
             "shard": [shard.index, shard.count],
@@ -579,9 +603,11 @@ fn add(
     py.detach(|| -> Result<String> {
         let images = images_of(source, pairs)?;
         let progress = progress_of(&progress, images.len());
-        let report = cbr::edit::edit_file(&model, output.as_deref(), |m| {
-            let opts = input.options_with_head(m.options.clone(), augment);
-            cbr::edit::add(m, &images, &opts, &progress)
+        let report = stoppable(|| {
+            cbr::edit::edit_file(&model, output.as_deref(), |m| {
+                let opts = input.options_with_head(m.options.clone(), augment);
+                cbr::edit::add(m, &images, &opts, &progress)
+            })
         })?;
         Ok(edit_report_json(&report))
     })
@@ -650,13 +676,15 @@ fn evaluate(
         // As `cbr eval`: the embedder's calibration prior applies at one image per class.
         let opts = cbr::eval::EvalOptions { embedder: model.info.name.clone(), ..opts };
         let embed_opts = EmbedOptions { augment, cache, ..Default::default() };
-        let embedded = cbr::pipeline::embed_images(
-            &mut model,
-            &images,
-            &embed_opts,
-            &Default::default(),
-            &progress_of(&progress, images.len()),
-        )?;
+        let embedded = stoppable(|| {
+            cbr::pipeline::embed_images(
+                &mut model,
+                &images,
+                &embed_opts,
+                &Default::default(),
+                &progress_of(&progress, images.len()),
+            )
+        })?;
         let report = cbr::eval::run(
             name.as_deref().unwrap_or("(paths, labels)"),
             &model.info.name,

@@ -39,6 +39,13 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
+    /// Refuses options no readable model can hold (a NaN or infinite power, a share or
+    /// precision outside 0..=1, a NaN threshold), before any work is done: `BadInput`, named
+    /// as the command line's flag.
+    pub fn validate(&self) -> Result<()> {
+        cbr_core::build::validate_head_options(&self.head)
+    }
+
     /// The options of `request`, with the defaults for reading images.
     pub fn of_request(request: &BuildRequest) -> BuildOptions {
         BuildOptions {
@@ -144,6 +151,7 @@ pub fn build(
     opts: &BuildOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<(Built, BuildReport)> {
+    opts.validate()?;
     check_class_count(
         crate::dataset::class_counts(images).len(),
         images.first().map_or("", |i| &i.label),
@@ -161,6 +169,7 @@ pub fn build_from_shards(
     shards: &[PathBuf],
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
+    opts.validate()?;
     let start = Instant::now();
     let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
     let (info, preprocess, mut embedded, index) =
@@ -203,6 +212,7 @@ pub fn build_from_embedded(
     embedded: Embedded,
     opts: &BuildOptions,
 ) -> Result<(Built, BuildReport)> {
+    opts.validate()?;
     let head_opts = crate::models::head_options_for(&opts.head, &embedder.info.name);
     let index = embedded.index(&head_opts)?;
     build_from_index(embedder, index, embedded, opts)

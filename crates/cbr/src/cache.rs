@@ -72,8 +72,9 @@ pub fn write_atomic_with(
 /// written.
 pub const TEMP_PREFIX: &str = ".cbr-tmp-";
 
-/// Removes the temporary files that writers killed between creating them and
-/// the rename left in `dir` (a build killed mid-write leaves a whole model).
+/// Removes the temporary files (and folders) that writers killed between creating them and
+/// the rename left in `dir` (a build killed mid-write leaves a whole model, `export-web` a
+/// whole site).
 /// A file is stale when its writer process no longer exists; files without a
 /// process id (older cbr versions) when they are a day old. Scans a folder at
 /// most once a minute per process, so many small writes (uploads) into a big
@@ -110,7 +111,14 @@ pub fn remove_stale_temp_files(dir: &Path) {
                 .is_some_and(|age| age > Duration::from_secs(24 * 3600)),
         };
         if stale {
-            let _ = std::fs::remove_file(e.path());
+            // `cbr export-web` writes a folder (`tempdir_in`): a writer killed before its rename
+            // leaves the whole site. `file_type` does not follow links, so a link is unlinked,
+            // never followed.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            } else {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 }
@@ -368,6 +376,24 @@ mod tests {
         write_atomic(&d.path().join("m.onnx"), b"model").unwrap();
         assert!(!stale.exists(), "the dead writer's temporary file is still there");
         assert!(live.exists(), "a live writer's temporary file was removed");
+    }
+
+    #[test]
+    fn temp_folders_of_killed_writers_are_removed_too() {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let dead = child.id();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // What `cbr export-web` killed during its rename leaves: a folder holding a whole site.
+        let stale = d.path().join(format!("{TEMP_PREFIX}{dead}-site42"));
+        std::fs::create_dir_all(stale.join("old/ort")).unwrap();
+        std::fs::write(stale.join("old/ort/x.wasm"), vec![0u8; 1 << 16]).unwrap();
+        let live = d.path().join(format!("{TEMP_PREFIX}{}-site43", std::process::id()));
+        std::fs::create_dir(&live).unwrap();
+        remove_stale_temp_files(d.path());
+        assert!(!stale.exists(), "the dead writer's temporary folder is still there");
+        assert!(live.exists(), "a live writer's temporary folder was removed");
     }
 
     #[test]

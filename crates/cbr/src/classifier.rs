@@ -20,10 +20,11 @@ pub use cbr_core::predict::{answer, predict_row, top_k, Prediction, Scored};
 
 /// [`format::read`] of a file, its errors naming the file; also returns the bytes.
 pub fn read_model_file(path: &Path) -> Result<(Vec<u8>, ModelFile)> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        crate::error::Error::from_io(e, format!("cannot read model {}", path.display()))
-    })?;
-    let file = format::read(&bytes).with_context(|| format!("model {}", path.display()))?;
+    // The path escaped: a control character in it cannot forge a line or drive the terminal.
+    let shown = crate::printable::path(path);
+    let bytes = std::fs::read(path)
+        .map_err(|e| crate::error::Error::from_io(e, format!("cannot read model {shown}")))?;
+    let file = format::read(&bytes).with_context(|| format!("model {shown}"))?;
     Ok((bytes, file))
 }
 
@@ -64,13 +65,17 @@ impl Classifier {
                 }
                 ModelFormat::Tflite => Runner::open(&file, &bytes, memory),
             };
-            let runner = runner.with_context(|| format!("model {}", path.display()))?;
+            let runner =
+                runner.with_context(|| format!("model {}", crate::printable::path(path)))?;
             tries += 1;
             if FileVersion::of(path)? == before {
                 break Self::with_runner(&file, runner);
             }
             if tries == 3 {
-                bail!("model {} changed three times while it was being loaded", path.display());
+                bail!(
+                    "model {} changed three times while it was being loaded",
+                    crate::printable::path(path)
+                );
             }
         };
         if let Some(index) = &classifier.info.index {
@@ -130,6 +135,7 @@ impl Classifier {
         k: usize,
         threshold: Option<f32>,
     ) -> Result<Vec<Prediction>> {
+        check_threshold(threshold)?;
         let scores = self.scores(tensors, n)?;
         Ok(scores.iter().map(|s| answer(&self.info, s, k, threshold)).collect())
     }
@@ -156,6 +162,7 @@ impl Classifier {
         limits: &DecodeLimits,
         mut each: impl FnMut(usize, Result<Prediction, DecodeError>) -> Result<()>,
     ) -> Result<()> {
+        check_threshold(threshold)?;
         let preprocess = self.info.preprocess.clone();
         crate::pipeline::decode_ahead(paths, &preprocess, limits, |range, decoded| {
             let mut batch = Vec::new();
@@ -203,6 +210,18 @@ impl Classifier {
     }
 }
 
+/// Refuses a caller's threshold that is not a number (NaN, infinite): `BadInput`, before any
+/// image is read. A NaN compares false with every score, so it would silently answer every image.
+pub fn check_threshold(threshold: Option<f32>) -> Result<()> {
+    match threshold {
+        Some(t) if !t.is_finite() => Err(crate::error::Error::bad_input(format!(
+            "the threshold is {t}; it must be a finite number (0 answers every image)"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// One classified image as `cbr classify --json` prints it (and the Python package returns it):
 /// `{"path": ..., "label": ... or null, "unknown": bool, "top": [{"label": ..., "score": ...}]}`;
 /// `path` is null for an image given in memory.
@@ -235,7 +254,10 @@ struct FileVersion {
 impl FileVersion {
     fn of(path: &Path) -> Result<FileVersion> {
         let m = std::fs::metadata(path).map_err(|e| {
-            crate::error::Error::from_io(e, format!("cannot read model {}", path.display()))
+            crate::error::Error::from_io(
+                e,
+                format!("cannot read model {}", crate::printable::path(path)),
+            )
         })?;
         Ok(FileVersion {
             len: m.len(),

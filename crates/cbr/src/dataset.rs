@@ -31,6 +31,28 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
         || name.eq_ignore_ascii_case("desktop.ini")
 }
 
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), for error messages: a path or
+/// label from a user's folder must not forge a line or drive the terminal. (As
+/// the printable module does; it depends on the pipeline, so it cannot be used here.)
+fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
+/// Refuses a label no model can hold: one with a line break (`cbr_core::meta::is_line_break`),
+/// which would split a TFLite model's `labelmap.txt` into more lines than scores.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.chars().any(cbr_core::meta::is_line_break) {
+        return Err(format!(
+            "the label {} holds a line break, which a label may not (a TFLite model's \
+             labelmap.txt has one label per line)",
+            shown(label)
+        ));
+    }
+    Ok(())
+}
+
 /// Read `<root>/<label>/<files>`; files in nested folders of a label folder
 /// belong to that label. Sorted by label, then path.
 pub fn from_folder(root: &Path) -> Result<Vec<LabelledImage>> {
@@ -56,6 +78,12 @@ pub fn from_folder(root: &Path) -> Result<Vec<LabelledImage>> {
                     entry.display()
                 );
             };
+            if let Err(problem) = check_label(label) {
+                bail!(
+                    "class folder {}: {problem}: rename the folder (its name is the label)",
+                    shown(&entry.to_string_lossy())
+                );
+            }
             label_dirs.push((label.to_owned(), entry));
         } else {
             stray_files.push(entry);
@@ -191,18 +219,28 @@ pub fn from_csv(manifest: &Path) -> Result<Vec<LabelledImage>> {
             continue;
         }
         if label.is_empty() {
-            problems.push(format!("line {line}: empty label for {path}"));
+            problems.push(format!("line {line}: empty label for {}", shown(path)));
+            continue;
+        }
+        if let Err(problem) = check_label(label) {
+            problems.push(format!("line {line}: {problem}"));
             continue;
         }
         let resolved = base.join(path);
         match fs::metadata(&resolved) {
             Ok(m) if m.is_file() => {}
             Ok(_) => {
-                problems.push(format!("line {line}: {} is not a file", resolved.display()));
+                problems.push(format!(
+                    "line {line}: {} is not a file",
+                    shown(&resolved.to_string_lossy())
+                ));
                 continue;
             }
             Err(_) => {
-                problems.push(format!("line {line}: image {} not found", resolved.display()));
+                problems.push(format!(
+                    "line {line}: image {} not found",
+                    shown(&resolved.to_string_lossy())
+                ));
                 continue;
             }
         }
@@ -238,10 +276,13 @@ pub fn from_csv(manifest: &Path) -> Result<Vec<LabelledImage>> {
 pub fn from_pairs(pairs: Vec<LabelledImage>) -> Result<Vec<LabelledImage>> {
     let mut problems = Vec::new();
     for (i, img) in pairs.iter().enumerate() {
+        let path = shown(&img.path.to_string_lossy());
         if img.label.is_empty() {
-            problems.push(format!("item {i}: empty label for {}", img.path.display()));
+            problems.push(format!("item {i}: empty label for {path}"));
+        } else if let Err(problem) = check_label(&img.label) {
+            problems.push(format!("item {i}: {problem}"));
         } else if !fs::metadata(&img.path).is_ok_and(|m| m.is_file()) {
-            problems.push(format!("item {i}: image {} not found", img.path.display()));
+            problems.push(format!("item {i}: image {path} not found"));
         }
     }
     if !problems.is_empty() {
@@ -266,8 +307,13 @@ pub fn from_pairs(pairs: Vec<LabelledImage>) -> Result<Vec<LabelledImage>> {
 
 /// A folder of class folders, or a `.csv` manifest.
 pub fn from_path(p: &Path) -> Result<Vec<LabelledImage>> {
-    let meta = fs::metadata(p)
-        .with_context(|| format!("{} does not exist or cannot be read", p.display()))?;
+    // A missing path is `NotFound` (the Python package raises cbr.NotFound, a FileNotFoundError).
+    let meta = fs::metadata(p).map_err(|e| {
+        crate::error::Error::from_io(
+            e,
+            format!("{} does not exist or cannot be read", shown(&p.to_string_lossy())),
+        )
+    })?;
     if meta.is_dir() {
         return from_folder(p);
     }
@@ -471,5 +517,30 @@ mod tests {
         touch(&txt);
         assert!(err_of(from_path(&txt)).contains(".csv manifest"));
         assert!(err_of(from_path(&dir.path().join("gone"))).contains("does not exist"));
+        let gone = from_path(&dir.path().join("gone")).unwrap_err();
+        assert_eq!(crate::error::kind_of(&gone), crate::error::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn labels_with_line_breaks_are_refused_and_paths_escaped() {
+        // Issue 26: a line break in a label split TFLite's labelmap.txt; an escape in a path
+        // reached the terminal.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        touch(&root.join("ok/a.jpg"));
+        touch(&root.join("two\nlines/b.jpg"));
+        let msg = err_of(from_folder(root));
+        assert!(msg.contains("two\\nlines") && msg.contains("holds a line break"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg:?}");
+        let manifest = root.join("m.csv");
+        fs::write(&manifest, "path,label\nok/a.jpg,\"cr\rlabel\"\n\"x\u{1b}[31m.jpg\",ok\n")
+            .unwrap();
+        let msg = err_of(from_csv(&manifest));
+        assert!(msg.contains("line 2: the label cr\\rlabel holds a line break"), "{msg}");
+        assert!(msg.contains("x\\u{1b}[31m.jpg not found") && !msg.contains('\u{1b}'), "{msg}");
+        let pairs = vec![LabelledImage { label: "a\u{2028}b".into(), path: root.join("ok/a.jpg") }];
+        assert!(err_of(from_pairs(pairs)).contains("holds a line break"));
+        // Other control characters are kept (and printed escaped).
+        assert!(check_label("tab\there \u{1b}[31m").is_ok());
     }
 }

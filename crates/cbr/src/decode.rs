@@ -203,7 +203,52 @@ fn image_limits(limits: &DecodeLimits) -> image::Limits {
 /// JPEG completeness, and the header's dimensions against `limits`. An image
 /// that fails here fails [`decode_rgb`] with the same error.
 pub fn check_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(), DecodeError> {
-    open_checked(bytes, limits).map(|_| ())
+    let bytes = without_compressed_png_metadata(bytes);
+    open_checked(&bytes, limits).map(|_| ())
+}
+
+/// PNG chunks cbr never uses whose data is zlib-compressed: a colour profile (`iCCP`) and
+/// compressed text (`zTXt`, `iTXt`). The `png` crate inflates them in full while reading the
+/// header, under no limit but the whole decode budget: a 1 MB file whose profile inflates to
+/// 1 GB cost ~0.9 GB before any check (issue 26). Pillow refuses such files; cbr drops them,
+/// as it would ignore them anyway (pixels are not colour-managed, as PIL's `convert("RGB")`).
+const PNG_SKIPPED_CHUNKS: [&[u8; 4]; 3] = [b"iCCP", b"zTXt", b"iTXt"];
+
+/// `bytes` without [`PNG_SKIPPED_CHUNKS`] when it is a PNG holding any (borrowed otherwise).
+/// A damaged chunk list is left as it is, for the decoder to report.
+pub fn without_compressed_png_metadata(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if !bytes.starts_with(SIGNATURE) {
+        return Cow::Borrowed(bytes);
+    }
+    // (start, end) of every chunk, and whether it is skipped.
+    let mut chunks = Vec::new();
+    let mut at = SIGNATURE.len();
+    while at + 12 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let Some(end) = (at + 12).checked_add(len).filter(|&e| e <= bytes.len()) else { break };
+        let kind = &bytes[at + 4..at + 8];
+        chunks.push((at, end, PNG_SKIPPED_CHUNKS.iter().any(|k| kind == &k[..])));
+        at = end;
+        if kind == b"IEND" {
+            break;
+        }
+    }
+    if !chunks.iter().any(|c| c.2) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(SIGNATURE);
+    for &(start, end, skipped) in &chunks {
+        if !skipped {
+            out.extend_from_slice(&bytes[start..end]);
+        }
+    }
+    // Whatever follows the last whole chunk (a truncated one, trailing data) stays.
+    let rest = chunks.last().map_or(SIGNATURE.len(), |c| c.1);
+    out.extend_from_slice(&bytes[rest..]);
+    Cow::Owned(out)
 }
 
 /// The decoder for `bytes`, its header read and checked against `limits`.
@@ -243,8 +288,9 @@ fn open_checked<'a>(
 /// Decode an image held in memory to 8-bit RGB, with EXIF orientation applied.
 /// The format is recognised from the content, never from a file name.
 pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let (decoder, format) = open_checked(bytes, limits)?;
-    decode_opened(bytes, decoder, format, 1)
+    let bytes = without_compressed_png_metadata(bytes);
+    let (decoder, format) = open_checked(&bytes, limits)?;
+    decode_opened(&bytes, decoder, format, 1)
 }
 
 /// Decodes the pixels of an opened image, with EXIF orientation applied: a JPEG by
@@ -288,6 +334,8 @@ pub fn decode_rgb_for(
     limits: &DecodeLimits,
     target: (u32, u32),
 ) -> Result<RgbImage, DecodeError> {
+    let stripped = without_compressed_png_metadata(bytes);
+    let bytes = &*stripped;
     let (mut decoder, format) = open_checked(bytes, limits)?;
     if format != ImageFormat::Jpeg {
         return decode_opened(bytes, decoder, format, 1);
@@ -324,8 +372,21 @@ pub fn load_rgb(path: impl AsRef<Path>, limits: &DecodeLimits) -> Result<RgbImag
 
 /// Read a whole file, refusing it from its size before reading.
 pub fn read_limited(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>, DecodeError> {
-    let file = std::fs::File::open(path).map_err(DecodeError::Io)?;
-    let len = file.metadata().map_err(DecodeError::Io)?.len();
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    // Opening a FIFO for reading blocks until a writer appears (forever, for `mkfifo x.jpg` in
+    // a class folder): open without blocking, then refuse anything but a regular file.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, libc::O_NONBLOCK);
+    let file = open.open(path).map_err(DecodeError::Io)?;
+    let meta = file.metadata().map_err(DecodeError::Io)?;
+    if !meta.is_file() {
+        return Err(DecodeError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, FIFO, socket or device)",
+        )));
+    }
+    let len = meta.len();
     if len > limits.max_file_bytes {
         return Err(DecodeError::FileTooLarge { bytes: len, max_bytes: limits.max_file_bytes });
     }
@@ -485,11 +546,73 @@ mod tests {
         assert!(jpeg::decode_rgb(&bytes[..sos], 1).is_none());
     }
 
+    /// A PNG with a chunk of `kind` holding `data`.
+    fn with_chunk(png: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        chunk.extend_from_slice(&crc.finalize().to_be_bytes());
+        // After the 8-byte signature and the 25-byte IHDR chunk.
+        [&png[..33], &chunk[..], &png[33..]].concat()
+    }
+
+    #[test]
+    fn a_png_colour_profile_bomb_is_skipped_not_inflated() {
+        // Issue 26: a 1 MB PNG whose iCCP profile inflates to 1 GiB took ~0.9 GB, then failed.
+        use std::io::Write;
+        let plain = encode(&DynamicImage::ImageRgb8(pattern(64, 64)), ImageFormat::Png);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            z.write_all(&zeros).unwrap();
+        }
+        let mut iccp = b"bomb\0\0".to_vec();
+        iccp.extend_from_slice(&z.finish().unwrap());
+        let bomb = with_chunk(&plain, b"iCCP", &iccp);
+        assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
+        let text = with_chunk(&bomb, b"zTXt", b"k\0\0x\x9c\x03\0\0\0\0\x01");
+        for png in [&bomb, &text] {
+            assert_eq!(&*without_compressed_png_metadata(png), &plain[..]);
+            assert_eq!(decode(png).unwrap(), pattern(64, 64));
+            check_header(png, &DecodeLimits::default()).unwrap();
+            assert_eq!(
+                decode_rgb_for(png, &DecodeLimits::default(), (8, 8)).unwrap(),
+                pattern(64, 64)
+            );
+        }
+        // Other files pass as they are.
+        assert!(matches!(without_compressed_png_metadata(&plain), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            without_compressed_png_metadata(b"GIF89a"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
     #[test]
     fn truncated_png_is_refused() {
         let bytes = encode(&DynamicImage::ImageRgb8(pattern(64, 64)), ImageFormat::Png);
         let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p.jpg");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_rgb(&fifo, &DecodeLimits::default()).map(|_| ()));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("reading a FIFO hung");
+        let err = got.unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

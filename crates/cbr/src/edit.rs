@@ -20,9 +20,11 @@ pub use cbr_core::edit::{EditReport, EditableModel};
 
 /// Opens the model file at `path` for editing (errors name the file).
 pub fn open(path: &Path) -> Result<EditableModel> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::from_io(e, format!("cannot read model {}", path.display())))?;
-    EditableModel::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::from_io(e, format!("cannot read model {}", crate::printable::path(path)))
+    })?;
+    EditableModel::from_bytes(&bytes)
+        .with_context(|| format!("model {}", crate::printable::path(path)))
 }
 
 /// Writes the model file for the current index to `path`, atomically.
@@ -75,6 +77,14 @@ pub fn add(
             embedder.info.dim,
             model.index.dim
         );
+    }
+    if embedder.info.dim != model.info.embedder.dim {
+        return Err(Error::bad_input(format!(
+            "invalid cbr metadata: embedder.dim is {} but the model's embedder gives {}-d \
+             embeddings; the file is damaged or was edited: rebuild it with `cbr build`",
+            model.info.embedder.dim, embedder.info.dim
+        ))
+        .into());
     }
     // Keep the identity of the original embedder: the cache is keyed by it.
     embedder.info = model.info.embedder.clone();

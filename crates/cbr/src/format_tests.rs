@@ -236,3 +236,112 @@ fn formats_by_name_and_content() {
     assert_eq!(ModelFormat::Tflite.download_name("birds"), "birds.tflite");
     assert_eq!(ModelFormat::Onnx.stored_name(), "model.onnx");
 }
+
+/// `bytes` with the initializer `name` changed by `change`.
+fn with_tensor(bytes: &[u8], name: &str, change: impl FnOnce(&mut onnx::TensorProto)) -> Vec<u8> {
+    let mut model = onnx::decode(bytes).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no initializer {name}"));
+    change(t);
+    onnx::encode(&model)
+}
+
+/// Issue 26, item 3 and 5: the stored index is checked by the one reader, so no command (add,
+/// remove, classify, info, export-web) runs on, or writes, a damaged head.
+#[test]
+fn a_damaged_stored_index_is_refused_by_the_reader() {
+    use cbr_core::head::graph::{INDEX_SCALES, INDEX_UNITS, INDEX_UNITS_BY_DIM};
+    let bytes = classifier(&HeadOptions::default());
+    assert!(read(&bytes).is_ok());
+    // A NaN among the index rows.
+    let nan = with_tensor(&bytes, INDEX_UNITS, |t| {
+        t.raw_data.as_mut().unwrap()[4..8].copy_from_slice(&f32::NAN.to_le_bytes())
+    });
+    let err = open_all(&nan).expect("a NaN index value is refused");
+    assert!(err.contains("invalid stored tensor cbr/index_embeddings: value 1 is NaN"), "{err}");
+    // Rows of another width than the metadata's embedder.dim (1000-d rows in a 1280-d model).
+    let narrow = with_tensor(&bytes, INDEX_UNITS, |t| {
+        t.dims = vec![12, DIM as i64 - 2];
+        t.raw_data.as_mut().unwrap().truncate(12 * (DIM - 2) * 4);
+    });
+    let err = open_all(&narrow).expect("narrower rows are refused");
+    assert!(err.contains("shape [12, 6]") && err.contains("cbr metadata"), "{err}");
+    // The metadata's embedder.dim tampered (1281 in a 1280-d model: `add` panicked).
+    let mut json = metadata_json(&bytes);
+    set(&mut json, "/embedder/dim", json!(DIM + 1));
+    let err = open_all(&with_metadata(&bytes, &json)).expect("a wrong embedder.dim is refused");
+    assert!(err.contains("describe 12 index rows of 9 values"), "{err}");
+    // int8 rows: every scale 0 (the model answered garbage), or one NaN.
+    let opts =
+        HeadOptions { index_dtype: cbr_core::head::IndexDtype::Int8, ..HeadOptions::default() };
+    let int8 = classifier(&opts);
+    assert!(read(&int8).is_ok());
+    let zero = with_tensor(&int8, INDEX_SCALES, |t| {
+        let n = t.raw_data.as_ref().map_or(t.float_data.len() * 4, Vec::len);
+        t.raw_data = Some(vec![0; n]);
+        t.float_data.clear();
+    });
+    let err = open_all(&zero).expect("zero scales are refused");
+    assert!(err.contains("cbr/index_scales: scale 0 is 0"), "{err}");
+    let short = with_tensor(&int8, INDEX_UNITS_BY_DIM, |t| t.dims = vec![DIM as i64, 11]);
+    assert!(open_all(&short).expect("a wrong row count is refused").contains("shape [8, 11]"));
+}
+
+/// Issue 26, item 4: a label with a line break would split TFLite's labelmap.txt into more
+/// lines than scores: the reader refuses it, and the writer never writes it.
+#[test]
+fn a_label_with_a_line_break_is_neither_read_nor_written() {
+    let bytes = classifier(&HeadOptions::default());
+    let mut json = metadata_json(&bytes);
+    set(&mut json, "/labels/1", json!("two\nlines"));
+    let err = open_all(&with_metadata(&bytes, &json)).expect("a label with LF is refused");
+    assert!(err.contains("labels[1] is \"two\\nlines\", which holds a line break"), "{err}");
+    let labels: Vec<String> = (0..4).map(|i| ["a", "b\r"][i / 2].to_string()).collect();
+    let embeddings = SplitMix64::new(3).uniform_vec(4 * DIM, 0.0, 4.0);
+    let head = RetrievalHead::new(&embeddings, DIM, &labels, &HeadOptions::original()).unwrap();
+    let info = EmbedderInfo {
+        name: "tiny".into(),
+        sha256: "0".repeat(64),
+        input: "input".into(),
+        output: "features".into(),
+        dim: DIM,
+    };
+    let err = write_classifier(
+        EmbedderGraph::Onnx(&testing::tiny_onnx_embedder(DIM, 17, 7)),
+        &info,
+        &Preprocess::raw(2, 2, Layout::Nchw),
+        head,
+        &WriteOptions::default(),
+    )
+    .expect_err("a label with CR is not written");
+    assert!(format!("{err:#}").contains("holds a line break"), "{err:#}");
+}
+
+/// Issue 26, item 2: build options no readable model can hold are refused before any work,
+/// named as the command line's flags.
+#[test]
+fn build_options_are_checked_before_any_work() {
+    use crate::build::BuildOptions;
+    let with = |head: HeadOptions| BuildOptions { head, ..BuildOptions::default() }.validate();
+    let d = HeadOptions::default();
+    for (head, want) in [
+        (HeadOptions { power: f32::NAN, ..d.clone() }, "--power: it is NaN"),
+        (HeadOptions { power: f32::INFINITY, ..d.clone() }, "--power: it is inf"),
+        (HeadOptions { power: 0.0, ..d.clone() }, "--power: it is 0; must be above 0"),
+        (HeadOptions { known_target: Some(2.0), ..d.clone() }, "--known-target: it is 2"),
+        (HeadOptions { target_precision: Some(5.0), ..d.clone() }, "--target-precision: it is 5"),
+        (HeadOptions { threshold: Some(f32::NAN), ..d.clone() }, "--threshold: it is NaN"),
+    ] {
+        let err = with(head).expect_err(want);
+        assert_eq!(kind_of(&err), ErrorKind::BadInput);
+        assert!(format!("{err:#}").contains(want), "{err:#} does not say {want:?}");
+    }
+    assert!(with(d).is_ok());
+    assert!(with(HeadOptions::original()).is_ok());
+    assert!(crate::classifier::check_threshold(Some(f32::NAN)).is_err());
+    assert!(crate::classifier::check_threshold(Some(0.0)).is_ok());
+}

@@ -5,13 +5,15 @@
 //!
 //! - [`read`] is the one reader of a classifier's metadata: it checks every
 //!   field ([`ClassifierInfo::validate`]) and the fields against the graph
-//!   ([`ClassifierInfo::validate_against`]) before anything is allocated or run.
+//!   ([`ClassifierInfo::validate_against`]) and the head's stored tensors (shapes, finite
+//!   values, int8 scales above 0: `stored`) before anything is allocated or run.
 //! - [`write_classifier`] is the one writer: the embedder's graph, the head and
 //!   the metadata, in the embedder's format.
 //!
 //! Running a classifier (ONNX Runtime, LiteRT) is `cbr::runtime::Runner`'s.
 
 mod onnx;
+mod stored;
 mod tflite;
 
 use std::path::Path;
@@ -154,6 +156,11 @@ pub fn read(bytes: &[u8]) -> Result<ModelFile> {
     };
     let info = ClassifierInfo::from_json(&json).map_err(|e| Error::bad_input(format!("{e:#}")))?;
     info.validate_against(&signature).map_err(Error::from)?;
+    if format == ModelFormat::Onnx {
+        let tensors = stored::head_tensors(bytes)
+            .map_err(|e| Error::bad_input(format!("not a valid ONNX model ({e})")))?;
+        stored::check(&tensors, &info).map_err(|e| Error::bad_input(format!("{e:#}")))?;
+    }
     Ok(ModelFile { format, info, signature, operations })
 }
 
@@ -238,6 +245,8 @@ pub fn write_classifier(
     opts: &WriteOptions,
 ) -> Result<Vec<u8>> {
     let info = classifier_info(embedder_info, preprocess, &head, opts.augment);
+    // Nothing is written that the reader would refuse.
+    info.validate().map_err(Error::from)?;
     match (embedder, opts.rows) {
         (EmbedderGraph::Onnx(model), rows) => write_onnx(model, info, head, rows),
         (EmbedderGraph::Tflite(bytes), RowsIn::Model) => {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{EvalReport, ShotResult, Stat};
+use crate::printable::printable;
 
 fn pct(s: &Stat) -> String {
     if !s.mean.is_finite() {
@@ -52,7 +53,7 @@ pub fn text(r: &EvalReport) -> String {
     let _ = writeln!(
         o,
         "{}: {} classes, {} images{}; embedder {}{}; {} seed{}",
-        r.dataset,
+        printable(&r.dataset),
         r.classes,
         r.images,
         if r.skipped > 0 { format!(" ({} skipped)", r.skipped) } else { String::new() },
@@ -85,7 +86,7 @@ pub fn text(r: &EvalReport) -> String {
             let _ = writeln!(
                 o,
                 "    {:<32} recall {:>5}%  precision {:>5}%  ({} queries)",
-                c.label,
+                printable(&c.label),
                 opt_pct(c.recall),
                 opt_pct(c.precision),
                 c.support
@@ -97,11 +98,11 @@ pub fn text(r: &EvalReport) -> String {
                 let _ = writeln!(
                     o,
                     "    {} -> {}: {} ({:.1}% of {})",
-                    p.truth,
-                    p.predicted,
+                    printable(&p.truth),
+                    printable(&p.predicted),
                     p.count,
                     100.0 * p.rate,
-                    p.truth
+                    printable(&p.truth)
                 );
             }
         }

@@ -240,7 +240,7 @@ pub fn export_dir(model: Option<&Path>, choice: &EmbedderChoice, out: &Path) -> 
                 model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             SiteEmbedder::of_model(&bytes)
                 .and_then(|e| site_files(Some(&bytes), &e, &title))
-                .with_context(|| format!("model {}", model.display()))?
+                .with_context(|| format!("model {}", crate::printable::path(model)))?
         }
         None => {
             let embedder = SiteEmbedder::open(choice)?;
@@ -254,6 +254,45 @@ pub fn export_dir(model: Option<&Path>, choice: &EmbedderChoice, out: &Path) -> 
 fn is_export(dir: &Path) -> bool {
     ["index.html", "sw.js", "cbr-device.js"].iter().all(|f| dir.join(f).is_file())
         && (dir.join("embedder.json").is_file() || dir.join("model.json").is_file())
+}
+
+/// The files and folders of the site's top level ([`site_files`]); under [`ORT_DIR`], the
+/// runtime's files (their names change with its version).
+const SITE_NAMES: &[&str] = &[
+    "index.html",
+    "page.js",
+    "page.css",
+    "cbr-device.js",
+    "icon.svg",
+    "model.onnx",
+    "model.json",
+    "manifest.json",
+    "sw.js",
+    ORT_DIR,
+];
+
+/// What in an earlier export `dir` this module did not write (a user's notes, a folder of
+/// photos): replacing the export would delete them. Names, sorted, as the user would type them.
+fn foreign_entries(dir: &Path) -> Vec<String> {
+    let mut foreign = Vec::new();
+    let entries = |d: &Path| -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(d).map(|r| r.flatten().collect()).unwrap_or_default()
+    };
+    for e in entries(dir) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if name == ORT_DIR && is_dir {
+            for f in entries(&e.path()) {
+                if !f.file_type().is_ok_and(|t| t.is_file()) {
+                    foreign.push(format!("{ORT_DIR}/{}/", f.file_name().to_string_lossy()));
+                }
+            }
+        } else if !SITE_NAMES.contains(&name.as_str()) || is_dir {
+            foreign.push(if is_dir { format!("{name}/") } else { name });
+        }
+    }
+    foreign.sort();
+    foreign
 }
 
 fn write_dir(files: &[SiteFile], out: &Path) -> Result<()> {
@@ -272,7 +311,29 @@ fn write_dir(files: &[SiteFile], out: &Path) -> Result<()> {
                 out.display()
             );
         }
+        let foreign = foreign_entries(out);
+        if !empty && !foreign.is_empty() {
+            let shown: Vec<String> = foreign
+                .iter()
+                .take(5)
+                .map(|f| crate::printable::printable(f).into_owned())
+                .collect();
+            bail!(
+                "{} holds files cbr export-web did not write ({}{}): replacing the export would \
+                 delete them; move them elsewhere or choose another folder",
+                out.display(),
+                shown.join(", "),
+                if foreign.len() > 5 {
+                    format!(" and {} more", foreign.len() - 5)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
+    // The folders an export killed mid-write left (its temporary site, or the earlier export
+    // moved aside) go first.
+    cache::remove_stale_temp_files(parent);
     let prefix = format!("{}{}-", cache::TEMP_PREFIX, std::process::id());
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
@@ -360,14 +421,54 @@ mod tests {
         for f in ["embedder.json", "cbr-device.js", "sw.js"] {
             std::fs::write(out.join(f), "x").unwrap();
         }
-        std::fs::write(out.join("stale.txt"), "from the old export").unwrap();
+        std::fs::write(out.join("ort/ort-old-version.wasm"), "from the old export").unwrap();
         write_dir(&site(), &out).unwrap();
-        assert!(!out.join("stale.txt").exists(), "the old export's files are gone");
+        assert!(!out.join("ort/ort-old-version.wasm").exists(), "the old export's files are gone");
         assert!(out.join("index.html").is_file());
         // Nothing left beside it: no temporary or moved-aside folders.
         let names: Vec<_> =
             std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("site")]);
+    }
+
+    #[test]
+    fn a_users_files_in_an_earlier_export_are_never_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("site");
+        let full: Vec<SiteFile> = SITE_NAMES
+            .iter()
+            .filter(|n| **n != ORT_DIR)
+            .map(|n| text(n, "x"))
+            .chain([text("ort/ort-wasm.mjs", "export{}")])
+            .collect();
+        write_dir(&full, &out).unwrap();
+        write_dir(&full, &out).unwrap(); // its own export is replaced
+        std::fs::write(out.join("NOTES.txt"), "mine").unwrap();
+        std::fs::create_dir(out.join("photos")).unwrap();
+        std::fs::write(out.join("photos/a.jpg"), "mine too").unwrap();
+        let err = format!("{:#}", write_dir(&full, &out).unwrap_err());
+        assert!(err.contains("NOTES.txt, photos/") && err.contains("did not write"), "{err}");
+        assert_eq!(std::fs::read_to_string(out.join("NOTES.txt")).unwrap(), "mine");
+        assert_eq!(std::fs::read_to_string(out.join("photos/a.jpg")).unwrap(), "mine too");
+        std::fs::remove_file(out.join("NOTES.txt")).unwrap();
+        std::fs::remove_dir_all(out.join("photos")).unwrap();
+        std::fs::create_dir(out.join("ort/sub")).unwrap();
+        let err = format!("{:#}", write_dir(&full, &out).unwrap_err());
+        assert!(err.contains("ort/sub/"), "{err}");
+    }
+
+    #[test]
+    fn a_killed_exports_temporary_folder_is_removed_by_the_next_export() {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let dead = child.id();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let stale = d.path().join(format!("{}{dead}-abc", cache::TEMP_PREFIX));
+        std::fs::create_dir_all(stale.join("old/ort")).unwrap();
+        std::fs::write(stale.join("old/model.onnx"), vec![0u8; 1 << 16]).unwrap();
+        write_dir(&site(), &d.path().join("site")).unwrap();
+        assert!(!stale.exists(), "a killed export's temporary folder is still there");
     }
 
     #[test]

@@ -207,7 +207,9 @@ impl Model {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_bytes(&bytes).with_context(|| format!("model {}", path.display()))
+        // Quoted and escaped (`Debug`): a control character in the path cannot reach the
+        // terminal. (Not `crate::printable`, which depends on the pipeline, which runs models.)
+        Self::from_bytes(&bytes).with_context(|| format!("model {path:?}"))
     }
 
     /// Loads and compiles a model from the bytes of a `.tflite` file.
