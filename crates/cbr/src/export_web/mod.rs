@@ -273,7 +273,12 @@ const SITE_NAMES: &[&str] = &[
 
 /// What in an earlier export `dir` this module did not write (a user's notes, a folder of
 /// photos): replacing the export would delete them. Names, sorted, as the user would type them.
-fn foreign_entries(dir: &Path) -> Vec<String> {
+/// `site` names the files of the export about to be written: theirs are an export's too.
+fn foreign_entries(dir: &Path, site: &[SiteFile]) -> Vec<String> {
+    let ours = |name: &str| {
+        SITE_NAMES.contains(&name)
+            || site.iter().any(|f| f.path.split('/').next() == Some(name) && !f.path.contains('/'))
+    };
     let mut foreign = Vec::new();
     let entries = |d: &Path| -> Vec<std::fs::DirEntry> {
         std::fs::read_dir(d).map(|r| r.flatten().collect()).unwrap_or_default()
@@ -287,7 +292,7 @@ fn foreign_entries(dir: &Path) -> Vec<String> {
                     foreign.push(format!("{ORT_DIR}/{}/", f.file_name().to_string_lossy()));
                 }
             }
-        } else if !SITE_NAMES.contains(&name.as_str()) || is_dir {
+        } else if !ours(&name) || is_dir {
             foreign.push(if is_dir { format!("{name}/") } else { name });
         }
     }
@@ -311,7 +316,7 @@ fn write_dir(files: &[SiteFile], out: &Path) -> Result<()> {
                 out.display()
             );
         }
-        let foreign = foreign_entries(out);
+        let foreign = foreign_entries(out, files);
         if !empty && !foreign.is_empty() {
             let shown: Vec<String> = foreign
                 .iter()
