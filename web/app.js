@@ -318,8 +318,8 @@ async function deviceClassifier() {
     request("GET", api(`/${enc(model)}/info`)),
     fetch(api(`/${enc(model)}/model.onnx`)).then(r => { if (!r.ok) throw new Error(`model download: HTTP ${r.status}`); return r.arrayBuffer(); }),
   ]);
-  const ort = await device.loadOrt("/ort/");
-  const classifier = await device.DeviceClassifier.create(ort, bytes, info);
+  const [ort, core] = await Promise.all([device.loadOrt("/ort/"), device.loadCbrCore()]);
+  const classifier = await device.DeviceClassifier.create(ort, bytes, info, core);
   state.device = { model, classifier, pixelsOf: device.pixelsOf };
   const threads = device.ortThreads(ort);
   $("#device-status").textContent = `on this device (${threads} thread${threads > 1 ? "s" : ""})`;

@@ -309,6 +309,11 @@ fn handler_for(id: &str, method: &str) -> MethodRouter<AppState> {
         "webAppScript" => on(f, web::script),
         "webAppStyle" => on(f, web::style),
         "deviceScript" => on(f, web::device_script),
+        "coreScript" => on(f, web::core_script),
+        "devicePage" => on(f, device_page),
+        "deviceFile" => on(f, device_file),
+        "deviceOrtWeb" => on(f, ort_web_file),
+        "coreWasm" => on(f, core_wasm),
         "ortWeb" => on(f, ort_web_file),
         "exportWeb" => on(f, export_web),
         "openapi" => on(f, openapi_json),
@@ -1112,6 +1117,62 @@ async fn download_tflite(
     download(&app, &name, ModelFormat::Tflite).await
 }
 
+/// The build-on-this-device site for the server's embedder, made on first use and kept.
+async fn device_site(app: &AppState) -> ApiResult<Arc<Vec<cbr::export_web::SiteFile>>> {
+    static SITE: std::sync::Mutex<Option<Arc<Vec<cbr::export_web::SiteFile>>>> =
+        std::sync::Mutex::new(None);
+    if let Some(site) = SITE.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        return Ok(site);
+    }
+    // The server does not fetch onnxruntime-web itself: it is installed, or the answer says how.
+    cbr::export_web::ort_web::files()
+        .map_err(|e| ApiError::not_found("no_ort_web", format!("{e:#}")))?;
+    let choice = app.cfg.embedder.clone();
+    let files = tokio::task::spawn_blocking(move || -> Result<Vec<cbr::export_web::SiteFile>> {
+        let embedder = cbr::export_web::SiteEmbedder::open(&choice)?;
+        cbr::export_web::site_files(None, &embedder, "Build on this device")
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::not_found("no_device_site", format!("{e:#}")))?;
+    let site = Arc::new(files);
+    *SITE.lock().unwrap_or_else(|p| p.into_inner()) = Some(site.clone());
+    Ok(site)
+}
+
+async fn device_page(State(app): State<AppState>) -> ApiResult<Response> {
+    device_file(State(app), Path("index.html".to_string())).await
+}
+
+/// One file of the build-on-this-device site.
+async fn device_file(State(app): State<AppState>, Path(file): Path<String>) -> ApiResult<Response> {
+    let site = device_site(&app).await?;
+    let f = site
+        .iter()
+        .find(|f| f.path == file)
+        .ok_or_else(|| ApiError::not_found("no_file", format!("no file {file:?} in the site")))?;
+    let ctype = match file.rsplit('.').next().unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "wasm" => "application/wasm",
+        "svg" => "image/svg+xml",
+        _ => "application/octet-stream",
+    };
+    Ok(([(header::CONTENT_TYPE, ctype), (header::CACHE_CONTROL, "no-cache")], f.bytes.clone())
+        .into_response())
+}
+
+/// cbr-core as WebAssembly, for the web app's on-device mode ([`cbr::export_web::core_wasm_path`]).
+async fn core_wasm() -> ApiResult<Response> {
+    let path = cbr::export_web::core_wasm_path()
+        .map_err(|e| ApiError::not_found("no_core_wasm", format!("{e:#}")))?;
+    let bytes = read_file(path).await?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm"), (header::CACHE_CONTROL, "no-cache")], bytes)
+        .into_response())
+}
+
 /// onnxruntime-web's files, from cbr's cache, for the web app's on-device mode.
 async fn ort_web_file(Path(file): Path<String>) -> ApiResult<Response> {
     use cbr::export_web::ort_web;
@@ -1141,7 +1202,8 @@ async fn export_web(State(app): State<AppState>, Path(name): Path<String>) -> Ap
         .map_err(|e| ApiError::not_found("no_ort_web", format!("{e:#}")))?;
     let title = name.clone();
     let zip = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-        let files = cbr::export_web::site_files(&bytes, &title)?;
+        let embedder = cbr::export_web::SiteEmbedder::of_model(&bytes)?;
+        let files = cbr::export_web::site_files(Some(&bytes), &embedder, &title)?;
         let root = format!("{title}-web");
         Ok(cbr::export_web::write_zip(&files, &root, std::io::Cursor::new(Vec::new()))?
             .into_inner())

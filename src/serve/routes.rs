@@ -33,6 +33,8 @@ pub enum Resp {
     Zip,
     /// An onnxruntime-web file: JavaScript or WebAssembly.
     OrtWeb,
+    /// A WebAssembly module.
+    Wasm,
 }
 
 pub struct Route {
@@ -57,6 +59,11 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/app.js", id: "webAppScript", summary: "The web app's script", tag: "web", body: ReqBody::None, ok: (200, Resp::Js), errors: &[], query: &[] },
     Route { method: "GET", path: "/app.css", id: "webAppStyle", summary: "The web app's style sheet", tag: "web", body: ReqBody::None, ok: (200, Resp::Css), errors: &[], query: &[] },
     Route { method: "GET", path: "/cbr-device.js", id: "deviceScript", summary: "The on-device classifier module (preprocessing, model run and answer as `cbr classify`), shared with `cbr export-web`'s page", tag: "web", body: ReqBody::None, ok: (200, Resp::Js), errors: &[], query: &[] },
+    Route { method: "GET", path: "/cbr-core.mjs", id: "coreScript", summary: "cbr-core's JavaScript API (web/pkg/cbr-core.mjs), used by the on-device module", tag: "web", body: ReqBody::None, ok: (200, Resp::Js), errors: &[], query: &[] },
+    Route { method: "GET", path: "/cbr_core.wasm", id: "coreWasm", summary: "cbr-core as WebAssembly (pixel path, answer, build and edits on the device); 404 when the server was not given one (scripts/wasm.sh, CBR_WASM)", tag: "web", body: ReqBody::None, ok: (200, Resp::Wasm), errors: &[404], query: &[] },
+    Route { method: "GET", path: "/device/", id: "devicePage", summary: "Build on this device: the page `cbr export-web -o DIR` writes (no classes yet, the server's embedder), which builds a classifier in the browser", tag: "web", body: ReqBody::None, ok: (200, Resp::Html), errors: &[404, 503], query: &[] },
+    Route { method: "GET", path: "/device/{file}", id: "deviceFile", summary: "A file of the build-on-this-device site (as `cbr export-web -o DIR` writes it)", tag: "web", body: ReqBody::None, ok: (200, Resp::OrtWeb), errors: &[404, 503], query: &[] },
+    Route { method: "GET", path: "/device/ort/{file}", id: "deviceOrtWeb", summary: "onnxruntime-web's files for the build-on-this-device site", tag: "web", body: ReqBody::None, ok: (200, Resp::OrtWeb), errors: &[404, 503], query: &[] },
     Route { method: "GET", path: "/ort/{file}", id: "ortWeb", summary: "onnxruntime-web's WebAssembly backend, from cbr's cache (`cbr runtime install --web`): ort.wasm.min.mjs, ort-wasm-simd-threaded.mjs, ort-wasm-simd-threaded.wasm", tag: "web", body: ReqBody::None, ok: (200, Resp::OrtWeb), errors: &[404, 503], query: &[] },
     Route { method: "GET", path: "/openapi.json", id: "openapi", summary: "This document", tag: "meta", body: ReqBody::None, ok: (200, Resp::Json("OpenApi")), errors: &[], query: &[] },
     Route { method: "GET", path: "/api/health", id: "health", summary: "Liveness and limits", tag: "meta", body: ReqBody::None, ok: (200, Resp::Json("Health")), errors: &[], query: &[] },
@@ -141,6 +148,7 @@ pub fn openapi() -> Value {
                 json!({"application/zip": {"schema": {"type": "string", "format": "binary"}}})
             }
             Resp::OrtWeb => json!({"text/javascript": {}, "application/wasm": {}}),
+            Resp::Wasm => json!({"application/wasm": {}}),
         };
         responses.insert(
             r.ok.0.to_string(),

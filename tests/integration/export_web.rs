@@ -160,7 +160,7 @@ fn check_photos_in_page(driver: &Driver, cli: &[(String, Value)], k: usize) {
 }
 
 /// `cbr classify --json -k K` for `photos`, by file name.
-fn cli_answers(model: &Path, photos: &[PathBuf], k: usize) -> Vec<(String, Value)> {
+pub fn cli_answers(model: &Path, photos: &[PathBuf], k: usize) -> Vec<(String, Value)> {
     let mut args = vec![
         "classify".to_string(),
         "--json".into(),

@@ -10,6 +10,7 @@ mod support;
 mod check;
 mod cli;
 mod decode_formats;
+mod device_build;
 mod edit;
 mod efficientnet_convert;
 mod efficientnet_tflite;

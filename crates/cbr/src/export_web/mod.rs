@@ -1,24 +1,34 @@
-//! A model as a self-contained static web site that classifies on the device (`cbr export-web`,
-//! and the server's download of the same site): the page, the model, its metadata as JSON,
-//! onnxruntime-web's WebAssembly backend ([`ort_web`]), a web app manifest and a service worker
-//! (installable, works offline). Nothing is fetched from elsewhere at run time.
+//! A classifier's web site, static and self-contained (`cbr export-web`, and the server's
+//! download of the same site): the page, the embedder's ONNX file and what it needs to be used
+//! (`embedder.json`: its [`EmbedderInfo`] and [`Preprocess`]), cbr-core as WebAssembly
+//! (`cbr_core.wasm` and its JavaScript API `cbr-core.mjs`), onnxruntime-web's WebAssembly
+//! backend ([`ort_web`]), a web app manifest and a service worker (installable, works offline),
+//! and, when exported from a model, that model (`model.onnx`, `model.json`). Nothing is fetched
+//! from elsewhere at run time.
 //!
-//! The page runs `web/device/cbr-device.js`, the one JavaScript port of what `cbr classify`
-//! does to an image (preprocessing from the model's metadata, cbr's exact resize, the unknown
-//! rule); the web app's "run on this device" mode runs the same module.
+//! The page builds a classifier on the device: the browser decodes, the core turns pixels into
+//! the embedder's input (`pixels`), onnxruntime-web embeds, and the core computes the head and
+//! writes the model file (`build`, `add`, `remove`), the same Rust code as `cbr build`.
+//! `web/device/cbr-device.js` runs a model on an image as `cbr classify` does; the web app's
+//! "run on this device" mode runs the same module.
 
 pub mod ort_web;
 
 use std::io::{Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::cache;
+use crate::models::EmbedderChoice;
 use cbr_core::format::{self, ModelFormat};
+use cbr_core::meta::EmbedderInfo;
+use cbr_core::preprocess::Preprocess;
 
 /// The shared module: preprocessing, model run and answer, as `cbr classify`.
 pub const DEVICE_JS: &str = include_str!("../../../../web/device/cbr-device.js");
+/// cbr-core's JavaScript API (loads `cbr_core.wasm`).
+pub const CORE_MJS: &str = include_str!("../../../../web/pkg/cbr-core.mjs");
 const PAGE_HTML: &str = include_str!("../../../../web/device/index.html");
 const PAGE_JS: &str = include_str!("../../../../web/device/page.js");
 const PAGE_CSS: &str = include_str!("../../../../web/device/page.css");
@@ -28,41 +38,134 @@ const ICON_SVG: &str = include_str!("../../../../web/device/icon.svg");
 /// Where the runtime's files sit in the site (and in `cbr serve`'s URL space).
 pub const ORT_DIR: &str = "ort";
 
+/// The environment variable naming the WebAssembly core to ship (a `cbr_core.wasm` file).
+pub const WASM_ENV: &str = "CBR_WASM";
+
+/// Where `scripts/wasm.sh` writes the module in the source tree this binary was built from.
+const WASM_IN_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/pkg/cbr_core.wasm");
+
+/// The path of cbr-core compiled to WebAssembly: `$CBR_WASM`, else the source tree's
+/// `web/pkg/cbr_core.wasm` (made by `scripts/wasm.sh`). It is a file rather than bytes compiled
+/// into the binary because another toolchain builds it (see `scripts/wasm.sh`): a native build
+/// must not need that toolchain, and only the commands that ship it look for it.
+pub fn core_wasm_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(WASM_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!(
+                "{WASM_ENV}={} is not a file (it names cbr_core.wasm, made by scripts/wasm.sh)",
+                p.display()
+            );
+        }
+        return Ok(p);
+    }
+    let p = PathBuf::from(WASM_IN_TREE);
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "cbr-core's WebAssembly module is not built: run scripts/wasm.sh in cbr's source tree \
+         (it writes web/pkg/cbr_core.wasm), or set {WASM_ENV} to a cbr_core.wasm"
+    )
+}
+
+/// The embedder a site embeds photos with: its ONNX file and what the page needs to use it.
+pub struct SiteEmbedder {
+    pub bytes: Vec<u8>,
+    pub info: EmbedderInfo,
+    pub preprocess: Preprocess,
+}
+
+impl SiteEmbedder {
+    /// The embedder `choice` names (pulled if needed), its width measured by running it once.
+    pub fn open(choice: &EmbedderChoice) -> Result<SiteEmbedder> {
+        let e = crate::models::open_embedder(choice)?;
+        let bytes = match &e.model {
+            crate::embedder::EmbedderModel::Onnx { .. } => {
+                let spec = if choice.embedder.is_empty() {
+                    crate::models::DEFAULT_MODEL
+                } else {
+                    choice.embedder.as_str()
+                };
+                let path = match crate::models::resolve(spec)? {
+                    crate::models::EmbedderSource::Known(m) => crate::models::pull(m.name)?,
+                    crate::models::EmbedderSource::File(p) => p,
+                };
+                std::fs::read(&path)
+                    .with_context(|| format!("cannot read embedder {}", path.display()))?
+            }
+            crate::embedder::EmbedderModel::Tflite { .. } => {
+                bail!("the browser runs ONNX embedders (onnxruntime-web); choose an .onnx one")
+            }
+        };
+        if cache::sha256_hex(&bytes) != e.info.sha256 {
+            bail!("the embedder file changed while it was read; try again");
+        }
+        Ok(SiteEmbedder { bytes, info: e.info, preprocess: e.preprocess })
+    }
+
+    /// The embedder inside a model file cbr wrote (its graph, as `cbr add` embeds with).
+    pub fn of_model(model: &[u8]) -> Result<SiteEmbedder> {
+        let m = cbr_core::edit::EditableModel::from_bytes(model)?;
+        let bytes = cbr_core::onnx::encode(&m.embedder);
+        let mut info = m.info.embedder.clone();
+        // The page checks the file it builds on against this digest, as `cbr build
+        // --embeddings` does: it is the digest of the file the site carries.
+        info.sha256 = cache::sha256_hex(&bytes);
+        Ok(SiteEmbedder { bytes, info, preprocess: m.info.preprocess.clone() })
+    }
+}
+
 /// One file of the site: its path relative to the site's root, and its contents.
 pub struct SiteFile {
     pub path: String,
     pub bytes: Vec<u8>,
 }
 
-/// The files of the site for the model in `model_bytes` (an ONNX file written by cbr), titled
-/// `title` (the page's heading and the installed app's name). Fetches onnxruntime-web with npm
-/// once if it is not cached.
-pub fn site_files(model_bytes: &[u8], title: &str) -> Result<Vec<SiteFile>> {
-    let file = format::read(model_bytes)?;
-    if file.format != ModelFormat::Onnx {
-        bail!(
-            "the browser runs ONNX models (onnxruntime-web); this model is {}: build it with an \
-             ONNX embedder",
-            file.format.title()
-        );
+/// The files of the site: it starts from the model in `model_bytes` (an ONNX file written by
+/// cbr) when given, else with no classes, and builds on the device with `embedder`. `title` is
+/// the page's heading and the installed app's name. Fetches onnxruntime-web with npm once if it
+/// is not cached; needs the WebAssembly core ([`core_wasm_path`]).
+pub fn site_files(
+    model_bytes: Option<&[u8]>,
+    embedder: &SiteEmbedder,
+    title: &str,
+) -> Result<Vec<SiteFile>> {
+    if ModelFormat::sniff(&embedder.bytes) != ModelFormat::Onnx
+        || cbr_core::onnx::decode(&embedder.bytes).is_err()
+    {
+        bail!("the browser runs ONNX embedders (onnxruntime-web); this embedder is not ONNX");
     }
-    if file.info.index.is_some() {
-        bail!(
-            "this model keeps its index in a file beside it (a sidecar, for very large indexes); \
-             the browser runs single-file models only"
-        );
-    }
+    let model = match model_bytes {
+        Some(bytes) => Some((bytes, check_model(bytes)?)),
+        None => None,
+    };
+    let wasm_path = core_wasm_path()?;
+    let wasm = std::fs::read(&wasm_path)
+        .with_context(|| format!("cannot read {}", wasm_path.display()))?;
     let runtime = ort_web::ensure()?;
     let mut files = vec![
         text("index.html", &PAGE_HTML.replace("__TITLE__", &html_escape(title))),
         text("page.js", PAGE_JS),
         text("page.css", PAGE_CSS),
         text("cbr-device.js", DEVICE_JS),
+        text("cbr-core.mjs", CORE_MJS),
+        SiteFile { path: "cbr_core.wasm".into(), bytes: wasm },
         text("icon.svg", ICON_SVG),
-        SiteFile { path: "model.onnx".into(), bytes: model_bytes.to_vec() },
-        SiteFile { path: "model.json".into(), bytes: serde_json::to_vec_pretty(&file.info)? },
+        SiteFile { path: "embedder.onnx".into(), bytes: embedder.bytes.clone() },
+        SiteFile {
+            path: "embedder.json".into(),
+            bytes: serde_json::to_vec_pretty(&serde_json::json!({
+                "embedder": embedder.info, "preprocess": embedder.preprocess,
+            }))?,
+        },
         SiteFile { path: "manifest.json".into(), bytes: manifest(title)? },
     ];
+    if let Some((bytes, info)) = model {
+        files.push(SiteFile { path: "model.onnx".into(), bytes: bytes.to_vec() });
+        files
+            .push(SiteFile { path: "model.json".into(), bytes: serde_json::to_vec_pretty(&info)? });
+    }
     for (name, path) in runtime {
         let bytes = std::fs::read(&path)
             .with_context(|| format!("cannot read onnxruntime-web's {}", path.display()))?;
@@ -82,6 +185,25 @@ pub fn site_files(model_bytes: &[u8], title: &str) -> Result<Vec<SiteFile>> {
         .replace("__FILES__", &serde_json::to_string(&paths)?);
     files.push(text("sw.js", &sw));
     Ok(files)
+}
+
+/// A model the browser can run and edit: ONNX, single file. Returns its metadata.
+fn check_model(model_bytes: &[u8]) -> Result<cbr_core::meta::ClassifierInfo> {
+    let file = format::read(model_bytes)?;
+    if file.format != ModelFormat::Onnx {
+        bail!(
+            "the browser runs ONNX models (onnxruntime-web); this model is {}: build it with an \
+             ONNX embedder",
+            file.format.title()
+        );
+    }
+    if file.info.index.is_some() {
+        bail!(
+            "this model keeps its index in a file beside it (a sidecar, for very large indexes); \
+             the browser runs single-file models only"
+        );
+    }
+    Ok(file.info)
 }
 
 fn text(path: &str, contents: &str) -> SiteFile {
@@ -106,20 +228,32 @@ fn manifest(title: &str) -> Result<Vec<u8>> {
     }))?)
 }
 
-/// `cbr export-web MODEL -o DIR`: writes the site for the model file `model` into `out`,
-/// atomically: the files go into a temporary folder beside `out`, renamed into place when
+/// `cbr export-web [MODEL] -o DIR`: writes the site into `out`, starting from the model file
+/// `model` (and its embedder) when given, else with no classes and the embedder `choice`
+/// names. Atomic: the files go into a temporary folder beside `out`, renamed into place when
 /// complete. An earlier export at `out` is replaced; any other non-empty folder is refused.
-pub fn export_dir(model: &Path, out: &Path) -> Result<()> {
-    let (bytes, _) = crate::classifier::read_model_file(model)?;
-    let title = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let files = site_files(&bytes, &title)
-        .with_context(|| format!("model {}", crate::printable::path(model)))?;
+pub fn export_dir(model: Option<&Path>, choice: &EmbedderChoice, out: &Path) -> Result<()> {
+    let files = match model {
+        Some(model) => {
+            let (bytes, _) = crate::classifier::read_model_file(model)?;
+            let title =
+                model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            SiteEmbedder::of_model(&bytes)
+                .and_then(|e| site_files(Some(&bytes), &e, &title))
+                .with_context(|| format!("model {}", crate::printable::path(model)))?
+        }
+        None => {
+            let embedder = SiteEmbedder::open(choice)?;
+            site_files(None, &embedder, "New classifier")?
+        }
+    };
     write_dir(&files, out)
 }
 
 /// Whether `dir` holds a site this module wrote (so replacing it loses nothing of the user's).
 fn is_export(dir: &Path) -> bool {
-    ["index.html", "model.json", "model.onnx", "sw.js"].iter().all(|f| dir.join(f).is_file())
+    ["index.html", "sw.js", "cbr-device.js"].iter().all(|f| dir.join(f).is_file())
+        && (dir.join("embedder.json").is_file() || dir.join("model.json").is_file())
 }
 
 /// The files and folders of the site's top level ([`site_files`]); under [`ORT_DIR`], the
@@ -284,7 +418,7 @@ mod tests {
         // Not recognised as an export (no model): refused, left as it was.
         let err = write_dir(&site(), &out).unwrap_err();
         assert!(format!("{err:#}").contains("not a page written by cbr export-web"), "{err:#}");
-        for f in ["model.json", "model.onnx", "sw.js"] {
+        for f in ["embedder.json", "cbr-device.js", "sw.js"] {
             std::fs::write(out.join(f), "x").unwrap();
         }
         std::fs::write(out.join("ort/ort-old-version.wasm"), "from the old export").unwrap();
@@ -350,7 +484,18 @@ mod tests {
 
     #[test]
     fn a_non_onnx_or_garbage_model_is_refused_with_a_reason() {
-        let err = site_files(b"not a model", "m").err().expect("garbage is refused");
-        assert!(!format!("{err:#}").is_empty());
+        let embedder = SiteEmbedder {
+            bytes: b"not a model".to_vec(),
+            info: EmbedderInfo {
+                name: "x".into(),
+                sha256: String::new(),
+                input: "i".into(),
+                output: "o".into(),
+                dim: 1,
+            },
+            preprocess: Preprocess::raw(224, 224, cbr_core::preprocess::Layout::Nchw),
+        };
+        let err = site_files(None, &embedder, "m").err().expect("garbage is refused");
+        assert!(format!("{err:#}").contains("not ONNX"), "{err:#}");
     }
 }
