@@ -253,13 +253,22 @@ fn control_characters_in_errors_are_escaped() {
     let evil = dir.path().join("a\u{1b}[2J\nerror: forged.onnx");
     let evil_s = evil.to_str().unwrap();
     let photo = fixtures::scenes().join("cat/05.jpg");
+    // Outputs inside the temporary folder: an edit's lock file goes beside its output.
+    let (x, y) = (dir.path().join("x.onnx"), dir.path().join("y.onnx"));
     for args in [
         vec!["info", evil_s],
         vec!["classify", evil_s, photo.to_str().unwrap()],
         vec!["add", evil_s, evil_s],
-        vec!["build", evil_s, "-o", "x.onnx"],
+        vec!["build", evil_s, "-o", x.to_str().unwrap()],
         vec!["check", evil_s],
-        vec!["remove", model.to_str().unwrap(), "--label", "no\u{1b}[31m", "-o", "y.onnx"],
+        vec![
+            "remove",
+            model.to_str().unwrap(),
+            "--label",
+            "no\u{1b}[31m",
+            "-o",
+            y.to_str().unwrap(),
+        ],
     ] {
         let o = run(&args);
         let err = stderr(&o);

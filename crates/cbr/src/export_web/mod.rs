@@ -263,6 +263,10 @@ const SITE_NAMES: &[&str] = &[
     "page.js",
     "page.css",
     "cbr-device.js",
+    "cbr-core.mjs",
+    "cbr_core.wasm",
+    "embedder.onnx",
+    "embedder.json",
     "icon.svg",
     "model.onnx",
     "model.json",
@@ -273,7 +277,9 @@ const SITE_NAMES: &[&str] = &[
 
 /// What in an earlier export `dir` this module did not write (a user's notes, a folder of
 /// photos): replacing the export would delete them. Names, sorted, as the user would type them.
-fn foreign_entries(dir: &Path) -> Vec<String> {
+/// `site` names the files of the export about to be written: theirs are an export's too.
+fn foreign_entries(dir: &Path, site: &[SiteFile]) -> Vec<String> {
+    let ours = |name: &str| SITE_NAMES.contains(&name) || site.iter().any(|f| f.path == name);
     let mut foreign = Vec::new();
     let entries = |d: &Path| -> Vec<std::fs::DirEntry> {
         std::fs::read_dir(d).map(|r| r.flatten().collect()).unwrap_or_default()
@@ -287,7 +293,7 @@ fn foreign_entries(dir: &Path) -> Vec<String> {
                     foreign.push(format!("{ORT_DIR}/{}/", f.file_name().to_string_lossy()));
                 }
             }
-        } else if !SITE_NAMES.contains(&name.as_str()) || is_dir {
+        } else if !ours(&name) || is_dir {
             foreign.push(if is_dir { format!("{name}/") } else { name });
         }
     }
@@ -311,7 +317,7 @@ fn write_dir(files: &[SiteFile], out: &Path) -> Result<()> {
                 out.display()
             );
         }
-        let foreign = foreign_entries(out);
+        let foreign = foreign_entries(out, files);
         if !empty && !foreign.is_empty() {
             let shown: Vec<String> = foreign
                 .iter()
