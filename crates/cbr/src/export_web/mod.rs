@@ -263,6 +263,10 @@ const SITE_NAMES: &[&str] = &[
     "page.js",
     "page.css",
     "cbr-device.js",
+    "cbr-core.mjs",
+    "cbr_core.wasm",
+    "embedder.onnx",
+    "embedder.json",
     "icon.svg",
     "model.onnx",
     "model.json",
@@ -275,10 +279,7 @@ const SITE_NAMES: &[&str] = &[
 /// photos): replacing the export would delete them. Names, sorted, as the user would type them.
 /// `site` names the files of the export about to be written: theirs are an export's too.
 fn foreign_entries(dir: &Path, site: &[SiteFile]) -> Vec<String> {
-    let ours = |name: &str| {
-        SITE_NAMES.contains(&name)
-            || site.iter().any(|f| f.path.split('/').next() == Some(name) && !f.path.contains('/'))
-    };
+    let ours = |name: &str| SITE_NAMES.contains(&name) || site.iter().any(|f| f.path == name);
     let mut foreign = Vec::new();
     let entries = |d: &Path| -> Vec<std::fs::DirEntry> {
         std::fs::read_dir(d).map(|r| r.flatten().collect()).unwrap_or_default()
